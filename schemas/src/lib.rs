@@ -1,0 +1,22 @@
+//! Avro schemas of the facet states, their typed Rust records, the Confluent Schema
+//! Registry wire format, and an embedded Confluent-compatible Schema Registry.
+//!
+//! Subject naming: **RecordNameStrategy**. The state and history topics carry the records
+//! of all four facets, so one subject per topic (TopicNameStrategy) cannot describe them;
+//! a subject per record type (`fleetledger.v1.LogicalRecord`, …) is shared by both topics,
+//! which carry the same records. Compatibility is BACKWARD by default.
+
+mod codec;
+mod error;
+mod facet;
+mod record;
+pub mod registry;
+
+pub use codec::{MAGIC_BYTE, RecordCodec, WireHeader, decode_wire_header, encode_wire};
+pub use error::{Error, Result};
+pub use facet::{
+    CLOUDS, KINDS, MAX_CKU, NETWORKS, PHASES, SKUS,
+    CapacityState, Facet, FacetState, LogicalState, PhysicalState, Side, StatusState,
+    validate_cluster_id,
+};
+pub use record::{RecordMeta, StateRecord};

@@ -1,0 +1,140 @@
+//! The state record: the full state of one facet of one cluster after a change, plus the
+//! metadata the ledger assigns.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::facet::{Facet, FacetState};
+
+/// Metadata of an accepted change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// The cluster.
+    pub cluster_id: String,
+    /// Per cluster+facet, from 1, without gaps.
+    pub version: i64,
+    /// Principal that wrote the change.
+    pub writer: String,
+    /// Idempotency key of the request that made the change.
+    pub request_id: String,
+    /// Why, in human words.
+    pub reason: Option<String>,
+    /// When the ledger accepted the change (millisecond precision, UTC).
+    pub ts: DateTime<Utc>,
+    /// Hex SHA-256 of the previous version of the same cluster+facet; empty for version 1.
+    pub prev_hash: String,
+    /// Hex SHA-256 of this record.
+    pub hash: String,
+}
+
+/// One accepted change: metadata and the facet's full state after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    /// Metadata.
+    pub meta: RecordMeta,
+    /// The facet's full state.
+    pub state: FacetState,
+}
+
+impl StateRecord {
+    /// The facet this record belongs to.
+    pub fn facet(&self) -> Facet {
+        self.state.facet()
+    }
+}
+
+/// The Avro shape of a record: metadata fields flattened, the state nested.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AvroRecord<S> {
+    cluster_id: String,
+    version: i64,
+    writer: String,
+    request_id: String,
+    reason: Option<String>,
+    ts: i64,
+    prev_hash: String,
+    hash: String,
+    state: S,
+}
+
+impl<S> AvroRecord<S> {
+    fn new(meta: &RecordMeta, state: S) -> Self {
+        AvroRecord {
+            cluster_id: meta.cluster_id.clone(),
+            version: meta.version,
+            writer: meta.writer.clone(),
+            request_id: meta.request_id.clone(),
+            reason: meta.reason.clone(),
+            ts: meta.ts.timestamp_millis(),
+            prev_hash: meta.prev_hash.clone(),
+            hash: meta.hash.clone(),
+            state,
+        }
+    }
+
+    fn into_parts(self) -> Result<(RecordMeta, S)> {
+        let ts = Utc
+            .timestamp_millis_opt(self.ts)
+            .single()
+            .ok_or_else(|| Error::Decode(format!("ts {} is out of range", self.ts)))?;
+        Ok((
+            RecordMeta {
+                cluster_id: self.cluster_id,
+                version: self.version,
+                writer: self.writer,
+                request_id: self.request_id,
+                reason: self.reason,
+                ts,
+                prev_hash: self.prev_hash,
+                hash: self.hash,
+            },
+            self.state,
+        ))
+    }
+}
+
+/// Converts a record to the Avro value of its facet's schema.
+pub(crate) fn to_avro_value(record: &StateRecord) -> Result<apache_avro::types::Value> {
+    let m = &record.meta;
+    let v = match &record.state {
+        FacetState::Logical(s) => apache_avro::to_value(AvroRecord::new(m, s)),
+        FacetState::Physical(s) => apache_avro::to_value(AvroRecord::new(m, s)),
+        FacetState::Capacity(s) => apache_avro::to_value(AvroRecord::new(m, s)),
+        FacetState::Status(s) => apache_avro::to_value(AvroRecord::new(m, s)),
+    };
+    v.map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Converts a decoded Avro value of `facet`'s schema back into a record.
+pub(crate) fn from_avro_value(
+    facet: Facet,
+    value: &apache_avro::types::Value,
+) -> Result<StateRecord> {
+    fn parts<S: serde::de::DeserializeOwned>(
+        value: &apache_avro::types::Value,
+    ) -> Result<(RecordMeta, S)> {
+        apache_avro::from_value::<AvroRecord<S>>(value)
+            .map_err(|e| Error::Decode(e.to_string()))?
+            .into_parts()
+    }
+    let (meta, state) = match facet {
+        Facet::Logical => {
+            let (m, s) = parts(value)?;
+            (m, FacetState::Logical(s))
+        }
+        Facet::Physical => {
+            let (m, s) = parts(value)?;
+            (m, FacetState::Physical(s))
+        }
+        Facet::Capacity => {
+            let (m, s) = parts(value)?;
+            (m, FacetState::Capacity(s))
+        }
+        Facet::Status => {
+            let (m, s) = parts(value)?;
+            (m, FacetState::Status(s))
+        }
+    };
+    Ok(StateRecord { meta, state })
+}
