@@ -1,1 +1,14 @@
-//! placeholder
+//! The ledger: the topic layout of the system of record, the one place Kafka clients are
+//! configured, the Kafka-backed journal of the embedded schema registry, and the clock.
+
+mod clock;
+mod error;
+pub mod kafka;
+pub mod registry_journal;
+pub mod topics;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use kafka::{KafkaClients, KafkaConfig};
+pub use registry_journal::KafkaRegistryJournal;
+pub use topics::{TopicCheck, TopicLayout};

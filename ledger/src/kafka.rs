@@ -1,0 +1,133 @@
+//! The one place Kafka clients are configured. Every producer gets `acks=all`,
+//! idempotence and the Java client's murmur2 partitioner; every consumer reads
+//! `read_committed` and never commits offsets on its own. Nothing else in the workspace
+//! builds a `ClientConfig`.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How to reach Kafka and how our topics are laid out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub bootstrap_servers: String,
+    /// Prefix of every topic name (`{prefix}.state.v1`, `{prefix}.history.v1`); tests use
+    /// their own prefix to isolate themselves.
+    pub topic_prefix: String,
+    /// Partitions of the state and history topics (both have the same count).
+    pub partitions: i32,
+    /// Replication factor of topics we create.
+    pub replication_factor: i32,
+    /// Name of the embedded registry's compacted topic.
+    pub schemas_topic: String,
+    /// `client.id` prefix of every client.
+    pub client_id: String,
+    /// Timeout of admin and metadata requests, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic_prefix: "fleet".into(),
+            partitions: 6,
+            replication_factor: 1,
+            schemas_topic: "_schemas".into(),
+            client_id: "fleetledger".into(),
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The timeout of admin and metadata requests.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Builds Kafka clients from one [`KafkaConfig`].
+#[derive(Debug, Clone)]
+pub struct KafkaClients {
+    config: KafkaConfig,
+}
+
+impl KafkaClients {
+    /// Clients for `config`.
+    pub fn new(config: KafkaConfig) -> Self {
+        KafkaClients { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn base(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("client.id", format!("{}-{role}", self.config.client_id))
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "4");
+        c
+    }
+
+    fn producer_config(&self, role: &str) -> ClientConfig {
+        let mut c = self.base(role);
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", "none")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000");
+        c
+    }
+
+    /// An idempotent, non-transactional producer (`acks=all`, murmur2 partitioner).
+    pub fn producer(&self, role: &str) -> Result<FutureProducer> {
+        self.producer_config(role)
+            .create()
+            .map_err(|e| Error::kafka("create producer", e))
+    }
+
+    /// A transactional producer with the stable `transactional_id`: a second producer with
+    /// the same id fences this one. The caller must `init_transactions` before use.
+    pub fn transactional_producer(&self, role: &str, transactional_id: &str) -> Result<FutureProducer> {
+        self.producer_config(role)
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .map_err(|e| Error::kafka("create transactional producer", e))
+    }
+
+    /// A `read_committed` consumer that never commits offsets by itself: callers assign
+    /// partitions and keep their own offsets.
+    pub fn consumer(&self, role: &str) -> Result<StreamConsumer> {
+        let mut c = self.base(role);
+        c.set("group.id", format!("{}-{role}", self.config.client_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "100");
+        c.create().map_err(|e| Error::kafka("create consumer", e))
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        self.base("admin")
+            .create()
+            .map_err(|e| Error::kafka("create admin client", e))
+    }
+}

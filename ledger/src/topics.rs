@@ -1,0 +1,210 @@
+//! The topic layout of the system of record (DESIGN.md, "Kafka is the system of record"):
+//! names, partition counts and configs, creating missing topics and checking existing ones.
+
+use std::collections::BTreeMap;
+
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::types::RDKafkaErrorCode as Code;
+
+use crate::error::{Error, Result};
+use crate::kafka::KafkaClients;
+
+/// Names and settings of our topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// `{prefix}.state.v1`: latest state per cluster+facet, compacted.
+    pub state: String,
+    /// `{prefix}.history.v1`: every accepted record, keyed uniquely, compacted.
+    pub history: String,
+    /// The embedded registry's topic.
+    pub schemas: String,
+    /// Partitions of state and history.
+    pub partitions: i32,
+    /// Replication factor of topics we create.
+    pub replication_factor: i32,
+}
+
+/// What [`TopicLayout::ensure`] found for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicCheck {
+    /// The topic did not exist and was created.
+    Created(String),
+    /// The topic existed with the settings the layout needs.
+    Matches(String),
+}
+
+impl TopicLayout {
+    /// The layout for a configuration.
+    pub fn new(config: &crate::KafkaConfig) -> Self {
+        TopicLayout {
+            state: format!("{}.state.v1", config.topic_prefix),
+            history: format!("{}.history.v1", config.topic_prefix),
+            schemas: config.schemas_topic.clone(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+        }
+    }
+
+    /// Every topic with the partition count and configs it must have. Both data topics
+    /// are compacted: history keys are unique (`{cluster}/{facet}/{version:020}`), so
+    /// compaction never loses history, while a tombstone can still erase one record.
+    /// `message.timestamp.type=CreateTime` with an unbounded `before.max.ms` keeps
+    /// imported records with years-old times; `retention.ms=-1` keeps a later switch of
+    /// the policy to `compact,delete` from deleting history by age.
+    pub fn specs(&self) -> Vec<(String, i32, BTreeMap<&'static str, String>)> {
+        let min_isr = self.replication_factor.clamp(1, 2).to_string();
+        let data = |extra: &[(&'static str, &str)]| {
+            let mut m: BTreeMap<&'static str, String> = BTreeMap::from([
+                ("cleanup.policy", "compact".to_owned()),
+                ("retention.ms", "-1".to_owned()),
+                ("min.insync.replicas", min_isr.clone()),
+                ("message.timestamp.type", "CreateTime".to_owned()),
+                ("message.timestamp.before.max.ms", i64::MAX.to_string()),
+            ]);
+            for (k, v) in extra {
+                m.insert(k, (*v).to_owned());
+            }
+            m
+        };
+        vec![
+            (self.state.clone(), self.partitions, data(&[])),
+            (self.history.clone(), self.partitions, data(&[])),
+            (
+                self.schemas.clone(),
+                1,
+                BTreeMap::from([
+                    ("cleanup.policy", "compact".to_owned()),
+                    ("min.insync.replicas", min_isr.clone()),
+                ]),
+            ),
+        ]
+    }
+
+    /// Creates the topics that are missing and checks that existing ones have the right
+    /// partition count and configs; a mismatch is [`Error::TopicMismatch`] naming every
+    /// difference (nothing is changed on an existing topic).
+    pub async fn ensure(&self, clients: &KafkaClients) -> Result<Vec<TopicCheck>> {
+        if self.partitions < 1 {
+            return Err(Error::Config(format!(
+                "partitions must be at least 1, got {}",
+                self.partitions
+            )));
+        }
+        let admin = clients.admin()?;
+        let timeout = clients.config().request_timeout();
+        let existing = partition_counts(clients).await?;
+        let opts = AdminOptions::new().operation_timeout(Some(timeout));
+        let specs = self.specs();
+        let mut report = Vec::new();
+
+        let missing: Vec<_> = specs
+            .iter()
+            .filter(|(name, _, _)| !existing.contains_key(name))
+            .collect();
+        if !missing.is_empty() {
+            let new_topics: Vec<NewTopic<'_>> = missing
+                .iter()
+                .map(|(name, partitions, configs)| {
+                    let mut t = NewTopic::new(
+                        name,
+                        *partitions,
+                        TopicReplication::Fixed(self.replication_factor),
+                    );
+                    for (k, v) in configs {
+                        t = t.set(k, v);
+                    }
+                    t
+                })
+                .collect();
+            let results = admin
+                .create_topics(&new_topics, &opts)
+                .await
+                .map_err(|e| Error::kafka("create topics", e))?;
+            for r in results {
+                match r {
+                    Ok(name) => {
+                        tracing::info!(topic = %name, "created topic");
+                        report.push(TopicCheck::Created(name));
+                    }
+                    // Another instance created it between our look and our create.
+                    Err((name, Code::TopicAlreadyExists)) => report.push(TopicCheck::Matches(name)),
+                    Err((name, code)) => {
+                        return Err(Error::kafka(
+                            format!("create topic {name}"),
+                            rdkafka::error::KafkaError::AdminOp(code),
+                        ));
+                    }
+                }
+            }
+        }
+
+        for (name, partitions, configs) in specs.iter().filter(|(n, _, _)| existing.contains_key(n)) {
+            let mut differences = Vec::new();
+            let actual_partitions = existing[name];
+            if actual_partitions != *partitions {
+                differences.push(format!(
+                    "partitions is {actual_partitions}, expected {partitions}"
+                ));
+            }
+            let described = admin
+                .describe_configs([&ResourceSpecifier::Topic(name)], &opts)
+                .await
+                .map_err(|e| Error::kafka(format!("describe configs of {name}"), e))?;
+            let resource = described
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Config(format!("no config returned for topic {name}")))?
+                .map_err(|code| {
+                    Error::kafka(
+                        format!("describe configs of {name}"),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    )
+                })?;
+            let actual = resource.entry_map();
+            for key in CHECKED_CONFIGS {
+                let Some(expected) = configs.get(key) else { continue };
+                let got = actual.get(key).and_then(|e| e.value.clone()).unwrap_or_default();
+                if &got != expected {
+                    differences.push(format!("{key} is {got:?}, expected {expected:?}"));
+                }
+            }
+            if !differences.is_empty() {
+                return Err(Error::TopicMismatch {
+                    topic: name.clone(),
+                    differences: differences.join("; "),
+                });
+            }
+            report.push(TopicCheck::Matches(name.clone()));
+        }
+        Ok(report)
+    }
+
+    /// Whether every topic of the layout exists (for readiness).
+    pub async fn all_exist(&self, clients: &KafkaClients) -> Result<bool> {
+        let existing = partition_counts(clients).await?;
+        Ok(self.specs().iter().all(|(n, _, _)| existing.contains_key(n)))
+    }
+}
+
+/// The configs whose values decide whether history is safe; others may differ.
+const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.timestamp.type"];
+
+/// Partition count of every topic in the cluster.
+pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<String, i32>> {
+    let admin = clients.admin()?;
+    let timeout = clients.config().request_timeout();
+    tokio::task::spawn_blocking(move || {
+        let md = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map_err(|e| Error::kafka("fetch metadata", e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() || t.partitions().len() > 0)
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::Config(format!("metadata task failed: {e}")))?
+}

@@ -1,0 +1,105 @@
+//! The one `Config`: defaults that work locally, then an optional TOML file, then
+//! `FLEETLEDGER_*` environment variables (nested keys with `__`, e.g.
+//! `FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS`), then command-line flags. Unknown keys are
+//! refused.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use fleetledger_ledger::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Kafka connection and topic layout.
+    pub kafka: KafkaConfig,
+    /// Serve the embedded Confluent-compatible schema registry under `/registry`.
+    /// Ignored (off) when `schema_registry_url` is set.
+    pub embedded_registry: bool,
+    /// URL of an external schema registry to use instead of the embedded one.
+    pub schema_registry_url: Option<String>,
+    /// How long shutdown waits for in-flight requests and tasks, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7070".into(),
+            kafka: KafkaConfig::default(),
+            embedded_registry: true,
+            schema_registry_url: None,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Top-level keys, so unrelated `FLEETLEDGER_*` variables (the CLI's `FLEETLEDGER_URL`,
+/// the scripts' `FLEETLEDGER_KAFKA_PORT`) are not mistaken for configuration.
+const KEYS: &[&str] = &[
+    "listen",
+    "kafka",
+    "embedded_registry",
+    "schema_registry_url",
+    "shutdown_timeout_ms",
+];
+
+impl Config {
+    /// Layers defaults, `file` (if given), the environment and `overrides` (from flags,
+    /// as a JSON object of the keys they set). Fails on unknown keys or wrong types.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: serde_json::Value,
+    ) -> Result<Config, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig
+            .merge(
+                Env::prefixed("FLEETLEDGER_")
+                    .split("__")
+                    .filter(|k| KEYS.contains(&k.as_str().split('.').next().unwrap_or(""))),
+            )
+            .merge(Serialized::defaults(overrides));
+        fig.extract().map_err(Box::new)
+    }
+
+    /// The registry URL the codec talks to: the external one, or our own embedded one.
+    pub fn registry_url(&self) -> String {
+        match &self.schema_registry_url {
+            Some(u) => u.clone(),
+            None => format!("http://{}/registry", self.listen),
+        }
+    }
+
+    /// Whether this process serves the embedded registry.
+    pub fn serves_registry(&self) -> bool {
+        self.embedded_registry && self.schema_registry_url.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_then_flags_and_refuses_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("fl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[kafka]\npartitions = 3\n").unwrap();
+        let c = Config::load(Some(&f), serde_json::json!({"listen": "127.0.0.1:2"})).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.kafka.partitions, 3);
+        assert_eq!(c.kafka.topic_prefix, "fleet");
+        std::fs::write(&f, "colour = \"red\"\n").unwrap();
+        let err = Config::load(Some(&f), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}

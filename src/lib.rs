@@ -1,0 +1,8 @@
+//! The `fleetledger` service and command line: wiring only. Configuration, the HTTP
+//! server with its routes, and start-up and shutdown live here; everything they do is
+//! in the library crates (`schemas ← ledger ← projectors ← queries`).
+
+pub mod config;
+pub mod server;
+
+pub use config::Config;

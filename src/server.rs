@@ -1,0 +1,305 @@
+//! `fleetledger serve`: binds the HTTP API, makes sure the topics exist (creating or
+//! checking them), loads the embedded schema registry from its topic, registers the
+//! facet subjects, and becomes ready. Shutdown is injected as a `CancellationToken`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use fleetledger_ledger::{KafkaClients, KafkaRegistryJournal, TopicLayout};
+use fleetledger_schemas::RecordCodec;
+use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::Config;
+
+/// An error as every endpoint of ours answers it: `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AppError {
+    /// An error with a status, a stable code and a human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct AppState {
+    clients: KafkaClients,
+    layout: TopicLayout,
+    started: AtomicBool,
+    registry: OnceLock<Router>,
+    startup_error: Mutex<Option<String>>,
+}
+
+/// The service's routes over `state`, without a socket (tests call it with `oneshot`).
+pub fn app(state: Arc<AppState>) -> Router {
+    let registry_state = state.clone();
+    let registry = tower::service_fn(move |req: Request<Body>| {
+        let state = registry_state.clone();
+        async move {
+            match state.registry.get() {
+                Some(r) => r.clone().oneshot(req).await,
+                None => Ok::<_, Infallible>(
+                    AppError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "the schema registry is still loading from Kafka",
+                    )
+                    .into_response(),
+                ),
+            }
+        }
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest_service("/registry", registry)
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, AppError> {
+    if let Some(e) = state.startup_error.lock().ok().and_then(|e| e.clone()) {
+        return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e));
+    }
+    if !state.started.load(Ordering::Acquire) {
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting: waiting for Kafka, the topics and the schema registry",
+        ));
+    }
+    match state.layout.all_exist(&state.clients).await {
+        Ok(true) => Ok(axum::Json(json!({"status": "ready"}))),
+        Ok(false) => Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "a topic of the layout is missing ({}, {}, {})",
+                state.layout.state, state.layout.history, state.layout.schemas
+            ),
+        )),
+        Err(e) => Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            format!("Kafka does not answer: {e}"),
+        )),
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Its state, for readiness checks in tests.
+    pub state: Arc<AppState>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+impl RunningServer {
+    /// Whether start-up finished (topics ensured, registry loaded, subjects registered).
+    pub fn is_started(&self) -> bool {
+        self.state.started.load(Ordering::Acquire)
+    }
+
+    /// Waits until the server is ready, or fails with the start-up error or after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(e) = self.state.startup_error.lock().ok().and_then(|e| e.clone()) {
+                anyhow::bail!("start-up failed: {e}");
+            }
+            if self.is_started() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("not ready after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until shutdown was requested and every task finished (at most the configured
+    /// shutdown timeout after the request). Returns the start-up error, if start-up failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "tasks still running at shutdown timeout");
+        }
+        match self.state.startup_error.lock().ok().and_then(|e| e.clone()) {
+            Some(e) => anyhow::bail!("start-up failed: {e}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Binds `config.listen` and starts serving; start-up (topics, registry) continues in the
+/// background and `/readyz` answers 200 once it is done. Cancel `shutdown` to stop.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let clients = KafkaClients::new(config.kafka.clone());
+    let layout = TopicLayout::new(&config.kafka);
+    let state = Arc::new(AppState {
+        clients,
+        layout,
+        started: AtomicBool::new(false),
+        registry: OnceLock::new(),
+        startup_error: Mutex::new(None),
+    });
+    let tracker = TaskTracker::new();
+    let router = app(state.clone());
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(%addr, "listening");
+
+    let registry_url = match &config.schema_registry_url {
+        Some(u) => u.clone(),
+        None => format!("http://{addr}/registry"),
+    };
+    let serves_registry = config.serves_registry();
+    let st = state.clone();
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let startup = start_up(&st, serves_registry, &registry_url, &stop);
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            r = startup => match r {
+                Ok(()) => {
+                    st.started.store(true, Ordering::Release);
+                    tracing::info!("ready");
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    tracing::error!(error = %text, "start-up failed; shutting down");
+                    if let Ok(mut slot) = st.startup_error.lock() {
+                        *slot = Some(text);
+                    }
+                    stop.cancel();
+                }
+            }
+        }
+    });
+
+    Ok(RunningServer {
+        addr,
+        state,
+        tracker,
+        shutdown,
+        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+    })
+}
+
+/// Retries `op` while it fails with a retriable error: exponential backoff from 200 ms to
+/// 5 s, a log line per failure, at most `attempts` tries.
+async fn with_retries<T, F, Fut>(what: &str, attempts: u32, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fleetledger_ledger::Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=attempts {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retriable() && attempt < attempts => {
+                tracing::warn!(attempt, error = %e, "{what} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
+        }
+    }
+    anyhow::bail!("{what}: no attempt was made")
+}
+
+async fn start_up(
+    state: &AppState,
+    serves_registry: bool,
+    registry_url: &str,
+    _shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    // About two minutes of retries: long enough for a broker that is still starting.
+    let report = with_retries("creating or checking topics", 30, || {
+        state.layout.ensure(&state.clients)
+    })
+    .await?;
+    tracing::info!(?report, "topics ready");
+    if serves_registry {
+        let entries = with_retries("loading the schema registry", 30, || {
+            KafkaRegistryJournal::load(&state.clients, &state.layout.schemas)
+        })
+        .await?;
+        let journal = Arc::new(KafkaRegistryJournal::new(&state.clients, &state.layout.schemas)?);
+        let count = entries.len();
+        let registry = SchemaRegistry::new(journal, entries, Compatibility::Backward);
+        let _ = state
+            .registry
+            .set(fleetledger_schemas::registry::http::router(Arc::new(registry)));
+        tracing::info!(entries = count, "schema registry loaded");
+    }
+    let codec = RecordCodec::new(registry_url)?;
+    let ids = codec
+        .register_subjects()
+        .await
+        .context("registering the facet schemas")?;
+    tracing::info!(?ids, "facet subjects registered");
+    Ok(())
+}
