@@ -1,0 +1,243 @@
+//! Issue 3: topics, the embedded registry, Avro round trips through the real
+//! schema_registry_converter client.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use fleetledger_ledger::{Error, KafkaClients, TopicCheck, TopicLayout};
+use fleetledger_schemas::{
+    CapacityState, Facet, FacetState, LogicalState, PhysicalState, RecordCodec, RecordMeta,
+    StateRecord, StatusState, decode_wire_header,
+};
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_all_subjects, get_all_versions,
+};
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, config, unique_prefix};
+
+#[tokio::test]
+async fn topics_are_created_compacted_and_a_mismatch_is_named() {
+    let prefix = unique_prefix("topics");
+    let cfg = config(&prefix);
+    let clients = KafkaClients::new(cfg.kafka.clone());
+    let layout = TopicLayout::new(&cfg.kafka);
+    let first = layout.ensure(&clients).await.expect("topics created");
+    assert_eq!(
+        first,
+        vec![
+            TopicCheck::Created(format!("{prefix}.state.v1")),
+            TopicCheck::Created(format!("{prefix}.history.v1")),
+            TopicCheck::Created(format!("{prefix}._schemas")),
+        ]
+    );
+    let second = layout.ensure(&clients).await.expect("topics checked");
+    assert!(second.iter().all(|c| matches!(c, TopicCheck::Matches(_))), "{second:?}");
+    assert!(layout.all_exist(&clients).await.unwrap());
+
+    let mut other = cfg.kafka.clone();
+    other.partitions = 5;
+    let err = TopicLayout::new(&other).ensure(&clients).await.unwrap_err();
+    match err {
+        Error::TopicMismatch { topic, differences } => {
+            assert_eq!(topic, format!("{prefix}.state.v1"));
+            assert!(differences.contains("partitions is 3, expected 5"), "{differences}");
+        }
+        e => panic!("expected a mismatch, got {e}"),
+    }
+}
+
+fn meta(cluster: &str, version: i64) -> RecordMeta {
+    RecordMeta {
+        cluster_id: cluster.into(),
+        version,
+        writer: "frontend".into(),
+        request_id: format!("req-{version}"),
+        reason: Some("test".into()),
+        ts: DateTime::parse_from_rfc3339("2026-03-01T12:34:56.789Z").unwrap().with_timezone(&Utc),
+        prev_hash: String::new(),
+        hash: "ab".repeat(32),
+    }
+}
+
+fn every_facet() -> Vec<FacetState> {
+    vec![
+        FacetState::Logical(LogicalState {
+            org_id: "org-1".into(),
+            env_id: "env-1".into(),
+            kind: "kafka".into(),
+            name: "orders".into(),
+            sku: "dedicated".into(),
+            cku: 4,
+            cloud: "aws".into(),
+            region: "us-east-1".into(),
+            network: "private-link".into(),
+            config: BTreeMap::from([("retention.ms".into(), "604800000".into())]),
+            deleted: false,
+        }),
+        FacetState::Physical(PhysicalState {
+            brokers: 6,
+            disk_gb_per_broker: 2500,
+            zones: vec!["use1-az1".into(), "use1-az2".into()],
+            version: "3.9.0".into(),
+        }),
+        FacetState::Capacity(CapacityState {
+            satellite: "sat-7".into(),
+            k8s_cluster: "k8s-7a".into(),
+            node_pool: "np-large".into(),
+        }),
+        FacetState::Status(StatusState {
+            phase: "running".into(),
+            cku: 4,
+            brokers_ready: 6,
+            observed_version: 3,
+            message: None,
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn every_facet_round_trips_through_the_registry_over_http() {
+    let server = TestServer::start(config(&unique_prefix("codec"))).await;
+    let registry = format!("{}/registry", server.url());
+
+    let settings = SrSettings::new(registry.clone());
+    let subjects = get_all_subjects(&settings).await.expect("subjects listed");
+    let expected: Vec<String> = {
+        let mut s: Vec<String> = Facet::ALL.iter().map(|f| f.subject().to_owned()).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(subjects, expected);
+
+    let codec = RecordCodec::new(&registry).unwrap();
+    let ids = codec.register_subjects().await.expect("already registered: same ids");
+    for (i, state) in every_facet().into_iter().enumerate() {
+        let record = StateRecord {
+            meta: meta("lkc-abc12", i as i64 + 1),
+            state,
+        };
+        let bytes = codec.encode(&record).await.expect("encodes");
+        let (header, _) = decode_wire_header(&bytes).unwrap();
+        assert_eq!(header.schema_id, ids[&record.facet()]);
+        let back = codec.decode(&bytes).await.expect("decodes");
+        assert_eq!(back, record);
+    }
+    server.stop().await;
+}
+
+async fn post(url: &str, content_type: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.expect("request sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+const SR: &str = "application/vnd.schemaregistry.v1+json";
+
+#[tokio::test]
+async fn incompatible_schemas_and_bad_requests_are_refused_and_nothing_is_stored() {
+    let server = TestServer::start(config(&unique_prefix("compat"))).await;
+    let reg = format!("{}/registry", server.url());
+    let subject = Facet::Logical.subject();
+
+    // A new required field without a default: old data cannot be read with it.
+    let mut schema: Value = serde_json::from_str(Facet::Logical.schema_text()).unwrap();
+    schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "tier", "type": "string"}));
+    let body = json!({"schema": schema.to_string()});
+
+    let (st, v) = post(&format!("{reg}/compatibility/subjects/{subject}/versions/latest"), SR, &body).await;
+    assert_eq!((st, &v["is_compatible"]), (200, &json!(false)), "{v}");
+    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &body).await;
+    assert_eq!((st, v["error_code"].as_u64()), (409, Some(409)), "{v}");
+
+    // The same field with a default is a compatible evolution.
+    let mut ok_schema = schema.clone();
+    let fields = ok_schema["fields"].as_array_mut().unwrap();
+    fields.pop();
+    fields.push(json!({"name": "tier", "type": "string", "default": "standard"}));
+    let ok_body = json!({"schema": ok_schema.to_string()});
+    let (st, v) = post(&format!("{reg}/compatibility/subjects/{subject}/versions/latest"), SR, &ok_body).await;
+    assert_eq!((st, &v["is_compatible"]), (200, &json!(true)), "{v}");
+
+    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), "text/plain", &ok_body).await;
+    assert_eq!((st, v["error_code"].as_u64()), (415, Some(415)), "{v}");
+    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &json!({"schema": "{nope"})).await;
+    assert_eq!((st, v["error_code"].as_u64()), (422, Some(42201)), "{v}");
+    let (st, v) = get(&format!("{reg}/subjects/no.such.Subject/versions")).await;
+    assert_eq!((st, v["error_code"].as_u64()), (404, Some(40401)), "{v}");
+    let (st, v) = get(&format!("{reg}/schemas/ids/9999")).await;
+    assert_eq!((st, v["error_code"].as_u64()), (404, Some(40403)), "{v}");
+    let (st, v) = get(&format!("{reg}/subjects/{subject}/versions/2")).await;
+    assert_eq!((st, v["error_code"].as_u64()), (404, Some(40402)), "{v}");
+
+    // Nothing of the refused requests was stored.
+    let (_, versions) = get(&format!("{reg}/subjects/{subject}/versions")).await;
+    assert_eq!(versions, json!([1]));
+
+    // Config per subject, then the compatible one registers as version 2.
+    let (st, _) = reqwest::Client::new()
+        .put(format!("{reg}/config/{subject}"))
+        .header("content-type", SR)
+        .body(json!({"compatibility": "FULL"}).to_string())
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(st, 200);
+    let (_, v) = get(&format!("{reg}/config/{subject}")).await;
+    assert_eq!(v["compatibilityLevel"], "FULL");
+    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &ok_body).await;
+    assert_eq!(st, 200, "{v}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_registry_keeps_every_subject_version_and_id() {
+    let prefix = unique_prefix("restart");
+    let first = TestServer::start(config(&prefix)).await;
+    let reg = format!("{}/registry", first.url());
+    let extra = |n: u32| {
+        let fields: Vec<Value> = (0..n)
+            .map(|i| json!({"name": format!("f{i}"), "type": "int", "default": 0}))
+            .collect();
+        json!({"schema": json!({"type": "record", "name": "Extra", "fields": fields}).to_string()})
+    };
+    for n in 1..=3 {
+        let (st, v) = post(&format!("{reg}/subjects/extra-value/versions"), SR, &extra(n)).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let snapshot = |reg: String| async move {
+        let settings = SrSettings::new(reg.clone());
+        let mut all = BTreeMap::new();
+        for s in get_all_subjects(&settings).await.unwrap() {
+            for v in get_all_versions(&settings, s.clone()).await.unwrap() {
+                let (_, body) = get(&format!("{reg}/subjects/{s}/versions/{v}")).await;
+                all.insert((s.clone(), v), body);
+            }
+        }
+        all
+    };
+    let before = snapshot(reg).await;
+    assert_eq!(before.len(), 4 + 3);
+    first.stop().await;
+
+    let second = TestServer::start(config(&prefix)).await;
+    let after = snapshot(format!("{}/registry", second.url())).await;
+    assert_eq!(before, after);
+    second.stop().await;
+}

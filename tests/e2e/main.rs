@@ -1,0 +1,6 @@
+//! End-to-end tests against the real local broker (`deploy/local/kafka start`), one test
+//! binary with a module per capability. Every test makes its own topic prefix, so tests
+//! run in parallel and never see each other's data.
+
+mod foundation;
+mod support;
