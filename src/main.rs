@@ -9,7 +9,11 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetledger", version, about = "System of record for a cloud control plane")]
+#[command(
+    name = "fleetledger",
+    version,
+    about = "System of record for a cloud control plane"
+)]
 struct Cli {
     /// TOML configuration file (layered under FLEETLEDGER_* environment and flags).
     #[arg(long, global = true, env = "FLEETLEDGER_CONFIG")]

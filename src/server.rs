@@ -102,7 +102,11 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, AppError> {
     if let Some(e) = state.startup_error.lock().ok().and_then(|e| e.clone()) {
-        return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "startup_failed", e));
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "startup_failed",
+            e,
+        ));
     }
     if !state.started.load(Ordering::Acquire) {
         return Err(AppError::new(
@@ -287,12 +291,17 @@ async fn start_up(
             KafkaRegistryJournal::load(&state.clients, &state.layout.schemas)
         })
         .await?;
-        let journal = Arc::new(KafkaRegistryJournal::new(&state.clients, &state.layout.schemas)?);
+        let journal = Arc::new(KafkaRegistryJournal::new(
+            &state.clients,
+            &state.layout.schemas,
+        )?);
         let count = entries.len();
         let registry = SchemaRegistry::new(journal, entries, Compatibility::Backward);
         let _ = state
             .registry
-            .set(fleetledger_schemas::registry::http::router(Arc::new(registry)));
+            .set(fleetledger_schemas::registry::http::router(Arc::new(
+                registry,
+            )));
         tracing::info!(entries = count, "schema registry loaded");
     }
     let codec = RecordCodec::new(registry_url)?;

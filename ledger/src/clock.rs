@@ -52,7 +52,10 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        self.now.lock().map(|n| *n).unwrap_or_else(|p| *p.into_inner())
+        self.now
+            .lock()
+            .map(|n| *n)
+            .unwrap_or_else(|p| *p.into_inner())
     }
 }
 
@@ -62,7 +65,9 @@ mod tests {
 
     #[test]
     fn manual_clock_moves_only_when_told() {
-        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
         let c = ManualClock::new(start);
         assert_eq!(c.now(), start);
         c.advance(TimeDelta::minutes(90));

@@ -47,16 +47,16 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn kafka(operation: impl Into<String>, source: KafkaError) -> Self {
-        let retriable = match source.rdkafka_error_code() {
+        let retriable = !matches!(
+            source.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::Fenced
-                | RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::ClusterAuthorizationFailed,
-            ) => false,
-            _ => true,
-        };
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        );
         Error::Kafka {
             operation: operation.into(),
             source,

@@ -102,7 +102,11 @@ impl KafkaClients {
 
     /// A transactional producer with the stable `transactional_id`: a second producer with
     /// the same id fences this one. The caller must `init_transactions` before use.
-    pub fn transactional_producer(&self, role: &str, transactional_id: &str) -> Result<FutureProducer> {
+    pub fn transactional_producer(
+        &self,
+        role: &str,
+        transactional_id: &str,
+    ) -> Result<FutureProducer> {
         self.producer_config(role)
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", "60000")

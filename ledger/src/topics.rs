@@ -138,7 +138,8 @@ impl TopicLayout {
             }
         }
 
-        for (name, partitions, configs) in specs.iter().filter(|(n, _, _)| existing.contains_key(n)) {
+        for (name, partitions, configs) in specs.iter().filter(|(n, _, _)| existing.contains_key(n))
+        {
             let mut differences = Vec::new();
             let actual_partitions = existing[name];
             if actual_partitions != *partitions {
@@ -162,8 +163,13 @@ impl TopicLayout {
                 })?;
             let actual = resource.entry_map();
             for key in CHECKED_CONFIGS {
-                let Some(expected) = configs.get(key) else { continue };
-                let got = actual.get(key).and_then(|e| e.value.clone()).unwrap_or_default();
+                let Some(expected) = configs.get(key) else {
+                    continue;
+                };
+                let got = actual
+                    .get(key)
+                    .and_then(|e| e.value.clone())
+                    .unwrap_or_default();
                 if &got != expected {
                     differences.push(format!("{key} is {got:?}, expected {expected:?}"));
                 }
@@ -182,7 +188,10 @@ impl TopicLayout {
     /// Whether every topic of the layout exists (for readiness).
     pub async fn all_exist(&self, clients: &KafkaClients) -> Result<bool> {
         let existing = partition_counts(clients).await?;
-        Ok(self.specs().iter().all(|(n, _, _)| existing.contains_key(n)))
+        Ok(self
+            .specs()
+            .iter()
+            .all(|(n, _, _)| existing.contains_key(n)))
     }
 }
 
@@ -201,7 +210,7 @@ pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<
         Ok(md
             .topics()
             .iter()
-            .filter(|t| t.error().is_none() || t.partitions().len() > 0)
+            .filter(|t| t.error().is_none() || !t.partitions().is_empty())
             .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
             .collect())
     })

@@ -134,8 +134,9 @@ impl RecordCodec {
             .name
             .map(|n| n.fullname(None))
             .ok_or_else(|| Error::Decode("writer schema is not a named record".into()))?;
-        let facet = Facet::from_subject(&name)
-            .ok_or_else(|| Error::Decode(format!("record {name} is not a fleetledger state record")))?;
+        let facet = Facet::from_subject(&name).ok_or_else(|| {
+            Error::Decode(format!("record {name} is not a fleetledger state record"))
+        })?;
         from_avro_value(facet, &decoded.value)
     }
 }

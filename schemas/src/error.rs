@@ -41,7 +41,13 @@ impl Error {
 
     /// Whether retrying the same operation may succeed.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Error::Registry { retriable: true, .. })
+        matches!(
+            self,
+            Error::Registry {
+                retriable: true,
+                ..
+            }
+        )
     }
 }
 

@@ -129,7 +129,10 @@ fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
     } else {
         Err(Error::invalid(
             field,
-            format!("{value:?} is not allowed: expected one of {}", allowed.join(", ")),
+            format!(
+                "{value:?} is not allowed: expected one of {}",
+                allowed.join(", ")
+            ),
         ))
     }
 }
@@ -245,7 +248,12 @@ impl PhysicalState {
     /// Checks the domain rules.
     pub fn validate(&self) -> Result<()> {
         range("brokers", self.brokers.into(), 1, 1024)?;
-        range("disk_gb_per_broker", self.disk_gb_per_broker.into(), 1, 1_000_000)?;
+        range(
+            "disk_gb_per_broker",
+            self.disk_gb_per_broker.into(),
+            1,
+            1_000_000,
+        )?;
         for z in &self.zones {
             non_empty("zones", z, 64)?;
         }
@@ -425,7 +433,11 @@ mod tests {
             assert_eq!(Facet::from_subject(f.subject()), Some(f));
             let schema: serde_json::Value = serde_json::from_str(f.schema_text()).unwrap();
             assert_eq!(
-                format!("{}.{}", schema["namespace"].as_str().unwrap(), schema["name"].as_str().unwrap()),
+                format!(
+                    "{}.{}",
+                    schema["namespace"].as_str().unwrap(),
+                    schema["name"].as_str().unwrap()
+                ),
                 f.subject()
             );
         }

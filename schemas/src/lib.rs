@@ -15,8 +15,7 @@ pub mod registry;
 pub use codec::{MAGIC_BYTE, RecordCodec, WireHeader, decode_wire_header, encode_wire};
 pub use error::{Error, Result};
 pub use facet::{
-    CLOUDS, KINDS, MAX_CKU, NETWORKS, PHASES, SKUS,
-    CapacityState, Facet, FacetState, LogicalState, PhysicalState, Side, StatusState,
-    validate_cluster_id,
+    CLOUDS, CapacityState, Facet, FacetState, KINDS, LogicalState, MAX_CKU, NETWORKS, PHASES,
+    PhysicalState, SKUS, Side, StatusState, validate_cluster_id,
 };
 pub use record::{RecordMeta, StateRecord};

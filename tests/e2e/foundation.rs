@@ -32,7 +32,10 @@ async fn topics_are_created_compacted_and_a_mismatch_is_named() {
         ]
     );
     let second = layout.ensure(&clients).await.expect("topics checked");
-    assert!(second.iter().all(|c| matches!(c, TopicCheck::Matches(_))), "{second:?}");
+    assert!(
+        second.iter().all(|c| matches!(c, TopicCheck::Matches(_))),
+        "{second:?}"
+    );
     assert!(layout.all_exist(&clients).await.unwrap());
 
     let mut other = cfg.kafka.clone();
@@ -41,7 +44,10 @@ async fn topics_are_created_compacted_and_a_mismatch_is_named() {
     match err {
         Error::TopicMismatch { topic, differences } => {
             assert_eq!(topic, format!("{prefix}.state.v1"));
-            assert!(differences.contains("partitions is 3, expected 5"), "{differences}");
+            assert!(
+                differences.contains("partitions is 3, expected 5"),
+                "{differences}"
+            );
         }
         e => panic!("expected a mismatch, got {e}"),
     }
@@ -54,7 +60,9 @@ fn meta(cluster: &str, version: i64) -> RecordMeta {
         writer: "frontend".into(),
         request_id: format!("req-{version}"),
         reason: Some("test".into()),
-        ts: DateTime::parse_from_rfc3339("2026-03-01T12:34:56.789Z").unwrap().with_timezone(&Utc),
+        ts: DateTime::parse_from_rfc3339("2026-03-01T12:34:56.789Z")
+            .unwrap()
+            .with_timezone(&Utc),
         prev_hash: String::new(),
         hash: "ab".repeat(32),
     }
@@ -111,7 +119,10 @@ async fn every_facet_round_trips_through_the_registry_over_http() {
     assert_eq!(subjects, expected);
 
     let codec = RecordCodec::new(&registry).unwrap();
-    let ids = codec.register_subjects().await.expect("already registered: same ids");
+    let ids = codec
+        .register_subjects()
+        .await
+        .expect("already registered: same ids");
     for (i, state) in every_facet().into_iter().enumerate() {
         let record = StateRecord {
             meta: meta("lkc-abc12", i as i64 + 1),
@@ -160,7 +171,12 @@ async fn incompatible_schemas_and_bad_requests_are_refused_and_nothing_is_stored
         .push(json!({"name": "tier", "type": "string"}));
     let body = json!({"schema": schema.to_string()});
 
-    let (st, v) = post(&format!("{reg}/compatibility/subjects/{subject}/versions/latest"), SR, &body).await;
+    let (st, v) = post(
+        &format!("{reg}/compatibility/subjects/{subject}/versions/latest"),
+        SR,
+        &body,
+    )
+    .await;
     assert_eq!((st, &v["is_compatible"]), (200, &json!(false)), "{v}");
     let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &body).await;
     assert_eq!((st, v["error_code"].as_u64()), (409, Some(409)), "{v}");
@@ -171,12 +187,27 @@ async fn incompatible_schemas_and_bad_requests_are_refused_and_nothing_is_stored
     fields.pop();
     fields.push(json!({"name": "tier", "type": "string", "default": "standard"}));
     let ok_body = json!({"schema": ok_schema.to_string()});
-    let (st, v) = post(&format!("{reg}/compatibility/subjects/{subject}/versions/latest"), SR, &ok_body).await;
+    let (st, v) = post(
+        &format!("{reg}/compatibility/subjects/{subject}/versions/latest"),
+        SR,
+        &ok_body,
+    )
+    .await;
     assert_eq!((st, &v["is_compatible"]), (200, &json!(true)), "{v}");
 
-    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), "text/plain", &ok_body).await;
+    let (st, v) = post(
+        &format!("{reg}/subjects/{subject}/versions"),
+        "text/plain",
+        &ok_body,
+    )
+    .await;
     assert_eq!((st, v["error_code"].as_u64()), (415, Some(415)), "{v}");
-    let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &json!({"schema": "{nope"})).await;
+    let (st, v) = post(
+        &format!("{reg}/subjects/{subject}/versions"),
+        SR,
+        &json!({"schema": "{nope"}),
+    )
+    .await;
     assert_eq!((st, v["error_code"].as_u64()), (422, Some(42201)), "{v}");
     let (st, v) = get(&format!("{reg}/subjects/no.such.Subject/versions")).await;
     assert_eq!((st, v["error_code"].as_u64()), (404, Some(40401)), "{v}");
@@ -218,7 +249,12 @@ async fn a_restarted_registry_keeps_every_subject_version_and_id() {
         json!({"schema": json!({"type": "record", "name": "Extra", "fields": fields}).to_string()})
     };
     for n in 1..=3 {
-        let (st, v) = post(&format!("{reg}/subjects/extra-value/versions"), SR, &extra(n)).await;
+        let (st, v) = post(
+            &format!("{reg}/subjects/extra-value/versions"),
+            SR,
+            &extra(n),
+        )
+        .await;
         assert_eq!(st, 200, "{v}");
     }
     let snapshot = |reg: String| async move {

@@ -25,14 +25,16 @@ pub(crate) fn unique_prefix(name: &str) -> String {
 /// A configuration isolated under `prefix`, listening on a free port, broker from
 /// `FLEETLEDGER_TEST_BOOTSTRAP` (default 127.0.0.1:9092).
 pub(crate) fn config(prefix: &str) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        shutdown_timeout_ms: 5_000,
+        ..Config::default()
+    };
     c.kafka.bootstrap_servers =
         std::env::var("FLEETLEDGER_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
     c.kafka.topic_prefix = prefix.to_owned();
     c.kafka.schemas_topic = format!("{prefix}._schemas");
     c.kafka.partitions = 3;
-    c.shutdown_timeout_ms = 5_000;
     c
 }
 
@@ -45,7 +47,9 @@ pub(crate) struct TestServer {
 impl TestServer {
     pub(crate) async fn start(config: Config) -> TestServer {
         let token = CancellationToken::new();
-        let running = server::start(config, token.clone()).await.expect("server starts");
+        let running = server::start(config, token.clone())
+            .await
+            .expect("server starts");
         running
             .wait_ready(Duration::from_secs(60))
             .await
@@ -57,7 +61,10 @@ impl TestServer {
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.running.as_ref().map(|r| r.addr).expect("running"))
+        format!(
+            "http://{}",
+            self.running.as_ref().map(|r| r.addr).expect("running")
+        )
     }
 
     /// Stops the server and waits for its tasks.

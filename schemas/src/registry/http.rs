@@ -29,7 +29,10 @@ const ACCEPTED: &[&str] = &[
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        reply(status, json!({"error_code": self.error_code, "message": self.message}))
+        reply(
+            status,
+            json!({"error_code": self.error_code, "message": self.message}),
+        )
     }
 }
 
@@ -45,12 +48,20 @@ fn ok(body: Value) -> Result<Response, RegistryError> {
 }
 
 /// Checks the content type and parses the JSON body.
-fn body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<T, RegistryError> {
+fn body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<T, RegistryError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if !ACCEPTED.contains(&media.as_str()) {
         return Err(RegistryError {
             status: 415,
@@ -81,12 +92,14 @@ struct SchemaRequest {
 
 impl SchemaRequest {
     fn avro_schema(&self) -> Result<&str, RegistryError> {
-        if let Some(t) = &self.schema_type {
-            if !t.eq_ignore_ascii_case("AVRO") {
-                return Err(RegistryError::invalid_schema(&format!(
-                    "schemaType {t} is not supported by this registry: only AVRO"
-                )));
-            }
+        if let Some(t) = self
+            .schema_type
+            .as_ref()
+            .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
+        {
+            return Err(RegistryError::invalid_schema(&format!(
+                "schemaType {t} is not supported by this registry: only AVRO"
+            )));
         }
         if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
             return Err(RegistryError::invalid_schema(
@@ -232,7 +245,10 @@ pub fn router(registry: Arc<SchemaRegistry>) -> Router {
         .route("/subjects/{subject}", post(lookup))
         .route("/subjects/{subject}/versions", get(versions).post(register))
         .route("/subjects/{subject}/versions/{version}", get(version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(version_schema))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(version_schema),
+        )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/config", get(get_global_config).put(put_global_config))
         .route("/config/{subject}", get(get_config).put(put_config))
@@ -256,7 +272,13 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    async fn call(app: &Router, method: &str, uri: &str, ct: Option<&str>, body: &str) -> (u16, Value) {
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        ct: Option<&str>,
+        body: &str,
+    ) -> (u16, Value) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
@@ -267,23 +289,53 @@ mod tests {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[tokio::test]
     async fn wrong_content_type_is_415_and_stores_nothing() {
         let journal = Arc::new(MemoryJournal::default());
-        let app = router(Arc::new(SchemaRegistry::new(journal.clone(), [], Compatibility::Backward)));
+        let app = router(Arc::new(SchemaRegistry::new(
+            journal.clone(),
+            [],
+            Compatibility::Backward,
+        )));
         let body = json!({"schema": "\"string\""}).to_string();
-        let (st, v) = call(&app, "POST", "/subjects/x/versions", Some("text/plain"), &body).await;
+        let (st, v) = call(
+            &app,
+            "POST",
+            "/subjects/x/versions",
+            Some("text/plain"),
+            &body,
+        )
+        .await;
         assert_eq!((st, v["error_code"].as_u64()), (415, Some(415)));
         assert!(journal.entries().is_empty());
-        let (st, v) = call(&app, "POST", "/subjects/x/versions", Some(CONTENT_TYPE), &body).await;
+        let (st, v) = call(
+            &app,
+            "POST",
+            "/subjects/x/versions",
+            Some(CONTENT_TYPE),
+            &body,
+        )
+        .await;
         assert_eq!(st, 200, "{v}");
         let (st, v) = call(&app, "GET", "/subjects/nope/versions", None, "").await;
         assert_eq!((st, v["error_code"].as_u64()), (404, Some(40401)));
-        let (st, v) = call(&app, "POST", "/subjects/x/versions", Some("application/json"), "{\"schema\": \"{bad\"}").await;
+        let (st, v) = call(
+            &app,
+            "POST",
+            "/subjects/x/versions",
+            Some("application/json"),
+            "{\"schema\": \"{bad\"}",
+        )
+        .await;
         assert_eq!((st, v["error_code"].as_u64()), (422, Some(42201)));
         assert_eq!(journal.entries().len(), 1);
     }

@@ -96,7 +96,11 @@ impl RegistryError {
     }
     /// 500 / 50001: the journal refused the write; nothing was stored.
     pub fn store(why: &str) -> Self {
-        Self::new(500, 50001, format!("Error in the backend data store: {why}"))
+        Self::new(
+            500,
+            50001,
+            format!("Error in the backend data store: {why}"),
+        )
     }
 }
 
@@ -144,18 +148,24 @@ impl Compatibility {
         let backward = || {
             SchemaCompatibility::can_read(old, new)
                 .map(|_| ())
-                .map_err(|e| format!("the new schema cannot read data written with an earlier one: {e}"))
+                .map_err(|e| {
+                    format!("the new schema cannot read data written with an earlier one: {e}")
+                })
         };
         let forward = || {
             SchemaCompatibility::can_read(new, old)
                 .map(|_| ())
-                .map_err(|e| format!("an earlier schema cannot read data written with the new one: {e}"))
+                .map_err(|e| {
+                    format!("an earlier schema cannot read data written with the new one: {e}")
+                })
         };
         match self {
             Compatibility::None => Ok(()),
             Compatibility::Backward | Compatibility::BackwardTransitive => backward(),
             Compatibility::Forward | Compatibility::ForwardTransitive => forward(),
-            Compatibility::Full | Compatibility::FullTransitive => backward().and_then(|_| forward()),
+            Compatibility::Full | Compatibility::FullTransitive => {
+                backward().and_then(|_| forward())
+            }
         }
     }
 }
@@ -429,8 +439,10 @@ pub struct SchemaRegistry {
 
 /// Parses schema text and returns the normalised JSON under which it is stored.
 fn normalise(schema: &str) -> RegistryResult<(Schema, String)> {
-    let parsed = Schema::parse_str(schema).map_err(|e| RegistryError::invalid_schema(&e.to_string()))?;
-    let json = serde_json::to_string(&parsed).map_err(|e| RegistryError::invalid_schema(&e.to_string()))?;
+    let parsed =
+        Schema::parse_str(schema).map_err(|e| RegistryError::invalid_schema(&e.to_string()))?;
+    let json = serde_json::to_string(&parsed)
+        .map_err(|e| RegistryError::invalid_schema(&e.to_string()))?;
     Ok((parsed, json))
 }
 
@@ -523,7 +535,9 @@ impl SchemaRegistry {
             existing.last().map(std::slice::from_ref).unwrap_or(&[])
         };
         for id in olds {
-            let Some(text) = st.schemas.get(id) else { continue };
+            let Some(text) = st.schemas.get(id) else {
+                continue;
+            };
             let old = Schema::parse_str(text).map_err(|e| RegistryError::store(&e.to_string()))?;
             level
                 .check(new, &old)
@@ -544,7 +558,8 @@ impl SchemaRegistry {
         let level = self.compatibility(subject).await;
         let st = self.state.read().await;
         let target = st.version(subject, version)?;
-        let old = Schema::parse_str(&target.schema).map_err(|e| RegistryError::store(&e.to_string()))?;
+        let old =
+            Schema::parse_str(&target.schema).map_err(|e| RegistryError::store(&e.to_string()))?;
         Ok(level.check(&parsed, &old))
     }
 
@@ -638,7 +653,10 @@ mod tests {
 
     fn registry() -> (SchemaRegistry, Arc<MemoryJournal>) {
         let j = Arc::new(MemoryJournal::default());
-        (SchemaRegistry::new(j.clone(), [], Compatibility::Backward), j)
+        (
+            SchemaRegistry::new(j.clone(), [], Compatibility::Backward),
+            j,
+        )
     }
 
     #[tokio::test]
@@ -662,7 +680,12 @@ mod tests {
         assert_eq!((err.status, err.error_code), (409, 409));
         assert_eq!(j.entries().len(), 1);
         assert_eq!(r.versions("s").await.unwrap(), vec![1]);
-        assert!(r.is_compatible("s", "latest", V2_BAD).await.unwrap().is_err());
+        assert!(
+            r.is_compatible("s", "latest", V2_BAD)
+                .await
+                .unwrap()
+                .is_err()
+        );
         r.set_config(Some("s"), Compatibility::None).await.unwrap();
         assert!(r.register("s", V2_BAD).await.is_ok());
     }
@@ -681,21 +704,40 @@ mod tests {
                 JournalEntry::from_key_value(&k, Some(&v)).unwrap().unwrap()
             })
             .collect();
-        let r2 = SchemaRegistry::new(Arc::new(MemoryJournal::default()), entries, Compatibility::Backward);
-        assert_eq!(r2.version("a", "2").await.unwrap(), r.version("a", "2").await.unwrap());
+        let r2 = SchemaRegistry::new(
+            Arc::new(MemoryJournal::default()),
+            entries,
+            Compatibility::Backward,
+        );
+        assert_eq!(
+            r2.version("a", "2").await.unwrap(),
+            r.version("a", "2").await.unwrap()
+        );
         assert_eq!(r2.global_config().await, Compatibility::Full);
     }
 
     #[tokio::test]
     async fn errors_carry_confluent_codes() {
         let (r, _) = registry();
-        assert_eq!(r.version("nope", "latest").await.unwrap_err().error_code, 40401);
+        assert_eq!(
+            r.version("nope", "latest").await.unwrap_err().error_code,
+            40401
+        );
         r.register("s", V1).await.unwrap();
         assert_eq!(r.version("s", "7").await.unwrap_err().error_code, 40402);
         assert_eq!(r.version("s", "x").await.unwrap_err().error_code, 42202);
         assert_eq!(r.schema_by_id(99).await.unwrap_err().error_code, 40403);
-        assert_eq!(r.register("s", "{not json").await.unwrap_err().error_code, 42201);
-        assert_eq!(Compatibility::parse("sideways").unwrap_err().error_code, 42203);
-        assert_eq!(Compatibility::parse("backward").unwrap(), Compatibility::Backward);
+        assert_eq!(
+            r.register("s", "{not json").await.unwrap_err().error_code,
+            42201
+        );
+        assert_eq!(
+            Compatibility::parse("sideways").unwrap_err().error_code,
+            42203
+        );
+        assert_eq!(
+            Compatibility::parse("backward").unwrap(),
+            Compatibility::Backward
+        );
     }
 }
