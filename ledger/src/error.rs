@@ -40,6 +40,59 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The principal does not own the facet.
+    #[error("principal {principal} may not write the {facet} facet: its owner is {owner}")]
+    Forbidden {
+        /// Who tried.
+        principal: String,
+        /// What they tried to write.
+        facet: fleetledger_schemas::Facet,
+        /// Who owns it.
+        owner: String,
+    },
+    /// `If-Match` named another version than the current one; the caller must re-read.
+    #[error("{cluster_id}/{facet} is at version {current}, not {expected}")]
+    Conflict {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// The version the caller expected.
+        expected: i64,
+        /// The current version (0: does not exist).
+        current: i64,
+    },
+    /// An idempotency key reused with a different body.
+    #[error("idempotency key {request_id:?} was already used for {cluster_id}/{facet} with a different body; use a new key for a new change")]
+    IdempotencyMismatch {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// The reused key.
+        request_id: String,
+    },
+    /// A time that goes backwards for a cluster+facet (import).
+    #[error("ts {ts} of {cluster_id}/{facet} is before the current version's ts {current}; times must not go backwards")]
+    TimeBackwards {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// The refused time.
+        ts: String,
+        /// The current version's time.
+        current: String,
+    },
+    /// Nothing is known about the cluster.
+    #[error("cluster {0} not found")]
+    NotFound(String),
+    /// The change was not written (transaction aborted, Kafka unreachable); retry later.
+    #[error("not written: {0}; retry later")]
+    Unavailable(String),
+    /// Another instance with the same transactional id took over; this one no longer writes.
+    #[error("this instance was fenced by another writer with the same transactional id and no longer accepts writes")]
+    Fenced,
     /// An error from the schemas crate.
     #[error(transparent)]
     Schema(#[from] fleetledger_schemas::Error),
@@ -69,6 +122,7 @@ impl Error {
         match self {
             Error::Kafka { retriable, .. } => *retriable,
             Error::Schema(e) => e.is_retriable(),
+            Error::Unavailable(_) => true,
             _ => false,
         }
     }

@@ -1,14 +1,20 @@
 //! The ledger: the topic layout of the system of record, the one place Kafka clients are
 //! configured, the Kafka-backed journal of the embedded schema registry, and the clock.
 
+pub mod append;
 mod clock;
 mod error;
+pub mod hash_chain;
 pub mod kafka;
+pub mod partitioner;
+pub mod principals;
 pub mod registry_journal;
 pub mod topics;
 
+pub use append::{AppendRequest, Appended, Head, Ledger, LedgerConfig};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use kafka::{KafkaClients, KafkaConfig};
+pub use principals::{Ownership, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};

@@ -1,0 +1,805 @@
+//! The append path: validate → authorise → idempotency → optimistic concurrency → group
+//! commit of the state and history records in one Kafka transaction.
+//!
+//! One writer task owns the transactional producer. Concurrent [`Ledger::append`] calls
+//! queue to it; it takes up to `batch_max` of them (waiting at most `linger` for more),
+//! assigns versions and hashes, writes every history record and then every state record in
+//! one transaction, and answers each caller only after the commit. An aborted transaction
+//! answers [`Error::Unavailable`] to all its callers and changes nothing; a fenced
+//! producer answers [`Error::Fenced`] from then on; any other fatal producer error
+//! re-creates the producer and rebuilds the index from the state topic before accepting
+//! more, so a commit whose outcome was unknown can never lead to a duplicate version.
+//!
+//! Idempotency window: the last `idempotency_window` request ids per cluster+facet (default
+//! 32). They travel in the `fleetledger.recent` header of each state record, so they
+//! survive a restart: the index is rebuilt from the compacted state topic alone.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleetledger_schemas::{Facet, FacetState, RecordCodec, RecordMeta, StateRecord};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::hash_chain::{body_digest, record_hash};
+use crate::kafka::KafkaClients;
+use crate::partitioner::partition_for;
+use crate::principals::{IMPORT, Ownership};
+use crate::topics::TopicLayout;
+
+const RECENT_HEADER: &str = "fleetledger.recent";
+
+/// Tuning of the append path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Stable `transactional.id` of the writer; a second instance with the same id fences
+    /// the first. Empty: `fleetledger-{topic_prefix}-writer`.
+    pub transactional_id: String,
+    /// Most changes per transaction.
+    pub batch_max: usize,
+    /// Longest wait for more changes before a transaction starts, in milliseconds.
+    pub linger_ms: u64,
+    /// Request ids remembered per cluster+facet for idempotency.
+    pub idempotency_window: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            transactional_id: String::new(),
+            batch_max: 1000,
+            linger_ms: 2,
+            idempotency_window: 32,
+        }
+    }
+}
+
+/// One change to append.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    /// The cluster (validated by the caller with `validate_cluster_id`).
+    pub cluster_id: String,
+    /// The facet's full new state (validated).
+    pub state: FacetState,
+    /// The authenticated principal.
+    pub principal: String,
+    /// `If-Match`: the version the caller believes is current (0: must not exist).
+    pub expected_version: Option<i64>,
+    /// Idempotency key; a fresh one is generated when absent.
+    pub request_id: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Original time, only for the `import` principal.
+    pub ts: Option<DateTime<Utc>>,
+}
+
+/// The answer to an accepted change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Facet.
+    pub facet: Facet,
+    /// The new version.
+    pub version: i64,
+    /// The new record's hash.
+    pub hash: String,
+    /// Partition of the cluster in both topics.
+    pub partition: i32,
+    /// Offset of the record in the history topic.
+    pub offset: i64,
+    /// The record's time.
+    pub ts: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecentRequest {
+    request_id: String,
+    digest: String,
+    result: Appended,
+}
+
+/// The latest accepted record of one cluster+facet.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The record.
+    pub record: StateRecord,
+    /// Where its history copy is.
+    pub appended: Appended,
+    recent: VecDeque<RecentRequest>,
+}
+
+type Key = (String, Facet);
+
+#[derive(Debug, Default)]
+struct Index {
+    heads: HashMap<Key, Head>,
+}
+
+struct Pending {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// The append path and the in-memory index of the latest state.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Pending>,
+    index: Arc<RwLock<Index>>,
+    fenced: Arc<AtomicBool>,
+    ownership: Arc<Ownership>,
+    layout: TopicLayout,
+    clients: KafkaClients,
+    codec: Arc<RecordCodec>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("request", &self.request).finish()
+    }
+}
+
+impl Ledger {
+    /// Starts the writer: creates the transactional producer (fencing any earlier instance
+    /// with the same id), then rebuilds the index from the state topic. The writer runs on
+    /// `tracker` until `shutdown`, finishing the changes already queued.
+    pub async fn open(
+        clients: KafkaClients,
+        layout: TopicLayout,
+        codec: Arc<RecordCodec>,
+        ownership: Ownership,
+        clock: Arc<dyn Clock>,
+        config: LedgerConfig,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Ledger> {
+        let txn_id = if config.transactional_id.is_empty() {
+            format!("fleetledger-{}-writer", clients.config().topic_prefix)
+        } else {
+            config.transactional_id.clone()
+        };
+        let producer = new_transactional_producer(&clients, &txn_id).await?;
+        let index = Arc::new(RwLock::new(
+            rebuild_index(&clients, &layout, &codec).await?,
+        ));
+        let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 4);
+        let fenced = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            producer,
+            txn_id,
+            clients: clients.clone(),
+            layout: layout.clone(),
+            codec: codec.clone(),
+            clock,
+            config,
+            index: index.clone(),
+            fenced: fenced.clone(),
+        };
+        tracker.spawn(writer.run(rx, shutdown));
+        Ok(Ledger {
+            tx,
+            index,
+            fenced,
+            ownership: Arc::new(ownership),
+            layout,
+            clients,
+            codec,
+        })
+    }
+
+    /// The ownership in force.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// Appends one change. Returns only after its transaction committed; refuses with
+    /// [`Error::Forbidden`], [`Error::Conflict`], [`Error::IdempotencyMismatch`],
+    /// [`Error::TimeBackwards`] (nothing written), or [`Error::Unavailable`] /
+    /// [`Error::Fenced`] (nothing written; retry later or elsewhere). A repeated request id
+    /// with the same body returns the original result.
+    pub async fn append(&self, request: AppendRequest) -> Result<Appended> {
+        let facet = request.state.facet();
+        if !self.ownership.may_write(&request.principal, facet) {
+            return Err(Error::Forbidden {
+                principal: request.principal,
+                facet,
+                owner: self.ownership.owner(facet).to_owned(),
+            });
+        }
+        if request.ts.is_some() && request.principal != IMPORT {
+            return Err(Error::Config(format!(
+                "only the {IMPORT} principal may set ts, not {}",
+                request.principal
+            )));
+        }
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(Error::Fenced);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { request, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the writer is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// The latest record of every facet of `cluster_id` (read-your-writes: an append that
+    /// returned is visible here).
+    pub async fn current(&self, cluster_id: &str) -> BTreeMap<Facet, Head> {
+        let idx = self.index.read().await;
+        Facet::ALL
+            .into_iter()
+            .filter_map(|f| {
+                idx.heads
+                    .get(&(cluster_id.to_owned(), f))
+                    .map(|h| (f, h.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether this instance was fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Every accepted record of `cluster_id`, oldest first per facet and in commit order
+    /// overall. Reads only the cluster's partition of the history topic.
+    pub async fn history(&self, cluster_id: &str) -> Result<Vec<(StateRecord, i32, i64)>> {
+        let partition = partition_for(cluster_id, self.layout.partitions);
+        let prefix = format!("{cluster_id}/");
+        let mut out = Vec::new();
+        read_partition_to_end(
+            &self.clients,
+            &self.layout.history,
+            partition,
+            "history-reader",
+            |key, payload, offset| {
+                if key.starts_with(prefix.as_bytes()) {
+                    out.push((payload.to_vec(), offset));
+                }
+            },
+        )
+        .await?;
+        let mut records = Vec::with_capacity(out.len());
+        for (bytes, offset) in out {
+            let record = self.codec.decode(&bytes).await.map_err(|e| Error::Corrupt {
+                topic: self.layout.history.clone(),
+                partition,
+                offset,
+                message: e.to_string(),
+            })?;
+            records.push((record, partition, offset));
+        }
+        Ok(records)
+    }
+}
+
+async fn new_transactional_producer(clients: &KafkaClients, txn_id: &str) -> Result<FutureProducer> {
+    let producer = clients.transactional_producer("writer", txn_id)?;
+    let p = producer.clone();
+    let timeout = clients.config().request_timeout() * 3;
+    tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+        .await
+        .map_err(|e| Error::Unavailable(format!("init task failed: {e}")))?
+        .map_err(|e| Error::kafka("init transactions", e))?;
+    Ok(producer)
+}
+
+/// Reads one partition from the beginning to its end (read_committed), calling `f` with
+/// key, payload and offset of every non-tombstone record.
+async fn read_partition_to_end(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    role: &str,
+    mut f: impl FnMut(&[u8], &[u8], i64),
+) -> Result<()> {
+    let consumer: StreamConsumer = clients.consumer(role)?;
+    let timeout = clients.config().request_timeout();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
+    if high <= low {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(|e| Error::kafka("assign", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
+    loop {
+        match tokio::time::timeout(timeout, consumer.recv()).await {
+            Err(_) => return Err(Error::Unavailable(format!("reading {topic}/{partition} timed out"))),
+            Ok(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
+            Ok(Ok(m)) => {
+                if let (Some(k), Some(p)) = (m.key(), m.payload()) {
+                    f(k, p, m.offset());
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds the index from the compacted state topic: the highest version of every
+/// cluster+facet, with its recent request ids.
+async fn rebuild_index(clients: &KafkaClients, layout: &TopicLayout, codec: &RecordCodec) -> Result<Index> {
+    let mut index = Index::default();
+    for partition in 0..layout.partitions {
+        let mut raw = Vec::new();
+        let consumer: StreamConsumer = clients.consumer("index-rebuild")?;
+        let timeout = clients.config().request_timeout();
+        let (low, high) = consumer
+            .fetch_watermarks(&layout.state, partition, timeout)
+            .map_err(|e| Error::kafka(format!("watermarks of {}/{partition}", layout.state), e))?;
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&layout.state, partition, Offset::Beginning)
+            .map_err(|e| Error::kafka("assign", e))?;
+        consumer.assign(&tpl).map_err(|e| Error::kafka("assign", e))?;
+        loop {
+            match tokio::time::timeout(timeout, consumer.recv()).await {
+                Err(_) => return Err(Error::Unavailable(format!("reading {} timed out", layout.state))),
+                Ok(Err(KafkaError::PartitionEOF(_))) => break,
+                Ok(Err(e)) => return Err(Error::kafka(format!("read {}", layout.state), e)),
+                Ok(Ok(m)) => {
+                    let Some(payload) = m.payload() else { continue };
+                    let recent = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == RECENT_HEADER).and_then(|h| h.value.map(<[u8]>::to_vec)));
+                    raw.push((payload.to_vec(), recent, m.offset()));
+                }
+            }
+        }
+        for (payload, recent, offset) in raw {
+            let record = codec.decode(&payload).await.map_err(|e| Error::Corrupt {
+                topic: layout.state.clone(),
+                partition,
+                offset,
+                message: e.to_string(),
+            })?;
+            let recent: VecDeque<RecentRequest> = recent
+                .and_then(|r| serde_json::from_slice(&r).ok())
+                .unwrap_or_default();
+            let key = (record.meta.cluster_id.clone(), record.facet());
+            let appended = recent
+                .iter()
+                .rev()
+                .find(|r| r.result.version == record.meta.version)
+                .map(|r| r.result.clone())
+                .unwrap_or_else(|| Appended {
+                    cluster_id: record.meta.cluster_id.clone(),
+                    facet: record.facet(),
+                    version: record.meta.version,
+                    hash: record.meta.hash.clone(),
+                    partition,
+                    offset: -1,
+                    ts: record.meta.ts,
+                });
+            let newer = index
+                .heads
+                .get(&key)
+                .is_none_or(|h| h.record.meta.version < record.meta.version);
+            if newer {
+                index.heads.insert(key, Head { record, appended, recent });
+            }
+        }
+    }
+    tracing::info!(heads = index.heads.len(), "index rebuilt from the state topic");
+    Ok(index)
+}
+
+struct Writer {
+    producer: FutureProducer,
+    txn_id: String,
+    clients: KafkaClients,
+    layout: TopicLayout,
+    codec: Arc<RecordCodec>,
+    clock: Arc<dyn Clock>,
+    config: LedgerConfig,
+    index: Arc<RwLock<Index>>,
+    fenced: Arc<AtomicBool>,
+}
+
+/// A change that passed every check and waits for its transaction.
+struct Accepted {
+    reply_to: Vec<oneshot::Sender<Result<Appended>>>,
+    request_id: String,
+    digest: String,
+    record: StateRecord,
+    payload: Vec<u8>,
+    partition: i32,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+        let linger = Duration::from_millis(self.config.linger_ms);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = rx.recv() => match p { Some(p) => p, None => break },
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < self.config.batch_max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                }
+            }
+            self.process(batch).await;
+        }
+        // Finish what callers already queued, then stop.
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            rest.push(p);
+        }
+        if !rest.is_empty() {
+            self.process(rest).await;
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    async fn process(&mut self, batch: Vec<Pending>) {
+        let span = tracing::info_span!("transaction", changes = batch.len());
+        async {
+            if self.fenced.load(Ordering::Acquire) {
+                for p in batch {
+                    let _ = p.reply.send(Err(Error::Fenced));
+                }
+                return;
+            }
+            let accepted = self.check(batch).await;
+            if accepted.is_empty() {
+                return;
+            }
+            match self.commit(&accepted).await {
+                Ok(offsets) => self.publish(accepted, offsets).await,
+                Err(e) => {
+                    let text = e.to_string();
+                    tracing::warn!(error = %text, "transaction failed; nothing written");
+                    for a in accepted {
+                        for r in a.reply_to {
+                            let err = if self.fenced.load(Ordering::Acquire) {
+                                Error::Fenced
+                            } else {
+                                Error::Unavailable(text.clone())
+                            };
+                            let _ = r.send(Err(err));
+                        }
+                    }
+                    if !self.fenced.load(Ordering::Acquire) {
+                        self.recover_producer().await;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Idempotency, concurrency, versions, hashes and encoding for every change of the
+    /// batch, in arrival order; refused changes are answered at once.
+    async fn check(&self, batch: Vec<Pending>) -> Vec<Accepted> {
+        let index = self.index.read().await;
+        let mut accepted: Vec<Accepted> = Vec::new();
+        // Per key: (version, hash, ts) after the changes of this batch so far.
+        let mut overlay: HashMap<Key, (i64, String, DateTime<Utc>)> = HashMap::new();
+        for Pending { request, reply } in batch {
+            let facet = request.state.facet();
+            let key = (request.cluster_id.clone(), facet);
+            let head = index.heads.get(&key);
+            let digest = body_digest(&request.state, request.reason.as_deref());
+            if let Some(rid) = &request.request_id {
+                let earlier = head.and_then(|h| h.recent.iter().find(|r| &r.request_id == rid));
+                if let Some(e) = earlier {
+                    let answer = if e.digest == digest {
+                        Ok(e.result.clone())
+                    } else {
+                        Err(idem_mismatch(&key, rid))
+                    };
+                    let _ = reply.send(answer);
+                    continue;
+                }
+                if let Some(a) = accepted
+                    .iter_mut()
+                    .find(|a| &a.request_id == rid && a.record.meta.cluster_id == key.0 && a.record.facet() == facet)
+                {
+                    if a.digest == digest {
+                        a.reply_to.push(reply);
+                    } else {
+                        let _ = reply.send(Err(idem_mismatch(&key, rid)));
+                    }
+                    continue;
+                }
+            }
+            let (cur_version, cur_hash, cur_ts) = overlay.get(&key).cloned().unwrap_or_else(|| {
+                head.map_or((0, String::new(), DateTime::<Utc>::MIN_UTC), |h| {
+                    (h.record.meta.version, h.record.meta.hash.clone(), h.record.meta.ts)
+                })
+            });
+            if let Some(expected) = request.expected_version {
+                if expected != cur_version {
+                    let _ = reply.send(Err(Error::Conflict {
+                        cluster_id: key.0.clone(),
+                        facet,
+                        expected,
+                        current: cur_version,
+                    }));
+                    continue;
+                }
+            }
+            let ts = match request.ts {
+                Some(ts) if ts < cur_ts => {
+                    let _ = reply.send(Err(Error::TimeBackwards {
+                        cluster_id: key.0.clone(),
+                        facet,
+                        ts: ts.to_rfc3339(),
+                        current: cur_ts.to_rfc3339(),
+                    }));
+                    continue;
+                }
+                Some(ts) => ts,
+                // The wall clock may step back; a record's time never does.
+                None => self.clock.now().max(cur_ts),
+            };
+            let ts = DateTime::from_timestamp_millis(ts.timestamp_millis()).unwrap_or(ts);
+            let request_id = request
+                .request_id
+                .clone()
+                .unwrap_or_else(|| format!("auto-{}-{}-{}", key.0, facet, cur_version + 1));
+            let mut meta = RecordMeta {
+                cluster_id: key.0.clone(),
+                version: cur_version + 1,
+                writer: request.principal.clone(),
+                request_id: request_id.clone(),
+                reason: request.reason.clone(),
+                ts,
+                prev_hash: cur_hash,
+                hash: String::new(),
+            };
+            meta.hash = record_hash(&meta, &request.state);
+            let record = StateRecord { meta, state: request.state };
+            let payload = match self.codec.encode(&record).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Unavailable(format!("cannot encode: {e}"))));
+                    continue;
+                }
+            };
+            overlay.insert(key.clone(), (record.meta.version, record.meta.hash.clone(), ts));
+            accepted.push(Accepted {
+                reply_to: vec![reply],
+                request_id,
+                digest,
+                partition: partition_for(&key.0, self.layout.partitions),
+                record,
+                payload,
+            });
+        }
+        accepted
+    }
+
+    /// Writes every history record, then every state record (with its recent request ids),
+    /// in one transaction. Returns the history offsets.
+    async fn commit(&mut self, accepted: &[Accepted]) -> Result<Vec<i64>> {
+        let timeout = self.clients.config().request_timeout() * 3;
+        let p = self.producer.clone();
+        blocking(move || p.begin_transaction()).await?;
+        let result = self.produce_all(accepted).await;
+        let result = match result {
+            Ok(offsets) => {
+                let p = self.producer.clone();
+                blocking(move || p.commit_transaction(timeout)).await.map(|_| offsets)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(offsets) => Ok(offsets),
+            Err(e) => {
+                self.classify(&e);
+                if !self.fenced.load(Ordering::Acquire) {
+                    let p = self.producer.clone();
+                    if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
+                        tracing::warn!(error = %abort, "abort failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn produce_all(&self, accepted: &[Accepted]) -> Result<Vec<i64>> {
+        let mut futures = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            let key = format!(
+                "{}/{}/{:020}",
+                a.record.meta.cluster_id,
+                a.record.facet(),
+                a.record.meta.version
+            );
+            let rec = FutureRecord::to(&self.layout.history)
+                .key(&key)
+                .payload(&a.payload)
+                .partition(a.partition)
+                .timestamp(a.record.meta.ts.timestamp_millis());
+            futures.push(
+                self.producer
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::kafka("produce history", e))?,
+            );
+        }
+        let mut offsets = Vec::with_capacity(accepted.len());
+        for f in futures {
+            match f.await {
+                Ok(Ok(d)) => offsets.push(d.offset),
+                Ok(Err((e, _))) => return Err(Error::kafka("produce history", e)),
+                Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
+            }
+        }
+        let index = self.index.read().await;
+        let mut recents: HashMap<Key, VecDeque<RecentRequest>> = HashMap::new();
+        let mut futures = Vec::with_capacity(accepted.len());
+        for (a, offset) in accepted.iter().zip(&offsets) {
+            let k = (a.record.meta.cluster_id.clone(), a.record.facet());
+            let recent = recents.entry(k.clone()).or_insert_with(|| {
+                index.heads.get(&k).map(|h| h.recent.clone()).unwrap_or_default()
+            });
+            recent.push_back(RecentRequest {
+                request_id: a.request_id.clone(),
+                digest: a.digest.clone(),
+                result: appended_of(a, *offset),
+            });
+            while recent.len() > self.config.idempotency_window.max(1) {
+                recent.pop_front();
+            }
+            let header = serde_json::to_vec(&recent).unwrap_or_default();
+            let key = format!("{}/{}", k.0, k.1);
+            let rec = FutureRecord::to(&self.layout.state)
+                .key(&key)
+                .payload(&a.payload)
+                .partition(a.partition)
+                .timestamp(a.record.meta.ts.timestamp_millis())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: RECENT_HEADER,
+                    value: Some(&header),
+                }));
+            futures.push(
+                self.producer
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::kafka("produce state", e))?,
+            );
+        }
+        drop(index);
+        for f in futures {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::kafka("produce state", e)),
+                Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
+            }
+        }
+        Ok(offsets)
+    }
+
+    fn classify(&self, e: &Error) {
+        if let Error::Kafka { source, .. } = e {
+            use rdkafka::types::RDKafkaErrorCode as C;
+            if matches!(
+                source.rdkafka_error_code(),
+                Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
+            ) {
+                tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
+                self.fenced.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// After a failed transaction: a fresh producer (which aborts anything pending) and an
+    /// index rebuilt from the state topic, so an unknown outcome cannot cause a duplicate
+    /// version.
+    async fn recover_producer(&mut self) {
+        for attempt in 1..=5u32 {
+            let result = async {
+                let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
+                let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
+                Ok::<_, Error>((producer, index))
+            }
+            .await;
+            match result {
+                Ok((producer, index)) => {
+                    self.producer = producer;
+                    *self.index.write().await = index;
+                    return;
+                }
+                Err(e) => {
+                    self.classify(&e);
+                    if self.fenced.load(Ordering::Acquire) {
+                        return;
+                    }
+                    tracing::warn!(attempt, error = %e, "re-creating the producer failed");
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                }
+            }
+        }
+        tracing::error!("could not re-create the producer; refusing writes");
+        self.fenced.store(true, Ordering::Release);
+    }
+
+    async fn publish(&self, accepted: Vec<Accepted>, offsets: Vec<i64>) {
+        let mut index = self.index.write().await;
+        for (a, offset) in accepted.into_iter().zip(offsets) {
+            let appended = appended_of(&a, offset);
+            let key = (a.record.meta.cluster_id.clone(), a.record.facet());
+            let mut recent = index.heads.get(&key).map(|h| h.recent.clone()).unwrap_or_default();
+            recent.push_back(RecentRequest {
+                request_id: a.request_id,
+                digest: a.digest,
+                result: appended.clone(),
+            });
+            while recent.len() > self.config.idempotency_window.max(1) {
+                recent.pop_front();
+            }
+            tracing::debug!(cluster_id = %key.0, facet = %key.1, version = appended.version, partition = appended.partition, offset, "appended");
+            index.heads.insert(
+                key,
+                Head {
+                    record: a.record,
+                    appended: appended.clone(),
+                    recent,
+                },
+            );
+            for r in a.reply_to {
+                let _ = r.send(Ok(appended.clone()));
+            }
+        }
+    }
+}
+
+fn appended_of(a: &Accepted, offset: i64) -> Appended {
+    Appended {
+        cluster_id: a.record.meta.cluster_id.clone(),
+        facet: a.record.facet(),
+        version: a.record.meta.version,
+        hash: a.record.meta.hash.clone(),
+        partition: a.partition,
+        offset,
+        ts: a.record.meta.ts,
+    }
+}
+
+fn idem_mismatch(key: &Key, rid: &str) -> Error {
+    Error::IdempotencyMismatch {
+        cluster_id: key.0.clone(),
+        facet: key.1,
+        request_id: rid.to_owned(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("producer task failed: {e}")))?
+        .map_err(|e| Error::kafka("transaction", e))
+}
