@@ -7,7 +7,9 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use fleetledger_ledger::KafkaConfig;
+use std::path::PathBuf;
+
+use fleetledger_ledger::{KafkaConfig, LedgerConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything the service can be told.
@@ -25,6 +27,23 @@ pub struct Config {
     pub schema_registry_url: Option<String>,
     /// How long shutdown waits for in-flight requests and tasks, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Largest accepted request body, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Tokens and facet ownership.
+    pub auth: AuthConfig,
+    /// The append path.
+    pub ledger: LedgerConfig,
+}
+
+/// Who is who and who owns what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// TOML file with `[tokens]` `"token" = "principal"`. None: development tokens
+    /// (`dev-<principal>` for every principal), for local use only.
+    pub tokens_file: Option<PathBuf>,
+    /// TOML file with `[owners]` `facet = "principal"`. None: the defaults of DESIGN.md.
+    pub ownership_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -35,6 +54,9 @@ impl Default for Config {
             embedded_registry: true,
             schema_registry_url: None,
             shutdown_timeout_ms: 10_000,
+            max_body_bytes: 1 << 20,
+            auth: AuthConfig::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }
@@ -47,6 +69,9 @@ const KEYS: &[&str] = &[
     "embedded_registry",
     "schema_registry_url",
     "shutdown_timeout_ms",
+    "max_body_bytes",
+    "auth",
+    "ledger",
 ];
 
 impl Config {
@@ -64,7 +89,11 @@ impl Config {
             .merge(
                 Env::prefixed("FLEETLEDGER_")
                     .split("__")
-                    .filter(|k| KEYS.contains(&k.as_str().split('.').next().unwrap_or(""))),
+                    .filter(|k| {
+                        // Depending on figment's order the key may or may not be split yet.
+                        let k = k.as_str().to_ascii_lowercase().replace("__", ".");
+                        KEYS.contains(&k.split('.').next().unwrap_or(""))
+                    }),
             )
             .merge(Serialized::defaults(overrides));
         fig.extract().map_err(Box::new)
@@ -98,6 +127,16 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.kafka.partitions, 3);
         assert_eq!(c.kafka.topic_prefix, "fleet");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", "envp");
+            jail.set_env("FLEETLEDGER_LISTEN", "127.0.0.1:3");
+            jail.set_env("FLEETLEDGER_URL", "http://not-config");
+            jail.set_env("FLEETLEDGER_KAFKA_PORT", "9999");
+            let c = Config::load(None, serde_json::json!({})).expect("env layered");
+            assert_eq!(c.kafka.topic_prefix, "envp");
+            assert_eq!(c.listen, "127.0.0.1:3");
+            Ok(())
+        });
         std::fs::write(&f, "colour = \"red\"\n").unwrap();
         let err = Config::load(Some(&f), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

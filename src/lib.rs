@@ -2,6 +2,8 @@
 //! server with its routes, and start-up and shutdown live here; everything they do is
 //! in the library crates (`schemas ← ledger ← projectors ← queries`).
 
+mod api;
+pub mod client;
 pub mod config;
 pub mod server;
 

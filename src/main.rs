@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetledger::client::{ApiClient, ApiError};
 use fleetledger::{Config, server};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,84 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (and the embedded schema registry).
     Serve(ServeArgs),
+    /// Append a facet's new state: `append CLUSTER FACET --file STATE.json`.
+    Append {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Cluster id.
+        cluster: String,
+        /// logical | physical | capacity | status.
+        facet: String,
+        /// JSON file with the facet's full state.
+        #[arg(long)]
+        file: PathBuf,
+        /// Expected current version (If-Match; 0 = must not exist yet).
+        #[arg(long)]
+        expect: Option<i64>,
+        /// Idempotency key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print every facet's current state and version.
+    Get {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Cluster id.
+        cluster: String,
+    },
+    /// Print a cluster's accepted records, oldest first.
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Cluster id.
+        cluster: String,
+    },
+    /// Delete a cluster (its logical facet becomes `deleted: true`).
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Cluster id.
+        cluster: String,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// URL of the fleetledger API.
+    #[arg(long, env = "FLEETLEDGER_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// Bearer token (locally: dev-<principal>).
+    #[arg(long, env = "FLEETLEDGER_TOKEN")]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        ApiClient::new(&self.url, self.token.clone())
+    }
+}
+
+/// Prints an API answer; a refused request exits with 2 (client error) or 1.
+fn print_answer(answer: anyhow::Result<serde_json::Value>) -> anyhow::Result<()> {
+    match answer {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Err(e) => match e.downcast_ref::<ApiError>() {
+            Some(api) => {
+                eprintln!("error: {api}");
+                std::process::exit(if api.status < 500 { 2 } else { 1 });
+            }
+            None => Err(e),
+        },
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,5 +202,25 @@ async fn main() -> anyhow::Result<()> {
             let _ = signals.await;
             result
         }
+        Command::Append {
+            api,
+            cluster,
+            facet,
+            file,
+            expect,
+            key,
+            reason,
+        } => print_answer(
+            api.client()
+                .append(&cluster, &facet, &file, expect, key.as_deref(), reason.as_deref())
+                .await,
+        ),
+        Command::Get { api, cluster } => print_answer(api.client().get(&cluster).await),
+        Command::History { api, cluster } => print_answer(api.client().history(&cluster).await),
+        Command::Delete {
+            api,
+            cluster,
+            reason,
+        } => print_answer(api.client().delete(&cluster, reason.as_deref()).await),
     }
 }

@@ -15,7 +15,11 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use fleetledger_ledger::{KafkaClients, KafkaRegistryJournal, TopicLayout};
+use axum::routing::post;
+use fleetledger_ledger::{
+    Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, Ownership, SystemClock,
+    Tokens, TopicLayout,
+};
 use fleetledger_schemas::RecordCodec;
 use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
 use serde_json::json;
@@ -32,6 +36,7 @@ pub struct AppError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    detail: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AppError {
@@ -41,17 +46,32 @@ impl AppError {
             status,
             code,
             message: message.into(),
+            detail: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a machine-readable field to the body (e.g. `current_version` of a 409).
+    pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.detail.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The status and the JSON body.
+    pub fn parts(&self) -> (StatusCode, serde_json::Value) {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        for (k, v) in &self.detail {
+            body.insert(k.clone(), v.clone());
+        }
+        (self.status, serde_json::Value::Object(body))
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            axum::Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
+        let (status, body) = self.parts();
+        let mut r = (status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
@@ -65,6 +85,9 @@ impl IntoResponse for AppError {
 pub struct AppState {
     clients: KafkaClients,
     layout: TopicLayout,
+    pub(crate) tokens: Tokens,
+    pub(crate) ledger: OnceLock<Ledger>,
+    pub(crate) max_body_bytes: usize,
     started: AtomicBool,
     registry: OnceLock<Router>,
     startup_error: Mutex<Option<String>>,
@@ -92,6 +115,13 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/clusters/{id}/{facet}", post(crate::api::append))
+        .route(
+            "/v1/clusters/{id}",
+            get(crate::api::get_cluster).delete(crate::api::delete),
+        )
+        .route("/v1/clusters/{id}/history", get(crate::api::history))
+        .route("/v1/batch", post(crate::api::batch))
         .nest_service("/registry", registry)
         .with_state(state)
 }
@@ -189,6 +219,26 @@ impl RunningServer {
 /// Binds `config.listen` and starts serving; start-up (topics, registry) continues in the
 /// background and `/readyz` answers 200 once it is done. Cancel `shutdown` to stop.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunningServer> {
+    start_with_clock(config, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`start`] with an injected clock (tests control record times with it).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningServer> {
+    let ownership = match &config.auth.ownership_file {
+        Some(f) => Ownership::from_file(f)?,
+        None => Ownership::default(),
+    };
+    let tokens = match &config.auth.tokens_file {
+        Some(f) => Tokens::from_file(f)?,
+        None => {
+            tracing::warn!("no tokens file configured: using development tokens dev-<principal>");
+            Tokens::development(&ownership)
+        }
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -198,6 +248,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = Arc::new(AppState {
         clients,
         layout,
+        tokens,
+        ledger: OnceLock::new(),
+        max_body_bytes: config.max_body_bytes,
         started: AtomicBool::new(false),
         registry: OnceLock::new(),
         startup_error: Mutex::new(None),
@@ -222,8 +275,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let serves_registry = config.serves_registry();
     let st = state.clone();
     let stop = shutdown.clone();
+    let ledger_config = config.ledger.clone();
+    let writer_tracker = tracker.clone();
     tracker.spawn(async move {
-        let startup = start_up(&st, serves_registry, &registry_url, &stop);
+        let deps = LedgerDeps {
+            ownership,
+            clock,
+            config: ledger_config,
+            tracker: writer_tracker,
+        };
+        let startup = start_up(&st, serves_registry, &registry_url, deps, &stop);
         tokio::select! {
             _ = stop.cancelled() => {}
             r = startup => match r {
@@ -274,11 +335,20 @@ where
     anyhow::bail!("{what}: no attempt was made")
 }
 
+/// What the ledger needs beyond the shared state.
+struct LedgerDeps {
+    ownership: Ownership,
+    clock: Arc<dyn Clock>,
+    config: LedgerConfig,
+    tracker: TaskTracker,
+}
+
 async fn start_up(
     state: &AppState,
     serves_registry: bool,
     registry_url: &str,
-    _shutdown: &CancellationToken,
+    deps: LedgerDeps,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     // About two minutes of retries: long enough for a broker that is still starting.
     let report = with_retries("creating or checking topics", 30, || {
@@ -310,5 +380,20 @@ async fn start_up(
         .await
         .context("registering the facet schemas")?;
     tracing::info!(?ids, "facet subjects registered");
+    let codec = Arc::new(codec);
+    let ledger = with_retries("opening the ledger", 30, || {
+        Ledger::open(
+            state.clients.clone(),
+            state.layout.clone(),
+            codec.clone(),
+            deps.ownership.clone(),
+            deps.clock.clone(),
+            deps.config.clone(),
+            shutdown.clone(),
+            &deps.tracker,
+        )
+    })
+    .await?;
+    let _ = state.ledger.set(ledger);
     Ok(())
 }

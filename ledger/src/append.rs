@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleetledger_schemas::{Facet, FacetState, RecordCodec, RecordMeta, StateRecord};
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hash_chain::{body_digest, record_hash};
-use crate::kafka::KafkaClients;
+use crate::kafka::{KafkaClients, LedgerConsumer};
 use crate::partitioner::partition_for;
 use crate::principals::{IMPORT, Ownership};
 use crate::topics::TopicLayout;
@@ -310,7 +310,7 @@ async fn read_partition_to_end(
     role: &str,
     mut f: impl FnMut(&[u8], &[u8], i64),
 ) -> Result<()> {
-    let consumer: StreamConsumer = clients.consumer(role)?;
+    let consumer: LedgerConsumer = clients.consumer(role)?;
     let timeout = clients.config().request_timeout();
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
@@ -344,7 +344,7 @@ async fn rebuild_index(clients: &KafkaClients, layout: &TopicLayout, codec: &Rec
     let mut index = Index::default();
     for partition in 0..layout.partitions {
         let mut raw = Vec::new();
-        let consumer: StreamConsumer = clients.consumer("index-rebuild")?;
+        let consumer: LedgerConsumer = clients.consumer("index-rebuild")?;
         let timeout = clients.config().request_timeout();
         let (low, high) = consumer
             .fetch_watermarks(&layout.state, partition, timeout)

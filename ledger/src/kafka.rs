@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,24 @@ impl KafkaConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 }
+
+/// The client context of our consumers: librdkafka's global errors are logged through
+/// `tracing`, except end-of-partition, which our readers ask for and expect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LedgerContext;
+
+impl ClientContext for LedgerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for LedgerContext {}
+
+/// The consumer every reader of ours uses.
+pub type LedgerConsumer = StreamConsumer<LedgerContext>;
 
 /// Builds Kafka clients from one [`KafkaConfig`].
 #[derive(Debug, Clone)]
@@ -116,7 +135,7 @@ impl KafkaClients {
 
     /// A `read_committed` consumer that never commits offsets by itself: callers assign
     /// partitions and keep their own offsets.
-    pub fn consumer(&self, role: &str) -> Result<StreamConsumer> {
+    pub fn consumer(&self, role: &str) -> Result<LedgerConsumer> {
         let mut c = self.base(role);
         c.set("group.id", format!("{}-{role}", self.config.client_id))
             .set("isolation.level", "read_committed")
@@ -125,7 +144,8 @@ impl KafkaClients {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100");
-        c.create().map_err(|e| Error::kafka("create consumer", e))
+        c.create_with_context(LedgerContext)
+            .map_err(|e| Error::kafka("create consumer", e))
     }
 
     /// An admin client.

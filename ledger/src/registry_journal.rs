@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use fleetledger_schemas::registry::{JournalEntry, RegistryJournal};
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::{Error, Result};
-use crate::kafka::KafkaClients;
+use crate::kafka::{KafkaClients, LedgerConsumer};
 
 /// Writes registry entries to the registry topic; `append` returns once the broker
 /// acknowledged the write with `acks=all`.
@@ -43,7 +43,7 @@ impl KafkaRegistryJournal {
     /// Reads every entry of `topic` from the beginning to its current end, in order.
     /// An unreadable entry is [`Error::Corrupt`] naming its offset.
     pub async fn load(clients: &KafkaClients, topic: &str) -> Result<Vec<JournalEntry>> {
-        let consumer: StreamConsumer = clients.consumer("registry-loader")?;
+        let consumer: LedgerConsumer = clients.consumer("registry-loader")?;
         let timeout = clients.config().request_timeout();
         let (low, high) = consumer
             .fetch_watermarks(topic, 0, timeout)

@@ -1,0 +1,380 @@
+//! The `/v1` HTTP API of the ledger: appends, deletion, current state and history. Handlers
+//! only translate HTTP to `fleetledger_ledger` calls and back; every error becomes an
+//! [`AppError`] in [`From<ledger::Error>`], the one place statuses are chosen.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleetledger_ledger::{AppendRequest, Appended, Error as LedgerError, Ledger};
+use fleetledger_schemas::{Facet, FacetState, validate_cluster_id};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::server::{AppError, AppState};
+
+impl From<LedgerError> for AppError {
+    fn from(e: LedgerError) -> Self {
+        let (status, code) = match &e {
+            LedgerError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            LedgerError::Conflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            LedgerError::IdempotencyMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            LedgerError::TimeBackwards { .. } => (StatusCode::BAD_REQUEST, "time_backwards"),
+            LedgerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            LedgerError::Schema(fleetledger_schemas::Error::Invalid { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid")
+            }
+            LedgerError::Schema(fleetledger_schemas::Error::UnknownFacet(_)) => {
+                (StatusCode::BAD_REQUEST, "unknown_facet")
+            }
+            LedgerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            LedgerError::Fenced => (StatusCode::SERVICE_UNAVAILABLE, "fenced"),
+            e if e.is_retriable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let mut err = AppError::new(status, code, e.to_string());
+        if let LedgerError::Conflict { current, .. } = e {
+            err = err.with_detail("current_version", json!(current));
+        }
+        err
+    }
+}
+
+impl From<fleetledger_schemas::Error> for AppError {
+    fn from(e: fleetledger_schemas::Error) -> Self {
+        LedgerError::Schema(e).into()
+    }
+}
+
+/// The principal of the request's bearer token, or 401.
+fn principal(state: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing bearer token: send Authorization: Bearer <token>",
+            )
+        })?;
+    state
+        .tokens
+        .principal(token.trim())
+        .map(str::to_owned)
+        .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+}
+
+fn ledger(state: &AppState) -> Result<&Ledger, AppError> {
+    state.ledger.get().ok_or_else(|| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the ledger is still starting (waiting for Kafka and the index rebuild)",
+        )
+    })
+}
+
+fn cluster(id: &str) -> Result<(), AppError> {
+    validate_cluster_id(id).map_err(AppError::from)
+}
+
+fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, AppError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("If-Match must be a version number (0 = must not exist yet), got {text:?}"),
+            )
+        })
+}
+
+fn text_header(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, AppError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("{name} must be visible ASCII"))
+    })?;
+    if s.is_empty() || s.len() > max {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{name} must be 1-{max} characters, got {}", s.len()),
+        ));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, AppError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be JSON: send Content-Type: application/json, got {ct:?}"),
+        ));
+    }
+    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than the limit of {} bytes", state.max_body_bytes),
+        )
+    })
+}
+
+fn created(a: &Appended) -> Response {
+    let mut r = (StatusCode::CREATED, Json(json!(a))).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{}\"", a.version)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// 403 unless `principal` may write `facet` (checked before the body is read).
+fn authorise(ledger: &Ledger, principal: &str, facet: Facet) -> Result<(), AppError> {
+    if ledger.ownership().may_write(principal, facet) {
+        return Ok(());
+    }
+    Err(LedgerError::Forbidden {
+        principal: principal.to_owned(),
+        facet,
+        owner: ledger.ownership().owner(facet).to_owned(),
+    }
+    .into())
+}
+
+/// `POST /v1/clusters/{id}/{facet}`.
+pub(crate) async fn append(
+    State(state): State<Arc<AppState>>,
+    Path((id, facet)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let principal = principal(&state, &headers)?;
+    cluster(&id)?;
+    let facet: Facet = facet.parse()?;
+    let expected = expected_version(&headers)?;
+    let key = text_header(&headers, "idempotency-key", 200)?;
+    let reason = text_header(&headers, "x-reason", 1000)?;
+    let ledger = ledger(&state)?;
+    authorise(ledger, &principal, facet)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    let facet_state = FacetState::from_json(facet, &bytes)?;
+    let appended = ledger
+        .append(AppendRequest {
+            cluster_id: id,
+            state: facet_state,
+            principal,
+            expected_version: expected,
+            request_id: key,
+            reason,
+            ts: None,
+        })
+        .await?;
+    Ok(created(&appended))
+}
+
+/// `DELETE /v1/clusters/{id}`: the logical facet becomes `deleted: true`. Deleting a
+/// deleted cluster writes nothing and answers 200 with the current version.
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let principal = principal(&state, &headers)?;
+    cluster(&id)?;
+    let expected = expected_version(&headers)?;
+    let key = text_header(&headers, "idempotency-key", 200)?;
+    let reason = text_header(&headers, "x-reason", 1000)?;
+    let ledger = ledger(&state)?;
+    authorise(ledger, &principal, Facet::Logical)?;
+    let current = ledger.current(&id).await;
+    let head = current
+        .get(&Facet::Logical)
+        .ok_or_else(|| AppError::from(LedgerError::NotFound(id.clone())))?;
+    let FacetState::Logical(mut logical) = head.record.state.clone() else {
+        return Err(AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "logical head is not logical"));
+    };
+    if logical.deleted && key.is_none() {
+        return Ok((StatusCode::OK, Json(json!(head.appended))).into_response());
+    }
+    logical.deleted = true;
+    let appended = ledger
+        .append(AppendRequest {
+            cluster_id: id,
+            state: FacetState::Logical(logical),
+            principal,
+            expected_version: expected,
+            request_id: key,
+            reason: reason.or_else(|| Some("deleted".into())),
+            ts: None,
+        })
+        .await?;
+    Ok(created(&appended))
+}
+
+/// `GET /v1/clusters/{id}`: every facet's current state and version.
+pub(crate) async fn get_cluster(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    cluster(&id)?;
+    let current = ledger(&state)?.current(&id).await;
+    if current.is_empty() {
+        return Err(LedgerError::NotFound(id).into());
+    }
+    let facets: serde_json::Map<String, Value> = current
+        .iter()
+        .map(|(f, h)| {
+            (
+                f.as_str().to_owned(),
+                json!({
+                    "version": h.record.meta.version,
+                    "hash": h.record.meta.hash,
+                    "ts": h.record.meta.ts,
+                    "writer": h.record.meta.writer,
+                    "state": h.record.state.to_json(),
+                }),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"cluster_id": id, "facets": facets})).into_response())
+}
+
+/// `GET /v1/clusters/{id}/history`: every accepted record of the cluster, oldest first.
+pub(crate) async fn history(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    cluster(&id)?;
+    let records = ledger(&state)?.history(&id).await?;
+    if records.is_empty() {
+        return Err(LedgerError::NotFound(id).into());
+    }
+    let items: Vec<Value> = records
+        .into_iter()
+        .map(|(r, partition, offset)| {
+            json!({
+                "cluster_id": r.meta.cluster_id,
+                "facet": r.facet(),
+                "version": r.meta.version,
+                "ts": r.meta.ts,
+                "writer": r.meta.writer,
+                "request_id": r.meta.request_id,
+                "reason": r.meta.reason,
+                "prev_hash": r.meta.prev_hash,
+                "hash": r.meta.hash,
+                "partition": partition,
+                "offset": offset,
+                "state": r.state.to_json(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    cluster_id: String,
+    facet: String,
+    state: Value,
+    #[serde(default)]
+    expected_version: Option<i64>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    items: Vec<BatchItem>,
+}
+
+/// Most items in one `POST /v1/batch`.
+pub(crate) const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// `POST /v1/batch`: `{"items": [{cluster_id, facet, state, expected_version?,
+/// idempotency_key?, reason?}]}` → `{"results": [{"status", "body"}]}`, one per item in
+/// order; each item succeeds or fails on its own.
+pub(crate) async fn batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let principal = principal(&state, &headers)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}"))
+    })?;
+    if batch.items.len() > MAX_BATCH_ITEMS {
+        return Err(AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("at most {MAX_BATCH_ITEMS} items per batch, got {}", batch.items.len()),
+        ));
+    }
+    let ledger = ledger(&state)?;
+    let futures = batch.items.into_iter().map(|item| {
+        let principal = principal.clone();
+        async move {
+            let prepared = (|| {
+                cluster(&item.cluster_id)?;
+                let facet: Facet = item.facet.parse()?;
+                let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
+                let st = FacetState::from_json(facet, &bytes)?;
+                if item.expected_version.is_some_and(|v| v < 0) {
+                    return Err(AppError::new(StatusCode::BAD_REQUEST, "invalid", "expected_version must be >= 0"));
+                }
+                Ok::<_, AppError>(AppendRequest {
+                    cluster_id: item.cluster_id,
+                    state: st,
+                    principal,
+                    expected_version: item.expected_version,
+                    request_id: item.idempotency_key,
+                    reason: item.reason,
+                    ts: None,
+                })
+            })();
+            let result = match prepared {
+                Ok(req) => ledger.append(req).await.map_err(AppError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(a) => json!({"status": 201, "body": a}),
+                Err(e) => {
+                    let (status, body) = e.parts();
+                    json!({"status": status.as_u16(), "body": body})
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(futures).await;
+    Ok(Json(json!({ "results": results })).into_response())
+}

@@ -1,0 +1,111 @@
+//! The command line's HTTP client: `append`, `get`, `delete`, `history` talk to a running
+//! `fleetledger serve` over the same API as every other client.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// Where the API is and who we are.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    url: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// An answer that was not a success: the status and the server's JSON error.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// The error body.
+    pub body: Value,
+}
+
+impl std::error::Error for ApiError {}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let msg = self.body.get("message").and_then(Value::as_str).unwrap_or("");
+        let code = self.body.get("error").and_then(Value::as_str).unwrap_or("error");
+        write!(f, "{} {code}: {msg}", self.status)
+    }
+}
+
+impl ApiClient {
+    /// A client for the API at `url` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(url: &str, token: Option<String>) -> Self {
+        ApiClient {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach fleetledger at {}", self.url))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status >= 400 {
+            return Err(ApiError { status, body }.into());
+        }
+        Ok(body)
+    }
+
+    /// `POST /v1/clusters/{cluster}/{facet}` with the JSON of `file`.
+    pub async fn append(
+        &self,
+        cluster: &str,
+        facet: &str,
+        file: &Path,
+        expect: Option<i64>,
+        key: Option<&str>,
+        reason: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut req = self
+            .http
+            .post(format!("{}/v1/clusters/{cluster}/{facet}", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(n) = expect {
+            req = req.header("if-match", n.to_string());
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        if let Some(r) = reason {
+            req = req.header("x-reason", r);
+        }
+        self.send(req).await
+    }
+
+    /// `GET /v1/clusters/{cluster}`.
+    pub async fn get(&self, cluster: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}/v1/clusters/{cluster}", self.url)))
+            .await
+    }
+
+    /// `GET /v1/clusters/{cluster}/history`.
+    pub async fn history(&self, cluster: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}/v1/clusters/{cluster}/history", self.url)))
+            .await
+    }
+
+    /// `DELETE /v1/clusters/{cluster}`.
+    pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> anyhow::Result<Value> {
+        let mut req = self.http.delete(format!("{}/v1/clusters/{cluster}", self.url));
+        if let Some(r) = reason {
+            req = req.header("x-reason", r);
+        }
+        self.send(req).await
+    }
+}
