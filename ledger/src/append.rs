@@ -701,16 +701,20 @@ impl Writer {
         Ok(offsets)
     }
 
+    /// Marks the writer fenced when `e`, or the producer's fatal error (librdkafka reports
+    /// fencing as a fatal error and fails queued sends with a purge), says another
+    /// instance took over.
     fn classify(&self, e: &Error) {
-        if let Error::Kafka { source, .. } = e {
-            use rdkafka::types::RDKafkaErrorCode as C;
-            if matches!(
-                source.rdkafka_error_code(),
-                Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
-            ) {
-                tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
-                self.fenced.store(true, Ordering::Release);
-            }
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let is_fence = |c: Option<C>| matches!(c, Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch));
+        let mut fenced = matches!(e, Error::Kafka { source, .. } if is_fence(source.rdkafka_error_code()));
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(?code, reason, "producer has a fatal error");
+            fenced |= is_fence(Some(code));
+        }
+        if fenced {
+            tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
+            self.fenced.store(true, Ordering::Release);
         }
     }
 

@@ -2,5 +2,6 @@
 //! binary with a module per capability. Every test makes its own topic prefix, so tests
 //! run in parallel and never see each other's data.
 
+mod append;
 mod foundation;
 mod support;
