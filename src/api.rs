@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use fleetledger_ledger::{AppendRequest, Appended, Error as LedgerError, Ledger};
 use fleetledger_schemas::{Facet, FacetState, validate_cluster_id};
 use serde::Deserialize;
@@ -108,7 +108,11 @@ fn text_header(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Str
         return Ok(None);
     };
     let s = v.to_str().map_err(|_| {
-        AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("{name} must be visible ASCII"))
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{name} must be visible ASCII"),
+        )
     })?;
     if s.is_empty() || s.len() > max {
         return Err(AppError::new(
@@ -120,7 +124,11 @@ fn text_header(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Str
     Ok(Some(s.to_owned()))
 }
 
-async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, AppError> {
+async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, AppError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -133,13 +141,18 @@ async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             format!("the body must be JSON: send Content-Type: application/json, got {ct:?}"),
         ));
     }
-    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
-        AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is larger than the limit of {} bytes", state.max_body_bytes),
-        )
-    })
+    axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than the limit of {} bytes",
+                    state.max_body_bytes
+                ),
+            )
+        })
 }
 
 fn created(a: &Appended) -> Response {
@@ -213,7 +226,11 @@ pub(crate) async fn delete(
         .get(&Facet::Logical)
         .ok_or_else(|| AppError::from(LedgerError::NotFound(id.clone())))?;
     let FacetState::Logical(mut logical) = head.record.state.clone() else {
-        return Err(AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "logical head is not logical"));
+        return Err(AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "logical head is not logical",
+        ));
     };
     if logical.deleted && key.is_none() {
         return Ok((StatusCode::OK, Json(json!(head.appended))).into_response());
@@ -330,14 +347,16 @@ pub(crate) async fn batch(
 ) -> Result<Response, AppError> {
     let principal = principal(&state, &headers)?;
     let bytes = json_body(&state, &headers, body).await?;
-    let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| {
-        AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}"))
-    })?;
+    let batch: Batch = serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
     if batch.items.len() > MAX_BATCH_ITEMS {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("at most {MAX_BATCH_ITEMS} items per batch, got {}", batch.items.len()),
+            format!(
+                "at most {MAX_BATCH_ITEMS} items per batch, got {}",
+                batch.items.len()
+            ),
         ));
     }
     let ledger = ledger(&state)?;
@@ -350,7 +369,11 @@ pub(crate) async fn batch(
                 let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
                 let st = FacetState::from_json(facet, &bytes)?;
                 if item.expected_version.is_some_and(|v| v < 0) {
-                    return Err(AppError::new(StatusCode::BAD_REQUEST, "invalid", "expected_version must be >= 0"));
+                    return Err(AppError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        "expected_version must be >= 0",
+                    ));
                 }
                 Ok::<_, AppError>(AppendRequest {
                     cluster_id: item.cluster_id,

@@ -27,8 +27,16 @@ impl std::error::Error for ApiError {}
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let msg = self.body.get("message").and_then(Value::as_str).unwrap_or("");
-        let code = self.body.get("error").and_then(Value::as_str).unwrap_or("error");
+        let msg = self
+            .body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let code = self
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
         write!(f, "{} {code}: {msg}", self.status)
     }
 }
@@ -70,7 +78,8 @@ impl ApiClient {
         key: Option<&str>,
         reason: Option<&str>,
     ) -> anyhow::Result<Value> {
-        let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let body =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let mut req = self
             .http
             .post(format!("{}/v1/clusters/{cluster}/{facet}", self.url))
@@ -96,13 +105,18 @@ impl ApiClient {
 
     /// `GET /v1/clusters/{cluster}/history`.
     pub async fn history(&self, cluster: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}/v1/clusters/{cluster}/history", self.url)))
-            .await
+        self.send(
+            self.http
+                .get(format!("{}/v1/clusters/{cluster}/history", self.url)),
+        )
+        .await
     }
 
     /// `DELETE /v1/clusters/{cluster}`.
     pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> anyhow::Result<Value> {
-        let mut req = self.http.delete(format!("{}/v1/clusters/{cluster}", self.url));
+        let mut req = self
+            .http
+            .delete(format!("{}/v1/clusters/{cluster}", self.url));
         if let Some(r) = reason {
             req = req.header("x-reason", r);
         }

@@ -86,15 +86,11 @@ impl Config {
             fig = fig.merge(Toml::file_exact(f));
         }
         fig = fig
-            .merge(
-                Env::prefixed("FLEETLEDGER_")
-                    .split("__")
-                    .filter(|k| {
-                        // Depending on figment's order the key may or may not be split yet.
-                        let k = k.as_str().to_ascii_lowercase().replace("__", ".");
-                        KEYS.contains(&k.split('.').next().unwrap_or(""))
-                    }),
-            )
+            .merge(Env::prefixed("FLEETLEDGER_").split("__").filter(|k| {
+                // Depending on figment's order the key may or may not be split yet.
+                let k = k.as_str().to_ascii_lowercase().replace("__", ".");
+                KEYS.contains(&k.split('.').next().unwrap_or(""))
+            }))
             .merge(Serialized::defaults(overrides));
         fig.extract().map_err(Box::new)
     }
@@ -127,6 +123,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.kafka.partitions, 3);
         assert_eq!(c.kafka.topic_prefix, "fleet");
+        #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
         figment::Jail::expect_with(|jail| {
             jail.set_env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", "envp");
             jail.set_env("FLEETLEDGER_LISTEN", "127.0.0.1:3");

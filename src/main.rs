@@ -212,7 +212,14 @@ async fn main() -> anyhow::Result<()> {
             reason,
         } => print_answer(
             api.client()
-                .append(&cluster, &facet, &file, expect, key.as_deref(), reason.as_deref())
+                .append(
+                    &cluster,
+                    &facet,
+                    &file,
+                    expect,
+                    key.as_deref(),
+                    reason.as_deref(),
+                )
                 .await,
         ),
         Command::Get { api, cluster } => print_answer(api.client().get(&cluster).await),

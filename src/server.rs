@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::routing::post;
 use fleetledger_ledger::{
-    Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, Ownership, SystemClock,
-    Tokens, TopicLayout,
+    Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, LedgerSetup, Ownership,
+    SystemClock, Tokens, TopicLayout,
 };
 use fleetledger_schemas::RecordCodec;
 use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
@@ -383,12 +383,14 @@ async fn start_up(
     let codec = Arc::new(codec);
     let ledger = with_retries("opening the ledger", 30, || {
         Ledger::open(
-            state.clients.clone(),
-            state.layout.clone(),
-            codec.clone(),
-            deps.ownership.clone(),
-            deps.clock.clone(),
-            deps.config.clone(),
+            LedgerSetup {
+                clients: state.clients.clone(),
+                layout: state.layout.clone(),
+                codec: codec.clone(),
+                ownership: deps.ownership.clone(),
+                clock: deps.clock.clone(),
+                config: deps.config.clone(),
+            },
             shutdown.clone(),
             &deps.tracker,
         )

@@ -136,6 +136,23 @@ struct Pending {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
+/// Everything [`Ledger::open`] needs.
+#[derive(Debug, Clone)]
+pub struct LedgerSetup {
+    /// Kafka clients.
+    pub clients: KafkaClients,
+    /// The topics.
+    pub layout: TopicLayout,
+    /// Encodes and decodes records.
+    pub codec: Arc<RecordCodec>,
+    /// Who owns which facet.
+    pub ownership: Ownership,
+    /// Source of `ts`.
+    pub clock: Arc<dyn Clock>,
+    /// Batching and idempotency settings.
+    pub config: LedgerConfig,
+}
+
 /// The append path and the in-memory index of the latest state.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -150,7 +167,9 @@ pub struct Ledger {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("request", &self.request).finish()
+        f.debug_struct("Pending")
+            .field("request", &self.request)
+            .finish()
     }
 }
 
@@ -159,24 +178,25 @@ impl Ledger {
     /// with the same id), then rebuilds the index from the state topic. The writer runs on
     /// `tracker` until `shutdown`, finishing the changes already queued.
     pub async fn open(
-        clients: KafkaClients,
-        layout: TopicLayout,
-        codec: Arc<RecordCodec>,
-        ownership: Ownership,
-        clock: Arc<dyn Clock>,
-        config: LedgerConfig,
+        setup: LedgerSetup,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Ledger> {
+        let LedgerSetup {
+            clients,
+            layout,
+            codec,
+            ownership,
+            clock,
+            config,
+        } = setup;
         let txn_id = if config.transactional_id.is_empty() {
             format!("fleetledger-{}-writer", clients.config().topic_prefix)
         } else {
             config.transactional_id.clone()
         };
         let producer = new_transactional_producer(&clients, &txn_id).await?;
-        let index = Arc::new(RwLock::new(
-            rebuild_index(&clients, &layout, &codec).await?,
-        ));
+        let index = Arc::new(RwLock::new(rebuild_index(&clients, &layout, &codec).await?));
         let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 4);
         let fenced = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -278,19 +298,26 @@ impl Ledger {
         .await?;
         let mut records = Vec::with_capacity(out.len());
         for (bytes, offset) in out {
-            let record = self.codec.decode(&bytes).await.map_err(|e| Error::Corrupt {
-                topic: self.layout.history.clone(),
-                partition,
-                offset,
-                message: e.to_string(),
-            })?;
+            let record = self
+                .codec
+                .decode(&bytes)
+                .await
+                .map_err(|e| Error::Corrupt {
+                    topic: self.layout.history.clone(),
+                    partition,
+                    offset,
+                    message: e.to_string(),
+                })?;
             records.push((record, partition, offset));
         }
         Ok(records)
     }
 }
 
-async fn new_transactional_producer(clients: &KafkaClients, txn_id: &str) -> Result<FutureProducer> {
+async fn new_transactional_producer(
+    clients: &KafkaClients,
+    txn_id: &str,
+) -> Result<FutureProducer> {
     let producer = clients.transactional_producer("writer", txn_id)?;
     let p = producer.clone();
     let timeout = clients.config().request_timeout() * 3;
@@ -326,7 +353,11 @@ async fn read_partition_to_end(
         .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
     loop {
         match tokio::time::timeout(timeout, consumer.recv()).await {
-            Err(_) => return Err(Error::Unavailable(format!("reading {topic}/{partition} timed out"))),
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "reading {topic}/{partition} timed out"
+                )));
+            }
             Ok(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
             Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
             Ok(Ok(m)) => {
@@ -340,7 +371,11 @@ async fn read_partition_to_end(
 
 /// Rebuilds the index from the compacted state topic: the highest version of every
 /// cluster+facet, with its recent request ids.
-async fn rebuild_index(clients: &KafkaClients, layout: &TopicLayout, codec: &RecordCodec) -> Result<Index> {
+async fn rebuild_index(
+    clients: &KafkaClients,
+    layout: &TopicLayout,
+    codec: &RecordCodec,
+) -> Result<Index> {
     let mut index = Index::default();
     for partition in 0..layout.partitions {
         let mut raw = Vec::new();
@@ -355,17 +390,26 @@ async fn rebuild_index(clients: &KafkaClients, layout: &TopicLayout, codec: &Rec
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&layout.state, partition, Offset::Beginning)
             .map_err(|e| Error::kafka("assign", e))?;
-        consumer.assign(&tpl).map_err(|e| Error::kafka("assign", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assign", e))?;
         loop {
             match tokio::time::timeout(timeout, consumer.recv()).await {
-                Err(_) => return Err(Error::Unavailable(format!("reading {} timed out", layout.state))),
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "reading {} timed out",
+                        layout.state
+                    )));
+                }
                 Ok(Err(KafkaError::PartitionEOF(_))) => break,
                 Ok(Err(e)) => return Err(Error::kafka(format!("read {}", layout.state), e)),
                 Ok(Ok(m)) => {
                     let Some(payload) = m.payload() else { continue };
-                    let recent = m
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == RECENT_HEADER).and_then(|h| h.value.map(<[u8]>::to_vec)));
+                    let recent = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == RECENT_HEADER)
+                            .and_then(|h| h.value.map(<[u8]>::to_vec))
+                    });
                     raw.push((payload.to_vec(), recent, m.offset()));
                 }
             }
@@ -400,11 +444,21 @@ async fn rebuild_index(clients: &KafkaClients, layout: &TopicLayout, codec: &Rec
                 .get(&key)
                 .is_none_or(|h| h.record.meta.version < record.meta.version);
             if newer {
-                index.heads.insert(key, Head { record, appended, recent });
+                index.heads.insert(
+                    key,
+                    Head {
+                        record,
+                        appended,
+                        recent,
+                    },
+                );
             }
         }
     }
-    tracing::info!(heads = index.heads.len(), "index rebuilt from the state topic");
+    tracing::info!(
+        heads = index.heads.len(),
+        "index rebuilt from the state topic"
+    );
     Ok(index)
 }
 
@@ -521,10 +575,11 @@ impl Writer {
                     let _ = reply.send(answer);
                     continue;
                 }
-                if let Some(a) = accepted
-                    .iter_mut()
-                    .find(|a| &a.request_id == rid && a.record.meta.cluster_id == key.0 && a.record.facet() == facet)
-                {
+                if let Some(a) = accepted.iter_mut().find(|a| {
+                    &a.request_id == rid
+                        && a.record.meta.cluster_id == key.0
+                        && a.record.facet() == facet
+                }) {
                     if a.digest == digest {
                         a.reply_to.push(reply);
                     } else {
@@ -535,19 +590,21 @@ impl Writer {
             }
             let (cur_version, cur_hash, cur_ts) = overlay.get(&key).cloned().unwrap_or_else(|| {
                 head.map_or((0, String::new(), DateTime::<Utc>::MIN_UTC), |h| {
-                    (h.record.meta.version, h.record.meta.hash.clone(), h.record.meta.ts)
+                    (
+                        h.record.meta.version,
+                        h.record.meta.hash.clone(),
+                        h.record.meta.ts,
+                    )
                 })
             });
-            if let Some(expected) = request.expected_version {
-                if expected != cur_version {
-                    let _ = reply.send(Err(Error::Conflict {
-                        cluster_id: key.0.clone(),
-                        facet,
-                        expected,
-                        current: cur_version,
-                    }));
-                    continue;
-                }
+            if let Some(expected) = request.expected_version.filter(|e| *e != cur_version) {
+                let _ = reply.send(Err(Error::Conflict {
+                    cluster_id: key.0.clone(),
+                    facet,
+                    expected,
+                    current: cur_version,
+                }));
+                continue;
             }
             let ts = match request.ts {
                 Some(ts) if ts < cur_ts => {
@@ -579,7 +636,10 @@ impl Writer {
                 hash: String::new(),
             };
             meta.hash = record_hash(&meta, &request.state);
-            let record = StateRecord { meta, state: request.state };
+            let record = StateRecord {
+                meta,
+                state: request.state,
+            };
             let payload = match self.codec.encode(&record).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -587,7 +647,10 @@ impl Writer {
                     continue;
                 }
             };
-            overlay.insert(key.clone(), (record.meta.version, record.meta.hash.clone(), ts));
+            overlay.insert(
+                key.clone(),
+                (record.meta.version, record.meta.hash.clone(), ts),
+            );
             accepted.push(Accepted {
                 reply_to: vec![reply],
                 request_id,
@@ -610,7 +673,9 @@ impl Writer {
         let result = match result {
             Ok(offsets) => {
                 let p = self.producer.clone();
-                blocking(move || p.commit_transaction(timeout)).await.map(|_| offsets)
+                blocking(move || p.commit_transaction(timeout))
+                    .await
+                    .map(|_| offsets)
             }
             Err(e) => Err(e),
         };
@@ -663,7 +728,11 @@ impl Writer {
         for (a, offset) in accepted.iter().zip(&offsets) {
             let k = (a.record.meta.cluster_id.clone(), a.record.facet());
             let recent = recents.entry(k.clone()).or_insert_with(|| {
-                index.heads.get(&k).map(|h| h.recent.clone()).unwrap_or_default()
+                index
+                    .heads
+                    .get(&k)
+                    .map(|h| h.recent.clone())
+                    .unwrap_or_default()
             });
             recent.push_back(RecentRequest {
                 request_id: a.request_id.clone(),
@@ -706,8 +775,14 @@ impl Writer {
     /// instance took over.
     fn classify(&self, e: &Error) {
         use rdkafka::types::RDKafkaErrorCode as C;
-        let is_fence = |c: Option<C>| matches!(c, Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch));
-        let mut fenced = matches!(e, Error::Kafka { source, .. } if is_fence(source.rdkafka_error_code()));
+        let is_fence = |c: Option<C>| {
+            matches!(
+                c,
+                Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
+            )
+        };
+        let mut fenced =
+            matches!(e, Error::Kafka { source, .. } if is_fence(source.rdkafka_error_code()));
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             tracing::warn!(?code, reason, "producer has a fatal error");
             fenced |= is_fence(Some(code));
@@ -754,7 +829,11 @@ impl Writer {
         for (a, offset) in accepted.into_iter().zip(offsets) {
             let appended = appended_of(&a, offset);
             let key = (a.record.meta.cluster_id.clone(), a.record.facet());
-            let mut recent = index.heads.get(&key).map(|h| h.recent.clone()).unwrap_or_default();
+            let mut recent = index
+                .heads
+                .get(&key)
+                .map(|h| h.recent.clone())
+                .unwrap_or_default();
             recent.push_back(RecentRequest {
                 request_id: a.request_id,
                 digest: a.digest,

@@ -63,7 +63,9 @@ pub enum Error {
         current: i64,
     },
     /// An idempotency key reused with a different body.
-    #[error("idempotency key {request_id:?} was already used for {cluster_id}/{facet} with a different body; use a new key for a new change")]
+    #[error(
+        "idempotency key {request_id:?} was already used for {cluster_id}/{facet} with a different body; use a new key for a new change"
+    )]
     IdempotencyMismatch {
         /// Cluster.
         cluster_id: String,
@@ -73,7 +75,9 @@ pub enum Error {
         request_id: String,
     },
     /// A time that goes backwards for a cluster+facet (import).
-    #[error("ts {ts} of {cluster_id}/{facet} is before the current version's ts {current}; times must not go backwards")]
+    #[error(
+        "ts {ts} of {cluster_id}/{facet} is before the current version's ts {current}; times must not go backwards"
+    )]
     TimeBackwards {
         /// Cluster.
         cluster_id: String,
@@ -91,7 +95,9 @@ pub enum Error {
     #[error("not written: {0}; retry later")]
     Unavailable(String),
     /// Another instance with the same transactional id took over; this one no longer writes.
-    #[error("this instance was fenced by another writer with the same transactional id and no longer accepts writes")]
+    #[error(
+        "this instance was fenced by another writer with the same transactional id and no longer accepts writes"
+    )]
     Fenced,
     /// An error from the schemas crate.
     #[error(transparent)]

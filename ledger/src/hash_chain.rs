@@ -68,7 +68,16 @@ mod tests {
         assert_eq!(h.len(), 64);
         assert_eq!(h, record_hash(&m, &s));
         assert_ne!(h, record_hash(&meta(2, ""), &s));
-        assert_ne!(h, record_hash(&RecordMeta { prev_hash: "x".into(), ..m.clone() }, &s));
+        assert_ne!(
+            h,
+            record_hash(
+                &RecordMeta {
+                    prev_hash: "x".into(),
+                    ..m.clone()
+                },
+                &s
+            )
+        );
         let s2 = FacetState::Capacity(CapacityState {
             satellite: "a2".into(),
             k8s_cluster: "b".into(),

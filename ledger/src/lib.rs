@@ -11,7 +11,7 @@ pub mod principals;
 pub mod registry_journal;
 pub mod topics;
 
-pub use append::{AppendRequest, Appended, Head, Ledger, LedgerConfig};
+pub use append::{AppendRequest, Appended, Head, Ledger, LedgerConfig, LedgerSetup};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use kafka::{KafkaClients, KafkaConfig};

@@ -37,7 +37,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
 
 /// The partition of `cluster_id` among `partitions` (Kafka's `toPositive(murmur2) % n`).
 pub fn partition_for(cluster_id: &str, partitions: i32) -> i32 {
-    ((murmur2(cluster_id.as_bytes()) & 0x7fff_ffff) % partitions.max(1)) as i32
+    (murmur2(cluster_id.as_bytes()) & 0x7fff_ffff) % partitions.max(1)
 }
 
 #[cfg(test)]
@@ -52,7 +52,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (s, want) in cases {

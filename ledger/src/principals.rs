@@ -49,7 +49,9 @@ impl Ownership {
         let file: OwnershipFile = parse_toml(&text, path)?;
         let mut o = Ownership::default();
         for (facet, owner) in file.owners {
-            let facet: Facet = facet.parse().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let facet: Facet = facet
+                .parse()
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             o.owners.insert(facet, owner);
         }
         Ok(o)

@@ -93,7 +93,8 @@ pub(crate) async fn history_keys(config: &fleetledger::Config) -> Vec<(String, i
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
     for p in 0..layout.partitions {
-        tpl.add_partition_offset(&layout.history, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(&layout.history, p, Offset::Beginning)
+            .unwrap();
         open += 1;
     }
     consumer.assign(&tpl).unwrap();
@@ -124,56 +125,145 @@ async fn every_refusal_has_its_status_and_writes_nothing() {
     let fe = "dev-frontend";
     let c = "lkc-refuse1";
 
-    let (st, v) = api.append(c, "logical", fe, &logical(2), &[("idempotency-key", "k1")]).await;
+    let (st, v) = api
+        .append(c, "logical", fe, &logical(2), &[("idempotency-key", "k1")])
+        .await;
     assert_eq!(st, 201, "{v}");
-    assert_eq!((v["version"].as_i64(), v["facet"].as_str()), (Some(1), Some("logical")));
+    assert_eq!(
+        (v["version"].as_i64(), v["facet"].as_str()),
+        (Some(1), Some("logical"))
+    );
 
     let path = format!("/v1/clusters/{c}/logical");
     let json_ct = [("content-type", "application/json")];
     let cases: Vec<(u16, &str, (u16, Value))> = vec![
-        (400, "malformed JSON", api.post_raw(&path, Some(fe), &json_ct, b"{nope".to_vec()).await),
-        (400, "wrong type", api.append(c, "logical", fe, &json!({"cku": "two"}), &[]).await),
-        (400, "cku 0", api.append(c, "logical", fe, &logical(0), &[]).await),
-        (400, "cku 257", api.append(c, "logical", fe, &logical(257), &[]).await),
+        (
+            400,
+            "malformed JSON",
+            api.post_raw(&path, Some(fe), &json_ct, b"{nope".to_vec())
+                .await,
+        ),
+        (
+            400,
+            "wrong type",
+            api.append(c, "logical", fe, &json!({"cku": "two"}), &[])
+                .await,
+        ),
+        (
+            400,
+            "cku 0",
+            api.append(c, "logical", fe, &logical(0), &[]).await,
+        ),
+        (
+            400,
+            "cku 257",
+            api.append(c, "logical", fe, &logical(257), &[]).await,
+        ),
         (400, "unknown cloud", {
             let mut l = logical(2);
             l["cloud"] = json!("ibm");
             api.append(c, "logical", fe, &l, &[]).await
         }),
-        (400, "unknown facet", api.append(c, "billing", fe, &logical(2), &[]).await),
-        (400, "bad cluster id", api.append("LKC_1", "logical", fe, &logical(2), &[]).await),
-        (400, "bad If-Match", api.append(c, "logical", fe, &logical(3), &[("if-match", "x")]).await),
-        (401, "no token", api.post_raw(&path, None, &json_ct, logical(2).to_string().into_bytes()).await),
-        (401, "unknown token", api.append(c, "logical", "dev-nobody", &logical(2), &[]).await),
-        (403, "not the owner", api.append(c, "logical", "dev-sync", &logical(2), &[]).await),
-        (403, "recovery may not write status", api.append(c, "status", "dev-recovery",
-            &json!({"phase": "running", "cku": 2, "brokers_ready": 3, "observed_version": 1}), &[]).await),
-        (409, "stale If-Match", api.append(c, "logical", fe, &logical(3), &[("if-match", "0")]).await),
+        (
+            400,
+            "unknown facet",
+            api.append(c, "billing", fe, &logical(2), &[]).await,
+        ),
+        (
+            400,
+            "bad cluster id",
+            api.append("LKC_1", "logical", fe, &logical(2), &[]).await,
+        ),
+        (
+            400,
+            "bad If-Match",
+            api.append(c, "logical", fe, &logical(3), &[("if-match", "x")])
+                .await,
+        ),
+        (
+            401,
+            "no token",
+            api.post_raw(&path, None, &json_ct, logical(2).to_string().into_bytes())
+                .await,
+        ),
+        (
+            401,
+            "unknown token",
+            api.append(c, "logical", "dev-nobody", &logical(2), &[])
+                .await,
+        ),
+        (
+            403,
+            "not the owner",
+            api.append(c, "logical", "dev-sync", &logical(2), &[]).await,
+        ),
+        (
+            403,
+            "recovery may not write status",
+            api.append(
+                c,
+                "status",
+                "dev-recovery",
+                &json!({"phase": "running", "cku": 2, "brokers_ready": 3, "observed_version": 1}),
+                &[],
+            )
+            .await,
+        ),
+        (
+            409,
+            "stale If-Match",
+            api.append(c, "logical", fe, &logical(3), &[("if-match", "0")])
+                .await,
+        ),
         (413, "too large", {
             let mut l = logical(2);
             l["name"] = json!("x".repeat(5000));
             api.append(c, "logical", fe, &l, &[]).await
         }),
-        (415, "not JSON", api.post_raw(&path, Some(fe), &[("content-type", "text/plain")], logical(2).to_string().into_bytes()).await),
-        (422, "key reused with another body", api.append(c, "logical", fe, &logical(5), &[("idempotency-key", "k1")]).await),
+        (
+            415,
+            "not JSON",
+            api.post_raw(
+                &path,
+                Some(fe),
+                &[("content-type", "text/plain")],
+                logical(2).to_string().into_bytes(),
+            )
+            .await,
+        ),
+        (
+            422,
+            "key reused with another body",
+            api.append(c, "logical", fe, &logical(5), &[("idempotency-key", "k1")])
+                .await,
+        ),
     ];
     for (want, what, (got, body)) in &cases {
         assert_eq!(got, want, "{what}: {body}");
-        assert!(body["error"].is_string() && body["message"].is_string(), "{what}: {body}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{what}: {body}"
+        );
     }
-    let conflict = &cases.iter().find(|c| c.1 == "stale If-Match").unwrap().2 .1;
+    let conflict = &cases.iter().find(|c| c.1 == "stale If-Match").unwrap().2.1;
     assert_eq!(conflict["current_version"], 1, "{conflict}");
 
     let (st, v) = api.get("/v1/clusters/lkc-unknown", fe).await;
     assert_eq!((st, v["error"].as_str()), (404, Some("not_found")));
 
     // The same key and body: the original answer, not a new version.
-    let (st, again) = api.append(c, "logical", fe, &logical(2), &[("idempotency-key", "k1")]).await;
+    let (st, again) = api
+        .append(c, "logical", fe, &logical(2), &[("idempotency-key", "k1")])
+        .await;
     assert_eq!(st, 201);
     assert_eq!(again["version"], 1);
 
     let keys = history_keys(&cfg).await;
-    assert_eq!(keys.len(), 1, "only the accepted change is in history: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        1,
+        "only the accepted change is in history: {keys:?}"
+    );
     assert_eq!(keys[0].0, format!("{c}/logical/{:020}", 1));
     server.stop().await;
 }
@@ -192,7 +282,13 @@ async fn fifty_racing_writers_win_one_version_each() {
             tasks.spawn(async move {
                 let expect = round.to_string();
                 let (st, _) = api
-                    .append(c, "logical", "dev-frontend", &logical(1 + w), &[("if-match", &expect)])
+                    .append(
+                        c,
+                        "logical",
+                        "dev-frontend",
+                        &logical(1 + w),
+                        &[("if-match", &expect)],
+                    )
                     .await;
                 st
             });
@@ -201,11 +297,22 @@ async fn fifty_racing_writers_win_one_version_each() {
         while let Some(st) = tasks.join_next().await {
             *statuses.entry(st.unwrap()).or_insert(0) += 1;
         }
-        assert_eq!(statuses, BTreeMap::from([(201, 1), (409, 49)]), "round {round}");
+        assert_eq!(
+            statuses,
+            BTreeMap::from([(201, 1), (409, 49)]),
+            "round {round}"
+        );
     }
-    let (st, h) = api.get(&format!("/v1/clusters/{c}/history"), "dev-frontend").await;
+    let (st, h) = api
+        .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
+        .await;
     assert_eq!(st, 200);
-    let versions: Vec<i64> = h["records"].as_array().unwrap().iter().map(|r| r["version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> = h["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_i64().unwrap())
+        .collect();
     assert_eq!(versions, (1..=rounds as i64).collect::<Vec<_>>());
     // Each record links to the one before.
     let recs = h["records"].as_array().unwrap();
@@ -224,7 +331,15 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     let mut last = Value::Null;
     for i in 1..=3 {
         let key = format!("key-{i}");
-        let (st, v) = api.append(c, "logical", "dev-frontend", &logical(i), &[("idempotency-key", &key)]).await;
+        let (st, v) = api
+            .append(
+                c,
+                "logical",
+                "dev-frontend",
+                &logical(i),
+                &[("idempotency-key", &key)],
+            )
+            .await;
         assert_eq!(st, 201, "{v}");
         last = v;
     }
@@ -238,13 +353,31 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     assert_eq!(cur["facets"]["logical"]["hash"], last["hash"]);
 
     // A retry of an earlier request after the restart gets its original answer.
-    let (st, replay) = api.append(c, "logical", "dev-frontend", &logical(3), &[("idempotency-key", "key-3")]).await;
+    let (st, replay) = api
+        .append(
+            c,
+            "logical",
+            "dev-frontend",
+            &logical(3),
+            &[("idempotency-key", "key-3")],
+        )
+        .await;
     assert_eq!((st, &replay), (201, &last));
 
-    let (st, v) = api.append(c, "logical", "dev-frontend", &logical(4), &[("if-match", "3")]).await;
+    let (st, v) = api
+        .append(
+            c,
+            "logical",
+            "dev-frontend",
+            &logical(4),
+            &[("if-match", "3")],
+        )
+        .await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["version"], 4);
-    let (_, h) = api.get(&format!("/v1/clusters/{c}/history"), "dev-frontend").await;
+    let (_, h) = api
+        .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
+        .await;
     let recs = h["records"].as_array().unwrap();
     assert_eq!(recs.len(), 4);
     assert_eq!(recs[3]["prev_hash"], last["hash"]);
@@ -258,24 +391,35 @@ async fn a_second_instance_fences_the_first() {
     let first = TestServer::start(cfg.clone()).await;
     let a = Api::new(&first);
     let c = "lkc-fence1";
-    let (st, _) = a.append(c, "logical", "dev-frontend", &logical(1), &[]).await;
+    let (st, _) = a
+        .append(c, "logical", "dev-frontend", &logical(1), &[])
+        .await;
     assert_eq!(st, 201);
 
     let second = TestServer::start(cfg.clone()).await;
     let b = Api::new(&second);
-    let (st, v) = a.append(c, "logical", "dev-frontend", &logical(2), &[]).await;
+    let (st, v) = a
+        .append(c, "logical", "dev-frontend", &logical(2), &[])
+        .await;
     assert_eq!((st, v["error"].as_str()), (503, Some("fenced")), "{v}");
-    let (st, v) = b.append(c, "logical", "dev-frontend", &logical(3), &[]).await;
+    let (st, v) = b
+        .append(c, "logical", "dev-frontend", &logical(3), &[])
+        .await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["version"], 2);
     // The fenced one stays fenced.
-    let (st, _) = a.append(c, "logical", "dev-frontend", &logical(4), &[]).await;
+    let (st, _) = a
+        .append(c, "logical", "dev-frontend", &logical(4), &[])
+        .await;
     assert_eq!(st, 503);
 
     let keys: Vec<String> = history_keys(&cfg).await.into_iter().map(|k| k.0).collect();
     assert_eq!(
         keys,
-        vec![format!("{c}/logical/{:020}", 1), format!("{c}/logical/{:020}", 2)]
+        vec![
+            format!("{c}/logical/{:020}", 1),
+            format!("{c}/logical/{:020}", 2)
+        ]
     );
     second.stop().await;
     first.stop().await;
@@ -295,10 +439,20 @@ async fn batch_items_are_independent() {
         ])
         .collect();
     let (st, v) = api
-        .post_raw("/v1/batch", Some("dev-frontend"), &[("content-type", "application/json")], json!({"items": items}).to_string().into_bytes())
+        .post_raw(
+            "/v1/batch",
+            Some("dev-frontend"),
+            &[("content-type", "application/json")],
+            json!({"items": items}).to_string().into_bytes(),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
-    let statuses: Vec<u64> = v["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
     let mut want = vec![201; 20];
     want.extend([409, 400, 403]);
     assert_eq!(statuses, want, "{v}");
@@ -312,35 +466,89 @@ async fn records_decode_with_the_registry_and_aborted_transactions_stay_invisibl
     let server = TestServer::start(cfg.clone()).await;
     let api = Api::new(&server);
     let c = "lkc-dec1";
-    assert_eq!(api.append(c, "logical", "dev-frontend", &logical(2), &[]).await.0, 201);
-    assert_eq!(api.append(c, "physical", "dev-physical-controller",
-        &json!({"brokers": 3, "disk_gb_per_broker": 100, "zones": ["a"], "version": "3.9"}), &[]).await.0, 201);
-    assert_eq!(api.append(c, "capacity", "dev-capacity-controller",
-        &json!({"satellite": "s", "k8s_cluster": "k", "node_pool": "n"}), &[]).await.0, 201);
-    assert_eq!(api.append(c, "status", "dev-sync",
-        &json!({"phase": "running", "cku": 2, "brokers_ready": 3, "observed_version": 1}), &[]).await.0, 201);
+    assert_eq!(
+        api.append(c, "logical", "dev-frontend", &logical(2), &[])
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        api.append(
+            c,
+            "physical",
+            "dev-physical-controller",
+            &json!({"brokers": 3, "disk_gb_per_broker": 100, "zones": ["a"], "version": "3.9"}),
+            &[]
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        api.append(
+            c,
+            "capacity",
+            "dev-capacity-controller",
+            &json!({"satellite": "s", "k8s_cluster": "k", "node_pool": "n"}),
+            &[]
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        api.append(
+            c,
+            "status",
+            "dev-sync",
+            &json!({"phase": "running", "cku": 2, "brokers_ready": 3, "observed_version": 1}),
+            &[]
+        )
+        .await
+        .0,
+        201
+    );
 
     // Write around the ledger in a transaction that aborts.
     let clients = KafkaClients::new(cfg.kafka.clone());
     let layout = TopicLayout::new(&cfg.kafka);
-    let producer = clients.transactional_producer("test", &format!("{}-aborter", cfg.kafka.topic_prefix)).unwrap();
-    producer.init_transactions(std::time::Duration::from_secs(30)).unwrap();
+    let producer = clients
+        .transactional_producer("test", &format!("{}-aborter", cfg.kafka.topic_prefix))
+        .unwrap();
+    producer
+        .init_transactions(std::time::Duration::from_secs(30))
+        .unwrap();
     producer.begin_transaction().unwrap();
     let key = format!("{c}/logical/{:020}", 99);
     producer
-        .send(FutureRecord::to(&layout.history).key(&key).payload("aborted").partition(0), std::time::Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&layout.history)
+                .key(&key)
+                .payload("aborted")
+                .partition(0),
+            std::time::Duration::from_secs(10),
+        )
         .await
         .unwrap();
-    producer.abort_transaction(std::time::Duration::from_secs(30)).unwrap();
+    producer
+        .abort_transaction(std::time::Duration::from_secs(30))
+        .unwrap();
 
     let keys: Vec<String> = history_keys(&cfg).await.into_iter().map(|k| k.0).collect();
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert!(!keys.contains(&key));
 
     // The history endpoint decodes every record with the registered schemas.
-    let (st, h) = api.get(&format!("/v1/clusters/{c}/history"), "dev-sync").await;
+    let (st, h) = api
+        .get(&format!("/v1/clusters/{c}/history"), "dev-sync")
+        .await;
     assert_eq!(st, 200);
-    let facets: Vec<&str> = h["records"].as_array().unwrap().iter().map(|r| r["facet"].as_str().unwrap()).collect();
+    let facets: Vec<&str> = h["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["facet"].as_str().unwrap())
+        .collect();
     assert_eq!(facets, vec!["logical", "physical", "capacity", "status"]);
     assert_eq!(h["records"][1]["state"]["zones"], json!(["a"]));
     server.stop().await;
