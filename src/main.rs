@@ -62,6 +62,29 @@ enum Command {
         /// Cluster id.
         cluster: String,
     },
+    /// Measure a running server: batch throughput and single-append latency.
+    BenchAppend {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Distinct clusters.
+        #[arg(long, default_value_t = 10_000)]
+        clusters: usize,
+        /// Items per batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Number of batches.
+        #[arg(long, default_value_t = 200)]
+        batches: usize,
+        /// Batches in flight.
+        #[arg(long, default_value_t = 4)]
+        batch_concurrency: usize,
+        /// Single appends per concurrency level.
+        #[arg(long, default_value_t = 2000)]
+        singles: usize,
+        /// Concurrency levels for single appends, comma-separated.
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        levels: Vec<usize>,
+    },
     /// Delete a cluster (its logical facet becomes `deleted: true`).
     Delete {
         #[command(flatten)]
@@ -222,6 +245,30 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await,
         ),
+        Command::BenchAppend {
+            api,
+            clusters,
+            batch_size,
+            batches,
+            batch_concurrency,
+            singles,
+            levels,
+        } => {
+            let prefix = format!("bench-{}", std::process::id());
+            fleetledger::bench::AppendBench {
+                url: api.url.clone(),
+                token: api.token.clone().unwrap_or_else(|| "dev-frontend".into()),
+                clusters,
+                batch_size,
+                batches,
+                batch_concurrency,
+                singles,
+                levels,
+                prefix,
+            }
+            .run()
+            .await
+        }
         Command::Get { api, cluster } => print_answer(api.client().get(&cluster).await),
         Command::History { api, cluster } => print_answer(api.client().history(&cluster).await),
         Command::Delete {

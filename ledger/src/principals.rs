@@ -142,3 +142,19 @@ mod tests {
         assert_eq!(t.principal("dev-nobody"), None);
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    #[test]
+    fn the_local_files_parse_and_match_the_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local");
+        let o = Ownership::from_file(&dir.join("ownership.toml")).unwrap();
+        assert_eq!(o, Ownership::default());
+        let t = Tokens::from_file(&dir.join("tokens.toml")).unwrap();
+        for p in o.principals() {
+            assert_eq!(t.principal(&format!("dev-{p}")), Some(p.as_str()));
+        }
+    }
+}
