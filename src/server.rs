@@ -122,8 +122,28 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v1/clusters/{id}/history", get(crate::api::history))
         .route("/v1/batch", post(crate::api::batch))
+        .layer(axum::middleware::from_fn(trace_request))
         .nest_service("/registry", registry)
         .with_state(state)
+}
+
+/// One `tracing` span per request, with method, path and, at the end, status and time.
+async fn trace_request(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty,
+        ms = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("status", response.status().as_u16());
+    span.record("ms", started.elapsed().as_secs_f64() * 1e3);
+    if response.status().is_server_error() {
+        tracing::warn!(parent: &span, status = response.status().as_u16(), "request failed");
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -553,3 +553,41 @@ async fn records_decode_with_the_registry_and_aborted_transactions_stay_invisibl
     assert_eq!(h["records"][1]["state"]["zones"], json!(["a"]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn without_kafka_writes_answer_503_with_retry_after() {
+    let mut cfg = config(&unique_prefix("nokafka"));
+    // Nothing listens on port 1.
+    cfg.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    cfg.kafka.request_timeout_ms = 1000;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = fleetledger::server::start(cfg, token.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let resp = http
+        .post(format!("{base}/v1/clusters/lkc-nok1/logical"))
+        .bearer_auth("dev-frontend")
+        .header("content-type", "application/json")
+        .body(logical(2).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    token.cancel();
+    // Start-up never finished, so waiting returns without an error of its own.
+    let _ = running.wait().await;
+}
