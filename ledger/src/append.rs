@@ -474,6 +474,14 @@ struct Writer {
     fenced: Arc<AtomicBool>,
 }
 
+/// What a transaction wrote: history offsets in change order, and the idempotency window
+/// of every key as its last state record carries it.
+#[derive(Default)]
+struct Written {
+    offsets: Vec<i64>,
+    recents: HashMap<Key, VecDeque<RecentRequest>>,
+}
+
 /// A change that passed every check and waits for its transaction.
 struct Accepted {
     reply_to: Vec<oneshot::Sender<Result<Appended>>>,
@@ -528,7 +536,7 @@ impl Writer {
                 return;
             }
             match self.commit(&accepted).await {
-                Ok(offsets) => self.publish(accepted, offsets).await,
+                Ok(written) => self.publish(accepted, written).await,
                 Err(e) => {
                     let text = e.to_string();
                     tracing::warn!(error = %text, "transaction failed; nothing written");
@@ -664,37 +672,35 @@ impl Writer {
     }
 
     /// Writes every history record, then every state record (with its recent request ids),
-    /// in one transaction. Returns the history offsets.
-    async fn commit(&mut self, accepted: &[Accepted]) -> Result<Vec<i64>> {
+    /// in one transaction. Returns what was written, known only once committed.
+    async fn commit(&mut self, accepted: &[Accepted]) -> Result<Written> {
         let timeout = self.clients.config().request_timeout() * 3;
         let p = self.producer.clone();
-        blocking(move || p.begin_transaction()).await?;
-        let result = self.produce_all(accepted).await;
-        let result = match result {
-            Ok(offsets) => {
+        let mut result = blocking(move || p.begin_transaction())
+            .await
+            .map(|_| Written::default());
+        if result.is_ok() {
+            result = self.produce_all(accepted).await;
+        }
+        if let Ok(written) = result {
+            let p = self.producer.clone();
+            result = blocking(move || p.commit_transaction(timeout))
+                .await
+                .map(|_| written);
+        }
+        if let Err(e) = &result {
+            self.classify(e);
+            if !self.fenced.load(Ordering::Acquire) {
                 let p = self.producer.clone();
-                blocking(move || p.commit_transaction(timeout))
-                    .await
-                    .map(|_| offsets)
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(offsets) => Ok(offsets),
-            Err(e) => {
-                self.classify(&e);
-                if !self.fenced.load(Ordering::Acquire) {
-                    let p = self.producer.clone();
-                    if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
-                        tracing::warn!(error = %abort, "abort failed");
-                    }
+                if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
+                    tracing::warn!(error = %abort, "abort failed");
                 }
-                Err(e)
             }
         }
+        result
     }
 
-    async fn produce_all(&self, accepted: &[Accepted]) -> Result<Vec<i64>> {
+    async fn produce_all(&self, accepted: &[Accepted]) -> Result<Written> {
         let mut futures = Vec::with_capacity(accepted.len());
         for a in accepted {
             let key = format!(
@@ -767,7 +773,7 @@ impl Writer {
                 Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
             }
         }
-        Ok(offsets)
+        Ok(Written { offsets, recents })
     }
 
     /// Marks the writer fenced when `e`, or the producer's fatal error (librdkafka reports
@@ -824,27 +830,16 @@ impl Writer {
         self.fenced.store(true, Ordering::Release);
     }
 
-    async fn publish(&self, accepted: Vec<Accepted>, offsets: Vec<i64>) {
+    async fn publish(&self, accepted: Vec<Accepted>, written: Written) {
         let mut index = self.index.write().await;
-        for (a, offset) in accepted.into_iter().zip(offsets) {
+        for (a, offset) in accepted.into_iter().zip(written.offsets) {
             let appended = appended_of(&a, offset);
             let key = (a.record.meta.cluster_id.clone(), a.record.facet());
-            let mut recent = index
-                .heads
-                .get(&key)
-                .map(|h| h.recent.clone())
-                .unwrap_or_default();
-            recent.push_back(RecentRequest {
-                request_id: a.request_id,
-                digest: a.digest,
-                result: appended.clone(),
-            });
-            while recent.len() > self.config.idempotency_window.max(1) {
-                recent.pop_front();
-            }
             tracing::debug!(cluster_id = %key.0, facet = %key.1, version = appended.version, partition = appended.partition, offset, "appended");
+            // The window as written with the key's last record of this transaction.
+            let recent = written.recents.get(&key).cloned().unwrap_or_default();
             index.heads.insert(
-                key,
+                key.clone(),
                 Head {
                     record: a.record,
                     appended: appended.clone(),
