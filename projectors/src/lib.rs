@@ -1,7 +1,17 @@
 //! Projections of the history topic: the runtime (consume, apply, checkpoint, rebuild) and
-//! the projections themselves. Pure projection logic lives in plain modules testable
-//! without Kafka.
+//! the projections themselves (`clusters`, `billing_hours`, `audit_log`, per-service views).
+//! Projection logic is plain data and functions, testable without Kafka; the runtime is
+//! the only part that talks to Kafka and the disk.
 
+pub mod audit;
 pub mod billing;
+pub mod billing_hours;
+pub mod clusters;
+pub mod diff;
+mod record;
 
+pub use audit::{AuditLog, AuditRow};
 pub use billing::ClusterBilling;
+pub use billing_hours::{BillingHours, BillingRow};
+pub use clusters::{ClusterRow, Clusters};
+pub use record::HistoryRecord;

@@ -1,0 +1,97 @@
+//! The `clusters` projection: one row per cluster with every facet's fields and versions
+//! joined, `drift` (the status has not observed the latest logical version) and `deleted`.
+
+use std::collections::BTreeMap;
+
+use fleetledger_schemas::{CapacityState, FacetState, LogicalState, PhysicalState, StatusState};
+use serde::{Deserialize, Serialize};
+
+use crate::record::HistoryRecord;
+
+/// A facet's latest state with its version and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned<S> {
+    /// Version.
+    pub version: i64,
+    /// Time (ms since the epoch, UTC).
+    pub ts_ms: i64,
+    /// State.
+    pub state: S,
+}
+
+/// Every facet of one cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRow {
+    /// Logical (desired).
+    pub logical: Option<Versioned<LogicalState>>,
+    /// Physical (desired).
+    pub physical: Option<Versioned<PhysicalState>>,
+    /// Capacity (desired).
+    pub capacity: Option<Versioned<CapacityState>>,
+    /// Status (actual).
+    pub status: Option<Versioned<StatusState>>,
+}
+
+impl ClusterRow {
+    /// Deleted once the logical facet says so.
+    pub fn deleted(&self) -> bool {
+        self.logical.as_ref().is_some_and(|l| l.state.deleted)
+    }
+
+    /// The logical version the status reports to have observed (0 without status).
+    pub fn observed_version(&self) -> i64 {
+        self.status.as_ref().map_or(0, |s| s.state.observed_version)
+    }
+
+    /// The data plane has not yet reported the latest logical version.
+    pub fn drift(&self) -> bool {
+        self.logical
+            .as_ref()
+            .is_some_and(|l| self.observed_version() < l.version)
+    }
+
+    /// Time of the latest change of any facet.
+    pub fn updated_at_ms(&self) -> i64 {
+        [
+            self.logical.as_ref().map(|v| v.ts_ms),
+            self.physical.as_ref().map(|v| v.ts_ms),
+            self.capacity.as_ref().map(|v| v.ts_ms),
+            self.status.as_ref().map(|v| v.ts_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// Since when the latest logical version is unobserved: its time, while drifting.
+    pub fn drift_since_ms(&self) -> Option<i64> {
+        if self.drift() {
+            self.logical.as_ref().map(|l| l.ts_ms)
+        } else {
+            None
+        }
+    }
+}
+
+/// Cluster id → row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clusters {
+    /// The rows, sorted by cluster id.
+    pub rows: BTreeMap<String, ClusterRow>,
+}
+
+impl Clusters {
+    /// Applies one record: the facet's state replaces the older one.
+    pub fn apply(&mut self, h: &HistoryRecord) {
+        let r = &h.record;
+        let row = self.rows.entry(r.meta.cluster_id.clone()).or_default();
+        let (version, ts_ms) = (r.meta.version, r.meta.ts.timestamp_millis());
+        match &r.state {
+            FacetState::Logical(s) => row.logical = Some(Versioned { version, ts_ms, state: s.clone() }),
+            FacetState::Physical(s) => row.physical = Some(Versioned { version, ts_ms, state: s.clone() }),
+            FacetState::Capacity(s) => row.capacity = Some(Versioned { version, ts_ms, state: s.clone() }),
+            FacetState::Status(s) => row.status = Some(Versioned { version, ts_ms, state: s.clone() }),
+        }
+    }
+}
