@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use std::path::PathBuf;
 
 use fleetledger_ledger::{KafkaConfig, LedgerConfig};
+use fleetledger_projectors::ProjectorConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything the service can be told.
@@ -33,6 +34,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The append path.
     pub ledger: LedgerConfig,
+    /// The projections (checkpoint directory and frequency).
+    pub projector: ProjectorConfig,
 }
 
 /// Who is who and who owns what.
@@ -57,6 +60,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
+            projector: ProjectorConfig::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "auth",
     "ledger",
+    "projector",
 ];
 
 impl Config {

@@ -20,6 +20,7 @@ use fleetledger_ledger::{
     Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, LedgerSetup, Ownership,
     SystemClock, Tokens, TopicLayout,
 };
+use fleetledger_projectors::{Projector, ProjectorConfig};
 use fleetledger_schemas::RecordCodec;
 use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
 use serde_json::json;
@@ -87,6 +88,7 @@ pub struct AppState {
     layout: TopicLayout,
     pub(crate) tokens: Tokens,
     pub(crate) ledger: OnceLock<Ledger>,
+    pub(crate) projector: OnceLock<Projector>,
     pub(crate) max_body_bytes: usize,
     started: AtomicBool,
     registry: OnceLock<Router>,
@@ -196,6 +198,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The projector, once start-up finished.
+    pub fn projector(&self) -> Option<&Projector> {
+        self.state.projector.get()
+    }
+
     /// Whether start-up finished (topics ensured, registry loaded, subjects registered).
     pub fn is_started(&self) -> bool {
         self.state.started.load(Ordering::Acquire)
@@ -270,6 +277,7 @@ pub async fn start_with_clock(
         layout,
         tokens,
         ledger: OnceLock::new(),
+        projector: OnceLock::new(),
         max_body_bytes: config.max_body_bytes,
         started: AtomicBool::new(false),
         registry: OnceLock::new(),
@@ -296,12 +304,14 @@ pub async fn start_with_clock(
     let st = state.clone();
     let stop = shutdown.clone();
     let ledger_config = config.ledger.clone();
+    let projector_config = config.projector.clone();
     let writer_tracker = tracker.clone();
     tracker.spawn(async move {
         let deps = LedgerDeps {
             ownership,
             clock,
             config: ledger_config,
+            projector: projector_config,
             tracker: writer_tracker,
         };
         let startup = start_up(&st, serves_registry, &registry_url, deps, &stop);
@@ -360,6 +370,7 @@ struct LedgerDeps {
     ownership: Ownership,
     clock: Arc<dyn Clock>,
     config: LedgerConfig,
+    projector: ProjectorConfig,
     tracker: TaskTracker,
 }
 
@@ -417,5 +428,19 @@ async fn start_up(
     })
     .await?;
     let _ = state.ledger.set(ledger);
+    let projector = Projector::open(
+        state.clients.clone(),
+        state.layout.clone(),
+        codec,
+        deps.projector,
+    )?;
+    let running = projector.clone();
+    let stop = shutdown.clone();
+    deps.tracker.spawn(async move {
+        if let Err(e) = running.run(stop).await {
+            tracing::error!(error = %e, "projections stopped; the API keeps serving writes");
+        }
+    });
+    let _ = state.projector.set(projector);
     Ok(())
 }

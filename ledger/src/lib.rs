@@ -14,7 +14,7 @@ pub mod topics;
 pub use append::{AppendRequest, Appended, Head, Ledger, LedgerConfig, LedgerSetup};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use kafka::{KafkaClients, KafkaConfig};
+pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
 pub use principals::{Ownership, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};

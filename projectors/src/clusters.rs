@@ -88,10 +88,34 @@ impl Clusters {
         let row = self.rows.entry(r.meta.cluster_id.clone()).or_default();
         let (version, ts_ms) = (r.meta.version, r.meta.ts.timestamp_millis());
         match &r.state {
-            FacetState::Logical(s) => row.logical = Some(Versioned { version, ts_ms, state: s.clone() }),
-            FacetState::Physical(s) => row.physical = Some(Versioned { version, ts_ms, state: s.clone() }),
-            FacetState::Capacity(s) => row.capacity = Some(Versioned { version, ts_ms, state: s.clone() }),
-            FacetState::Status(s) => row.status = Some(Versioned { version, ts_ms, state: s.clone() }),
+            FacetState::Logical(s) => {
+                row.logical = Some(Versioned {
+                    version,
+                    ts_ms,
+                    state: s.clone(),
+                })
+            }
+            FacetState::Physical(s) => {
+                row.physical = Some(Versioned {
+                    version,
+                    ts_ms,
+                    state: s.clone(),
+                })
+            }
+            FacetState::Capacity(s) => {
+                row.capacity = Some(Versioned {
+                    version,
+                    ts_ms,
+                    state: s.clone(),
+                })
+            }
+            FacetState::Status(s) => {
+                row.status = Some(Versioned {
+                    version,
+                    ts_ms,
+                    state: s.clone(),
+                })
+            }
         }
     }
 }

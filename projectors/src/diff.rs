@@ -11,7 +11,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
                 out.insert(prefix.to_owned(), json!({}));
             }
             for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -53,7 +57,10 @@ mod tests {
     fn one_field_several_fields_nested_and_first_version() {
         let a = json!({"cku": 2, "name": "x", "config": {"a": "1"}, "deleted": false});
         let b = json!({"cku": 4, "name": "x", "config": {"a": "1"}, "deleted": false});
-        assert_eq!(field_diff(Some(&a), &b), json!({"cku": {"from": 2, "to": 4}}));
+        assert_eq!(
+            field_diff(Some(&a), &b),
+            json!({"cku": {"from": 2, "to": 4}})
+        );
         let c = json!({"cku": 4, "name": "y", "config": {"a": "2", "b": "3"}, "deleted": true});
         assert_eq!(
             field_diff(Some(&b), &c),

@@ -6,12 +6,17 @@
 pub mod audit;
 pub mod billing;
 pub mod billing_hours;
+pub mod checkpoint;
 pub mod clusters;
 pub mod diff;
+mod error;
 mod record;
+pub mod runtime;
 
 pub use audit::{AuditLog, AuditRow};
 pub use billing::ClusterBilling;
 pub use billing_hours::{BillingHours, BillingRow};
 pub use clusters::{ClusterRow, Clusters};
+pub use error::{Error, Result};
 pub use record::HistoryRecord;
+pub use runtime::{NAMES, Progress, Projections, Projector, ProjectorConfig};

@@ -4,4 +4,5 @@
 
 mod append;
 mod foundation;
+mod projections;
 mod support;

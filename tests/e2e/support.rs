@@ -35,6 +35,8 @@ pub(crate) fn config(prefix: &str) -> Config {
     c.kafka.topic_prefix = prefix.to_owned();
     c.kafka.schemas_topic = format!("{prefix}._schemas");
     c.kafka.partitions = 3;
+    c.projector.dir = std::env::temp_dir().join("fleetledger-tests").join(prefix);
+    c.projector.checkpoint_every_ms = 200;
     c
 }
 
@@ -46,8 +48,15 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start(config: Config) -> TestServer {
+        Self::start_with_clock(config, std::sync::Arc::new(fleetledger_ledger::SystemClock)).await
+    }
+
+    pub(crate) async fn start_with_clock(
+        config: Config,
+        clock: std::sync::Arc<dyn fleetledger_ledger::Clock>,
+    ) -> TestServer {
         let token = CancellationToken::new();
-        let running = server::start(config, token.clone())
+        let running = server::start_with_clock(config, clock, token.clone())
             .await
             .expect("server starts");
         running

@@ -1,0 +1,448 @@
+//! The projection runtime: consumes the history topic (read_committed) from the offsets of
+//! the last checkpoints, applies records in partition order, and checkpoints every N
+//! records or T milliseconds and at shutdown.
+//!
+//! One consumer feeds every projection; each projection has its own checkpoint file with
+//! its own offsets, and a record is applied to a projection only if its offset is at or
+//! after that projection's next offset. So projections checkpointed at different moments,
+//! or one being rebuilt, stay exact: nothing is applied twice or skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleetledger_ledger::{KafkaClients, TopicLayout};
+use fleetledger_schemas::RecordCodec;
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::audit::AuditLog;
+use crate::billing_hours::BillingHours;
+use crate::checkpoint::CheckpointStore;
+use crate::clusters::Clusters;
+use crate::error::{Error, Result};
+use crate::record::HistoryRecord;
+
+/// The names of the projections, as tables and as `project rebuild NAME`.
+pub const NAMES: [&str; 3] = ["clusters", "billing_hours", "audit_log"];
+
+/// Settings of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorConfig {
+    /// Directory of the checkpoint files.
+    pub dir: PathBuf,
+    /// Checkpoint after this many applied records.
+    pub checkpoint_every_records: u64,
+    /// Checkpoint at least this often while records arrive, in milliseconds.
+    pub checkpoint_every_ms: u64,
+    /// Most records decoded and applied per batch.
+    pub batch_max: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            dir: PathBuf::from("data/projections"),
+            checkpoint_every_records: 100_000,
+            checkpoint_every_ms: 10_000,
+            batch_max: 5_000,
+        }
+    }
+}
+
+/// Every projection's state and the offsets it has applied.
+#[derive(Debug, Default)]
+pub struct Projections {
+    /// `clusters`.
+    pub clusters: Clusters,
+    /// `billing_hours`.
+    pub billing: BillingHours,
+    /// `audit_log`.
+    pub audit: AuditLog,
+    /// Projection name → partition → next offset to apply.
+    pub offsets: BTreeMap<&'static str, BTreeMap<i32, i64>>,
+}
+
+impl Projections {
+    /// Applies `h` to every projection that has not applied its offset yet.
+    pub fn apply(&mut self, h: &HistoryRecord) {
+        for name in NAMES {
+            let next = self
+                .offsets
+                .entry(name)
+                .or_default()
+                .entry(h.partition)
+                .or_insert(0);
+            if h.offset < *next {
+                continue;
+            }
+            *next = h.offset + 1;
+            match name {
+                "clusters" => self.clusters.apply(h),
+                "billing_hours" => self.billing.apply(h),
+                _ => self.audit.apply(h),
+            }
+        }
+    }
+
+    /// Marks `offset` of `partition` as consumed without a record (an erased one).
+    pub fn skip(&mut self, partition: i32, offset: i64) {
+        for name in NAMES {
+            let next = self
+                .offsets
+                .entry(name)
+                .or_default()
+                .entry(partition)
+                .or_insert(0);
+            if offset >= *next {
+                *next = offset + 1;
+            }
+        }
+    }
+
+    /// The offset to start consuming `partition` from: the lowest next offset of all.
+    fn start_offset(&self, partition: i32) -> i64 {
+        NAMES
+            .iter()
+            .map(|n| {
+                self.offsets
+                    .get(n)
+                    .and_then(|o| o.get(&partition))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn reset(&mut self, name: &str) {
+        match name {
+            "clusters" => self.clusters = Clusters::default(),
+            "billing_hours" => self.billing = BillingHours::default(),
+            _ => self.audit = AuditLog::default(),
+        }
+        if let Some(o) = self.offsets.get_mut(name) {
+            o.clear();
+        }
+    }
+}
+
+/// Progress of a catch-up (rebuild).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Records applied so far.
+    pub done: u64,
+    /// Records to apply in all (approximate: offsets include transaction markers).
+    pub total: u64,
+    /// Time since the start.
+    pub elapsed: Duration,
+}
+
+/// Consumes history into [`Projections`].
+#[derive(Debug, Clone)]
+pub struct Projector {
+    clients: KafkaClients,
+    layout: TopicLayout,
+    codec: Arc<RecordCodec>,
+    store: CheckpointStore,
+    config: ProjectorConfig,
+    shared: Arc<RwLock<Projections>>,
+    lag: Arc<Mutex<BTreeMap<i32, i64>>>,
+}
+
+fn static_name(name: &str) -> Result<&'static str> {
+    NAMES
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| Error::UnknownProjection(name.to_owned()))
+}
+
+impl Projector {
+    /// A projector whose projections start from their checkpoints in `config.dir`; a
+    /// corrupt or foreign checkpoint is [`Error::Checkpoint`].
+    pub fn open(
+        clients: KafkaClients,
+        layout: TopicLayout,
+        codec: Arc<RecordCodec>,
+        config: ProjectorConfig,
+    ) -> Result<Self> {
+        let store = CheckpointStore::new(&config.dir, &layout.history, layout.partitions);
+        let mut p = Projections::default();
+        if let Some(cp) = store.load::<Clusters>("clusters")? {
+            p.clusters = cp.state;
+            p.offsets.insert("clusters", cp.offsets);
+        }
+        if let Some(cp) = store.load::<BillingHours>("billing_hours")? {
+            p.billing = cp.state;
+            p.offsets.insert("billing_hours", cp.offsets);
+        }
+        if let Some(cp) = store.load::<AuditLog>("audit_log")? {
+            p.audit = cp.state;
+            p.offsets.insert("audit_log", cp.offsets);
+        }
+        Ok(Projector {
+            clients,
+            layout,
+            codec,
+            store,
+            config,
+            shared: Arc::new(RwLock::new(p)),
+            lag: Arc::new(Mutex::new(BTreeMap::new())),
+        })
+    }
+
+    /// The projections, for consistent reads (hold the read lock for one snapshot).
+    pub fn projections(&self) -> Arc<RwLock<Projections>> {
+        self.shared.clone()
+    }
+
+    /// Records behind the end of each partition, as of the last measurement.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        self.lag.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Forgets `name`'s state and checkpoint, so the next run rebuilds it from offset 0.
+    pub async fn reset(&self, name: &str) -> Result<()> {
+        let name = static_name(name)?;
+        self.store.remove(name)?;
+        self.shared.write().await.reset(name);
+        Ok(())
+    }
+
+    /// Writes every projection's checkpoint atomically.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        let store = self.store.clone();
+        let span = tracing::info_span!("checkpoint");
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            let p = shared.blocking_read();
+            let empty = BTreeMap::new();
+            let off = |n: &str| p.offsets.get(n).unwrap_or(&empty);
+            store.save("clusters", off("clusters"), &p.clusters)?;
+            store.save("billing_hours", off("billing_hours"), &p.billing)?;
+            store.save("audit_log", off("audit_log"), &p.audit)?;
+            tracing::debug!("checkpoint written");
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Io {
+            path: self.config.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    async fn consumer(&self) -> Result<(fleetledger_ledger::kafka::LedgerConsumer, u64)> {
+        let consumer = self.clients.consumer("projector")?;
+        let p = self.shared.read().await;
+        let mut tpl = TopicPartitionList::new();
+        let mut total = 0u64;
+        let timeout = self.clients.config().request_timeout();
+        for partition in 0..self.layout.partitions {
+            let start = p.start_offset(partition);
+            let (_, high) = consumer
+                .fetch_watermarks(&self.layout.history, partition, timeout)
+                .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("watermarks: {e}")))?;
+            total += (high - start).max(0) as u64;
+            tpl.add_partition_offset(&self.layout.history, partition, Offset::Offset(start))
+                .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("assign: {e}")))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("assign: {e}")))?;
+        Ok((consumer, total))
+    }
+
+    /// Applies history until every partition reached its end as of the start, reporting
+    /// progress, then checkpoints. Returns the number of records applied.
+    pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
+        let (consumer, total) = self.consumer().await?;
+        let started = Instant::now();
+        let mut at_end = vec![false; self.layout.partitions as usize];
+        let mut done = 0u64;
+        let mut last_report = Instant::now();
+        while at_end.iter().any(|e| !e) {
+            let (batch, eofs) = self.next_batch(&consumer, Duration::from_secs(10)).await?;
+            for p in eofs {
+                if let Some(e) = at_end.get_mut(p as usize) {
+                    *e = true;
+                }
+            }
+            done += self.apply_batch(batch).await? as u64;
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                progress(Progress {
+                    done,
+                    total,
+                    elapsed: started.elapsed(),
+                });
+                last_report = Instant::now();
+            }
+        }
+        progress(Progress {
+            done,
+            total,
+            elapsed: started.elapsed(),
+        });
+        self.checkpoint().await?;
+        Ok(done)
+    }
+
+    /// Applies history as it arrives until `shutdown`, checkpointing every N records or T
+    /// ms, and once more at shutdown. A record that cannot be decoded stops the run with
+    /// [`Error::Decode`] (after a checkpoint of what was applied before it).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let (consumer, _) = self.consumer().await?;
+        let every = Duration::from_millis(self.config.checkpoint_every_ms);
+        let mut since_records = 0u64;
+        let mut since = Instant::now();
+        let result = loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                b = self.next_batch(&consumer, Duration::from_millis(200)) => b,
+            };
+            let applied = match next {
+                Ok((batch, _)) => self.apply_batch(batch).await,
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(n) => since_records += n as u64,
+                Err(e) => break Err(e),
+            }
+            if since_records > 0
+                && (since_records >= self.config.checkpoint_every_records
+                    || since.elapsed() >= every)
+            {
+                self.checkpoint().await?;
+                self.measure_lag(&consumer);
+                since_records = 0;
+                since = Instant::now();
+            }
+        };
+        self.checkpoint().await?;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "projection stopped");
+        }
+        result
+    }
+
+    fn measure_lag(&self, consumer: &fleetledger_ledger::kafka::LedgerConsumer) {
+        let timeout = Duration::from_secs(2);
+        let Ok(p) = self.shared.try_read() else {
+            return;
+        };
+        let mut lag = BTreeMap::new();
+        for partition in 0..self.layout.partitions {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&self.layout.history, partition, timeout)
+            {
+                lag.insert(partition, (high - p.start_offset(partition)).max(0));
+            }
+        }
+        if let Ok(mut l) = self.lag.lock() {
+            *l = lag;
+        }
+    }
+
+    /// Up to `batch_max` raw records (waiting at most `wait` for the first), and the
+    /// partitions that reported their end.
+    async fn next_batch(
+        &self,
+        consumer: &fleetledger_ledger::kafka::LedgerConsumer,
+        wait: Duration,
+    ) -> Result<(Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>)> {
+        let mut batch = Vec::new();
+        let mut eofs = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < self.config.batch_max {
+            let limit = if batch.is_empty() {
+                deadline
+            } else {
+                tokio::time::Instant::now()
+            };
+            let msg = match tokio::time::timeout_at(limit, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(KafkaError::PartitionEOF(p))) => {
+                    eofs.push(p);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    return Err(fleetledger_ledger::Error::Unavailable(format!(
+                        "reading {}: {e}",
+                        self.layout.history
+                    ))
+                    .into());
+                }
+                Ok(Ok(m)) => m,
+            };
+            batch.push((
+                msg.partition(),
+                msg.offset(),
+                msg.payload().map(<[u8]>::to_vec),
+            ));
+        }
+        Ok((batch, eofs))
+    }
+
+    async fn apply_batch(&self, batch: Vec<(i32, i64, Option<Vec<u8>>)>) -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let span = tracing::info_span!(
+            "projector_batch",
+            records = batch.len(),
+            partition = batch[0].0,
+            offset = batch[0].1
+        );
+        async {
+            let mut decoded = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for (partition, offset, payload) in batch {
+                match payload {
+                    None => decoded.push(Err((partition, offset))),
+                    Some(bytes) => match self.codec.decode(&bytes).await {
+                        Ok(record) => decoded.push(Ok(HistoryRecord {
+                            record,
+                            partition,
+                            offset,
+                        })),
+                        Err(e) => {
+                            failure = Some(Error::Decode {
+                                topic: self.layout.history.clone(),
+                                partition,
+                                offset,
+                                message: e.to_string(),
+                            });
+                            break;
+                        }
+                    },
+                }
+            }
+            let n = decoded.len();
+            let mut p = self.shared.write().await;
+            for d in decoded {
+                match d {
+                    Ok(h) => p.apply(&h),
+                    Err((partition, offset)) => p.skip(partition, offset),
+                }
+            }
+            drop(p);
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(n),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
