@@ -6,6 +6,7 @@ mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod project;
 pub mod server;
 
 pub use config::Config;

@@ -62,6 +62,11 @@ enum Command {
         /// Cluster id.
         cluster: String,
     },
+    /// The projections: run them alone, rebuild one, or inspect a history record.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
     /// Measure a running server: batch throughput and single-append latency.
     BenchAppend {
         #[command(flatten)]
@@ -94,6 +99,26 @@ enum Command {
         /// Why (recorded in history).
         #[arg(long)]
         reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCommand {
+    /// Run the projections (without the HTTP API) until SIGINT/SIGTERM.
+    Run,
+    /// Rebuild a projection (clusters, billing_hours, audit_log, or all) from the beginning.
+    Rebuild {
+        /// Projection name or `all`.
+        name: String,
+    },
+    /// Print one history record and why it does or does not decode.
+    Inspect {
+        /// Partition.
+        #[arg(long)]
+        partition: i32,
+        /// Offset.
+        #[arg(long)]
+        offset: i64,
     },
 }
 
@@ -245,6 +270,26 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await,
         ),
+        Command::Project { command } => {
+            let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            match command {
+                ProjectCommand::Run => {
+                    let token = CancellationToken::new();
+                    let signals = tokio::spawn(shutdown_signal(token.clone()));
+                    let result = fleetledger::project::run(&config, token.clone()).await;
+                    token.cancel();
+                    let _ = signals.await;
+                    result
+                }
+                ProjectCommand::Rebuild { name } => {
+                    fleetledger::project::rebuild(&config, &name).await
+                }
+                ProjectCommand::Inspect { partition, offset } => {
+                    fleetledger::project::inspect(&config, partition, offset).await
+                }
+            }
+        }
         Command::BenchAppend {
             api,
             clusters,

@@ -365,6 +365,55 @@ where
     anyhow::bail!("{what}: no attempt was made")
 }
 
+/// The embedded registry's routes, loaded from its Kafka topic.
+async fn load_embedded_registry(
+    clients: &KafkaClients,
+    layout: &TopicLayout,
+) -> anyhow::Result<Router> {
+    let entries = with_retries("loading the schema registry", 30, || {
+        KafkaRegistryJournal::load(clients, &layout.schemas)
+    })
+    .await?;
+    let journal = Arc::new(KafkaRegistryJournal::new(clients, &layout.schemas)?);
+    let count = entries.len();
+    let registry = SchemaRegistry::new(journal, entries, Compatibility::Backward);
+    tracing::info!(entries = count, "schema registry loaded");
+    Ok(fleetledger_schemas::registry::http::router(Arc::new(
+        registry,
+    )))
+}
+
+/// The registry URL for a command that runs without `serve` (`project`, …): the external
+/// registry, or the embedded one loaded from its topic and served on an ephemeral loopback
+/// port until `shutdown`.
+pub async fn registry_for_command(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<String> {
+    if !config.serves_registry() {
+        return Ok(config.registry_url());
+    }
+    let clients = KafkaClients::new(config.kafka.clone());
+    let layout = TopicLayout::new(&config.kafka);
+    let router = Router::new().nest(
+        "/registry",
+        load_embedded_registry(&clients, &layout).await?,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "local registry failed");
+        }
+    });
+    Ok(format!("http://{addr}/registry"))
+}
+
 /// What the ledger needs beyond the shared state.
 struct LedgerDeps {
     ownership: Ownership,
@@ -388,22 +437,8 @@ async fn start_up(
     .await?;
     tracing::info!(?report, "topics ready");
     if serves_registry {
-        let entries = with_retries("loading the schema registry", 30, || {
-            KafkaRegistryJournal::load(&state.clients, &state.layout.schemas)
-        })
-        .await?;
-        let journal = Arc::new(KafkaRegistryJournal::new(
-            &state.clients,
-            &state.layout.schemas,
-        )?);
-        let count = entries.len();
-        let registry = SchemaRegistry::new(journal, entries, Compatibility::Backward);
-        let _ = state
-            .registry
-            .set(fleetledger_schemas::registry::http::router(Arc::new(
-                registry,
-            )));
-        tracing::info!(entries = count, "schema registry loaded");
+        let router = load_embedded_registry(&state.clients, &state.layout).await?;
+        let _ = state.registry.set(router);
     }
     let codec = RecordCodec::new(registry_url)?;
     let ids = codec

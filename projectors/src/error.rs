@@ -42,7 +42,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An unknown projection name.
-    #[error("unknown projection {0:?}: expected one of clusters, billing_hours, audit_log")]
+    #[error(
+        "unknown projection {0:?}: expected one of clusters, billing_hours, audit_log (or all for rebuild)"
+    )]
     UnknownProjection(String),
     /// Kafka or the ledger failed.
     #[error(transparent)]

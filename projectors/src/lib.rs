@@ -12,6 +12,7 @@ pub mod diff;
 mod error;
 mod record;
 pub mod runtime;
+pub mod views;
 
 pub use audit::{AuditLog, AuditRow};
 pub use billing::ClusterBilling;
@@ -20,3 +21,4 @@ pub use clusters::{ClusterRow, Clusters};
 pub use error::{Error, Result};
 pub use record::HistoryRecord;
 pub use runtime::{NAMES, Progress, Projections, Projector, ProjectorConfig};
+pub use views::{CLUSTER_COLUMNS, Cell, Column, ColumnType, ServiceView, ServiceViews};

@@ -120,6 +120,16 @@ async fn billing_hours_of_create_expand_shrink_delete_are_exact() {
     let row = &snapshot.clusters.rows[c];
     assert!(row.deleted());
     assert!(!row.drift(), "status observed logical v4");
+    let views = fleetledger_projectors::ServiceViews::default();
+    let view = |name: &str| views.views.iter().find(|v| v.name == name).unwrap().clone();
+    assert!(
+        !view("capacity_controller_view").shows(row),
+        "deleted clusters are not live"
+    );
+    assert!(
+        view("frontend_view").shows(row),
+        "the frontend sees deleted clusters"
+    );
     server.stop().await;
 }
 
