@@ -158,3 +158,42 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
     }
 }
+
+/// The raw consume rate of the history topic: a plain `read_committed` consumer from the
+/// one client factory, counting records and bytes to the end of every partition, no
+/// decoding. The baseline a projection rebuild is compared with.
+pub async fn raw_consume(config: &crate::Config) -> anyhow::Result<(u64, f64)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::KafkaError;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let clients = fleetledger_ledger::KafkaClients::new(config.kafka.clone());
+    let layout = fleetledger_ledger::TopicLayout::new(&config.kafka);
+    let consumer = clients.consumer("bench-raw")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..layout.partitions {
+        tpl.add_partition_offset(&layout.history, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut records, mut bytes, mut open) = (0u64, 0u64, layout.partitions);
+    while open > 0 {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {
+            Err(_) => anyhow::bail!("no record for 10 s with {open} partitions not at their end"),
+            Ok(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(m)) => {
+                records += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "raw consume: {records} records, {:.1} MB in {secs:.2} s = {:.0} records/s",
+        bytes as f64 / 1e6,
+        records as f64 / secs
+    );
+    Ok((records, secs))
+}

@@ -67,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
+    /// Measure the raw consume rate of the history topic (plain consumer, no decoding).
+    BenchConsume,
     /// Measure a running server: batch throughput and single-append latency.
     BenchAppend {
         #[command(flatten)]
@@ -289,6 +291,11 @@ async fn main() -> anyhow::Result<()> {
                     fleetledger::project::inspect(&config, partition, offset).await
                 }
             }
+        }
+        Command::BenchConsume => {
+            let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            fleetledger::bench::raw_consume(&config).await.map(|_| ())
         }
         Command::BenchAppend {
             api,
