@@ -269,7 +269,7 @@ impl ServiceView {
         }
         row.logical
             .as_ref()
-            .is_some_and(|l| self.regions.iter().any(|r| *r == l.state.region))
+            .is_some_and(|l| self.regions.contains(&l.state.region))
     }
 }
 
