@@ -146,19 +146,6 @@ impl AppendBench {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_of_sorted_samples() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&v, 50.0), Duration::from_millis(51));
-        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
-        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
-    }
-}
-
 /// The raw consume rate of the history topic: a plain `read_committed` consumer from the
 /// one client factory, counting records and bytes to the end of every partition, no
 /// decoding. The baseline a projection rebuild is compared with.
@@ -196,4 +183,17 @@ pub async fn raw_consume(config: &crate::Config) -> anyhow::Result<(u64, f64)> {
         records as f64 / secs
     );
     Ok((records, secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_sorted_samples() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(51));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
 }

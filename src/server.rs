@@ -154,16 +154,34 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     use std::fmt::Write as _;
     let mut out = String::new();
     let ready = u8::from(state.started.load(Ordering::Acquire));
-    let _ = writeln!(out, "# HELP fleetledger_ready 1 once start-up finished.\n# TYPE fleetledger_ready gauge\nfleetledger_ready {ready}");
+    let _ = writeln!(
+        out,
+        "# HELP fleetledger_ready 1 once start-up finished.\n# TYPE fleetledger_ready gauge\nfleetledger_ready {ready}"
+    );
     let fenced = state.ledger.get().map_or(0, |l| u8::from(l.is_fenced()));
-    let _ = writeln!(out, "# HELP fleetledger_ledger_fenced 1 once another writer fenced this one.\n# TYPE fleetledger_ledger_fenced gauge\nfleetledger_ledger_fenced {fenced}");
+    let _ = writeln!(
+        out,
+        "# HELP fleetledger_ledger_fenced 1 once another writer fenced this one.\n# TYPE fleetledger_ledger_fenced gauge\nfleetledger_ledger_fenced {fenced}"
+    );
     if let Some(p) = state.projector.get() {
-        let _ = writeln!(out, "# HELP fleetledger_projector_lag_records History records not yet applied, per partition.\n# TYPE fleetledger_projector_lag_records gauge");
+        let _ = writeln!(
+            out,
+            "# HELP fleetledger_projector_lag_records History records not yet applied, per partition.\n# TYPE fleetledger_projector_lag_records gauge"
+        );
         for (partition, lag) in p.lag() {
-            let _ = writeln!(out, "fleetledger_projector_lag_records{{partition=\"{partition}\"}} {lag}");
+            let _ = writeln!(
+                out,
+                "fleetledger_projector_lag_records{{partition=\"{partition}\"}} {lag}"
+            );
         }
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }
 
 async fn healthz() -> impl IntoResponse {
