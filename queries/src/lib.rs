@@ -1,1 +1,13 @@
-//! placeholder
+//! Read-only SQL over the projections with DataFusion. One long-lived `SessionContext`
+//! serves every query; each projection is a table whose scan reads a consistent snapshot
+//! (one read lock) and builds only the projected columns, with string equality filters
+//! applied while building (pushed down, inexact: DataFusion filters again).
+
+mod engine;
+mod error;
+mod output;
+mod tables;
+
+pub use engine::{QueryEngine, QueryLimits, QueryOutput};
+pub use error::{Error, Result};
+pub use output::{to_csv, to_ipc, to_json_rows};

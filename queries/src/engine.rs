@@ -1,0 +1,354 @@
+//! The query engine: one long-lived `SessionContext` with every projection registered,
+//! read-only statements only, a time limit and a row limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use fleetledger_projectors::{Projections, ServiceViews};
+use futures::StreamExt;
+use tokio::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::tables::{NowMs, SnapshotTable, Source};
+
+/// Limits that end runaway queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Most rows an answer may have.
+    pub max_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(10),
+            max_rows: 100_000,
+        }
+    }
+}
+
+/// An answer: its schema and rows.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// Column names and types.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// How many rows.
+    pub rows: usize,
+}
+
+/// Runs read-only SQL over the projections.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+    tables: Vec<String>,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+fn classify(e: DataFusionError, tables: &[String]) -> Error {
+    match e {
+        DataFusionError::SQL(e, _) => Error::Invalid(format!("syntax error: {e}")),
+        DataFusionError::Plan(m) if m.contains("table") && m.contains("not found") => {
+            Error::Invalid(format!("{m}; tables are {}", tables.join(", ")))
+        }
+        DataFusionError::Plan(m) => Error::Invalid(m),
+        DataFusionError::SchemaError(e, _) => Error::Invalid(e.to_string()),
+        DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
+        DataFusionError::Context(c, inner) => match classify(*inner, tables) {
+            Error::Invalid(m) => Error::Invalid(format!("{c}: {m}")),
+            other => other,
+        },
+        DataFusionError::Diagnostic(_, inner) => classify(*inner, tables),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+impl QueryEngine {
+    /// An engine over `projections`: tables `clusters`, `billing_hours`, `audit_log` and one
+    /// per service view. `now_ms` is the time the open billing hour extends to.
+    pub fn new(
+        projections: Arc<RwLock<Projections>>,
+        views: &ServiceViews,
+        now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+        limits: QueryLimits,
+    ) -> Result<Self> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let ctx = SessionContext::new_with_config(config);
+        let now: NowMs = now_ms;
+        let mut sources = vec![
+            ("clusters".to_owned(), Source::Clusters),
+            ("billing_hours".to_owned(), Source::Billing),
+            ("audit_log".to_owned(), Source::Audit),
+        ];
+        for v in &views.views {
+            sources.push((v.name.clone(), Source::View(v.clone())));
+        }
+        let mut tables = Vec::new();
+        for (name, source) in sources {
+            let table = SnapshotTable::new(source, projections.clone(), now.clone());
+            ctx.register_table(name.as_str(), Arc::new(table))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            tables.push(name);
+        }
+        tables.sort();
+        Ok(QueryEngine {
+            ctx,
+            limits,
+            tables,
+        })
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// Runs one read-only statement. Anything that would create, change or drop something,
+    /// or read files, is [`Error::NotReadOnly`]; a query over the time or row limit stops
+    /// with [`Error::Timeout`] or [`Error::TooManyRows`].
+    pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
+        let run = async {
+            let state = self.ctx.state();
+            let plan = state
+                .create_logical_plan(sql)
+                .await
+                .map_err(|e| classify(e, &self.tables))?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|e| Error::NotReadOnly(e.to_string()))?;
+            let df = self
+                .ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| classify(e, &self.tables))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df
+                .execute_stream()
+                .await
+                .map_err(|e| classify(e, &self.tables))?;
+            let mut batches = Vec::new();
+            let mut rows = 0usize;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| classify(e, &self.tables))?;
+                rows += b.num_rows();
+                if rows > self.limits.max_rows {
+                    return Err(Error::TooManyRows {
+                        limit: self.limits.max_rows,
+                    });
+                }
+                batches.push(b);
+            }
+            Ok(QueryOutput {
+                schema,
+                batches,
+                rows,
+            })
+        };
+        let run = tracing::Instrument::instrument(run, span);
+        match tokio::time::timeout(self.limits.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                limit_ms: self.limits.timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use fleetledger_projectors::HistoryRecord;
+    use fleetledger_schemas::{FacetState, LogicalState, RecordMeta, StateRecord, StatusState};
+
+    fn rec(
+        cluster: &str,
+        version: i64,
+        ts: &str,
+        writer: &str,
+        state: FacetState,
+        offset: i64,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            record: StateRecord {
+                meta: RecordMeta {
+                    cluster_id: cluster.into(),
+                    version,
+                    writer: writer.into(),
+                    request_id: format!("r{offset}"),
+                    reason: None,
+                    ts: ts.parse::<DateTime<Utc>>().unwrap(),
+                    prev_hash: String::new(),
+                    hash: format!("h{offset}"),
+                },
+                state,
+            },
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn logical(cku: i32, region: &str) -> FacetState {
+        FacetState::Logical(LogicalState {
+            org_id: "org-1".into(),
+            env_id: "env-1".into(),
+            kind: "kafka".into(),
+            name: "n".into(),
+            sku: "basic".into(),
+            cku,
+            cloud: "aws".into(),
+            region: region.into(),
+            network: "public".into(),
+            config: Default::default(),
+            deleted: false,
+        })
+    }
+
+    fn running(cku: i32, observed: i64) -> FacetState {
+        FacetState::Status(StatusState {
+            phase: "running".into(),
+            cku,
+            brokers_ready: 3,
+            observed_version: observed,
+            message: None,
+        })
+    }
+
+    async fn engine(max_rows: usize) -> QueryEngine {
+        let mut p = Projections::default();
+        let recs = [
+            rec(
+                "lkc-a",
+                1,
+                "2026-01-01T00:00:00Z",
+                "frontend",
+                logical(2, "us-east-1"),
+                0,
+            ),
+            rec("lkc-a", 1, "2026-01-01T00:00:00Z", "sync", running(2, 1), 1),
+            rec(
+                "lkc-b",
+                1,
+                "2026-01-01T00:30:00Z",
+                "frontend",
+                logical(4, "eu-west-1"),
+                2,
+            ),
+        ];
+        for r in &recs {
+            p.apply(r);
+        }
+        let now = "2026-01-01T02:00:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp_millis();
+        QueryEngine::new(
+            Arc::new(RwLock::new(p)),
+            &ServiceViews::default(),
+            Arc::new(move || now),
+            QueryLimits {
+                timeout: Duration::from_secs(5),
+                max_rows,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn selects_read_a_snapshot_of_every_table() {
+        let e = engine(1000).await;
+        let out = e
+            .query("SELECT cluster_id, cku_desired, drift FROM clusters ORDER BY cluster_id")
+            .await
+            .unwrap();
+        let json = crate::to_json_rows(&out.schema, &out.batches).unwrap();
+        assert_eq!(
+            json["rows"],
+            serde_json::json!([
+                {"cluster_id": "lkc-a", "cku_desired": 2, "drift": false},
+                {"cluster_id": "lkc-b", "cku_desired": 4, "drift": true}
+            ])
+        );
+        let out = e
+            .query("SELECT SUM(cku_hours) AS h FROM billing_hours WHERE cluster_id = 'lkc-a'")
+            .await
+            .unwrap();
+        let json = crate::to_json_rows(&out.schema, &out.batches).unwrap();
+        assert_eq!(json["rows"][0]["h"], 4.0);
+        for ok in [
+            "SHOW TABLES",
+            "DESCRIBE audit_log",
+            "EXPLAIN SELECT * FROM audit_log WHERE writer = 'sync'",
+            "WITH x AS (SELECT * FROM clusters) SELECT count(*) FROM x",
+            "SELECT * FROM capacity_controller_view",
+        ] {
+            e.query(ok)
+                .await
+                .unwrap_or_else(|err| panic!("{ok}: {err}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_write_or_file_access_is_refused() {
+        let e = engine(1000).await;
+        for sql in [
+            "CREATE TABLE t AS SELECT 1",
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "CREATE VIEW v AS SELECT 1",
+            "DROP TABLE clusters",
+            "INSERT INTO clusters (cluster_id) VALUES ('x')",
+            "COPY (SELECT 1) TO '/tmp/out.csv'",
+            "SET datafusion.execution.batch_size = 1",
+            "CREATE SCHEMA s",
+        ] {
+            match e.query(sql).await {
+                Err(Error::NotReadOnly(m)) => assert!(!m.is_empty()),
+                other => panic!("{sql}: expected NotReadOnly, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_position_tables_columns_and_limits() {
+        let e = engine(2).await;
+        let Err(Error::Invalid(m)) = e.query("SELEC 1").await else {
+            panic!("syntax")
+        };
+        assert!(
+            m.contains("syntax error") && m.contains("Line: 1, Column: 1"),
+            "{m}"
+        );
+        let Err(Error::Invalid(m)) = e.query("SELECT * FROM nope").await else {
+            panic!("table")
+        };
+        assert!(m.contains("tables are") && m.contains("audit_log"), "{m}");
+        let Err(Error::Invalid(m)) = e.query("SELECT colour FROM clusters").await else {
+            panic!("column")
+        };
+        assert!(m.contains("colour") && m.contains("cluster_id"), "{m}");
+        let Err(Error::TooManyRows { limit: 2 }) = e.query("SELECT * FROM audit_log").await else {
+            panic!("rows")
+        };
+    }
+}
