@@ -112,6 +112,39 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /v1/sql`, answered as `table` (aligned text), `json` or `csv`.
+    pub async fn sql(&self, sql: &str, format: &str) -> anyhow::Result<String> {
+        let accept = match format {
+            "json" => "application/json",
+            "csv" => "text/csv",
+            "table" => "application/vnd.apache.arrow.stream",
+            other => anyhow::bail!("unknown format {other:?}: expected table, json or csv"),
+        };
+        let mut req = self
+            .http
+            .post(format!("{}/v1/sql", self.url))
+            .header("accept", accept)
+            .json(&serde_json::json!({ "sql": sql }));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach fleetledger at {}", self.url))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        if status >= 400 {
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ApiError { status, body }.into());
+        }
+        Ok(match format {
+            "table" => fleetledger_queries::ipc_to_table(&bytes)?,
+            "json" => serde_json::to_string_pretty(&serde_json::from_slice::<Value>(&bytes)?)?,
+            _ => String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
     /// `DELETE /v1/clusters/{cluster}`.
     pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> anyhow::Result<Value> {
         let mut req = self

@@ -36,6 +36,31 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The projections (checkpoint directory and frequency).
     pub projector: ProjectorConfig,
+    /// SQL limits and the per-service views.
+    pub queries: QueriesConfig,
+}
+
+/// SQL over the projections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueriesConfig {
+    /// Longest a query may run, in milliseconds.
+    pub timeout_ms: u64,
+    /// Most rows an answer may have.
+    pub max_rows: usize,
+    /// TOML file of per-service views. None: the shipped defaults
+    /// (`deploy/local/views.toml`).
+    pub views_file: Option<PathBuf>,
+}
+
+impl Default for QueriesConfig {
+    fn default() -> Self {
+        QueriesConfig {
+            timeout_ms: 10_000,
+            max_rows: 100_000,
+            views_file: None,
+        }
+    }
 }
 
 /// Who is who and who owns what.
@@ -61,6 +86,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
             projector: ProjectorConfig::default(),
+            queries: QueriesConfig::default(),
         }
     }
 }
@@ -77,6 +103,7 @@ const KEYS: &[&str] = &[
     "auth",
     "ledger",
     "projector",
+    "queries",
 ];
 
 impl Config {

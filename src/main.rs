@@ -62,6 +62,16 @@ enum Command {
         /// Cluster id.
         cluster: String,
     },
+    /// Run read-only SQL over the projections; without SQL, an interactive prompt.
+    Sql {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The query; omit it for a prompt with history.
+        sql: Option<String>,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// The projections: run them alone, rebuild one, or inspect a history record.
     Project {
         #[command(subcommand)]
@@ -227,6 +237,62 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// The interactive prompt: one statement per line (end with `;` to span lines), history
+/// in `~/.fleetledger_sql_history`, errors printed and the prompt kept.
+async fn sql_prompt(client: &ApiClient, format: &str) -> anyhow::Result<()> {
+    let mut rl = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME")
+        .map(|h| std::path::PathBuf::from(h).join(".fleetledger_sql_history"));
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    let mut statement = String::new();
+    loop {
+        let prompt = if statement.is_empty() {
+            "fleetledger> "
+        } else {
+            "        ...> "
+        };
+        let line = match rl.readline(prompt) {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                statement.clear();
+                continue;
+            }
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let trimmed = line.trim();
+        if statement.is_empty() && matches!(trimmed, "quit" | "exit" | "\\q") {
+            break;
+        }
+        if trimmed.is_empty() {
+            continue;
+        }
+        statement.push_str(&line);
+        statement.push('\n');
+        if !trimmed.ends_with(';')
+            && !statement
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("show")
+        {
+            continue;
+        }
+        let sql = statement.trim().trim_end_matches(';').to_owned();
+        statement.clear();
+        let _ = rl.add_history_entry(sql.as_str());
+        match client.sql(&sql, format).await {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -272,6 +338,22 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await,
         ),
+        Command::Sql { api, sql, format } => {
+            let client = api.client();
+            match sql {
+                Some(q) => {
+                    let answer = client.sql(&q, &format).await.map(serde_json::Value::String);
+                    match answer {
+                        Ok(serde_json::Value::String(text)) => {
+                            println!("{text}");
+                            Ok(())
+                        }
+                        other => print_answer(other),
+                    }
+                }
+                None => sql_prompt(&client, &format).await,
+            }
+        }
         Command::Project { command } => {
             let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
                 .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;

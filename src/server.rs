@@ -20,7 +20,8 @@ use fleetledger_ledger::{
     Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, LedgerSetup, Ownership,
     SystemClock, Tokens, TopicLayout,
 };
-use fleetledger_projectors::{Projector, ProjectorConfig};
+use fleetledger_projectors::{Projector, ProjectorConfig, ServiceViews};
+use fleetledger_queries::{QueryEngine, QueryLimits};
 use fleetledger_schemas::RecordCodec;
 use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
 use serde_json::json;
@@ -89,6 +90,7 @@ pub struct AppState {
     pub(crate) tokens: Tokens,
     pub(crate) ledger: OnceLock<Ledger>,
     pub(crate) projector: OnceLock<Projector>,
+    pub(crate) queries: OnceLock<QueryEngine>,
     pub(crate) max_body_bytes: usize,
     started: AtomicBool,
     registry: OnceLock<Router>,
@@ -125,6 +127,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v1/clusters/{id}/history", get(crate::api::history))
         .route("/v1/batch", post(crate::api::batch))
+        .route("/v1/sql", post(crate::api::sql))
         .layer(axum::middleware::from_fn(trace_request))
         .nest_service("/registry", registry)
         .with_state(state)
@@ -314,6 +317,7 @@ pub async fn start_with_clock(
         tokens,
         ledger: OnceLock::new(),
         projector: OnceLock::new(),
+        queries: OnceLock::new(),
         max_body_bytes: config.max_body_bytes,
         started: AtomicBool::new(false),
         registry: OnceLock::new(),
@@ -341,6 +345,14 @@ pub async fn start_with_clock(
     let stop = shutdown.clone();
     let ledger_config = config.ledger.clone();
     let projector_config = config.projector.clone();
+    let views = match &config.queries.views_file {
+        Some(f) => ServiceViews::from_file(f).map_err(|e| anyhow::anyhow!(e))?,
+        None => ServiceViews::default(),
+    };
+    let limits = QueryLimits {
+        timeout: Duration::from_millis(config.queries.timeout_ms),
+        max_rows: config.queries.max_rows,
+    };
     let writer_tracker = tracker.clone();
     tracker.spawn(async move {
         let deps = LedgerDeps {
@@ -348,6 +360,8 @@ pub async fn start_with_clock(
             clock,
             config: ledger_config,
             projector: projector_config,
+            views,
+            limits,
             tracker: writer_tracker,
         };
         let startup = start_up(&st, serves_registry, &registry_url, deps, &stop);
@@ -456,6 +470,8 @@ struct LedgerDeps {
     clock: Arc<dyn Clock>,
     config: LedgerConfig,
     projector: ProjectorConfig,
+    views: ServiceViews,
+    limits: QueryLimits,
     tracker: TaskTracker,
 }
 
@@ -512,6 +528,14 @@ async fn start_up(
             tracing::error!(error = %e, "projections stopped; the API keeps serving writes");
         }
     });
+    let clock = deps.clock.clone();
+    let engine = QueryEngine::new(
+        projector.projections(),
+        &deps.views,
+        Arc::new(move || clock.now().timestamp_millis()),
+        deps.limits,
+    )?;
+    let _ = state.queries.set(engine);
     let _ = state.projector.set(projector);
     Ok(())
 }

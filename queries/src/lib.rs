@@ -10,4 +10,4 @@ mod tables;
 
 pub use engine::{QueryEngine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};
-pub use output::{to_csv, to_ipc, to_json_rows};
+pub use output::{ipc_to_table, to_csv, to_ipc, to_json_rows};

@@ -62,3 +62,18 @@ pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     }
     Ok(buf)
 }
+
+/// Decodes an Arrow IPC stream and formats it as an aligned text table.
+pub fn ipc_to_table(bytes: &[u8]) -> Result<String> {
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(internal)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(internal)?;
+    let table =
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(internal)?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    Ok(format!(
+        "{table}\n({rows} row{})",
+        if rows == 1 { "" } else { "s" }
+    ))
+}
