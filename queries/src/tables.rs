@@ -275,7 +275,7 @@ impl SnapshotTable {
             usize::MAX
         };
         let p = self.projections.read().await;
-        let arrays: Vec<ArrayRef> = match &self.source {
+        let (arrays, n_rows): (Vec<ArrayRef>, usize) = match &self.source {
             Source::Clusters | Source::View(_) => {
                 let eq_cols: Vec<(&'static Column, String)> = eqs
                     .iter()
@@ -299,7 +299,7 @@ impl SnapshotTable {
                     .take(take)
                     .collect();
                 let cols: Vec<&'static Column> = indices.iter().map(|i| self.columns[*i]).collect();
-                build_cells(&cols, &rows)
+                (build_cells(&cols, &rows), rows.len())
             }
             Source::Billing => {
                 let all = p.billing.rows((self.now_ms)());
@@ -311,7 +311,7 @@ impl SnapshotTable {
                     })
                     .take(take)
                     .collect();
-                indices
+                let arrays = indices
                     .iter()
                     .map(|i| -> ArrayRef {
                         match BILLING_FIELDS[*i].0 {
@@ -337,7 +337,8 @@ impl SnapshotTable {
                             }
                         }
                     })
-                    .collect()
+                    .collect();
+                (arrays, rows.len())
             }
             Source::Audit => {
                 let mut rows: Vec<&AuditRow> = p
@@ -348,52 +349,52 @@ impl SnapshotTable {
                     .collect();
                 rows.sort_by_key(|r| (r.partition, r.offset));
                 rows.truncate(take);
-                indices
-                    .iter()
-                    .map(|i| -> ArrayRef {
-                        match AUDIT_FIELDS[*i].0 {
-                            "version" => Arc::new(
-                                Int64Builder::new()
-                                    .append_values_iter(rows.iter().map(|r| r.version)),
-                            ),
-                            "partition" => {
-                                Arc::new(Int64Builder::new().append_values_iter(
+                let arrays =
+                    indices
+                        .iter()
+                        .map(|i| -> ArrayRef {
+                            match AUDIT_FIELDS[*i].0 {
+                                "version" => Arc::new(
+                                    Int64Builder::new()
+                                        .append_values_iter(rows.iter().map(|r| r.version)),
+                                ),
+                                "partition" => Arc::new(Int64Builder::new().append_values_iter(
                                     rows.iter().map(|r| i64::from(r.partition)),
-                                ))
-                            }
-                            "offset" => Arc::new(
-                                Int64Builder::new()
-                                    .append_values_iter(rows.iter().map(|r| r.offset)),
-                            ),
-                            "ts" => Arc::new(
-                                TimestampMillisecondBuilder::new()
-                                    .with_timezone("UTC")
-                                    .append_values_iter(rows.iter().map(|r| r.ts_ms)),
-                            ),
-                            "reason" => {
-                                let mut b = StringBuilder::new();
-                                for r in &rows {
-                                    b.append_option(r.reason.as_deref());
+                                )),
+                                "offset" => Arc::new(
+                                    Int64Builder::new()
+                                        .append_values_iter(rows.iter().map(|r| r.offset)),
+                                ),
+                                "ts" => Arc::new(
+                                    TimestampMillisecondBuilder::new()
+                                        .with_timezone("UTC")
+                                        .append_values_iter(rows.iter().map(|r| r.ts_ms)),
+                                ),
+                                "reason" => {
+                                    let mut b = StringBuilder::new();
+                                    for r in &rows {
+                                        b.append_option(r.reason.as_deref());
+                                    }
+                                    Arc::new(b.finish())
                                 }
-                                Arc::new(b.finish())
-                            }
-                            "diff" => {
-                                let mut b = StringBuilder::new();
-                                for r in &rows {
-                                    b.append_value(&r.diff);
+                                "diff" => {
+                                    let mut b = StringBuilder::new();
+                                    for r in &rows {
+                                        b.append_value(&r.diff);
+                                    }
+                                    Arc::new(b.finish())
                                 }
-                                Arc::new(b.finish())
-                            }
-                            name => {
-                                let mut b = StringBuilder::new();
-                                for r in &rows {
-                                    b.append_value(audit_str(r, name).unwrap_or(""));
+                                name => {
+                                    let mut b = StringBuilder::new();
+                                    for r in &rows {
+                                        b.append_value(audit_str(r, name).unwrap_or(""));
+                                    }
+                                    Arc::new(b.finish())
                                 }
-                                Arc::new(b.finish())
                             }
-                        }
-                    })
-                    .collect()
+                        })
+                        .collect();
+                (arrays, rows.len())
             }
         };
         drop(p);
@@ -401,7 +402,7 @@ impl SnapshotTable {
             RecordBatch::try_new_with_options(
                 schema.clone(),
                 arrays,
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(0)),
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n_rows)),
             )?
         } else {
             RecordBatch::try_new(schema.clone(), arrays)?

@@ -5,4 +5,5 @@
 mod append;
 mod foundation;
 mod projections;
+mod sql;
 mod support;
