@@ -71,7 +71,10 @@ impl std::fmt::Debug for SnapshotTable {
     }
 }
 
-const BILLING_FIELDS: [(&str, fn() -> DataType); 8] = [
+/// A fixed column: its name and how to make its type.
+type FieldSpec = (&'static str, fn() -> DataType);
+
+const BILLING_FIELDS: [FieldSpec; 8] = [
     ("hour_start", ts_type),
     ("cluster_id", || DataType::Utf8),
     ("org_id", || DataType::Utf8),
@@ -82,7 +85,7 @@ const BILLING_FIELDS: [(&str, fn() -> DataType); 8] = [
     ("open", || DataType::Boolean),
 ];
 
-const AUDIT_FIELDS: [(&str, fn() -> DataType); 11] = [
+const AUDIT_FIELDS: [FieldSpec; 11] = [
     ("cluster_id", || DataType::Utf8),
     ("facet", || DataType::Utf8),
     ("version", || DataType::Int64),
