@@ -185,6 +185,55 @@ pub async fn raw_consume(config: &crate::Config) -> anyhow::Result<(u64, f64)> {
     Ok((records, secs))
 }
 
+/// The README's SQL examples, each `runs` times over HTTP against a running server,
+/// printing p50/p99 per example.
+pub async fn sql_latency(url: &str, token: &str, runs: usize) -> anyhow::Result<()> {
+    let readme = include_str!("../README.md");
+    let mut examples = Vec::new();
+    for part in readme.split("\n-- ").skip(1) {
+        let Some((title, rest)) = part.split_once('\n') else {
+            continue;
+        };
+        let Some((sql, _)) = rest.split_once(';') else {
+            continue;
+        };
+        if sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+            examples.push((title.trim().to_owned(), sql.trim().to_owned()));
+        }
+    }
+    anyhow::ensure!(!examples.is_empty(), "no SQL examples found in README.md");
+    let http = reqwest::Client::new();
+    for (title, sql) in examples {
+        let mut lat = Vec::with_capacity(runs);
+        let mut rows = 0;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let resp = http
+                .post(format!("{url}/v1/sql"))
+                .bearer_auth(token)
+                .json(&json!({ "sql": sql }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "{title}: {}",
+                resp.text().await?
+            );
+            let v: Value = resp.json().await?;
+            lat.push(t.elapsed());
+            rows = v["row_count"].as_u64().unwrap_or(0);
+        }
+        lat.sort();
+        println!(
+            "sql: {title}: p50 {:.1} ms, p99 {:.1} ms ({} runs, {rows} rows)",
+            percentile(&lat, 50.0).as_secs_f64() * 1e3,
+            percentile(&lat, 99.0).as_secs_f64() * 1e3,
+            lat.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,14 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
+    /// Measure the README's SQL examples against a running server (p50/p99).
+    BenchSql {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Runs per example.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Measure the raw consume rate of the history topic (plain consumer, no decoding).
     BenchConsume,
     /// Measure a running server: batch throughput and single-append latency.
@@ -373,6 +381,10 @@ async fn main() -> anyhow::Result<()> {
                     fleetledger::project::inspect(&config, partition, offset).await
                 }
             }
+        }
+        Command::BenchSql { api, runs } => {
+            let token = api.token.clone().unwrap_or_else(|| "dev-frontend".into());
+            fleetledger::bench::sql_latency(&api.url, &token, runs).await
         }
         Command::BenchConsume => {
             let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
