@@ -163,6 +163,36 @@ fn created(a: &Appended) -> Response {
     r
 }
 
+/// The headers of a change: `If-Match`, `Idempotency-Key`, `X-Reason`.
+struct ChangeHeaders {
+    expected: Option<i64>,
+    key: Option<String>,
+    reason: Option<String>,
+}
+
+impl ChangeHeaders {
+    fn read(headers: &HeaderMap) -> Result<Self, AppError> {
+        Ok(ChangeHeaders {
+            expected: expected_version(headers)?,
+            key: text_header(headers, "idempotency-key", 200)?,
+            reason: text_header(headers, "x-reason", 1000)?,
+        })
+    }
+
+    /// The request that appends `state` for `principal` with these headers.
+    fn request(self, cluster_id: String, state: FacetState, principal: String) -> AppendRequest {
+        AppendRequest {
+            cluster_id,
+            state,
+            principal,
+            expected_version: self.expected,
+            request_id: self.key,
+            reason: self.reason,
+            ts: None,
+        }
+    }
+}
+
 /// 403 unless `principal` may write `facet` (checked before the body is read).
 fn authorise(ledger: &Ledger, principal: &str, facet: Facet) -> Result<(), AppError> {
     if ledger.ownership().may_write(principal, facet) {
@@ -186,23 +216,13 @@ pub(crate) async fn append(
     let principal = principal(&state, &headers)?;
     cluster(&id)?;
     let facet: Facet = facet.parse()?;
-    let expected = expected_version(&headers)?;
-    let key = text_header(&headers, "idempotency-key", 200)?;
-    let reason = text_header(&headers, "x-reason", 1000)?;
+    let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
     authorise(ledger, &principal, facet)?;
     let bytes = json_body(&state, &headers, body).await?;
     let facet_state = FacetState::from_json(facet, &bytes)?;
     let appended = ledger
-        .append(AppendRequest {
-            cluster_id: id,
-            state: facet_state,
-            principal,
-            expected_version: expected,
-            request_id: key,
-            reason,
-            ts: None,
-        })
+        .append(change.request(id, facet_state, principal))
         .await?;
     Ok(created(&appended))
 }
@@ -216,9 +236,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, AppError> {
     let principal = principal(&state, &headers)?;
     cluster(&id)?;
-    let expected = expected_version(&headers)?;
-    let key = text_header(&headers, "idempotency-key", 200)?;
-    let reason = text_header(&headers, "x-reason", 1000)?;
+    let mut change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
     authorise(ledger, &principal, Facet::Logical)?;
     let current = ledger.current(&id).await;
@@ -232,20 +250,13 @@ pub(crate) async fn delete(
             "logical head is not logical",
         ));
     };
-    if logical.deleted && key.is_none() {
+    if logical.deleted && change.key.is_none() {
         return Ok((StatusCode::OK, Json(json!(head.appended))).into_response());
     }
     logical.deleted = true;
+    change.reason = change.reason.or_else(|| Some("deleted".into()));
     let appended = ledger
-        .append(AppendRequest {
-            cluster_id: id,
-            state: FacetState::Logical(logical),
-            principal,
-            expected_version: expected,
-            request_id: key,
-            reason: reason.or_else(|| Some("deleted".into())),
-            ts: None,
-        })
+        .append(change.request(id, FacetState::Logical(logical), principal))
         .await?;
     Ok(created(&appended))
 }

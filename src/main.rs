@@ -301,6 +301,13 @@ async fn sql_prompt(client: &ApiClient, format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load_config(
+    file: Option<&std::path::Path>,
+    overrides: serde_json::Value,
+) -> anyhow::Result<Config> {
+    Config::load(file, overrides).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -313,8 +320,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::load(cli.config.as_deref(), args.overrides())
-                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let config = load_config(cli.config.as_deref(), args.overrides())?;
             let token = CancellationToken::new();
             let running = server::start(config, token.clone())
                 .await
@@ -363,8 +369,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Project { command } => {
-            let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
-                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let config = load_config(cli.config.as_deref(), serde_json::json!({}))?;
             match command {
                 ProjectCommand::Run => {
                     let token = CancellationToken::new();
@@ -387,8 +392,7 @@ async fn main() -> anyhow::Result<()> {
             fleetledger::bench::sql_latency(&api.url, &token, runs).await
         }
         Command::BenchConsume => {
-            let config = Config::load(cli.config.as_deref(), serde_json::json!({}))
-                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let config = load_config(cli.config.as_deref(), serde_json::json!({}))?;
             fleetledger::bench::raw_consume(&config).await.map(|_| ())
         }
         Command::BenchAppend {
