@@ -22,11 +22,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleetledger_schemas::{Facet, FacetState, RecordCodec, RecordMeta, StateRecord};
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +34,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hash_chain::{body_digest, record_hash};
-use crate::kafka::{KafkaClients, LedgerConsumer};
+use crate::kafka::{KafkaClients, read_partition_to_end};
 use crate::partitioner::partition_for;
 use crate::principals::{IMPORT, Ownership};
 use crate::topics::TopicLayout;
@@ -289,10 +287,13 @@ impl Ledger {
             &self.layout.history,
             partition,
             "history-reader",
-            |key, payload, offset| {
-                if key.starts_with(prefix.as_bytes()) {
-                    out.push((payload.to_vec(), offset));
+            |m| {
+                if let (Some(key), Some(payload)) = (m.key(), m.payload())
+                    && key.starts_with(prefix.as_bytes())
+                {
+                    out.push((payload.to_vec(), m.offset()));
                 }
+                Ok(())
             },
         )
         .await?;
@@ -328,47 +329,6 @@ async fn new_transactional_producer(
     Ok(producer)
 }
 
-/// Reads one partition from the beginning to its end (read_committed), calling `f` with
-/// key, payload and offset of every non-tombstone record.
-async fn read_partition_to_end(
-    clients: &KafkaClients,
-    topic: &str,
-    partition: i32,
-    role: &str,
-    mut f: impl FnMut(&[u8], &[u8], i64),
-) -> Result<()> {
-    let consumer: LedgerConsumer = clients.consumer(role)?;
-    let timeout = clients.config().request_timeout();
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
-    if high <= low {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(|e| Error::kafka("assign", e))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
-    loop {
-        match tokio::time::timeout(timeout, consumer.recv()).await {
-            Err(_) => {
-                return Err(Error::Unavailable(format!(
-                    "reading {topic}/{partition} timed out"
-                )));
-            }
-            Ok(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
-            Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
-            Ok(Ok(m)) => {
-                if let (Some(k), Some(p)) = (m.key(), m.payload()) {
-                    f(k, p, m.offset());
-                }
-            }
-        }
-    }
-}
-
 /// Rebuilds the index from the compacted state topic: the highest version of every
 /// cluster+facet, with its recent request ids.
 async fn rebuild_index(
@@ -379,41 +339,18 @@ async fn rebuild_index(
     let mut index = Index::default();
     for partition in 0..layout.partitions {
         let mut raw = Vec::new();
-        let consumer: LedgerConsumer = clients.consumer("index-rebuild")?;
-        let timeout = clients.config().request_timeout();
-        let (low, high) = consumer
-            .fetch_watermarks(&layout.state, partition, timeout)
-            .map_err(|e| Error::kafka(format!("watermarks of {}/{partition}", layout.state), e))?;
-        if high <= low {
-            continue;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&layout.state, partition, Offset::Beginning)
-            .map_err(|e| Error::kafka("assign", e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka("assign", e))?;
-        loop {
-            match tokio::time::timeout(timeout, consumer.recv()).await {
-                Err(_) => {
-                    return Err(Error::Unavailable(format!(
-                        "reading {} timed out",
-                        layout.state
-                    )));
-                }
-                Ok(Err(KafkaError::PartitionEOF(_))) => break,
-                Ok(Err(e)) => return Err(Error::kafka(format!("read {}", layout.state), e)),
-                Ok(Ok(m)) => {
-                    let Some(payload) = m.payload() else { continue };
-                    let recent = m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == RECENT_HEADER)
-                            .and_then(|h| h.value.map(<[u8]>::to_vec))
-                    });
-                    raw.push((payload.to_vec(), recent, m.offset()));
-                }
+        read_partition_to_end(clients, &layout.state, partition, "index-rebuild", |m| {
+            if let Some(payload) = m.payload() {
+                let recent = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == RECENT_HEADER)
+                        .and_then(|h| h.value.map(<[u8]>::to_vec))
+                });
+                raw.push((payload.to_vec(), recent, m.offset()));
             }
-        }
+            Ok(())
+        })
+        .await?;
         for (payload, recent, offset) in raw {
             let record = codec.decode(&payload).await.map_err(|e| Error::Corrupt {
                 topic: layout.state.clone(),

@@ -8,9 +8,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -158,5 +160,44 @@ impl KafkaClients {
         self.base("admin")
             .create()
             .map_err(|e| Error::kafka("create admin client", e))
+    }
+}
+
+/// Reads one partition of `topic` from the beginning to its end (read_committed: its last
+/// stable offset), calling `f` with every message in order, tombstones included. An empty
+/// partition calls nothing. A read that stalls for the request timeout is
+/// [`Error::Unavailable`]; an error returned by `f` stops the read and is returned.
+pub(crate) async fn read_partition_to_end(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    role: &str,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
+) -> Result<()> {
+    let consumer = clients.consumer(role)?;
+    let timeout = clients.config().request_timeout();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
+    if high <= low {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(|e| Error::kafka("assign", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
+    loop {
+        match tokio::time::timeout(timeout, consumer.recv()).await {
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "reading {topic}/{partition} timed out"
+                )));
+            }
+            Ok(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
+            Ok(Ok(m)) => f(&m)?,
+        }
     }
 }

@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use fleetledger_schemas::registry::{JournalEntry, RegistryJournal};
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::{Error, Result};
-use crate::kafka::{KafkaClients, LedgerConsumer};
+use crate::kafka::{KafkaClients, read_partition_to_end};
 
 /// Writes registry entries to the registry topic; `append` returns once the broker
 /// acknowledged the write with `acks=all`.
@@ -43,51 +39,23 @@ impl KafkaRegistryJournal {
     /// Reads every entry of `topic` from the beginning to its current end, in order.
     /// An unreadable entry is [`Error::Corrupt`] naming its offset.
     pub async fn load(clients: &KafkaClients, topic: &str) -> Result<Vec<JournalEntry>> {
-        let consumer: LedgerConsumer = clients.consumer("registry-loader")?;
-        let timeout = clients.config().request_timeout();
-        let (low, high) = consumer
-            .fetch_watermarks(topic, 0, timeout)
-            .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
         let mut entries = Vec::new();
-        if high <= low {
-            return Ok(entries);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(|e| Error::kafka("assign", e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
-        loop {
-            let msg = match tokio::time::timeout(timeout, consumer.recv()).await {
-                Err(_) => {
-                    return Err(Error::kafka(
-                        format!("read {topic}"),
-                        KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
-                    ));
-                }
-                Ok(Err(KafkaError::PartitionEOF(_))) => break,
-                Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}"), e)),
-                Ok(Ok(m)) => m,
-            };
-            let offset = msg.offset();
-            let key = msg.key().unwrap_or_default();
-            match JournalEntry::from_key_value(key, msg.payload()) {
+        read_partition_to_end(clients, topic, 0, "registry-loader", |m| {
+            match JournalEntry::from_key_value(m.key().unwrap_or_default(), m.payload()) {
                 Ok(Some(e)) => entries.push(e),
                 Ok(None) => {}
                 Err(message) => {
                     return Err(Error::Corrupt {
                         topic: topic.to_owned(),
                         partition: 0,
-                        offset,
+                        offset: m.offset(),
                         message,
                     });
                 }
             }
-            if offset + 1 >= high {
-                break;
-            }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(entries)
     }
 }
