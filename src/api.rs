@@ -6,10 +6,15 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use fleetledger_ledger::{AppendRequest, Appended, Error as LedgerError, Ledger};
+use fleetledger_ledger::principals::RECOVERY;
+use fleetledger_ledger::{
+    AppendRequest, Appended, ClusterHistory, Error as LedgerError, HistoryEntry, Ledger, Point,
+    parse_time,
+};
+use fleetledger_schemas::diff::field_diff;
 use fleetledger_schemas::{Facet, FacetState, validate_cluster_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,6 +31,9 @@ impl From<LedgerError> for AppError {
             }
             LedgerError::TimeBackwards { .. } => (StatusCode::BAD_REQUEST, "time_backwards"),
             LedgerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            LedgerError::InvalidPoint(_) => (StatusCode::BAD_REQUEST, "invalid_point"),
+            LedgerError::NotDeleted { .. } => (StatusCode::CONFLICT, "not_deleted"),
+            LedgerError::BrokenChain(_) => (StatusCode::CONFLICT, "broken_chain"),
             LedgerError::Schema(fleetledger_schemas::Error::Invalid { .. }) => {
                 (StatusCode::BAD_REQUEST, "invalid")
             }
@@ -291,6 +299,77 @@ pub(crate) async fn get_cluster(
     Ok(Json(json!({"cluster_id": id, "facets": facets})).into_response())
 }
 
+/// The cluster's history, fetched with the `audit_log` projection as index when it runs
+/// (only the cluster's offsets and the unindexed tail are read), or by reading its whole
+/// partition before the projections started. 404 when nothing is known about it.
+async fn cluster_history(state: &AppState, id: &str) -> Result<ClusterHistory, AppError> {
+    let ledger = ledger(state)?;
+    let hint = match state.projector.get() {
+        Some(p) => Some(p.history_hint(id, ledger.partition_of(id)).await),
+        None => None,
+    };
+    let history = ledger.history(id, hint.as_ref()).await?;
+    if history.is_empty() {
+        return Err(LedgerError::NotFound(id.to_owned()).into());
+    }
+    Ok(history)
+}
+
+/// The query parameters `pairs` as a map, refusing any not in `allowed` (a misspelt filter must
+/// not silently widen an answer).
+fn query_params(
+    pairs: Vec<(String, String)>,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, AppError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "unknown query parameter {k:?}: expected one of {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The point named by `as_of` or `version` (at most one), else `default`.
+fn point_of(as_of: Option<&str>, version: Option<&str>, default: Point) -> Result<Point, AppError> {
+    match (as_of, version) {
+        (Some(_), Some(_)) => Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "give as_of or version, not both",
+        )),
+        (Some(t), None) => Ok(Point::parse_as_of(t)?),
+        (None, Some(v)) => Ok(Point::parse_version(v)?),
+        (None, None) => Ok(default),
+    }
+}
+
+fn record_json(e: &HistoryEntry) -> Value {
+    let r = &e.record;
+    json!({
+        "cluster_id": r.meta.cluster_id,
+        "facet": r.facet(),
+        "version": r.meta.version,
+        "ts": r.meta.ts,
+        "writer": r.meta.writer,
+        "request_id": r.meta.request_id,
+        "reason": r.meta.reason,
+        "prev_hash": r.meta.prev_hash,
+        "hash": r.meta.hash,
+        "partition": e.partition,
+        "offset": e.offset,
+        "state": r.state.to_json(),
+    })
+}
+
 /// `GET /v1/clusters/{id}/history`: every accepted record of the cluster, oldest first.
 pub(crate) async fn history(
     State(state): State<Arc<AppState>>,
@@ -299,30 +378,179 @@ pub(crate) async fn history(
 ) -> Result<Response, AppError> {
     principal(&state, &headers)?;
     cluster(&id)?;
-    let records = ledger(&state)?.history(&id).await?;
-    if records.is_empty() {
-        return Err(LedgerError::NotFound(id).into());
-    }
-    let items: Vec<Value> = records
+    let history = cluster_history(&state, &id).await?;
+    let items: Vec<Value> = history.entries().iter().map(record_json).collect();
+    Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
+}
+
+/// `GET /v1/clusters/{id}/state?as_of=TIME|version=N`: every facet as it was at that
+/// point (default: now), reconstructed from history.
+pub(crate) async fn state_at(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    cluster(&id)?;
+    let q = query_params(pairs, &["as_of", "version"])?;
+    let point = point_of(
+        q.get("as_of").map(String::as_str),
+        q.get("version").map(String::as_str),
+        Point::Latest,
+    )?;
+    let history = cluster_history(&state, &id).await?;
+    let at = history.state_at(point)?;
+    let facets: serde_json::Map<String, Value> = at
+        .facets
+        .iter()
+        .map(|(f, e)| (f.as_str().to_owned(), record_json(e)))
+        .collect();
+    Ok(Json(json!({
+        "cluster_id": id,
+        "point": point.to_string(),
+        "deleted": at.is_deleted(),
+        "records_before": at.records,
+        "facets": facets,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/clusters/{id}/audit?since=T&until=T&facet=F`: the timeline with field-level
+/// diffs, oldest first.
+pub(crate) async fn audit(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    cluster(&id)?;
+    let q = query_params(pairs, &["since", "until", "facet"])?;
+    let since = q.get("since").map(|t| parse_time(t)).transpose()?;
+    let until = q.get("until").map(|t| parse_time(t)).transpose()?;
+    let facet: Option<Facet> = q.get("facet").map(|f| f.parse()).transpose()?;
+    let history = cluster_history(&state, &id).await?;
+    let entries: Vec<_> = history
+        .timeline()
         .into_iter()
-        .map(|(r, partition, offset)| {
+        .filter(|e| since.is_none_or(|s| e.ts >= s))
+        .filter(|e| until.is_none_or(|u| e.ts <= u))
+        .filter(|e| facet.is_none_or(|f| e.facet == f))
+        .collect();
+    Ok(Json(json!({"cluster_id": id, "entries": entries})).into_response())
+}
+
+/// `GET /v1/clusters/{id}/verify`: checks the cluster's hash chains; 200 with the report
+/// either way (`intact` says whether every link held).
+pub(crate) async fn verify(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    cluster(&id)?;
+    let history = cluster_history(&state, &id).await?;
+    let report = history.verify();
+    Ok(Json(json!({
+        "cluster_id": id,
+        "intact": report.is_intact(),
+        "report": report,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    #[serde(default)]
+    as_of: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/clusters/{id}/recover` with `{as_of?, version?, dry_run?, force?}`, as the
+/// `recovery` principal: restores every desired facet to its state at the point (default:
+/// just before the deletion) through the normal append path. 200 with the plan on a dry
+/// run, 201 with the plan and the appended records otherwise.
+pub(crate) async fn recover(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let principal = principal(&state, &headers)?;
+    cluster(&id)?;
+    if principal != RECOVERY {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("principal {principal} may not recover clusters: only {RECOVERY} may"),
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is too large",
+            )
+        })?;
+    let req: RecoverRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RecoverRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "body must be {{\"as_of\"?: TIME, \"version\"?: \"N\" or \"FACET:N\", \"dry_run\"?: bool, \"force\"?: bool}}: {e}"
+                ),
+            )
+        })?
+    };
+    let point = point_of(
+        req.as_of.as_deref(),
+        req.version.as_deref(),
+        Point::BeforeDeletion,
+    )?;
+    let history = cluster_history(&state, &id).await?;
+    let plan = history.plan_recovery(point, req.force)?;
+    let facets: Vec<Value> = plan
+        .facets
+        .iter()
+        .map(|f| {
+            let current = f.current.as_ref().map(FacetState::to_json);
             json!({
-                "cluster_id": r.meta.cluster_id,
-                "facet": r.facet(),
-                "version": r.meta.version,
-                "ts": r.meta.ts,
-                "writer": r.meta.writer,
-                "request_id": r.meta.request_id,
-                "reason": r.meta.reason,
-                "prev_hash": r.meta.prev_hash,
-                "hash": r.meta.hash,
-                "partition": partition,
-                "offset": offset,
-                "state": r.state.to_json(),
+                "facet": f.facet,
+                "source_version": f.source_version,
+                "source_ts": f.source_ts,
+                "current_version": f.current_version,
+                "unchanged": f.unchanged,
+                "diff": field_diff(current.as_ref(), &f.state.to_json()),
+                "state": f.state.to_json(),
             })
         })
         .collect();
-    Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
+    let mut answer = json!({
+        "cluster_id": id,
+        "point": plan.point,
+        "reason": plan.reason,
+        "dry_run": req.dry_run,
+        "chain": plan.chain,
+        "facets": facets,
+    });
+    if req.dry_run {
+        return Ok(Json(answer).into_response());
+    }
+    let appended = ledger(&state)?.recover(&plan).await?;
+    answer["appended"] = json!(appended);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 #[derive(Deserialize)]

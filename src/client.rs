@@ -112,6 +112,77 @@ impl ApiClient {
         .await
     }
 
+    /// `GET /v1/clusters/{cluster}/state` at `as_of` or `version` (default: now).
+    pub async fn state(
+        &self,
+        cluster: &str,
+        as_of: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut query = Vec::new();
+        if let Some(t) = as_of {
+            query.push(("as_of", t));
+        }
+        if let Some(v) = version {
+            query.push(("version", v));
+        }
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/v1/clusters/{cluster}/state", self.url),
+            &query,
+        )?;
+        self.send(self.http.get(url)).await
+    }
+
+    /// `GET /v1/clusters/{cluster}/audit` between `since` and `until`, of one facet or all.
+    pub async fn audit(
+        &self,
+        cluster: &str,
+        since: Option<&str>,
+        until: Option<&str>,
+        facet: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let query: Vec<(&str, &str)> = [("since", since), ("until", until), ("facet", facet)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/v1/clusters/{cluster}/audit", self.url),
+            &query,
+        )?;
+        self.send(self.http.get(url)).await
+    }
+
+    /// `GET /v1/clusters/{cluster}/verify`.
+    pub async fn verify(&self, cluster: &str) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .get(format!("{}/v1/clusters/{cluster}/verify", self.url)),
+        )
+        .await
+    }
+
+    /// `POST /v1/clusters/{cluster}/recover` with `{as_of?, version?, dry_run, force}`.
+    pub async fn recover(
+        &self,
+        cluster: &str,
+        as_of: Option<&str>,
+        version: Option<&str>,
+        dry_run: bool,
+        force: bool,
+    ) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/clusters/{cluster}/recover", self.url))
+                .json(&serde_json::json!({
+                    "as_of": as_of,
+                    "version": version,
+                    "dry_run": dry_run,
+                    "force": force,
+                })),
+        )
+        .await
+    }
+
     /// `POST /v1/sql`, answered as `table` (aligned text), `json` or `csv`.
     pub async fn sql(&self, sql: &str, format: &str) -> anyhow::Result<String> {
         let accept = match format {

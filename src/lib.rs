@@ -3,6 +3,7 @@
 //! in the library crates (`schemas ← ledger ← projectors ← queries`).
 
 mod api;
+pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod config;

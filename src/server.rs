@@ -126,6 +126,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(crate::api::get_cluster).delete(crate::api::delete),
         )
         .route("/v1/clusters/{id}/history", get(crate::api::history))
+        .route("/v1/clusters/{id}/state", get(crate::api::state_at))
+        .route("/v1/clusters/{id}/audit", get(crate::api::audit))
+        .route("/v1/clusters/{id}/verify", get(crate::api::verify))
+        .route("/v1/clusters/{id}/recover", post(crate::api::recover))
         .route("/v1/batch", post(crate::api::batch))
         .route("/v1/sql", post(crate::api::sql))
         .layer(axum::middleware::from_fn(trace_request))

@@ -32,11 +32,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::clock::Clock;
+use crate::cluster_history::{ClusterHistory, HistoryEntry, RecoveryPlan};
 use crate::error::{Error, Result};
 use crate::hash_chain::{body_digest, record_hash};
-use crate::kafka::{KafkaClients, read_partition_to_end};
+use crate::kafka::{KafkaClients, read_partition_ranges, read_partition_to_end};
 use crate::partitioner::partition_for;
-use crate::principals::{IMPORT, Ownership};
+use crate::principals::{IMPORT, Ownership, RECOVERY};
 use crate::topics::TopicLayout;
 
 const RECENT_HEADER: &str = "fleetledger.recent";
@@ -271,22 +272,36 @@ impl Ledger {
             .collect()
     }
 
+    /// The partition of `cluster_id` in both topics.
+    pub fn partition_of(&self, cluster_id: &str) -> i32 {
+        partition_for(cluster_id, self.layout.partitions)
+    }
+
     /// Whether this instance was fenced.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
     }
 
-    /// Every accepted record of `cluster_id`, oldest first per facet and in commit order
-    /// overall. Reads only the cluster's partition of the history topic.
-    pub async fn history(&self, cluster_id: &str) -> Result<Vec<(StateRecord, i32, i64)>> {
+    /// Every accepted record of `cluster_id` in commit order. Reads only the cluster's
+    /// partition of the history topic, and of it only what `hint` does not rule out: the
+    /// offsets it lists below `indexed_to` (fetched by seeking, nearby offsets in one
+    /// read) and everything from `indexed_to` to the end. Without a hint the whole
+    /// partition is read. Records of other clusters are dropped by key before decoding.
+    pub async fn history(
+        &self,
+        cluster_id: &str,
+        hint: Option<&HistoryHint>,
+    ) -> Result<ClusterHistory> {
         let partition = partition_for(cluster_id, self.layout.partitions);
+        let ranges = hint.map_or_else(|| vec![(0, i64::MAX)], HistoryHint::ranges);
         let prefix = format!("{cluster_id}/");
         let mut out = Vec::new();
-        read_partition_to_end(
+        let fetched = read_partition_ranges(
             &self.clients,
             &self.layout.history,
             partition,
             "history-reader",
+            &ranges,
             |m| {
                 if let (Some(key), Some(payload)) = (m.key(), m.payload())
                     && key.starts_with(prefix.as_bytes())
@@ -297,7 +312,15 @@ impl Ledger {
             },
         )
         .await?;
-        let mut records = Vec::with_capacity(out.len());
+        tracing::debug!(
+            cluster_id,
+            partition,
+            ranges = ranges.len(),
+            fetched,
+            records = out.len(),
+            "history read"
+        );
+        let mut entries = Vec::with_capacity(out.len());
         for (bytes, offset) in out {
             let record = self
                 .codec
@@ -309,9 +332,74 @@ impl Ledger {
                     offset,
                     message: e.to_string(),
                 })?;
-            records.push((record, partition, offset));
+            entries.push(HistoryEntry {
+                record,
+                partition,
+                offset,
+            });
         }
-        Ok(records)
+        Ok(ClusterHistory::new(cluster_id, entries))
+    }
+
+    /// Appends the restored states of `plan` through the normal path as the `recovery`
+    /// principal, each with `If-Match` of the version the plan saw (a concurrent change
+    /// makes it a [`Error::Conflict`]) and the plan's reason. Facets whose state already
+    /// equals the restored one are skipped; the logical facet is written last. The request
+    /// ids name the source and the current version, so a retried recovery cannot write
+    /// twice.
+    pub async fn recover(&self, plan: &RecoveryPlan) -> Result<Vec<Appended>> {
+        let mut written = Vec::new();
+        for f in plan.facets.iter().filter(|f| !f.unchanged) {
+            let appended = self
+                .append(AppendRequest {
+                    cluster_id: plan.cluster_id.clone(),
+                    state: f.state.clone(),
+                    principal: RECOVERY.to_owned(),
+                    expected_version: Some(f.current_version),
+                    request_id: Some(format!(
+                        "recover-{}-v{}-at-v{}",
+                        f.facet, f.source_version, f.current_version
+                    )),
+                    reason: Some(plan.reason.clone()),
+                    ts: None,
+                })
+                .await?;
+            written.push(appended);
+        }
+        Ok(written)
+    }
+}
+
+/// What an index (the `audit_log` projection) knows about where one cluster's records
+/// are in its history partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryHint {
+    /// Offsets of the cluster's records below `indexed_to`, ascending.
+    pub offsets: Vec<i64>,
+    /// Every record of the partition below this offset was indexed; records at or after it
+    /// are found by reading on to the end of the partition.
+    pub indexed_to: i64,
+}
+
+impl HistoryHint {
+    /// Offsets closer than this are read in one range rather than with a seek each: a seek
+    /// costs a fetch round trip, about the time of reading this many small records.
+    const GAP: i64 = 200;
+
+    /// The offset ranges to read: runs of nearby indexed offsets, then the unindexed tail.
+    fn ranges(&self) -> Vec<(i64, i64)> {
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        for &o in self.offsets.iter().filter(|o| **o < self.indexed_to) {
+            match ranges.last_mut() {
+                Some((_, end)) if o < *end + Self::GAP => *end = (*end).max(o + 1),
+                _ => ranges.push((o, o + 1)),
+            }
+        }
+        match ranges.last_mut() {
+            Some((_, end)) if self.indexed_to < *end + Self::GAP => *end = i64::MAX,
+            _ => ranges.push((self.indexed_to, i64::MAX)),
+        }
+        ranges
     }
 }
 
@@ -817,4 +905,27 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Error::Unavailable(format!("producer task failed: {e}")))?
         .map_err(|e| Error::kafka("transaction", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HistoryHint;
+
+    #[test]
+    fn hint_ranges_merge_nearby_offsets_and_read_the_tail() {
+        let hint = HistoryHint {
+            offsets: vec![5, 7, 100, 1000, 1100, 5000],
+            indexed_to: 5100,
+        };
+        assert_eq!(
+            hint.ranges(),
+            vec![(5, 101), (1000, 1101), (5000, i64::MAX)]
+        );
+        let far = HistoryHint {
+            offsets: vec![5],
+            indexed_to: 9000,
+        };
+        assert_eq!(far.ranges(), vec![(5, 6), (9000, i64::MAX)]);
+        assert_eq!(HistoryHint::default().ranges(), vec![(0, i64::MAX)]);
+    }
 }

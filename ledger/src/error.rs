@@ -88,6 +88,23 @@ pub enum Error {
         /// The current version's time.
         current: String,
     },
+    /// A point in a cluster's history that does not exist or cannot be used; the message
+    /// says why and what would be right (e.g. when the cluster was created).
+    #[error("{0}")]
+    InvalidPoint(String),
+    /// Recovery of a cluster that is not deleted.
+    #[error(
+        "cluster {cluster_id} is not deleted (logical version {version}); recovery restores deleted clusters only"
+    )]
+    NotDeleted {
+        /// Cluster.
+        cluster_id: String,
+        /// Its current logical version.
+        version: i64,
+    },
+    /// A history whose hash chain does not verify, used where it must.
+    #[error("{0}")]
+    BrokenChain(String),
     /// Nothing is known about the cluster.
     #[error("cluster {0} not found")]
     NotFound(String),

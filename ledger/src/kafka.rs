@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -36,6 +37,10 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Timeout of admin and metadata requests, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Extra configs of the state and history topics, set when the ledger creates them
+    /// (e.g. `segment.ms`, `min.cleanable.dirty.ratio`); the configs that keep history
+    /// (`cleanup.policy`, `retention.ms`, `message.timestamp.*`) cannot be overridden.
+    pub topic_configs: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -48,6 +53,7 @@ impl Default for KafkaConfig {
             schemas_topic: "_schemas".into(),
             client_id: "fleetledger".into(),
             request_timeout_ms: 10_000,
+            topic_configs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -155,6 +161,26 @@ impl KafkaClients {
             .map_err(|e| Error::kafka("create consumer", e))
     }
 
+    /// A `read_committed` consumer for reading a few scattered offsets of one partition
+    /// (one cluster's history): small fetches (64 KiB per partition, about one
+    /// transaction's record batch) and a shallow prefetch queue, so a seek does not pull
+    /// megabytes it will not use.
+    pub fn seeking_consumer(&self, role: &str) -> Result<LedgerConsumer> {
+        let mut c = self.base(role);
+        c.set("group.id", format!("{}-{role}", self.config.client_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .set("max.partition.fetch.bytes", "65536")
+            .set("queued.min.messages", "1000")
+            .set("queued.max.messages.kbytes", "1024");
+        c.create_with_context(LedgerContext)
+            .map_err(|e| Error::kafka("create consumer", e))
+    }
+
     /// An admin client.
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
         self.base("admin")
@@ -200,4 +226,66 @@ pub(crate) async fn read_partition_to_end(
             Ok(Ok(m)) => f(&m)?,
         }
     }
+}
+
+/// Reads the offset ranges `[start, end)` (ascending, not overlapping; `end = i64::MAX`
+/// reads to the partition's end) of one partition, seeking from range to range, and calls
+/// `f` with every message inside a range, in order. Offsets without a committed record
+/// (transaction markers, aborted or compacted records) are simply not seen. Returns how
+/// many messages were fetched in all (inside and between ranges' wanted offsets).
+pub(crate) async fn read_partition_ranges(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    role: &str,
+    ranges: &[(i64, i64)],
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
+) -> Result<u64> {
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    let consumer = clients.seeking_consumer(role)?;
+    let timeout = clients.config().request_timeout();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
+    let mut seen = 0u64;
+    for &(start, end) in ranges {
+        let (start, end) = (start.max(low), end.min(high));
+        if start >= end {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(|e| Error::kafka("assign", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assign {topic}"), e))?;
+        loop {
+            match tokio::time::timeout(timeout, consumer.recv()).await {
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "reading {topic}/{partition} at {start} timed out"
+                    )));
+                }
+                Ok(Err(KafkaError::PartitionEOF(_))) => break,
+                Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
+                Ok(Ok(m)) => {
+                    // A message fetched before the seek: not ours.
+                    if m.offset() < start {
+                        continue;
+                    }
+                    seen += 1;
+                    if m.offset() >= end {
+                        break;
+                    }
+                    f(&m)?;
+                    if m.offset() + 1 >= end {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(seen)
 }

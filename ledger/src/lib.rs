@@ -3,6 +3,7 @@
 
 pub mod append;
 mod clock;
+pub mod cluster_history;
 mod error;
 pub mod hash_chain;
 pub mod kafka;
@@ -10,11 +11,18 @@ pub mod partitioner;
 pub mod principals;
 pub mod registry_journal;
 pub mod topics;
+pub mod verify;
 
-pub use append::{AppendRequest, Appended, Head, Ledger, LedgerConfig, LedgerSetup};
+pub use append::{AppendRequest, Appended, Head, HistoryHint, Ledger, LedgerConfig, LedgerSetup};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use cluster_history::{
+    ClusterHistory, FacetRestore, HistoryEntry, Point, RecoveryPlan, StateAt, TimelineEntry,
+    parse_time,
+};
 pub use error::{Error, Result};
+pub use hash_chain::{BrokenLink, ChainReport, ChainVerifier};
 pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
 pub use principals::{Ownership, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};
+pub use verify::{VerifyProgress, verify_history};

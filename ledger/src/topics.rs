@@ -22,6 +22,8 @@ pub struct TopicLayout {
     pub partitions: i32,
     /// Replication factor of topics we create.
     pub replication_factor: i32,
+    /// Extra configs of the state and history topics, set when they are created.
+    pub topic_configs: BTreeMap<String, String>,
 }
 
 /// What [`TopicLayout::ensure`] found for one topic.
@@ -42,6 +44,7 @@ impl TopicLayout {
             schemas: config.schemas_topic.clone(),
             partitions: config.partitions,
             replication_factor: config.replication_factor,
+            topic_configs: config.topic_configs.clone(),
         }
     }
 
@@ -51,30 +54,30 @@ impl TopicLayout {
     /// `message.timestamp.type=CreateTime` with an unbounded `before.max.ms` keeps
     /// imported records with years-old times; `retention.ms=-1` keeps a later switch of
     /// the policy to `compact,delete` from deleting history by age.
-    pub fn specs(&self) -> Vec<(String, i32, BTreeMap<&'static str, String>)> {
+    pub fn specs(&self) -> Vec<(String, i32, BTreeMap<String, String>)> {
         let min_isr = self.replication_factor.clamp(1, 2).to_string();
-        let data = |extra: &[(&'static str, &str)]| {
-            let mut m: BTreeMap<&'static str, String> = BTreeMap::from([
+        let data = || {
+            let mut m: BTreeMap<String, String> = self.topic_configs.clone();
+            for (k, v) in [
                 ("cleanup.policy", "compact".to_owned()),
                 ("retention.ms", "-1".to_owned()),
                 ("min.insync.replicas", min_isr.clone()),
                 ("message.timestamp.type", "CreateTime".to_owned()),
                 ("message.timestamp.before.max.ms", i64::MAX.to_string()),
-            ]);
-            for (k, v) in extra {
-                m.insert(k, (*v).to_owned());
+            ] {
+                m.insert(k.to_owned(), v);
             }
             m
         };
         vec![
-            (self.state.clone(), self.partitions, data(&[])),
-            (self.history.clone(), self.partitions, data(&[])),
+            (self.state.clone(), self.partitions, data()),
+            (self.history.clone(), self.partitions, data()),
             (
                 self.schemas.clone(),
                 1,
                 BTreeMap::from([
-                    ("cleanup.policy", "compact".to_owned()),
-                    ("min.insync.replicas", min_isr.clone()),
+                    ("cleanup.policy".to_owned(), "compact".to_owned()),
+                    ("min.insync.replicas".to_owned(), min_isr.clone()),
                 ]),
             ),
         ]
@@ -84,6 +87,15 @@ impl TopicLayout {
     /// partition count and configs; a mismatch is [`Error::TopicMismatch`] naming every
     /// difference (nothing is changed on an existing topic).
     pub async fn ensure(&self, clients: &KafkaClients) -> Result<Vec<TopicCheck>> {
+        if let Some(k) = self
+            .topic_configs
+            .keys()
+            .find(|k| PROTECTED_CONFIGS.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "kafka.topic_configs may not set {k}: the ledger sets it to keep history (allowed: any other topic config, e.g. segment.ms)"
+            )));
+        }
         if self.partitions < 1 {
             return Err(Error::Config(format!(
                 "partitions must be at least 1, got {}",
@@ -194,6 +206,14 @@ impl TopicLayout {
             .all(|(n, _, _)| existing.contains_key(n)))
     }
 }
+
+/// Configs the ledger sets itself; `topic_configs` may not override them.
+const PROTECTED_CONFIGS: [&str; 4] = [
+    "cleanup.policy",
+    "retention.ms",
+    "message.timestamp.type",
+    "message.timestamp.before.max.ms",
+];
 
 /// The configs whose values decide whether history is safe; others may differ.
 const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.timestamp.type"];

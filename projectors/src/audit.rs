@@ -1,13 +1,13 @@
 //! The `audit_log` projection: one row per accepted record, with the field-level diff from
 //! the previous version of the same cluster+facet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::diff::field_diff;
 use crate::record::HistoryRecord;
+use fleetledger_schemas::diff::field_diff;
 
 /// One row of `audit_log`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct AuditLog {
     pub rows: Vec<AuditRow>,
     /// `cluster/facet` → its latest state JSON.
     last: BTreeMap<String, Value>,
+    /// Cluster → the indexes of its rows in `rows`, ascending; derived from `rows`, not
+    /// checkpointed (see [`AuditLog::reindex`]).
+    #[serde(skip)]
+    by_cluster: HashMap<String, Vec<usize>>,
 }
 
 impl AuditLog {
@@ -52,6 +56,10 @@ impl AuditLog {
         let key = format!("{}/{}", r.meta.cluster_id, r.facet());
         let state = r.state.to_json();
         let diff = field_diff(self.last.get(&key), &state);
+        self.by_cluster
+            .entry(r.meta.cluster_id.clone())
+            .or_default()
+            .push(self.rows.len());
         self.rows.push(AuditRow {
             cluster_id: r.meta.cluster_id.clone(),
             facet: r.facet().as_str().to_owned(),
@@ -66,5 +74,32 @@ impl AuditLog {
             offset: h.offset,
         });
         self.last.insert(key, state);
+    }
+
+    /// Rebuilds the per-cluster index from `rows` (after loading a checkpoint).
+    pub fn reindex(&mut self) {
+        self.by_cluster.clear();
+        for (i, row) in self.rows.iter().enumerate() {
+            self.by_cluster
+                .entry(row.cluster_id.clone())
+                .or_default()
+                .push(i);
+        }
+    }
+
+    /// The history offsets of `cluster_id`'s records in `partition`, ascending, without
+    /// scanning other clusters' rows.
+    pub fn offsets_of(&self, cluster_id: &str, partition: i32) -> Vec<i64> {
+        let mut offsets: Vec<i64> = self
+            .by_cluster
+            .get(cluster_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.rows.get(i))
+            .filter(|r| r.partition == partition)
+            .map(|r| r.offset)
+            .collect();
+        offsets.sort_unstable();
+        offsets
     }
 }

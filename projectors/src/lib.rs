@@ -8,7 +8,7 @@ pub mod billing;
 pub mod billing_hours;
 pub mod checkpoint;
 pub mod clusters;
-pub mod diff;
+pub use fleetledger_schemas::diff;
 mod error;
 mod record;
 pub mod runtime;

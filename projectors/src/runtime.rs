@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetledger_ledger::{KafkaClients, TopicLayout};
+use fleetledger_ledger::{HistoryHint, KafkaClients, TopicLayout};
 use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -186,6 +186,7 @@ impl Projector {
         }
         if let Some(cp) = store.load::<AuditLog>("audit_log")? {
             p.audit = cp.state;
+            p.audit.reindex();
             p.offsets.insert("audit_log", cp.offsets);
         }
         Ok(Projector {
@@ -202,6 +203,22 @@ impl Projector {
     /// The projections, for consistent reads (hold the read lock for one snapshot).
     pub fn projections(&self) -> Arc<RwLock<Projections>> {
         self.shared.clone()
+    }
+
+    /// Where `cluster_id`'s records are in `partition` of the history topic, as far as the
+    /// `audit_log` projection has applied it: the offsets of its rows, and the offset from
+    /// which nothing is indexed yet (the caller reads from there to the end).
+    pub async fn history_hint(&self, cluster_id: &str, partition: i32) -> HistoryHint {
+        let p = self.shared.read().await;
+        HistoryHint {
+            offsets: p.audit.offsets_of(cluster_id, partition),
+            indexed_to: p
+                .offsets
+                .get("audit_log")
+                .and_then(|o| o.get(&partition))
+                .copied()
+                .unwrap_or(0),
+        }
     }
 
     /// Records behind the end of each partition, as of the last measurement.

@@ -7,6 +7,7 @@
 //! which carry the same records. Compatibility is BACKWARD by default.
 
 mod codec;
+pub mod diff;
 mod error;
 mod facet;
 mod record;

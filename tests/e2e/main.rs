@@ -5,5 +5,6 @@
 mod append;
 mod foundation;
 mod projections;
+mod recovery;
 mod sql;
 mod support;

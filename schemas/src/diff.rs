@@ -1,4 +1,4 @@
-//! Field-level diffs between two versions of a facet's state, for the audit log.
+//! Field-level diffs between two versions of a facet's state, for the audit log and recovery.
 
 use std::collections::BTreeMap;
 
