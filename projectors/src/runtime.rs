@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetledger_ledger::{HistoryHint, KafkaClients, TopicLayout};
+use fleetledger_ledger::{HistoryHint, KafkaClients, LedgerConsumer, TopicLayout};
 use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -282,18 +282,20 @@ impl Projector {
     /// progress, then checkpoints. Returns the number of records applied.
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
         let (consumer, total) = self.consumer().await?;
+        let mut ahead = self.read_ahead(Arc::new(consumer), Duration::from_secs(10));
         let started = Instant::now();
         let mut at_end = vec![false; self.layout.partitions as usize];
         let mut done = 0u64;
         let mut last_report = Instant::now();
         while at_end.iter().any(|e| !e) {
-            let (batch, eofs) = self.next_batch(&consumer, Duration::from_secs(10)).await?;
+            let batch = ahead.next().await?;
+            let eofs = batch.eofs.clone();
+            done += self.apply_decoded(batch).await? as u64;
             for p in eofs {
                 if let Some(e) = at_end.get_mut(p as usize) {
                     *e = true;
                 }
             }
-            done += self.apply_batch(batch).await? as u64;
             if last_report.elapsed() >= Duration::from_millis(500) {
                 progress(Progress {
                     done,
@@ -317,16 +319,18 @@ impl Projector {
     /// [`Error::Decode`] (after a checkpoint of what was applied before it).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let (consumer, _) = self.consumer().await?;
+        let consumer = Arc::new(consumer);
+        let mut ahead = self.read_ahead(consumer.clone(), Duration::from_millis(200));
         let every = Duration::from_millis(self.config.checkpoint_every_ms);
         let mut since_records = 0u64;
         let mut since = Instant::now();
         let result = loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                b = self.next_batch(&consumer, Duration::from_millis(200)) => b,
+                b = ahead.next() => b,
             };
             let applied = match next {
-                Ok((batch, _)) => self.apply_batch(batch).await,
+                Ok(batch) => self.apply_decoded(batch).await,
                 Err(e) => Err(e),
             };
             match applied {
@@ -350,7 +354,7 @@ impl Projector {
         result
     }
 
-    fn measure_lag(&self, consumer: &fleetledger_ledger::kafka::LedgerConsumer) {
+    fn measure_lag(&self, consumer: &LedgerConsumer) {
         let timeout = Duration::from_secs(2);
         let Ok(p) = self.shared.try_read() else {
             return;
@@ -372,7 +376,7 @@ impl Projector {
     /// partitions that reported their end.
     async fn next_batch(
         &self,
-        consumer: &fleetledger_ledger::kafka::LedgerConsumer,
+        consumer: &LedgerConsumer,
         wait: Duration,
     ) -> Result<(Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>)> {
         let mut batch = Vec::new();
@@ -411,43 +415,88 @@ impl Projector {
         Ok((batch, eofs))
     }
 
-    async fn apply_batch(&self, batch: Vec<(i32, i64, Option<Vec<u8>>)>) -> Result<usize> {
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let span = tracing::info_span!(
-            "projector_batch",
-            records = batch.len(),
-            partition = batch[0].0,
-            offset = batch[0].1
-        );
-        async {
-            let mut decoded = Vec::with_capacity(batch.len());
-            let mut failure = None;
-            for (partition, offset, payload) in batch {
-                match payload {
-                    None => decoded.push(Err((partition, offset))),
-                    Some(bytes) => match self.codec.decode(&bytes).await {
-                        Ok(record) => decoded.push(Ok(HistoryRecord {
-                            record,
-                            partition,
-                            offset,
-                        })),
-                        Err(e) => {
-                            failure = Some(Error::Decode {
-                                topic: self.layout.history.clone(),
-                                partition,
-                                offset,
-                                message: e.to_string(),
-                            });
-                            break;
-                        }
-                    },
+    /// Reads and decodes batches on a task of its own, up to two batches ahead of the
+    /// caller, so that decoding (one core) overlaps applying (the other). The task ends
+    /// after a batch with a decode failure, on a read error, or when the [`ReadAhead`] is
+    /// dropped.
+    fn read_ahead(&self, consumer: Arc<LedgerConsumer>, wait: Duration) -> ReadAhead {
+        let (tx, rx) = mpsc::channel(2);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let next = me.next_batch(&consumer, wait).await;
+                let decoded = match next {
+                    Ok((batch, eofs)) => Ok(me.decode_batch(batch, eofs).await),
+                    Err(e) => Err(e),
+                };
+                let last = !matches!(&decoded, Ok(d) if d.failure.is_none());
+                if tx.send(decoded).await.is_err() || last {
+                    break;
                 }
             }
-            let n = decoded.len();
+        });
+        ReadAhead { rx, task }
+    }
+
+    /// Decodes a raw batch up to its first undecodable record.
+    async fn decode_batch(
+        &self,
+        batch: Vec<(i32, i64, Option<Vec<u8>>)>,
+        eofs: Vec<i32>,
+    ) -> DecodedBatch {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (partition, offset, payload) in batch {
+            match payload {
+                None => records.push(Err((partition, offset))),
+                Some(bytes) => match self.codec.decode(&bytes).await {
+                    Ok(record) => records.push(Ok(HistoryRecord {
+                        record,
+                        partition,
+                        offset,
+                    })),
+                    Err(e) => {
+                        failure = Some(Error::Decode {
+                            topic: self.layout.history.clone(),
+                            partition,
+                            offset,
+                            message: e.to_string(),
+                        });
+                        break;
+                    }
+                },
+            }
+        }
+        DecodedBatch {
+            records,
+            eofs,
+            failure,
+        }
+    }
+
+    /// Applies a decoded batch under one write lock; returns how many records it held, or
+    /// its decode failure after applying the records before it.
+    async fn apply_decoded(&self, batch: DecodedBatch) -> Result<usize> {
+        let DecodedBatch {
+            records, failure, ..
+        } = batch;
+        let Some(first) = records.first() else {
+            return failure.map_or(Ok(0), Err);
+        };
+        let (partition, offset) = match first {
+            Ok(h) => (h.partition, h.offset),
+            Err(po) => *po,
+        };
+        let span = tracing::info_span!(
+            "projector_batch",
+            records = records.len(),
+            partition,
+            offset
+        );
+        async {
+            let n = records.len();
             let mut p = self.shared.write().await;
-            for d in decoded {
+            for d in records {
                 match d {
                     Ok(h) => p.apply(&h),
                     Err((partition, offset)) => p.skip(partition, offset),
@@ -461,5 +510,42 @@ impl Projector {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A batch read and decoded ahead of its application.
+#[derive(Debug)]
+struct DecodedBatch {
+    /// Decoded records; `Err((partition, offset))` is an erased record (tombstone).
+    records: Vec<std::result::Result<HistoryRecord, (i32, i64)>>,
+    /// Partitions that reported their end after these records.
+    eofs: Vec<i32>,
+    /// The decode error that ended the batch early.
+    failure: Option<Error>,
+}
+
+/// The receiving end of [`Projector::read_ahead`]; dropping it stops the reader.
+#[derive(Debug)]
+struct ReadAhead {
+    rx: mpsc::Receiver<Result<DecodedBatch>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadAhead {
+    /// The next batch, or why there is none.
+    async fn next(&mut self) -> Result<DecodedBatch> {
+        match self.rx.recv().await {
+            Some(batch) => batch,
+            None => Err(fleetledger_ledger::Error::Unavailable(
+                "the history reader stopped".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
