@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use fleetledger_ledger::principals::RECOVERY;
+use fleetledger_ledger::principals::{IMPORT, RECOVERY};
 use fleetledger_ledger::{
     AppendRequest, Appended, ClusterHistory, Error as LedgerError, HistoryEntry, Ledger, Point,
     parse_time,
@@ -638,6 +638,150 @@ pub(crate) async fn batch(
         }
     });
     let results = futures::future::join_all(futures).await;
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportItem {
+    line: usize,
+    ts: String,
+    cluster_id: String,
+    facet: String,
+    principal: String,
+    #[serde(default)]
+    reason: Option<String>,
+    state: Value,
+    expected_version: i64,
+    idempotency_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBatch {
+    items: Vec<ImportItem>,
+}
+
+/// `POST /v1/import`, as the `import` principal: `{"items": [{line, ts, cluster_id, facet,
+/// principal, reason?, state, expected_version, idempotency_key}]}`. Every item is checked
+/// first (cluster id, facet, state, time, and that its principal owns the facet); the first
+/// bad one refuses the whole batch with its line number and nothing is written. Then each
+/// cluster+facet's items are appended in order with their original time and writer.
+/// An item whose version already exists (a resumed import) answers `imported: false`.
+pub(crate) async fn import(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let principal = principal(&state, &headers)?;
+    if principal != IMPORT {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("principal {principal} may not import history: only {IMPORT} may"),
+        ));
+    }
+    let bytes = json_body(&state, &headers, body).await?;
+    let batch: ImportBatch = serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
+    let ledger = ledger(&state)?;
+    let mut requests = Vec::with_capacity(batch.items.len());
+    for item in batch.items {
+        let line = item.line;
+        let at_line = |e: AppError| {
+            let (status, body) = e.parts();
+            AppError::new(
+                status,
+                "invalid_line",
+                format!(
+                    "line {line}: {}",
+                    body["message"].as_str().unwrap_or_default()
+                ),
+            )
+            .with_detail("line", json!(line))
+        };
+        let prepared = (|| {
+            cluster(&item.cluster_id)?;
+            let facet: Facet = item.facet.parse()?;
+            let ts = parse_time(&item.ts)?;
+            authorise(ledger, &item.principal, facet)?;
+            if item.principal == IMPORT || item.principal == RECOVERY {
+                return Err(AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!(
+                        "principal must be the facet's owner ({}), not {}",
+                        ledger.ownership().owner(facet),
+                        item.principal
+                    ),
+                ));
+            }
+            let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
+            let st = FacetState::from_json(facet, &bytes)?;
+            Ok::<_, AppError>(AppendRequest {
+                cluster_id: item.cluster_id,
+                state: st,
+                principal: item.principal,
+                expected_version: Some(item.expected_version),
+                request_id: Some(item.idempotency_key),
+                reason: item.reason,
+                ts: Some(ts),
+            })
+        })()
+        .map_err(at_line)?;
+        requests.push((line, prepared));
+    }
+    // Per cluster+facet in file order; keys in parallel (the writer batches them).
+    let mut by_key: std::collections::BTreeMap<(String, Facet), Vec<(usize, AppendRequest)>> =
+        std::collections::BTreeMap::new();
+    for (line, r) in requests {
+        by_key
+            .entry((r.cluster_id.clone(), r.state.facet()))
+            .or_default()
+            .push((line, r));
+    }
+    let chains = by_key.into_values().map(|items| async move {
+        let mut out = Vec::with_capacity(items.len());
+        let mut failed = false;
+        for (line, r) in items {
+            if failed {
+                out.push((line, json!({"line": line, "status": 424, "body": {"error": "skipped", "message": "an earlier line of the same cluster and facet failed"}})));
+                continue;
+            }
+            let expected = r.expected_version.unwrap_or(0);
+            let facet = r.state.facet();
+            let head = ledger
+                .current(&r.cluster_id)
+                .await
+                .get(&facet)
+                .map_or(0, |h| h.record.meta.version);
+            if head > expected {
+                // A resumed import: this line's version is already in the ledger.
+                out.push((line, json!({"line": line, "status": 200, "imported": false, "current_version": head})));
+                continue;
+            }
+            let answer = match ledger.import(r).await {
+                Ok(a) => json!({"line": line, "status": 201, "imported": true, "body": a}),
+                Err(LedgerError::Conflict { current, .. }) if current > expected => {
+                    json!({"line": line, "status": 200, "imported": false, "current_version": current})
+                }
+                Err(e) => {
+                    failed = true;
+                    let (status, body) = AppError::from(e).parts();
+                    json!({"line": line, "status": status.as_u16(), "body": body})
+                }
+            };
+            out.push((line, answer));
+        }
+        out
+    });
+    let mut results: Vec<(usize, Value)> = futures::future::join_all(chains)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    results.sort_by_key(|(line, _)| *line);
+    let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
     Ok(Json(json!({ "results": results })).into_response())
 }
 

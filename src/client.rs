@@ -183,6 +183,16 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /v1/import` with `items`.
+    pub async fn import(&self, items: &[Value]) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/import", self.url))
+                .json(&serde_json::json!({ "items": items })),
+        )
+        .await
+    }
+
     /// `POST /v1/sql`, answered as `table` (aligned text), `json` or `csv`.
     pub async fn sql(&self, sql: &str, format: &str) -> anyhow::Result<String> {
         let accept = match format {

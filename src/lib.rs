@@ -7,7 +7,9 @@ pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod import;
 pub mod project;
 pub mod server;
+pub mod simulate;
 
 pub use config::Config;

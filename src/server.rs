@@ -131,6 +131,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/clusters/{id}/verify", get(crate::api::verify))
         .route("/v1/clusters/{id}/recover", post(crate::api::recover))
         .route("/v1/batch", post(crate::api::batch))
+        .route("/v1/import", post(crate::api::import))
         .route("/v1/sql", post(crate::api::sql))
         .layer(axum::middleware::from_fn(trace_request))
         .nest_service("/registry", registry)

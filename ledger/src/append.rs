@@ -232,6 +232,24 @@ impl Ledger {
     /// [`Error::Fenced`] (nothing written; retry later or elsewhere). A repeated request id
     /// with the same body returns the original result.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended> {
+        if request.ts.is_some() && request.principal != IMPORT {
+            return Err(Error::Config(format!(
+                "only the {IMPORT} principal may set ts, not {}",
+                request.principal
+            )));
+        }
+        self.submit(request).await
+    }
+
+    /// Appends one change of imported history: like [`Ledger::append`], but `ts` (the
+    /// original time) is kept and `principal` (the original writer, who must own the facet)
+    /// is recorded as the writer. Only the import path, authorised as the `import`
+    /// principal, calls this; times still must not go backwards per cluster+facet.
+    pub async fn import(&self, request: AppendRequest) -> Result<Appended> {
+        self.submit(request).await
+    }
+
+    async fn submit(&self, request: AppendRequest) -> Result<Appended> {
         let facet = request.state.facet();
         if !self.ownership.may_write(&request.principal, facet) {
             return Err(Error::Forbidden {
@@ -239,12 +257,6 @@ impl Ledger {
                 facet,
                 owner: self.ownership.owner(facet).to_owned(),
             });
-        }
-        if request.ts.is_some() && request.principal != IMPORT {
-            return Err(Error::Config(format!(
-                "only the {IMPORT} principal may set ts, not {}",
-                request.principal
-            )));
         }
         if self.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);

@@ -4,6 +4,7 @@
 
 mod append;
 mod foundation;
+mod import;
 mod projections;
 mod recovery;
 mod sql;

@@ -143,7 +143,7 @@ async fn current(api: &Api, cluster: &str) -> Value {
     v["facets"].clone()
 }
 
-fn caught_up_projector(cfg: &Config, server: &TestServer, dir: &str) -> Projector {
+pub(crate) fn caught_up_projector(cfg: &Config, server: &TestServer, dir: &str) -> Projector {
     let codec = RecordCodec::new(&format!("{}/registry", server.url())).unwrap();
     Projector::open(
         KafkaClients::new(cfg.kafka.clone()),

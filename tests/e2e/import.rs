@@ -1,0 +1,201 @@
+//! Issue 8: simulated fleet history imported through the ledger with its original times.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use fleetledger::client::ApiClient;
+use fleetledger::import::import_file;
+use fleetledger::simulate::{Simulation, parse_lines};
+use fleetledger_projectors::billing::hour_start;
+use serde_json::Value;
+
+use crate::append::{Api, history_keys};
+use crate::support::{TestServer, config, unique_prefix};
+
+fn write_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("fleetledger-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}-{name}", unique_prefix("file")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// What the billing invariants need to know of one simulated cluster.
+#[derive(Default, Debug)]
+struct Story {
+    max_cku: i64,
+    first_running_ms: Option<i64>,
+    deleted_ms: Option<i64>,
+}
+
+#[tokio::test]
+async fn a_simulated_history_years_old_imports_once_and_bills_plausibly() {
+    let cfg = config(&unique_prefix("import"));
+    let server = TestServer::start(cfg.clone()).await;
+    let start: DateTime<Utc> = "2019-03-01T00:00:00Z".parse().unwrap();
+    let mut text = Vec::new();
+    let lines = Simulation {
+        clusters: 20,
+        days: 10,
+        seed: 42,
+        start,
+    }
+    .write(&mut text)
+    .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let path = write_file("history.jsonl", &text);
+    let client = ApiClient::new(&server.url(), Some("dev-import".into()));
+
+    let first = import_file(&client, &path, 150).await.expect("import");
+    assert_eq!((first.imported, first.already), (lines, 0));
+    // Running it again (as after an interruption) writes nothing twice.
+    let again = import_file(&client, &path, 150).await.expect("re-import");
+    assert_eq!((again.imported, again.already), (0, lines));
+    assert_eq!(
+        history_keys(&cfg).await.len() as u64,
+        lines,
+        "Kafka kept every years-old record"
+    );
+
+    // Original times and writers are kept.
+    let parsed = parse_lines(&text).unwrap();
+    let (_, first_line) = &parsed[0];
+    let api = Api::new(&server);
+    let (st, h) = api
+        .get(
+            &format!("/v1/clusters/{}/history", first_line.cluster_id),
+            "dev-frontend",
+        )
+        .await;
+    assert_eq!(st, 200, "{h}");
+    let r0 = &h["records"][0];
+    assert_eq!(
+        r0["ts"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(),
+        first_line.ts.parse::<DateTime<Utc>>().unwrap()
+    );
+    assert_eq!(r0["writer"], first_line.principal.as_str());
+    assert!(r0["ts"].as_str().unwrap().starts_with("2019-"));
+
+    // Billing invariants over the projection of the import.
+    let mut stories: BTreeMap<String, Story> = BTreeMap::new();
+    for (_, l) in &parsed {
+        let s = stories.entry(l.cluster_id.clone()).or_default();
+        let ms = l.ts.parse::<DateTime<Utc>>().unwrap().timestamp_millis();
+        if let Some(cku) = l.state.get("cku").and_then(Value::as_i64) {
+            s.max_cku = s.max_cku.max(cku);
+        }
+        if l.state.get("phase").and_then(Value::as_str) == Some("running")
+            && s.first_running_ms.is_none()
+        {
+            s.first_running_ms = Some(ms);
+        }
+        if l.state.get("deleted").and_then(Value::as_bool) == Some(true) {
+            s.deleted_ms = Some(ms);
+        }
+    }
+    let p = crate::recovery::caught_up_projector(&cfg, &server, "import");
+    p.catch_up(|_| {}).await.expect("caught up");
+    let projections = p.projections();
+    let snapshot = projections.read().await;
+    let rows = snapshot.billing.rows(Utc::now().timestamp_millis());
+    assert!(!rows.is_empty());
+    let mut billed = 0.0;
+    for r in &rows {
+        let s = &stories[&r.cluster_id];
+        assert!(r.cku_hours >= 0.0, "{r:?}");
+        assert!(
+            r.cku_hours <= s.max_cku as f64 + 1e-9,
+            "above the cluster's CKU: {r:?} {s:?}"
+        );
+        let running = s.first_running_ms.expect("every cluster runs");
+        if r.hour_start_ms < hour_start(running) {
+            assert!(
+                r.cku_hours.abs() < 1e-12,
+                "billed while provisioning: {r:?} {s:?}"
+            );
+        }
+        if let Some(d) = s.deleted_ms
+            && r.hour_start_ms > hour_start(d)
+        {
+            assert!(
+                r.cku_hours.abs() < 1e-12,
+                "billed after deletion: {r:?} {s:?}"
+            );
+        }
+        // Clusters still running bill on up to now; the hours of 2019 are closed.
+        if r.hour_start_ms
+            < "2020-01-01T00:00:00Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+                .timestamp_millis()
+        {
+            assert!(!r.open, "{r:?}");
+        }
+        billed += r.cku_hours;
+    }
+    assert!(billed > 0.0);
+    drop(snapshot);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_lines_are_refused_with_their_number_and_nothing_of_the_batch_is_written() {
+    let cfg = config(&unique_prefix("importbad"));
+    let server = TestServer::start(cfg.clone()).await;
+    let client = ApiClient::new(&server.url(), Some("dev-import".into()));
+    let logical = r#"{"org_id":"o","env_id":"e","kind":"kafka","name":"n","sku":"basic","cku":1,"cloud":"aws","region":"us-east-1","network":"public","config":{},"deleted":false}"#;
+    let good = |minute: u32, cluster: &str| {
+        format!(
+            r#"{{"ts":"2020-01-01T00:{minute:02}:00Z","cluster_id":"{cluster}","facet":"logical","principal":"frontend","state":{logical}}}"#
+        )
+    };
+    // Malformed line: refused before anything is sent.
+    let path = write_file(
+        "malformed.jsonl",
+        &format!(
+            "{}\n{}\n{{\"ts\": 3}}\n",
+            good(1, "lkc-i1"),
+            good(2, "lkc-i1")
+        ),
+    );
+    let err = import_file(&client, &path, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 3"), "{err}");
+    // Backwards time: refused before anything is sent.
+    let path = write_file(
+        "backwards.jsonl",
+        &format!("{}\n{}\n", good(5, "lkc-i1"), good(1, "lkc-i1")),
+    );
+    let err = import_file(&client, &path, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("backwards"), "{err}");
+    // A principal that does not own the facet: the server refuses the batch.
+    let stranger = good(2, "lkc-i2").replace("\"frontend\"", "\"mallory\"");
+    let path = write_file(
+        "principal.jsonl",
+        &format!("{}\n{stranger}\n", good(1, "lkc-i3")),
+    );
+    let err = import_file(&client, &path, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("mallory"), "{err}");
+    // Only the import principal may import.
+    let path = write_file("ok.jsonl", &format!("{}\n", good(1, "lkc-i4")));
+    let frontend = ApiClient::new(&server.url(), Some("dev-frontend".into()));
+    let err = import_file(&frontend, &path, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("403"), "{err}");
+    assert!(history_keys(&cfg).await.is_empty(), "nothing was written");
+    let done = import_file(&client, &path, 10)
+        .await
+        .expect("a good file imports");
+    assert_eq!(done.imported, 1);
+    server.stop().await;
+}
