@@ -509,7 +509,7 @@ mod tests {
             .unwrap();
         assert_eq!(p.facets[&Facet::Physical].record.state, physical(6));
         let err = h
-            .state_at(Point::parse_as_of("600000").unwrap())
+            .state_at(Point::parse_as_of("599999").unwrap())
             .unwrap_err();
         assert!(
             err.to_string()

@@ -76,6 +76,22 @@ impl AuditLog {
         self.last.insert(key, state);
     }
 
+    /// The latest state of every `cluster/facet`, for the checkpoint.
+    pub fn last_states(&self) -> &BTreeMap<String, Value> {
+        &self.last
+    }
+
+    /// An audit log of `rows` and the latest states `last` (from a checkpoint), indexed.
+    pub fn from_parts(rows: Vec<AuditRow>, last: BTreeMap<String, Value>) -> Self {
+        let mut log = AuditLog {
+            rows,
+            last,
+            by_cluster: HashMap::new(),
+        };
+        log.reindex();
+        log
+    }
+
     /// Rebuilds the per-cluster index from `rows` (after loading a checkpoint).
     pub fn reindex(&mut self) {
         self.by_cluster.clear();

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-const FORMAT: &str = "fleetledger.checkpoint.v1";
+const FORMAT: &str = "fleetledger.checkpoint.v2";
 
 /// What a checkpoint file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint<S> {
-    /// Always `fleetledger.checkpoint.v1`.
+    /// Always `fleetledger.checkpoint.v2`.
     pub format: String,
     /// The projection's name.
     pub projection: String,
@@ -28,6 +28,15 @@ pub struct Checkpoint<S> {
     pub offsets: BTreeMap<i32, i64>,
     /// The projection's state after those offsets.
     pub state: S,
+}
+
+/// How much of a rows file a checkpoint counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowsMark {
+    /// Rows.
+    pub rows: usize,
+    /// Bytes they take in the file.
+    pub bytes: u64,
 }
 
 /// Where checkpoints of projections of one topic live.
@@ -126,14 +135,110 @@ impl CheckpointStore {
         sync_dir(&self.dir).map_err(io)
     }
 
-    /// Removes `projection`'s checkpoint (for a rebuild).
-    pub fn remove(&self, projection: &str) -> Result<()> {
-        let path = self.path(projection);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Io { path, source }),
+    /// The append-only rows file of `projection` (see [`CheckpointStore::append_rows`]).
+    pub fn rows_path(&self, projection: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.{projection}.rows.jsonl", self.topic))
+    }
+
+    /// Appends `rows` to `projection`'s rows file, which first is cut back to `mark` (rows
+    /// written after the last checkpoint by a run that crashed do not count), and fsyncs
+    /// it. Returns the new mark, which the caller then records in its checkpoint: the rows
+    /// a checkpoint counts are durable before the checkpoint is, so the two stay atomic.
+    pub fn append_rows<T: Serialize>(
+        &self,
+        projection: &str,
+        mark: RowsMark,
+        rows: &[T],
+    ) -> Result<RowsMark> {
+        let path = self.rows_path(projection);
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.set_len(mark.bytes).map_err(io)?;
+        let mut w = std::io::BufWriter::new(file);
+        std::io::Seek::seek(&mut w, std::io::SeekFrom::Start(mark.bytes)).map_err(io)?;
+        let mut bytes = mark.bytes;
+        let mut line = Vec::with_capacity(256);
+        for row in rows {
+            line.clear();
+            serde_json::to_writer(&mut line, row).map_err(|e| io(std::io::Error::other(e)))?;
+            line.push(b'\n');
+            w.write_all(&line).map_err(io)?;
+            bytes += line.len() as u64;
         }
+        w.flush().map_err(io)?;
+        w.get_ref().sync_all().map_err(io)?;
+        if mark.bytes == 0 {
+            sync_dir(&self.dir).map_err(io)?;
+        }
+        Ok(RowsMark {
+            rows: mark.rows + rows.len(),
+            bytes,
+        })
+    }
+
+    /// The first `mark.rows` rows of `projection`'s rows file (cutting off anything after
+    /// them); a file shorter than the mark, or a row that does not parse, is
+    /// [`Error::Checkpoint`].
+    pub fn load_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        projection: &str,
+        mark: RowsMark,
+    ) -> Result<Vec<T>> {
+        let path = self.rows_path(projection);
+        let bad = |message: String| Error::Checkpoint {
+            path: path.clone(),
+            projection: projection.to_owned(),
+            message,
+        };
+        if mark.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut bytes =
+            std::fs::read(&path).map_err(|e| bad(format!("cannot read the rows: {e}")))?;
+        if (bytes.len() as u64) < mark.bytes {
+            return Err(bad(format!(
+                "the rows file has {} bytes, the checkpoint counts {}",
+                bytes.len(),
+                mark.bytes
+            )));
+        }
+        bytes.truncate(mark.bytes as usize);
+        let rows = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l))
+            .collect::<std::result::Result<Vec<T>, _>>()
+            .map_err(|e| bad(format!("a row does not parse: {e}")))?;
+        if rows.len() != mark.rows {
+            return Err(bad(format!(
+                "the rows file holds {} rows, the checkpoint counts {}",
+                rows.len(),
+                mark.rows
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// Removes `projection`'s checkpoint and rows file (for a rebuild).
+    pub fn remove(&self, projection: &str) -> Result<()> {
+        for path in [self.path(projection), self.rows_path(projection)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Io { path, source }),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +270,36 @@ mod tests {
         std::fs::write(store.path("clusters"), b"{\"half\":").unwrap();
         let err = store.load::<Vec<i32>>("clusters").unwrap_err().to_string();
         assert!(err.contains("not a readable checkpoint"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn rows_after_the_mark_are_cut_off() {
+        let dir = std::env::temp_dir().join(format!("fl-rows-{}-{}", std::process::id(), line!()));
+        let store = CheckpointStore::new(&dir, "t.history.v1", 1);
+        let m1 = store
+            .append_rows("audit_log", RowsMark::default(), &[1, 2, 3])
+            .unwrap();
+        assert_eq!(m1.rows, 3);
+        // A run appends more rows, then crashes before its checkpoint.
+        store.append_rows("audit_log", m1, &[4, 5]).unwrap();
+        assert_eq!(
+            store.load_rows::<i32>("audit_log", m1).unwrap(),
+            vec![1, 2, 3]
+        );
+        // The next run continues from the checkpoint's mark.
+        let m2 = store.append_rows("audit_log", m1, &[40]).unwrap();
+        assert_eq!(
+            store.load_rows::<i32>("audit_log", m2).unwrap(),
+            vec![1, 2, 3, 40]
+        );
+        let long = RowsMark {
+            rows: 9,
+            bytes: m2.bytes + 10,
+        };
+        assert!(store.load_rows::<i32>("audit_log", long).is_err());
+        store.remove("audit_log").unwrap();
+        assert!(!store.rows_path("audit_log").exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

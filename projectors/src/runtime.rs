@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::audit::AuditLog;
 use crate::billing_hours::BillingHours;
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, RowsMark};
 use crate::clusters::Clusters;
 use crate::error::{Error, Result};
 use crate::record::HistoryRecord;
@@ -156,6 +156,24 @@ pub struct Projector {
     config: ProjectorConfig,
     shared: Arc<RwLock<Projections>>,
     lag: Arc<Mutex<BTreeMap<i32, i64>>>,
+    /// How many `audit_log` rows its rows file holds as of the last checkpoint.
+    audit_mark: Arc<Mutex<RowsMark>>,
+}
+
+/// The `audit_log` checkpoint: the rows themselves are in its append-only rows file
+/// ([`CheckpointStore::append_rows`]), so a checkpoint writes only the rows new since the
+/// last one, not the whole history.
+#[derive(Debug, Deserialize)]
+struct AuditCheckpoint {
+    last: BTreeMap<String, serde_json::Value>,
+    rows: RowsMark,
+}
+
+/// [`AuditCheckpoint`] as written, borrowing the states.
+#[derive(Debug, Serialize)]
+struct AuditCheckpointRef<'a> {
+    last: &'a BTreeMap<String, serde_json::Value>,
+    rows: RowsMark,
 }
 
 fn static_name(name: &str) -> Result<&'static str> {
@@ -184,9 +202,11 @@ impl Projector {
             p.billing = cp.state;
             p.offsets.insert("billing_hours", cp.offsets);
         }
-        if let Some(cp) = store.load::<AuditLog>("audit_log")? {
-            p.audit = cp.state;
-            p.audit.reindex();
+        let mut audit_mark = RowsMark::default();
+        if let Some(cp) = store.load::<AuditCheckpoint>("audit_log")? {
+            let rows = store.load_rows("audit_log", cp.state.rows)?;
+            p.audit = AuditLog::from_parts(rows, cp.state.last);
+            audit_mark = cp.state.rows;
             p.offsets.insert("audit_log", cp.offsets);
         }
         Ok(Projector {
@@ -197,6 +217,7 @@ impl Projector {
             config,
             shared: Arc::new(RwLock::new(p)),
             lag: Arc::new(Mutex::new(BTreeMap::new())),
+            audit_mark: Arc::new(Mutex::new(audit_mark)),
         })
     }
 
@@ -231,6 +252,11 @@ impl Projector {
         let name = static_name(name)?;
         self.store.remove(name)?;
         self.shared.write().await.reset(name);
+        if name == "audit_log"
+            && let Ok(mut m) = self.audit_mark.lock()
+        {
+            *m = RowsMark::default();
+        }
         Ok(())
     }
 
@@ -238,6 +264,7 @@ impl Projector {
     pub async fn checkpoint(&self) -> Result<()> {
         let shared = self.shared.clone();
         let store = self.store.clone();
+        let audit_mark = self.audit_mark.clone();
         let span = tracing::info_span!("checkpoint");
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
@@ -246,7 +273,21 @@ impl Projector {
             let off = |n: &str| p.offsets.get(n).unwrap_or(&empty);
             store.save("clusters", off("clusters"), &p.clusters)?;
             store.save("billing_hours", off("billing_hours"), &p.billing)?;
-            store.save("audit_log", off("audit_log"), &p.audit)?;
+            let mut mark = audit_mark.lock().map_err(|_| Error::Io {
+                path: store.rows_path("audit_log"),
+                source: std::io::Error::other("a checkpoint panicked"),
+            })?;
+            let new_rows = p.audit.rows.get(mark.rows..).unwrap_or_default();
+            let written = store.append_rows("audit_log", *mark, new_rows)?;
+            store.save(
+                "audit_log",
+                off("audit_log"),
+                &AuditCheckpointRef {
+                    last: p.audit.last_states(),
+                    rows: written,
+                },
+            )?;
+            *mark = written;
             tracing::debug!("checkpoint written");
             Ok(())
         })
