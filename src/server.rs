@@ -176,6 +176,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             out,
             "# HELP fleetledger_projector_lag_records History records not yet applied, per partition.\n# TYPE fleetledger_projector_lag_records gauge"
         );
+        let _ = writeln!(
+            out,
+            "# HELP fleetledger_projector_stopped 1 for a partition stopped at an undecodable record.\n# TYPE fleetledger_projector_stopped gauge"
+        );
+        for (partition, _) in p.stopped() {
+            let _ = writeln!(
+                out,
+                "fleetledger_projector_stopped{{partition=\"{partition}\"}} 1"
+            );
+        }
         for (partition, lag) in p.lag() {
             let _ = writeln!(
                 out,

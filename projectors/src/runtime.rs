@@ -158,6 +158,8 @@ pub struct Projector {
     lag: Arc<Mutex<BTreeMap<i32, i64>>>,
     /// How many `audit_log` rows its rows file holds as of the last checkpoint.
     audit_mark: Arc<Mutex<RowsMark>>,
+    /// Partition → why its projection stopped.
+    stopped: Arc<Mutex<BTreeMap<i32, String>>>,
 }
 
 /// The `audit_log` checkpoint: the rows themselves are in its append-only rows file
@@ -218,6 +220,7 @@ impl Projector {
             shared: Arc::new(RwLock::new(p)),
             lag: Arc::new(Mutex::new(BTreeMap::new())),
             audit_mark: Arc::new(Mutex::new(audit_mark)),
+            stopped: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
@@ -320,7 +323,9 @@ impl Projector {
     }
 
     /// Applies history until every partition reached its end as of the start, reporting
-    /// progress, then checkpoints. Returns the number of records applied.
+    /// progress, then checkpoints. Returns the number of records applied, or the first
+    /// [`Error::Decode`] once the other partitions are done: a partition with an
+    /// undecodable record stops there, the others are applied to their end.
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
         let (consumer, total) = self.consumer().await?;
         let mut ahead = self.read_ahead(Arc::new(consumer), Duration::from_secs(10));
@@ -328,11 +333,20 @@ impl Projector {
         let mut at_end = vec![false; self.layout.partitions as usize];
         let mut done = 0u64;
         let mut last_report = Instant::now();
+        let mut first_failure = None;
         while at_end.iter().any(|e| !e) {
-            let batch = ahead.next().await?;
-            let eofs = batch.eofs.clone();
-            done += self.apply_decoded(batch).await? as u64;
-            for p in eofs {
+            let mut batch = ahead.next().await?;
+            let mut ended = batch.eofs.clone();
+            for (p, e) in std::mem::take(&mut batch.stopped) {
+                ended.push(p);
+                tracing::error!(partition = p, error = %e, "projection of this partition stopped at an undecodable record");
+                if let Ok(mut s) = self.stopped.lock() {
+                    s.entry(p).or_insert_with(|| e.to_string());
+                }
+                first_failure.get_or_insert(e);
+            }
+            done += self.apply_decoded(batch).await as u64;
+            for p in ended {
                 if let Some(e) = at_end.get_mut(p as usize) {
                     *e = true;
                 }
@@ -352,12 +366,15 @@ impl Projector {
             elapsed: started.elapsed(),
         });
         self.checkpoint().await?;
-        Ok(done)
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// Applies history as it arrives until `shutdown`, checkpointing every N records or T
-    /// ms, and once more at shutdown. A record that cannot be decoded stops the run with
-    /// [`Error::Decode`] (after a checkpoint of what was applied before it).
+    /// ms, and once more at shutdown. A record that cannot be decoded stops its partition
+    /// there (logged, and listed by [`Projector::stopped`]); the other partitions go on.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let (consumer, _) = self.consumer().await?;
         let consumer = Arc::new(consumer);
@@ -371,7 +388,7 @@ impl Projector {
                 b = ahead.next() => b,
             };
             let applied = match next {
-                Ok(batch) => self.apply_decoded(batch).await,
+                Ok(batch) => Ok(self.apply_decoded(batch).await),
                 Err(e) => Err(e),
             };
             match applied {
@@ -457,21 +474,33 @@ impl Projector {
     }
 
     /// Reads and decodes batches on a task of its own, up to two batches ahead of the
-    /// caller, so that decoding (one core) overlaps applying (the other). The task ends
-    /// after a batch with a decode failure, on a read error, or when the [`ReadAhead`] is
-    /// dropped.
+    /// caller, so that decoding (one core) overlaps applying (the other). A record that
+    /// cannot be decoded stops its partition there (the partition is paused and its later
+    /// records are dropped unapplied, so its next offset stays at the bad record); the other
+    /// partitions go on. The task ends on a read error or when the [`ReadAhead`] is dropped.
     fn read_ahead(&self, consumer: Arc<LedgerConsumer>, wait: Duration) -> ReadAhead {
         let (tx, rx) = mpsc::channel(2);
         let me = self.clone();
         let task = tokio::spawn(async move {
+            let mut stopped: BTreeMap<i32, i64> = BTreeMap::new();
             loop {
                 let next = me.next_batch(&consumer, wait).await;
                 let decoded = match next {
-                    Ok((batch, eofs)) => Ok(me.decode_batch(batch, eofs).await),
+                    Ok((batch, eofs)) => {
+                        let d = me.decode_batch(batch, eofs, &mut stopped).await;
+                        for (partition, _) in &d.stopped {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition(&me.layout.history, *partition);
+                            if let Err(e) = consumer.pause(&tpl) {
+                                tracing::warn!(partition, error = %e, "cannot pause a stopped partition");
+                            }
+                        }
+                        Ok(d)
+                    }
                     Err(e) => Err(e),
                 };
-                let last = !matches!(&decoded, Ok(d) if d.failure.is_none());
-                if tx.send(decoded).await.is_err() || last {
+                let failed = decoded.is_err();
+                if tx.send(decoded).await.is_err() || failed {
                     break;
                 }
             }
@@ -479,15 +508,20 @@ impl Projector {
         ReadAhead { rx, task }
     }
 
-    /// Decodes a raw batch up to its first undecodable record.
+    /// Decodes a raw batch. Records of partitions in `stopped` (partition → offset of its
+    /// bad record) are dropped; a newly undecodable record stops its partition.
     async fn decode_batch(
         &self,
         batch: Vec<(i32, i64, Option<Vec<u8>>)>,
         eofs: Vec<i32>,
+        stopped: &mut BTreeMap<i32, i64>,
     ) -> DecodedBatch {
         let mut records = Vec::with_capacity(batch.len());
-        let mut failure = None;
+        let mut newly = Vec::new();
         for (partition, offset, payload) in batch {
+            if stopped.contains_key(&partition) {
+                continue;
+            }
             match payload {
                 None => records.push(Err((partition, offset))),
                 Some(bytes) => match self.codec.decode(&bytes).await {
@@ -497,13 +531,16 @@ impl Projector {
                         offset,
                     })),
                     Err(e) => {
-                        failure = Some(Error::Decode {
-                            topic: self.layout.history.clone(),
+                        stopped.insert(partition, offset);
+                        newly.push((
                             partition,
-                            offset,
-                            message: e.to_string(),
-                        });
-                        break;
+                            Error::Decode {
+                                topic: self.layout.history.clone(),
+                                partition,
+                                offset,
+                                message: e.to_string(),
+                            },
+                        ));
                     }
                 },
             }
@@ -511,18 +548,24 @@ impl Projector {
         DecodedBatch {
             records,
             eofs,
-            failure,
+            stopped: newly,
         }
     }
 
-    /// Applies a decoded batch under one write lock; returns how many records it held, or
-    /// its decode failure after applying the records before it.
-    async fn apply_decoded(&self, batch: DecodedBatch) -> Result<usize> {
+    /// Applies a decoded batch under one write lock; returns how many records it held. The
+    /// partitions it stopped are logged and kept (see [`Projector::stopped`]).
+    async fn apply_decoded(&self, batch: DecodedBatch) -> usize {
         let DecodedBatch {
-            records, failure, ..
+            records, stopped, ..
         } = batch;
+        for (partition, e) in stopped {
+            tracing::error!(partition, error = %e, "projection of this partition stopped at an undecodable record; other partitions go on");
+            if let Ok(mut s) = self.stopped.lock() {
+                s.entry(partition).or_insert_with(|| e.to_string());
+            }
+        }
         let Some(first) = records.first() else {
-            return failure.map_or(Ok(0), Err);
+            return 0;
         };
         let (partition, offset) = match first {
             Ok(h) => (h.partition, h.offset),
@@ -543,14 +586,16 @@ impl Projector {
                     Err((partition, offset)) => p.skip(partition, offset),
                 }
             }
-            drop(p);
-            match failure {
-                Some(e) => Err(e),
-                None => Ok(n),
-            }
+            n
         }
         .instrument(span)
         .await
+    }
+
+    /// Partitions stopped at an undecodable record, with the error naming topic, partition
+    /// and offset (`fleetledger project inspect` shows the record).
+    pub fn stopped(&self) -> BTreeMap<i32, String> {
+        self.stopped.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -561,8 +606,8 @@ struct DecodedBatch {
     records: Vec<std::result::Result<HistoryRecord, (i32, i64)>>,
     /// Partitions that reported their end after these records.
     eofs: Vec<i32>,
-    /// The decode error that ended the batch early.
-    failure: Option<Error>,
+    /// Partitions stopped in this batch at an undecodable record.
+    stopped: Vec<(i32, Error)>,
 }
 
 /// The receiving end of [`Projector::read_ahead`]; dropping it stops the reader.

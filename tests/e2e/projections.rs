@@ -333,7 +333,7 @@ async fn history_len(cfg: &Config) -> usize {
 }
 
 #[tokio::test]
-async fn an_undecodable_record_stops_the_projection_and_names_its_offset() {
+async fn an_undecodable_record_stops_its_partition_and_names_its_offset() {
     let cfg = config(&unique_prefix("undecodable"));
     let server = TestServer::start(cfg.clone()).await;
     let api = Api::new(&server);
@@ -365,8 +365,42 @@ async fn an_undecodable_record_stops_the_projection_and_names_its_offset() {
         .commit_transaction(Duration::from_secs(30))
         .unwrap();
 
+    // Changes after the bad record: those in its partition wait behind it, the others go on.
+    let after: Vec<String> = (0..12).map(|i| format!("lkc-after{i}")).collect();
+    for c in &after {
+        assert_eq!(
+            api.append(c, "logical", "dev-frontend", &logical(1), &[])
+                .await
+                .0,
+            201
+        );
+    }
+    let partition_of =
+        |c: &str| fleetledger_ledger::partitioner::partition_for(c, layout.partitions);
+    assert!(
+        after.iter().any(|c| partition_of(c) == 1) && after.iter().any(|c| partition_of(c) != 1)
+    );
+
     let p = projector(&cfg, &server, "undecodable");
     let err = p.catch_up(|_| {}).await.unwrap_err();
+    {
+        let projections = p.projections();
+        let snapshot = projections.read().await;
+        for c in &after {
+            assert_eq!(
+                snapshot.clusters.rows.contains_key(c.as_str()),
+                partition_of(c) != 1,
+                "{c} in partition {}",
+                partition_of(c)
+            );
+        }
+        assert_eq!(
+            snapshot.offsets["audit_log"].get(&1).copied().unwrap_or(0),
+            delivered.offset,
+            "stopped at the bad record"
+        );
+    }
+    assert_eq!(p.stopped().keys().copied().collect::<Vec<_>>(), vec![1]);
     match &err {
         Error::Decode {
             partition,
