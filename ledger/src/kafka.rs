@@ -146,9 +146,7 @@ impl KafkaClients {
             .map_err(|e| Error::kafka("create transactional producer", e))
     }
 
-    /// A `read_committed` consumer that never commits offsets by itself: callers assign
-    /// partitions and keep their own offsets.
-    pub fn consumer(&self, role: &str) -> Result<LedgerConsumer> {
+    fn consumer_config(&self, role: &str) -> ClientConfig {
         let mut c = self.base(role);
         c.set("group.id", format!("{}-{role}", self.config.client_id))
             .set("isolation.level", "read_committed")
@@ -157,27 +155,28 @@ impl KafkaClients {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100");
-        c.create_with_context(LedgerContext)
+        c
+    }
+
+    /// A `read_committed` consumer that never commits offsets by itself: callers assign
+    /// partitions and keep their own offsets.
+    pub fn consumer(&self, role: &str) -> Result<LedgerConsumer> {
+        self.consumer_config(role)
+            .create_with_context(LedgerContext)
             .map_err(|e| Error::kafka("create consumer", e))
     }
 
-    /// A `read_committed` consumer for reading a few scattered offsets of one partition
+    /// A [`KafkaClients::consumer`] for reading a few scattered offsets of one partition
     /// (one cluster's history): small fetches (64 KiB per partition, about one
     /// transaction's record batch) and a shallow prefetch queue, so a seek does not pull
     /// megabytes it will not use.
     pub fn seeking_consumer(&self, role: &str) -> Result<LedgerConsumer> {
-        let mut c = self.base(role);
-        c.set("group.id", format!("{}-{role}", self.config.client_id))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
+        self.consumer_config(role)
             .set("fetch.wait.max.ms", "10")
             .set("max.partition.fetch.bytes", "65536")
             .set("queued.min.messages", "1000")
-            .set("queued.max.messages.kbytes", "1024");
-        c.create_with_context(LedgerContext)
+            .set("queued.max.messages.kbytes", "1024")
+            .create_with_context(LedgerContext)
             .map_err(|e| Error::kafka("create consumer", e))
     }
 
