@@ -299,7 +299,40 @@ impl Ledger {
     /// offsets it lists below `indexed_to` (fetched by seeking, nearby offsets in one
     /// read) and everything from `indexed_to` to the end. Without a hint the whole
     /// partition is read. Records of other clusters are dropped by key before decoding.
+    ///
+    /// Read-your-writes: a transaction's records become readable (`read_committed`) a few
+    /// milliseconds after its commit returned, when the broker has written its markers; if
+    /// the history read lacks a version this ledger has committed, it is read again (every
+    /// 20 ms, for at most 2 s).
     pub async fn history(
+        &self,
+        cluster_id: &str,
+        hint: Option<&HistoryHint>,
+    ) -> Result<ClusterHistory> {
+        let heads: Vec<(Facet, i64)> = self
+            .current(cluster_id)
+            .await
+            .into_iter()
+            .map(|(f, h)| (f, h.record.meta.version))
+            .collect();
+        let mut attempt = 0;
+        loop {
+            let history = self.read_history(cluster_id, hint).await?;
+            let complete = heads.iter().all(|(facet, version)| {
+                history
+                    .entries()
+                    .iter()
+                    .any(|e| e.record.facet() == *facet && e.record.meta.version >= *version)
+            });
+            attempt += 1;
+            if complete || attempt >= 100 {
+                return Ok(history);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn read_history(
         &self,
         cluster_id: &str,
         hint: Option<&HistoryHint>,
