@@ -1,12 +1,65 @@
-//! `fleetledger bench append`: load against a running server over HTTP, printing numbers.
-//! Throughput of `POST /v1/batch` and latency percentiles of single appends at a few
-//! concurrency levels. Requests are bounded in count; nothing runs unbounded.
+//! The `fleetledger bench-*` commands: load against a running server over HTTP and the raw
+//! Kafka baselines beside it, printing numbers. Throughput of `POST /v1/batch`, latency
+//! percentiles of single appends at a few concurrency levels, the raw transactional
+//! produce and `read_committed` consume rates of the same records, SQL and recovery
+//! latency. Requests are bounded in count; nothing runs unbounded.
+//!
+//! Every figure is printed, and appended as one JSON line to the file named by
+//! `FLEETLEDGER_BENCH_RESULTS` when it is set: the input of `bench-report` (see
+//! [`crate::bench_report`]), which `deploy/local/bench` runs after several rounds.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
+
+/// Where figures go: stdout, and the JSON-lines file named by `FLEETLEDGER_BENCH_RESULTS`.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    path: Option<PathBuf>,
+}
+
+impl Figures {
+    /// Figures that also go to `$FLEETLEDGER_BENCH_RESULTS`, if set.
+    pub fn from_env() -> Self {
+        Figures {
+            path: std::env::var_os("FLEETLEDGER_BENCH_RESULTS").map(PathBuf::from),
+        }
+    }
+
+    /// Names what the figures under `prefix` measure (shown in the report).
+    pub fn describe(&self, prefix: &str, label: &str) -> anyhow::Result<()> {
+        self.write(json!({"name": prefix, "label": label}))
+    }
+
+    /// Records one measurement `name` (e.g. `append.batch`) of `value` in `unit`.
+    pub fn record(&self, name: &str, value: f64, unit: &str) -> anyhow::Result<()> {
+        self.write(json!({"name": name, "value": value, "unit": unit}))
+    }
+
+    fn write(&self, line: Value) -> anyhow::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// The peak resident set size of this process so far, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,8 +100,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 impl AppendBench {
-    /// Runs the benchmark and prints one line per figure.
-    pub async fn run(&self) -> anyhow::Result<()> {
+    /// Runs the benchmark and prints (and records) one line per figure.
+    pub async fn run(&self, figures: &Figures) -> anyhow::Result<()> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
@@ -99,6 +152,7 @@ impl AppendBench {
             self.batch_size,
             self.batch_concurrency
         );
+        figures.record("append.batch", accepted as f64 / secs, "changes/s")?;
 
         // Single appends.
         for &level in &self.levels {
@@ -141,6 +195,10 @@ impl AppendBench {
                 percentile(&all, 99.0).as_secs_f64() * 1e3,
                 all.len() as f64 / secs
             );
+            let p50 = percentile(&all, 50.0).as_secs_f64() * 1e3;
+            let p99 = percentile(&all, 99.0).as_secs_f64() * 1e3;
+            figures.record(&format!("append.single.c{level}.p50"), p50, "ms")?;
+            figures.record(&format!("append.single.c{level}.p99"), p99, "ms")?;
         }
         Ok(())
     }
@@ -149,7 +207,7 @@ impl AppendBench {
 /// The raw consume rate of the history topic: a plain `read_committed` consumer from the
 /// one client factory, counting records and bytes to the end of every partition, no
 /// decoding. The baseline a projection rebuild is compared with.
-pub async fn raw_consume(config: &crate::Config) -> anyhow::Result<(u64, f64)> {
+pub async fn raw_consume(config: &crate::Config, figures: &Figures) -> anyhow::Result<(u64, f64)> {
     use rdkafka::Message;
     use rdkafka::consumer::Consumer;
     use rdkafka::error::KafkaError;
@@ -182,12 +240,174 @@ pub async fn raw_consume(config: &crate::Config) -> anyhow::Result<(u64, f64)> {
         bytes as f64 / 1e6,
         records as f64 / secs
     );
+    figures.record("consume.raw", records as f64 / secs, "records/s")?;
     Ok((records, secs))
+}
+
+/// The raw transactional produce rate of the same records the ledger wrote: reads the
+/// first `changes` history records (key, value, partition) and writes each one twice, as
+/// the ledger does (history and state topic), to scratch topics of the same layout under
+/// `{topic_prefix}.bench-raw`, with one transactional producer (`acks=all`, idempotent)
+/// and `per_txn` changes per transaction, one transaction after another. No validation,
+/// encoding or HTTP: the ceiling the batch append path is compared with.
+pub async fn raw_produce(
+    config: &crate::Config,
+    changes: usize,
+    per_txn: usize,
+    figures: &Figures,
+) -> anyhow::Result<f64> {
+    use fleetledger_ledger::{KafkaClients, TopicLayout};
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::KafkaError;
+    use rdkafka::producer::{FutureRecord, Producer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let clients = KafkaClients::new(config.kafka.clone());
+    let layout = TopicLayout::new(&config.kafka);
+    let consumer = clients.consumer("bench-raw-read")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..layout.partitions {
+        tpl.add_partition_offset(&layout.history, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut records: Vec<(i32, Vec<u8>, Vec<u8>)> = Vec::with_capacity(changes);
+    let mut open = layout.partitions;
+    while open > 0 && records.len() < changes {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {
+            Err(_) => anyhow::bail!("no history record for 10 s"),
+            Ok(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(m)) => {
+                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                    records.push((m.partition(), k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+    }
+    drop(consumer);
+    anyhow::ensure!(!records.is_empty(), "{} holds no records", layout.history);
+
+    let mut scratch = config.kafka.clone();
+    scratch.topic_prefix = format!("{}.bench-raw", config.kafka.topic_prefix);
+    scratch.schemas_topic = format!("{}.bench-raw._schemas", config.kafka.topic_prefix);
+    let target = TopicLayout::new(&scratch);
+    target.ensure(&clients).await?;
+    let txn_id = format!(
+        "{}-bench-raw-{}",
+        config.kafka.client_id,
+        std::process::id()
+    );
+    let producer = clients.transactional_producer("bench-raw", &txn_id)?;
+    let timeout = clients.config().request_timeout();
+    {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(timeout)).await??;
+    }
+    let started = Instant::now();
+    for chunk in records.chunks(per_txn.max(1)) {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
+        let mut pending = Vec::with_capacity(chunk.len() * 2);
+        for (partition, key, value) in chunk {
+            // The state key is the history key without its version suffix.
+            let state_key = key.rsplitn(2, |b| *b == b'/').nth(1).unwrap_or(key);
+            for (topic, k) in [
+                (&target.history, key.as_slice()),
+                (&target.state, state_key),
+            ] {
+                let rec = FutureRecord::to(topic)
+                    .key(k)
+                    .payload(value)
+                    .partition(*partition);
+                pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+            }
+        }
+        for f in pending {
+            f.await?.map_err(|(e, _)| e)?;
+        }
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.commit_transaction(timeout)).await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = records.len() as f64 / secs;
+    println!(
+        "raw produce: {} changes ({} records, {per_txn} changes per transaction) in {secs:.2} s = {rate:.0} changes/s",
+        records.len(),
+        records.len() * 2
+    );
+    figures.record("produce.raw", rate, "changes/s")?;
+    Ok(rate)
+}
+
+/// Recovery of one cluster among many, `runs` times over HTTP: deletes `{prefix}-{i}` (as
+/// the frontend), then times the audit timeline, a dry run and the real recovery (as the
+/// recovery principal). The clusters must exist (e.g. written by `bench-append`).
+pub async fn recovery_latency(
+    url: &str,
+    prefix: &str,
+    clusters: usize,
+    runs: usize,
+    figures: &Figures,
+) -> anyhow::Result<()> {
+    let frontend = crate::client::ApiClient::new(url, Some("dev-frontend".into()));
+    let recovery = crate::client::ApiClient::new(url, Some("dev-recovery".into()));
+    let (mut audit, mut dry, mut real) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        // Spread over the id space, away from the clusters of earlier rounds.
+        let i = (run * 7919 + std::process::id() as usize) % clusters.max(1);
+        let cluster = format!("{prefix}-{i}");
+        frontend
+            .delete(&cluster, Some("bench: delete before recovery"))
+            .await?;
+        let t = Instant::now();
+        let timeline = frontend.audit(&cluster, None, None, None).await?;
+        audit.push(t.elapsed());
+        let t = Instant::now();
+        recovery.recover(&cluster, None, None, true, false).await?;
+        dry.push(t.elapsed());
+        let t = Instant::now();
+        recovery.recover(&cluster, None, None, false, false).await?;
+        real.push(t.elapsed());
+        if run == 0 {
+            let entries = timeline["entries"].as_array().map_or(0, Vec::len);
+            println!("recovery of {cluster}: {entries} history records");
+        }
+    }
+    for (name, label, lat) in [
+        ("recover.audit", "audit timeline of one cluster", &mut audit),
+        (
+            "recover.dry_run",
+            "recovery plan (dry run) of one cluster",
+            &mut dry,
+        ),
+        (
+            "recover.apply",
+            "recovery of one cluster, appended and committed",
+            &mut real,
+        ),
+    ] {
+        lat.sort();
+        let p50 = percentile(lat, 50.0).as_secs_f64() * 1e3;
+        let max = lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3;
+        println!(
+            "{label}: p50 {p50:.1} ms, max {max:.1} ms ({} runs)",
+            lat.len()
+        );
+        figures.describe(name, label)?;
+        figures.record(name, p50, "ms")?;
+    }
+    Ok(())
 }
 
 /// The README's SQL examples, each `runs` times over HTTP against a running server,
 /// printing p50/p99 per example.
-pub async fn sql_latency(url: &str, token: &str, runs: usize) -> anyhow::Result<()> {
+pub async fn sql_latency(
+    url: &str,
+    token: &str,
+    runs: usize,
+    figures: &Figures,
+) -> anyhow::Result<()> {
     let readme = include_str!("../README.md");
     let mut examples = Vec::new();
     for part in readme.split("\n-- ").skip(1) {
@@ -203,7 +423,7 @@ pub async fn sql_latency(url: &str, token: &str, runs: usize) -> anyhow::Result<
     }
     anyhow::ensure!(!examples.is_empty(), "no SQL examples found in README.md");
     let http = reqwest::Client::new();
-    for (title, sql) in examples {
+    for (n, (title, sql)) in examples.into_iter().enumerate() {
         let mut lat = Vec::with_capacity(runs);
         let mut rows = 0;
         for _ in 0..runs.max(1) {
@@ -230,6 +450,18 @@ pub async fn sql_latency(url: &str, token: &str, runs: usize) -> anyhow::Result<
             percentile(&lat, 99.0).as_secs_f64() * 1e3,
             lat.len()
         );
+        let name = format!("sql.{}", n + 1);
+        figures.describe(&name, &title)?;
+        figures.record(
+            &format!("{name}.p50"),
+            percentile(&lat, 50.0).as_secs_f64() * 1e3,
+            "ms",
+        )?;
+        figures.record(
+            &format!("{name}.p99"),
+            percentile(&lat, 99.0).as_secs_f64() * 1e3,
+            "ms",
+        )?;
     }
     Ok(())
 }

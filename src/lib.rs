@@ -5,6 +5,7 @@
 mod api;
 pub mod audit;
 pub mod bench;
+pub mod bench_report;
 pub mod client;
 pub mod config;
 pub mod import;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetledger::bench::Figures;
 use fleetledger::client::{ApiClient, ApiError};
 use fleetledger::{Config, server};
 use serde_json::{Map, Value, json};
@@ -109,6 +110,44 @@ enum Command {
         /// Concurrency levels for single appends, comma-separated.
         #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
         levels: Vec<usize>,
+        /// Cluster ids are `{prefix}-{i}`; default `bench-{pid}`, fresh per run.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Measure the raw transactional produce rate of the history's first records, written
+    /// again (history and state copy) to scratch topics `{topic_prefix}.bench-raw.*`.
+    BenchProduce {
+        /// Changes to write (each as two records).
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Changes per transaction (the ledger's `batch_max`).
+        #[arg(long, default_value_t = 1000)]
+        per_txn: usize,
+    },
+    /// Measure recovery of one cluster among many: delete `{prefix}-{i}`, then time its
+    /// audit timeline, a dry run and the recovery.
+    BenchRecover {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Prefix of the existing clusters (as given to `bench-append --prefix`).
+        #[arg(long)]
+        prefix: String,
+        /// How many clusters exist under the prefix.
+        #[arg(long, default_value_t = 10_000)]
+        clusters: usize,
+        /// Clusters recovered (each one once).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Write bench/REPORT.md and bench/report.json from the figures of several runs
+    /// (the JSON lines of FLEETLEDGER_BENCH_RESULTS): medians, ratios and goals.
+    BenchReport {
+        /// The JSON-lines figures.
+        #[arg(long)]
+        results: PathBuf,
+        /// Directory of REPORT.md and report.json.
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
     },
     /// Print every facet as it was at a point, reconstructed from history.
     State {
@@ -554,11 +593,37 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BenchSql { api, runs } => {
             let token = api.token.clone().unwrap_or_else(|| "dev-frontend".into());
-            fleetledger::bench::sql_latency(&api.url, &token, runs).await
+            fleetledger::bench::sql_latency(&api.url, &token, runs, &Figures::from_env()).await
         }
         Command::BenchConsume => {
             let config = load_config(cli.config.as_deref(), serde_json::json!({}))?;
-            fleetledger::bench::raw_consume(&config).await.map(|_| ())
+            fleetledger::bench::raw_consume(&config, &Figures::from_env())
+                .await
+                .map(|_| ())
+        }
+        Command::BenchProduce { changes, per_txn } => {
+            let config = load_config(cli.config.as_deref(), serde_json::json!({}))?;
+            fleetledger::bench::raw_produce(&config, changes, per_txn, &Figures::from_env())
+                .await
+                .map(|_| ())
+        }
+        Command::BenchRecover {
+            api,
+            prefix,
+            clusters,
+            runs,
+        } => {
+            fleetledger::bench::recovery_latency(
+                &api.url,
+                &prefix,
+                clusters,
+                runs,
+                &Figures::from_env(),
+            )
+            .await
+        }
+        Command::BenchReport { results, out } => {
+            fleetledger::bench_report::write_report(&results, &out)
         }
         Command::BenchAppend {
             api,
@@ -568,8 +633,9 @@ async fn main() -> anyhow::Result<()> {
             batch_concurrency,
             singles,
             levels,
+            prefix,
         } => {
-            let prefix = format!("bench-{}", std::process::id());
+            let prefix = prefix.unwrap_or_else(|| format!("bench-{}", std::process::id()));
             fleetledger::bench::AppendBench {
                 url: api.url.clone(),
                 token: api.token.clone().unwrap_or_else(|| "dev-frontend".into()),
@@ -581,7 +647,7 @@ async fn main() -> anyhow::Result<()> {
                 levels,
                 prefix,
             }
-            .run()
+            .run(&Figures::from_env())
             .await
         }
         Command::State {

@@ -97,6 +97,11 @@ pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
         names.join(", "),
         applied as f64 / secs.max(1e-9)
     );
+    let figures = crate::bench::Figures::from_env();
+    figures.record("rebuild", applied as f64 / secs.max(1e-9), "records/s")?;
+    if let Some(rss) = crate::bench::peak_rss_mib() {
+        figures.record("rebuild.peak_rss", rss, "MiB")?;
+    }
     stop.cancel();
     tracker.close();
     tracker.wait().await;
