@@ -1,20 +1,36 @@
 //! Encoding and decoding state records in the Confluent Schema Registry wire format
-//! (magic byte 0, 4-byte big-endian schema id, Avro binary) through
-//! `schema_registry_converter`, which caches each schema, and its resolution, per id.
+//! (magic byte 0, 4-byte big-endian schema id, Avro binary). Encoding goes through
+//! `schema_registry_converter`, which caches each subject's latest schema.
+//!
+//! Decoding is the hot path of every projection rebuild, so it does its per-schema work
+//! once per schema id, not once per record: the writer schema is fetched from the registry
+//! and parsed on first sight of its id, its named types are resolved once
+//! ([`WriterSchema`]), and each record is then read straight from the Avro bytes into the
+//! typed record by serde (no intermediate `apache_avro::types::Value` tree, whose field
+//! names alone cost an allocation each). The typed records name their fields, so a writer
+//! schema that lacks an optional field (`#[serde(default)]`) still decodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, post_schema,
+};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
 use crate::error::{Error, Result};
-use crate::facet::Facet;
-use crate::record::{StateRecord, from_avro_value, to_avro_value};
+use crate::facet::{Facet, FacetState};
+use crate::record::{
+    AvroRecord, CapacityRecord, LogicalRecord, PhysicalRecord, StateRecord, StatusRecord,
+    to_avro_value,
+};
 
 /// The first byte of every Confluent wire-format value.
 pub const MAGIC_BYTE: u8 = 0;
@@ -67,13 +83,96 @@ fn registry_error(e: SRCError) -> Error {
     }
 }
 
+/// A writer schema as the decoder uses it: parsed once, its named types resolved once,
+/// and the facet its record name names.
+pub struct WriterSchema {
+    facet: Facet,
+    reader: GenericDatumReader<'static>,
+}
+
+impl std::fmt::Debug for WriterSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterSchema")
+            .field("facet", &self.facet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterSchema {
+    /// Parses `text` (the registry's schema of one id) into a decoder. The schema must be a
+    /// record named like one of our facets' records. The parsed schema lives as long as
+    /// the process: there is one per schema id the registry ever handed out, a handful.
+    pub fn parse(text: &str) -> Result<Self> {
+        let schema = Schema::parse_str(text)
+            .map_err(|e| Error::Decode(format!("writer schema does not parse: {e}")))?;
+        let name = match &schema {
+            Schema::Record(r) => r.name.fullname(None),
+            _ => return Err(Error::Decode("writer schema is not a named record".into())),
+        };
+        let facet = Facet::from_subject(&name).ok_or_else(|| {
+            Error::Decode(format!("record {name} is not a fleetledger state record"))
+        })?;
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let reader = GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| Error::Decode(format!("writer schema does not resolve: {e}")))?;
+        Ok(WriterSchema { facet, reader })
+    }
+
+    /// The facet of this schema's records.
+    pub fn facet(&self) -> Facet {
+        self.facet
+    }
+
+    /// Reads one record from `avro` (the payload after the wire header). A payload that
+    /// ends early, or has bytes left over after the record, is [`Error::Decode`].
+    pub fn decode(&self, avro: &[u8]) -> Result<StateRecord> {
+        fn read<R: serde::de::DeserializeOwned + Into<AvroRecord<S>>, S>(
+            reader: &GenericDatumReader<'static>,
+            avro: &[u8],
+        ) -> Result<AvroRecord<S>> {
+            let mut rest = avro;
+            let record = reader
+                .read_deser::<R>(&mut rest)
+                .map_err(|e| Error::Decode(e.to_string()))?
+                .into();
+            if !rest.is_empty() {
+                return Err(Error::Decode(format!(
+                    "{} bytes left over after the record: the payload is longer than its schema says",
+                    rest.len()
+                )));
+            }
+            Ok(record)
+        }
+        let (meta, state) = match self.facet {
+            Facet::Logical => {
+                let (m, s) = read::<LogicalRecord, _>(&self.reader, avro)?.into_parts()?;
+                (m, FacetState::Logical(s))
+            }
+            Facet::Physical => {
+                let (m, s) = read::<PhysicalRecord, _>(&self.reader, avro)?.into_parts()?;
+                (m, FacetState::Physical(s))
+            }
+            Facet::Capacity => {
+                let (m, s) = read::<CapacityRecord, _>(&self.reader, avro)?.into_parts()?;
+                (m, FacetState::Capacity(s))
+            }
+            Facet::Status => {
+                let (m, s) = read::<StatusRecord, _>(&self.reader, avro)?.into_parts()?;
+                (m, FacetState::Status(s))
+            }
+        };
+        Ok(StateRecord { meta, state })
+    }
+}
+
 /// Encodes and decodes [`StateRecord`]s against one schema registry. Cheap to share
 /// (`Arc`); schemas are fetched once per subject and id, then cached.
 #[derive(Debug)]
 pub struct RecordCodec {
     settings: SrSettings,
     encoder: AvroEncoder,
-    decoder: AvroDecoder,
+    writers: RwLock<HashMap<u32, Arc<WriterSchema>>>,
 }
 
 impl RecordCodec {
@@ -86,7 +185,7 @@ impl RecordCodec {
             .map_err(registry_error)?;
         Ok(RecordCodec {
             encoder: AvroEncoder::new(settings.clone()),
-            decoder: AvroDecoder::new(settings.clone()),
+            writers: RwLock::new(HashMap::new()),
             settings,
         })
     }
@@ -124,19 +223,155 @@ impl RecordCodec {
     /// name names the facet. Wrong magic byte, unknown id, foreign record or truncated
     /// payload each give [`Error::Decode`] or [`Error::Registry`].
     pub async fn decode(&self, bytes: &[u8]) -> Result<StateRecord> {
-        decode_wire_header(bytes)?;
-        let decoded = self
-            .decoder
-            .decode(Some(bytes))
+        let (header, avro) = decode_wire_header(bytes)?;
+        self.writer_schema(header.schema_id).await?.decode(avro)
+    }
+
+    /// The decoder of schema `id`: from the cache, or fetched from the registry and parsed
+    /// once (an unknown id is [`Error::Registry`] and is not cached).
+    pub async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>> {
+        if let Some(w) = self.writers.read().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(w);
+        }
+        let registered = get_schema_by_id(id, &self.settings)
             .await
             .map_err(registry_error)?;
-        let name = decoded
-            .name
-            .map(|n| n.fullname(None))
-            .ok_or_else(|| Error::Decode("writer schema is not a named record".into()))?;
-        let facet = Facet::from_subject(&name).ok_or_else(|| {
-            Error::Decode(format!("record {name} is not a fleetledger state record"))
-        })?;
-        from_avro_value(facet, &decoded.value)
+        let parsed = Arc::new(WriterSchema::parse(&registered.schema)?);
+        let mut writers = self
+            .writers
+            .write()
+            .map_err(|_| Error::Decode("the schema cache was poisoned".into()))?;
+        Ok(writers.entry(id).or_insert(parsed).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{RecordMeta, from_avro_value};
+    use chrono::{TimeZone, Utc};
+
+    fn samples() -> Vec<StateRecord> {
+        let states = [
+            (
+                Facet::Logical,
+                r#"{"org_id":"o1","env_id":"e1","kind":"kafka","name":"n","sku":"dedicated","cku":4,
+                "cloud":"aws","region":"us-east-1","network":"private-link",
+                "config":{"retention.ms":"-1","a":"b"},"deleted":true}"#,
+            ),
+            (
+                Facet::Physical,
+                r#"{"brokers":6,"disk_gb_per_broker":500,"zones":["a","b","c"],"version":"3.9"}"#,
+            ),
+            (
+                Facet::Capacity,
+                r#"{"satellite":"sat-1","k8s_cluster":"k8s-2","node_pool":"pool-3"}"#,
+            ),
+            (
+                Facet::Status,
+                r#"{"phase":"running","cku":4,"brokers_ready":6,"observed_version":9,"message":"ok ü"}"#,
+            ),
+            (
+                Facet::Status,
+                r#"{"phase":"provisioning","cku":0,"brokers_ready":0,"observed_version":1}"#,
+            ),
+        ];
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, (facet, json))| StateRecord {
+                meta: RecordMeta {
+                    cluster_id: format!("lkc-{i}"),
+                    version: 7 + i as i64,
+                    writer: "frontend".into(),
+                    request_id: format!("req-{i}"),
+                    reason: (i % 2 == 0).then(|| "because".to_owned()),
+                    ts: Utc
+                        .timestamp_millis_opt(1_700_000_000_123 + i as i64)
+                        .unwrap(),
+                    prev_hash: "ab".repeat(32),
+                    hash: "cd".repeat(32),
+                },
+                state: FacetState::from_json(*facet, json.as_bytes()).unwrap(),
+            })
+            .collect()
+    }
+
+    fn avro_bytes(r: &StateRecord) -> (Schema, Vec<u8>) {
+        let schema = Schema::parse_str(r.facet().schema_text()).unwrap();
+        #[expect(deprecated, reason = "the generic writer is the reference here")]
+        let bytes = apache_avro::to_avro_datum(&schema, to_avro_value(r).unwrap()).unwrap();
+        (schema, bytes)
+    }
+
+    #[test]
+    fn compiled_decoder_agrees_with_the_generic_one() {
+        for r in samples() {
+            let (schema, bytes) = avro_bytes(&r);
+            let writer = WriterSchema::parse(r.facet().schema_text()).unwrap();
+            assert_eq!(writer.facet(), r.facet());
+            let fast = writer.decode(&bytes).unwrap();
+            #[expect(deprecated, reason = "the generic reader is the reference here")]
+            let value = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
+            let generic = from_avro_value(r.facet(), &value).unwrap();
+            assert_eq!(fast, r);
+            assert_eq!(generic, r);
+        }
+    }
+
+    #[test]
+    fn an_older_writer_schema_without_optional_fields_decodes_with_defaults() {
+        let mut r = samples().remove(0);
+        let FacetState::Logical(l) = &mut r.state else {
+            unreachable!()
+        };
+        l.config.clear();
+        l.deleted = false;
+        // The logical schema as it might have been before `config` and `deleted`.
+        let mut old: serde_json::Value =
+            serde_json::from_str(Facet::Logical.schema_text()).unwrap();
+        let fields = old["fields"].as_array_mut().unwrap();
+        let state = fields.iter_mut().find(|f| f["name"] == "state").unwrap();
+        state["type"]["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "config" && f["name"] != "deleted");
+        let old_schema = Schema::parse_str(&old.to_string()).unwrap();
+        let mut value = to_avro_value(&r).unwrap();
+        if let apache_avro::types::Value::Record(fields) = &mut value
+            && let Some((_, apache_avro::types::Value::Record(state))) =
+                fields.iter_mut().find(|(n, _)| n == "state")
+        {
+            state.retain(|(n, _)| n != "config" && n != "deleted");
+        }
+        #[expect(deprecated, reason = "the generic writer is the reference here")]
+        let bytes = apache_avro::to_avro_datum(&old_schema, value).unwrap();
+        let writer = WriterSchema::parse(&old.to_string()).unwrap();
+        assert_eq!(writer.decode(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn truncated_or_overlong_payloads_and_foreign_schemas_are_refused() {
+        let r = &samples()[0];
+        let (_, bytes) = avro_bytes(r);
+        let writer = WriterSchema::parse(r.facet().schema_text()).unwrap();
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                matches!(writer.decode(&bytes[..cut]), Err(Error::Decode(_))),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let e = writer.decode(&longer).unwrap_err();
+        assert!(e.to_string().contains("1 bytes left over"), "{e}");
+        let foreign = r#"{"type":"record","name":"Other","namespace":"x","fields":[]}"#;
+        assert!(
+            WriterSchema::parse(foreign)
+                .unwrap_err()
+                .to_string()
+                .contains("x.Other is not a fleetledger state record")
+        );
+        assert!(WriterSchema::parse(r#""string""#).is_err());
     }
 }
