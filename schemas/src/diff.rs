@@ -1,57 +1,144 @@
 //! Field-level diffs between two versions of a facet's state, for the audit log and recovery.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+/// `v` as a leaf of the flattened view: anything but an object, or an empty object below
+/// the top (an empty map is a value of its own, `{}`).
+fn leaf<'a>(prefix: &str, v: Option<&'a Value>) -> Option<&'a Value> {
     match v {
-        Value::Object(m) => {
-            if m.is_empty() && !prefix.is_empty() {
-                out.insert(prefix.to_owned(), json!({}));
-            }
-            for (k, v) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
+        Some(Value::Object(m)) if !m.is_empty() || prefix.is_empty() => None,
+        other => other,
+    }
+}
+
+/// The entries of `v` when it is an object that is expanded into `prefix.key` fields.
+fn expanded<'a>(prefix: &str, v: Option<&'a Value>) -> Option<&'a Map<String, Value>> {
+    match v {
+        Some(Value::Object(m)) if !m.is_empty() || prefix.is_empty() => Some(m),
+        _ => None,
+    }
+}
+
+fn diff_into(
+    prefix: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    out: &mut Map<String, Value>,
+) {
+    let (from, to) = (leaf(prefix, before), leaf(prefix, after));
+    if (from.is_some() || to.is_some())
+        && from.unwrap_or(&Value::Null) != to.unwrap_or(&Value::Null)
+    {
+        out.insert(
+            prefix.to_owned(),
+            json!({"from": from.cloned().unwrap_or(Value::Null), "to": to.cloned().unwrap_or(Value::Null)}),
+        );
+    }
+    let (b, a) = (expanded(prefix, before), expanded(prefix, after));
+    if b.is_none() && a.is_none() {
+        return;
+    }
+    let keys: BTreeSet<&str> = b
+        .into_iter()
+        .chain(a)
+        .flat_map(|m| m.keys().map(String::as_str))
+        .collect();
+    for k in keys {
+        let (x, y) = (b.and_then(|m| m.get(k)), a.and_then(|m| m.get(k)));
+        // Equal subtrees have no differences: skip them without building their names.
+        if x.is_some() && x == y {
+            continue;
         }
-        other => {
-            out.insert(prefix.to_owned(), other.clone());
-        }
+        let key = if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        diff_into(&key, x, y, out);
     }
 }
 
 /// `{"field": {"from": old, "to": new}}` for every field whose value differs; nested maps
 /// (e.g. `config`) are compared per key as `config.key`. Fields absent on one side are
 /// `null` there. `previous = None` (the first version) lists every field from `null`.
+/// Only differing fields are copied: equal fields cost a comparison, no allocation.
 pub fn field_diff(previous: Option<&Value>, current: &Value) -> Value {
-    let mut before = BTreeMap::new();
-    if let Some(p) = previous {
-        flatten("", p, &mut before);
-    }
-    let mut after = BTreeMap::new();
-    flatten("", current, &mut after);
-    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
-    keys.sort();
-    keys.dedup();
     let mut out = Map::new();
-    for k in keys {
-        let from = before.get(k).cloned().unwrap_or(Value::Null);
-        let to = after.get(k).cloned().unwrap_or(Value::Null);
-        if from != to {
-            out.insert(k.clone(), json!({"from": from, "to": to}));
-        }
-    }
+    diff_into("", previous, Some(current), &mut out);
     Value::Object(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// The definition: flatten both sides to `a.b` keys, compare key by key.
+    fn reference_diff(previous: Option<&Value>, current: &Value) -> Value {
+        fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+            match v {
+                Value::Object(m) => {
+                    if m.is_empty() && !prefix.is_empty() {
+                        out.insert(prefix.to_owned(), json!({}));
+                    }
+                    for (k, v) in m {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        flatten(&key, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_owned(), other.clone());
+                }
+            }
+        }
+        let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
+        if let Some(p) = previous {
+            flatten("", p, &mut before);
+        }
+        flatten("", current, &mut after);
+        let mut out = Map::new();
+        for k in before.keys().chain(after.keys()) {
+            let from = before.get(k).cloned().unwrap_or(Value::Null);
+            let to = after.get(k).cloned().unwrap_or(Value::Null);
+            if from != to {
+                out.insert(k.clone(), json!({"from": from, "to": to}));
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (0i64..4).prop_map(Value::from),
+            "[ab]{0,2}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop::collection::btree_map("[abc]", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        })
+    }
+
+    fn json_object() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map("[abcd]", json_value(), 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_flattening_definition(a in json_object(), b in json_object(), first in any::<bool>()) {
+            let previous = (!first).then_some(&a);
+            prop_assert_eq!(field_diff(previous, &b), reference_diff(previous, &b));
+        }
+    }
 
     #[test]
     fn one_field_several_fields_nested_and_first_version() {
