@@ -464,6 +464,9 @@ async fn new_transactional_producer(
 
 /// Rebuilds the index from the compacted state topic: the highest version of every
 /// cluster+facet, with its recent request ids.
+/// A state record as read: payload, recent-requests header, offset.
+type RawState = (Vec<u8>, Option<Vec<u8>>, i64);
+
 async fn rebuild_index(
     clients: &KafkaClients,
     layout: &TopicLayout,
@@ -471,19 +474,44 @@ async fn rebuild_index(
 ) -> Result<Index> {
     let mut index = Index::default();
     for partition in 0..layout.partitions {
-        let mut raw = Vec::new();
+        // The state topic is keyed by cluster/facet and written by one writer at a time,
+        // so the last record of a key in its partition is its head: keep only that one's
+        // bytes while reading (reusing the buffers), and decode one record per head, not
+        // one per change the topic still holds before compaction.
+        let mut latest: HashMap<Vec<u8>, RawState> = HashMap::new();
+        let mut unkeyed = Vec::new();
         read_partition_to_end(clients, &layout.state, partition, "index-rebuild", |m| {
             if let Some(payload) = m.payload() {
                 let recent = m.headers().and_then(|h| {
                     h.iter()
                         .find(|h| h.key == RECENT_HEADER)
-                        .and_then(|h| h.value.map(<[u8]>::to_vec))
+                        .and_then(|h| h.value)
                 });
-                raw.push((payload.to_vec(), recent, m.offset()));
+                match m.key() {
+                    Some(key) => match latest.get_mut(key) {
+                        Some((p, r, o)) => {
+                            p.clear();
+                            p.extend_from_slice(payload);
+                            *r = recent.map(<[u8]>::to_vec);
+                            *o = m.offset();
+                        }
+                        None => {
+                            latest.insert(
+                                key.to_vec(),
+                                (payload.to_vec(), recent.map(<[u8]>::to_vec), m.offset()),
+                            );
+                        }
+                    },
+                    None => {
+                        unkeyed.push((payload.to_vec(), recent.map(<[u8]>::to_vec), m.offset()))
+                    }
+                }
             }
             Ok(())
         })
         .await?;
+        let mut raw: Vec<_> = latest.into_values().chain(unkeyed).collect();
+        raw.sort_unstable_by_key(|(_, _, offset)| *offset);
         for (payload, recent, offset) in raw {
             let record = codec.decode(&payload).await.map_err(|e| Error::Corrupt {
                 topic: layout.state.clone(),
