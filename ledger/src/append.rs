@@ -24,7 +24,7 @@ use fleetledger_schemas::{Facet, FacetState, RecordCodec, RecordMeta, StateRecor
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -583,6 +583,9 @@ struct Written {
 /// A change that passed every check and waits for its transaction.
 struct Accepted {
     reply_to: Vec<oneshot::Sender<Result<Appended>>>,
+    /// Whether the client gave the idempotency key (only those enter the window: a
+    /// generated key names a version, so no retry could ever repeat it).
+    keyed: bool,
     request_id: String,
     digest: String,
     record: StateRecord,
@@ -682,7 +685,8 @@ impl Writer {
                     continue;
                 }
                 if let Some(a) = accepted.iter_mut().find(|a| {
-                    &a.request_id == rid
+                    a.keyed
+                        && &a.request_id == rid
                         && a.record.meta.cluster_id == key.0
                         && a.record.facet() == facet
                 }) {
@@ -727,6 +731,7 @@ impl Writer {
                 None => self.clock.now().max(cur_ts),
             };
             let ts = DateTime::from_timestamp_millis(ts.timestamp_millis()).unwrap_or(ts);
+            let keyed = request.request_id.is_some();
             let request_id = request
                 .request_id
                 .clone()
@@ -759,6 +764,7 @@ impl Writer {
             );
             accepted.push(Accepted {
                 reply_to: vec![reply],
+                keyed,
                 request_id,
                 digest,
                 partition: partition_for(&key.0, self.layout.partitions),
@@ -798,8 +804,13 @@ impl Writer {
         result
     }
 
+    /// Sends every history record and every state record of the transaction. A state
+    /// record carries its key's idempotency window (client-keyed requests only) in a
+    /// header; a window that gains an entry needs that change's history offset, so only a
+    /// transaction with keyed changes waits for the history deliveries before sending the
+    /// state records; otherwise both go out at once.
     async fn produce_all(&self, accepted: &[Accepted]) -> Result<Written> {
-        let mut futures = Vec::with_capacity(accepted.len());
+        let mut history = Vec::with_capacity(accepted.len());
         for a in accepted {
             let key = format!(
                 "{}/{}/{:020}",
@@ -812,24 +823,20 @@ impl Writer {
                 .payload(&a.payload)
                 .partition(a.partition)
                 .timestamp(a.record.meta.ts.timestamp_millis());
-            futures.push(
+            history.push(
                 self.producer
                     .send_result(rec)
                     .map_err(|(e, _)| Error::kafka("produce history", e))?,
             );
         }
         let mut offsets = Vec::with_capacity(accepted.len());
-        for f in futures {
-            match f.await {
-                Ok(Ok(d)) => offsets.push(d.offset),
-                Ok(Err((e, _))) => return Err(Error::kafka("produce history", e)),
-                Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
-            }
+        if accepted.iter().any(|a| a.keyed) {
+            offsets = delivered_offsets(std::mem::take(&mut history), "produce history").await?;
         }
         let index = self.index.read().await;
         let mut recents: HashMap<Key, VecDeque<RecentRequest>> = HashMap::new();
-        let mut futures = Vec::with_capacity(accepted.len());
-        for (a, offset) in accepted.iter().zip(&offsets) {
+        let mut state = Vec::with_capacity(accepted.len());
+        for (i, a) in accepted.iter().enumerate() {
             let k = (a.record.meta.cluster_id.clone(), a.record.facet());
             let recent = recents.entry(k.clone()).or_insert_with(|| {
                 index
@@ -838,39 +845,44 @@ impl Writer {
                     .map(|h| h.recent.clone())
                     .unwrap_or_default()
             });
-            recent.push_back(RecentRequest {
-                request_id: a.request_id.clone(),
-                digest: a.digest.clone(),
-                result: appended_of(a, *offset),
-            });
-            while recent.len() > self.config.idempotency_window.max(1) {
-                recent.pop_front();
+            if a.keyed {
+                recent.push_back(RecentRequest {
+                    request_id: a.request_id.clone(),
+                    digest: a.digest.clone(),
+                    result: appended_of(a, offsets[i]),
+                });
+                while recent.len() > self.config.idempotency_window.max(1) {
+                    recent.pop_front();
+                }
             }
-            let header = serde_json::to_vec(&recent).unwrap_or_default();
+            let header = if recent.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_vec(&recent).unwrap_or_default())
+            };
             let key = format!("{}/{}", k.0, k.1);
-            let rec = FutureRecord::to(&self.layout.state)
+            let mut rec = FutureRecord::to(&self.layout.state)
                 .key(&key)
                 .payload(&a.payload)
                 .partition(a.partition)
-                .timestamp(a.record.meta.ts.timestamp_millis())
-                .headers(OwnedHeaders::new().insert(Header {
+                .timestamp(a.record.meta.ts.timestamp_millis());
+            if let Some(header) = &header {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
                     key: RECENT_HEADER,
-                    value: Some(&header),
+                    value: Some(header),
                 }));
-            futures.push(
+            }
+            state.push(
                 self.producer
                     .send_result(rec)
                     .map_err(|(e, _)| Error::kafka("produce state", e))?,
             );
         }
         drop(index);
-        for f in futures {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Error::kafka("produce state", e)),
-                Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
-            }
+        if !history.is_empty() {
+            offsets = delivered_offsets(history, "produce history").await?;
         }
+        delivered_offsets(state, "produce state").await?;
         Ok(Written { offsets, recents })
     }
 
@@ -949,6 +961,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// The offsets of delivered records, in send order; the first failure fails them all.
+async fn delivered_offsets(futures: Vec<DeliveryFuture>, what: &str) -> Result<Vec<i64>> {
+    let mut offsets = Vec::with_capacity(futures.len());
+    for f in futures {
+        match f.await {
+            Ok(Ok(d)) => offsets.push(d.offset),
+            Ok(Err((e, _))) => return Err(Error::kafka(what, e)),
+            Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
+        }
+    }
+    Ok(offsets)
 }
 
 fn appended_of(a: &Accepted, offset: i64) -> Appended {

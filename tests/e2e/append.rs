@@ -382,6 +382,27 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     assert_eq!(recs.len(), 4);
     assert_eq!(recs[3]["prev_hash"], last["hash"]);
     second.stop().await;
+
+    // Version 4 came without an idempotency key, so it entered no window; the keyed
+    // requests before it still answer after another restart (the window rides along in
+    // the state record of the unkeyed change).
+    let third = TestServer::start(config(&prefix)).await;
+    let api = Api::new(&third);
+    let (st, replay) = api
+        .append(
+            c,
+            "logical",
+            "dev-frontend",
+            &logical(3),
+            &[("idempotency-key", "key-3")],
+        )
+        .await;
+    assert_eq!((st, &replay), (201, &last));
+    let (_, h) = api
+        .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
+        .await;
+    assert_eq!(h["records"].as_array().unwrap().len(), 4, "{h}");
+    third.stop().await;
 }
 
 #[tokio::test]
