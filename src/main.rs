@@ -10,6 +10,10 @@ use fleetledger::{Config, server};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc malloc: see `Cargo.toml` for the profiles behind it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetledger",

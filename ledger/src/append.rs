@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::cluster_history::{ClusterHistory, HistoryEntry, RecoveryPlan};
 use crate::error::{Error, Result};
-use crate::hash_chain::{body_digest, record_hash};
+use crate::hash_chain::{body_digest, canonical_state, record_hash_of_canonical};
 use crate::kafka::{KafkaClients, read_partition_ranges, read_partition_to_end};
 use crate::partitioner::partition_for;
 use crate::principals::{IMPORT, Ownership, RECOVERY};
@@ -672,7 +672,14 @@ impl Writer {
             let facet = request.state.facet();
             let key = (request.cluster_id.clone(), facet);
             let head = index.heads.get(&key);
-            let digest = body_digest(&request.state, request.reason.as_deref());
+            // The state's canonical JSON, hashed into the record and (for a keyed
+            // request, whose retries must be recognised) into the body digest.
+            let canonical = canonical_state(&request.state);
+            let digest = if request.request_id.is_some() {
+                body_digest(&canonical, request.reason.as_deref())
+            } else {
+                String::new()
+            };
             if let Some(rid) = &request.request_id {
                 let earlier = head.and_then(|h| h.recent.iter().find(|r| &r.request_id == rid));
                 if let Some(e) = earlier {
@@ -746,7 +753,7 @@ impl Writer {
                 prev_hash: cur_hash,
                 hash: String::new(),
             };
-            meta.hash = record_hash(&meta, &request.state);
+            meta.hash = record_hash_of_canonical(&meta, facet, &canonical);
             let record = StateRecord {
                 meta,
                 state: request.state,

@@ -11,11 +11,22 @@ use sha2::{Digest, Sha256};
 /// The hash of a record whose metadata (except `hash`) and state are given. Canonical
 /// input: one field per line in a fixed order, the state as JSON with sorted map keys.
 pub fn record_hash(meta: &RecordMeta, state: &FacetState) -> String {
+    record_hash_of_canonical(meta, state.facet(), &canonical_state(state))
+}
+
+/// A state's canonical JSON (sorted map keys), the form both [`record_hash`] and
+/// [`body_digest`] hash; computed once per change by the append path.
+pub fn canonical_state(state: &FacetState) -> String {
+    state.to_json().to_string()
+}
+
+/// [`record_hash`] of a state already in canonical form ([`canonical_state`]).
+pub fn record_hash_of_canonical(meta: &RecordMeta, facet: Facet, canonical: &str) -> String {
     let mut h = Sha256::new();
     let reason = meta.reason.as_deref().unwrap_or("");
     for part in [
         meta.cluster_id.as_str(),
-        state.facet().as_str(),
+        facet.as_str(),
         &meta.version.to_string(),
         meta.writer.as_str(),
         meta.request_id.as_str(),
@@ -26,15 +37,16 @@ pub fn record_hash(meta: &RecordMeta, state: &FacetState) -> String {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    h.update(state.to_json().to_string().as_bytes());
+    h.update(canonical.as_bytes());
     hex::encode(h.finalize())
 }
 
-/// The SHA-256 of a request body, to tell a repeated idempotency key with the same body
-/// from one with a different body.
-pub fn body_digest(state: &FacetState, reason: Option<&str>) -> String {
+/// The SHA-256 of a request body (its state in canonical form, [`canonical_state`], and
+/// its reason), to tell a repeated idempotency key with the same body from one with a
+/// different body.
+pub fn body_digest(canonical: &str, reason: Option<&str>) -> String {
     let mut h = Sha256::new();
-    h.update(state.to_json().to_string().as_bytes());
+    h.update(canonical.as_bytes());
     h.update([0]);
     h.update(reason.unwrap_or("").as_bytes());
     hex::encode(h.finalize())

@@ -69,8 +69,16 @@ impl TopicLayout {
             }
             m
         };
+        // The state topic is read whole at every start (the index rebuild); the cleaner
+        // only compacts rolled segments, and the default roll is a week or 1 GiB, so
+        // without this a restart reads every state record of the last week. An hour,
+        // unless `kafka.topic_configs` says otherwise.
+        let mut state = data();
+        state
+            .entry("segment.ms".to_owned())
+            .or_insert_with(|| STATE_SEGMENT_MS.to_string());
         vec![
-            (self.state.clone(), self.partitions, data()),
+            (self.state.clone(), self.partitions, state),
             (self.history.clone(), self.partitions, data()),
             (
                 self.schemas.clone(),
@@ -216,6 +224,10 @@ const PROTECTED_CONFIGS: [&str; 4] = [
 ];
 
 /// The configs whose values decide whether history is safe; others may differ.
+/// The state topic's default `segment.ms` (one hour): how old an uncompacted state record
+/// can grow before the cleaner may remove it.
+const STATE_SEGMENT_MS: i64 = 3_600_000;
+
 const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.timestamp.type"];
 
 /// Partition count of every topic in the cluster.
@@ -236,4 +248,45 @@ pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<
     })
     .await
     .map_err(|e| Error::Config(format!("metadata task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(topic_configs: &[(&str, &str)]) -> TopicLayout {
+        TopicLayout {
+            state: "p.state.v1".into(),
+            history: "p.history.v1".into(),
+            schemas: "p._schemas".into(),
+            partitions: 6,
+            replication_factor: 1,
+            topic_configs: topic_configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn configs_of(layout: &TopicLayout, topic: &str) -> BTreeMap<String, String> {
+        layout
+            .specs()
+            .into_iter()
+            .find(|(name, _, _)| name == topic)
+            .map(|(_, _, c)| c)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_state_topic_rolls_hourly_unless_configured_and_history_keeps_the_default() {
+        let l = layout(&[]);
+        let state = configs_of(&l, "p.state.v1");
+        assert_eq!(state["segment.ms"], "3600000");
+        assert_eq!(state["cleanup.policy"], "compact");
+        assert!(!configs_of(&l, "p.history.v1").contains_key("segment.ms"));
+
+        let l = layout(&[("segment.ms", "60000")]);
+        assert_eq!(configs_of(&l, "p.state.v1")["segment.ms"], "60000");
+        assert_eq!(configs_of(&l, "p.history.v1")["segment.ms"], "60000");
+    }
 }

@@ -55,7 +55,9 @@ impl AuditLog {
         let r = &h.record;
         let key = format!("{}/{}", r.meta.cluster_id, r.facet());
         let state = r.state.to_json();
-        let diff = field_diff(self.last.get(&key), &state);
+        // One lookup: the previous state is diffed and then replaced in place.
+        let previous = self.last.get_mut(&key);
+        let diff = field_diff(previous.as_deref(), &state);
         self.by_cluster
             .entry(r.meta.cluster_id.clone())
             .or_default()
@@ -73,7 +75,12 @@ impl AuditLog {
             partition: h.partition,
             offset: h.offset,
         });
-        self.last.insert(key, state);
+        match previous {
+            Some(p) => *p = state,
+            None => {
+                self.last.insert(key, state);
+            }
+        }
     }
 
     /// The latest state of every `cluster/facet`, for the checkpoint.

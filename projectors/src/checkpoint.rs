@@ -4,7 +4,7 @@
 //! so no record is applied twice or skipped.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -203,22 +203,43 @@ impl CheckpointStore {
         if mark.rows == 0 {
             return Ok(Vec::new());
         }
-        let mut bytes =
-            std::fs::read(&path).map_err(|e| bad(format!("cannot read the rows: {e}")))?;
-        if (bytes.len() as u64) < mark.bytes {
+        // Streamed line by line up to the mark (the file may hold more, written after
+        // the checkpoint): no copy of the whole file in memory, and the rows vector is
+        // sized once.
+        let file =
+            std::fs::File::open(&path).map_err(|e| bad(format!("cannot read the rows: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| bad(format!("cannot read the rows: {e}")))?
+            .len();
+        if len < mark.bytes {
             return Err(bad(format!(
-                "the rows file has {} bytes, the checkpoint counts {}",
-                bytes.len(),
+                "the rows file has {len} bytes, the checkpoint counts {}",
                 mark.bytes
             )));
         }
-        bytes.truncate(mark.bytes as usize);
-        let rows = bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l))
-            .collect::<std::result::Result<Vec<T>, _>>()
-            .map_err(|e| bad(format!("a row does not parse: {e}")))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file).take(mark.bytes);
+        // A row is at least `{}` and its newline, so a corrupt count cannot make this
+        // allocate more than the file could hold.
+        let mut rows = Vec::with_capacity(mark.rows.min((mark.bytes / 3) as usize));
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| bad(format!("cannot read the rows: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let row = line.strip_suffix(b"\n").unwrap_or(&line);
+            if row.is_empty() {
+                continue;
+            }
+            rows.push(
+                serde_json::from_slice(row)
+                    .map_err(|e| bad(format!("row {} does not parse: {e}", rows.len() + 1)))?,
+            );
+        }
         if rows.len() != mark.rows {
             return Err(bad(format!(
                 "the rows file holds {} rows, the checkpoint counts {}",
@@ -298,6 +319,14 @@ mod tests {
             bytes: m2.bytes + 10,
         };
         assert!(store.load_rows::<i32>("audit_log", long).is_err());
+        let miscounted = RowsMark { rows: 9, ..m2 };
+        let err = store.load_rows::<i32>("audit_log", miscounted).unwrap_err();
+        assert!(err.to_string().contains("holds 4 rows"), "{err}");
+        // A garbled row is named by its number.
+        let text = std::fs::read_to_string(store.rows_path("audit_log")).unwrap();
+        std::fs::write(store.rows_path("audit_log"), text.replace("\n2\n", "\nx\n")).unwrap();
+        let err = store.load_rows::<i32>("audit_log", m2).unwrap_err();
+        assert!(err.to_string().contains("row 2 does not parse"), "{err}");
         store.remove("audit_log").unwrap();
         assert!(!store.rows_path("audit_log").exists());
         std::fs::remove_dir_all(&dir).ok();
