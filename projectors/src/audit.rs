@@ -58,10 +58,13 @@ impl AuditLog {
         // One lookup: the previous state is diffed and then replaced in place.
         let previous = self.last.get_mut(&key);
         let diff = field_diff(previous.as_deref(), &state);
-        self.by_cluster
-            .entry(r.meta.cluster_id.clone())
-            .or_default()
-            .push(self.rows.len());
+        let row = self.rows.len();
+        match self.by_cluster.get_mut(&r.meta.cluster_id) {
+            Some(rows) => rows.push(row),
+            None => {
+                self.by_cluster.insert(r.meta.cluster_id.clone(), vec![row]);
+            }
+        }
         self.rows.push(AuditRow {
             cluster_id: r.meta.cluster_id.clone(),
             facet: r.facet().as_str().to_owned(),

@@ -1,6 +1,6 @@
 //! Field-level diffs between two versions of a facet's state, for the audit log and recovery.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
 
 use serde_json::{Map, Value, json};
 
@@ -40,13 +40,34 @@ fn diff_into(
     if b.is_none() && a.is_none() {
         return;
     }
-    let keys: BTreeSet<&str> = b
-        .into_iter()
-        .chain(a)
-        .flat_map(|m| m.keys().map(String::as_str))
-        .collect();
-    for k in keys {
-        let (x, y) = (b.and_then(|m| m.get(k)), a.and_then(|m| m.get(k)));
+    // Both maps iterate in key order (serde_json's map is a BTreeMap: the crate does not
+    // enable `preserve_order`; the property test below would catch it), so one merge walk
+    // pairs their keys: no key set, no lookups.
+    let empty = Map::new();
+    let mut before_fields = b.unwrap_or(&empty).iter().peekable();
+    let mut after_fields = a.unwrap_or(&empty).iter().peekable();
+    loop {
+        let order = match (before_fields.peek(), after_fields.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((kb, _)), Some((ka, _))) => kb.as_str().cmp(ka.as_str()),
+        };
+        let (k, x, y) = match order {
+            Ordering::Less => {
+                let (k, x) = before_fields.next().expect("peeked");
+                (k, Some(x), None)
+            }
+            Ordering::Greater => {
+                let (k, y) = after_fields.next().expect("peeked");
+                (k, None, Some(y))
+            }
+            Ordering::Equal => {
+                let (k, x) = before_fields.next().expect("peeked");
+                let (_, y) = after_fields.next().expect("peeked");
+                (k, Some(x), Some(y))
+            }
+        };
         // Equal subtrees have no differences: skip them without building their names.
         if x.is_some() && x == y {
             continue;
