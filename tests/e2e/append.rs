@@ -322,6 +322,18 @@ async fn fifty_racing_writers_win_one_version_each() {
     server.stop().await;
 }
 
+/// The retry of the third keyed append of `a_restarted_server_…`: status and answer.
+async fn retry_key_3(api: &Api, c: &str) -> (u16, Value) {
+    api.append(
+        c,
+        "logical",
+        "dev-frontend",
+        &logical(3),
+        &[("idempotency-key", "key-3")],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     let prefix = unique_prefix("restart-ledger");
@@ -353,16 +365,7 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     assert_eq!(cur["facets"]["logical"]["hash"], last["hash"]);
 
     // A retry of an earlier request after the restart gets its original answer.
-    let (st, replay) = api
-        .append(
-            c,
-            "logical",
-            "dev-frontend",
-            &logical(3),
-            &[("idempotency-key", "key-3")],
-        )
-        .await;
-    assert_eq!((st, &replay), (201, &last));
+    assert_eq!(retry_key_3(&api, c).await, (201, last.clone()));
 
     let (st, v) = api
         .append(
@@ -388,16 +391,7 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     // the state record of the unkeyed change).
     let third = TestServer::start(config(&prefix)).await;
     let api = Api::new(&third);
-    let (st, replay) = api
-        .append(
-            c,
-            "logical",
-            "dev-frontend",
-            &logical(3),
-            &[("idempotency-key", "key-3")],
-        )
-        .await;
-    assert_eq!((st, &replay), (201, &last));
+    assert_eq!(retry_key_3(&api, c).await, (201, last.clone()));
     let (_, h) = api
         .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
         .await;
