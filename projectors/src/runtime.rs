@@ -387,7 +387,7 @@ impl Projector {
             waiting_for_decoded_ms = waiting.as_millis() as u64,
             applying_ms = applying.as_millis() as u64,
             checkpoint_ms = t.elapsed().as_millis() as u64,
-            "rebuild finished"
+            "caught up with the history"
         );
         match first_failure {
             Some(e) => Err(e),
