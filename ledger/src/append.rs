@@ -668,6 +668,9 @@ impl Writer {
         let mut accepted: Vec<Accepted> = Vec::new();
         // Per key: (version, hash, ts) after the changes of this batch so far.
         let mut overlay: HashMap<Key, (i64, String, DateTime<Utc>)> = HashMap::new();
+        // Keyed changes accepted so far: (key, request id) → index in `accepted`, so a
+        // repeat within the batch is found without scanning it.
+        let mut keyed_in_batch: HashMap<(Key, String), usize> = HashMap::new();
         for Pending { request, reply } in batch {
             let facet = request.state.facet();
             let key = (request.cluster_id.clone(), facet);
@@ -691,12 +694,10 @@ impl Writer {
                     let _ = reply.send(answer);
                     continue;
                 }
-                if let Some(a) = accepted.iter_mut().find(|a| {
-                    a.keyed
-                        && &a.request_id == rid
-                        && a.record.meta.cluster_id == key.0
-                        && a.record.facet() == facet
-                }) {
+                if let Some(a) = keyed_in_batch
+                    .get(&(key.clone(), rid.clone()))
+                    .map(|&i| &mut accepted[i])
+                {
                     if a.digest == digest {
                         a.reply_to.push(reply);
                     } else {
@@ -769,6 +770,9 @@ impl Writer {
                 key.clone(),
                 (record.meta.version, record.meta.hash.clone(), ts),
             );
+            if keyed {
+                keyed_in_batch.insert((key.clone(), request_id.clone()), accepted.len());
+            }
             accepted.push(Accepted {
                 reply_to: vec![reply],
                 keyed,

@@ -476,6 +476,49 @@ async fn batch_items_are_independent() {
 }
 
 #[tokio::test]
+async fn a_key_repeated_within_one_batch_is_one_change() {
+    let cfg = config(&unique_prefix("batch-keys"));
+    let server = TestServer::start(cfg.clone()).await;
+    let api = Api::new(&server);
+    let item = |c: &str, cku: i64, key: Option<&str>| {
+        let mut v = json!({"cluster_id": c, "facet": "logical", "state": logical(cku)});
+        if let Some(k) = key {
+            v["idempotency_key"] = json!(k);
+        }
+        v
+    };
+    let items = vec![
+        item("lkc-k1", 2, Some("k")),
+        item("lkc-k1", 2, Some("k")), // the same request again: the same answer
+        item("lkc-k1", 3, Some("k")), // the same key with another body: refused
+        item("lkc-k2", 2, Some("k")), // the same key on another cluster: its own change
+        item("lkc-k3", 2, None),      // unkeyed: two changes, two versions
+        item("lkc-k3", 2, None),
+    ];
+    let (st, v) = api
+        .post_raw(
+            "/v1/batch",
+            Some("dev-frontend"),
+            &[("content-type", "application/json")],
+            json!({"items": items}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let results = v["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 422, 201, 201, 201], "{v}");
+    assert_eq!(results[0]["body"], results[1]["body"], "{v}");
+    assert_eq!(results[3]["body"]["version"], 1, "{v}");
+    assert_eq!(results[4]["body"]["version"], 1, "{v}");
+    assert_eq!(results[5]["body"]["version"], 2, "{v}");
+    assert_eq!(history_keys(&cfg).await.len(), 4);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn records_decode_with_the_registry_and_aborted_transactions_stay_invisible() {
     let cfg = config(&unique_prefix("decode"));
     let server = TestServer::start(cfg.clone()).await;
