@@ -455,11 +455,7 @@ impl Projector {
 
     /// Up to `batch_max` raw records (waiting at most `wait` for the first), and the
     /// partitions that reported their end.
-    async fn next_batch(
-        &self,
-        consumer: &LedgerConsumer,
-        wait: Duration,
-    ) -> Result<(Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>)> {
+    async fn next_batch(&self, consumer: &LedgerConsumer, wait: Duration) -> Result<RawBatch> {
         let mut batch = Vec::new();
         let mut eofs = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
@@ -496,18 +492,31 @@ impl Projector {
         Ok((batch, eofs))
     }
 
-    /// Reads and decodes batches on a task of its own, up to two batches ahead of the
-    /// caller, so that decoding (one core) overlaps applying (the other). A record that
+    /// Reads batches on one task and decodes them on another, each up to eight batches
+    /// ahead of the next stage, so that reading, decoding and applying overlap (with two
+    /// batches of look-ahead, applying waited 2.7 s of a 9 s rebuild; with a separate
+    /// decoding stage and eight, 0.5–1 s of 7 s). A record that
     /// cannot be decoded stops its partition there (the partition is paused and its later
     /// records are dropped unapplied, so its next offset stays at the bad record); the other
     /// partitions go on. The task ends on a read error or when the [`ReadAhead`] is dropped.
     fn read_ahead(&self, consumer: Arc<LedgerConsumer>, wait: Duration) -> ReadAhead {
-        let (tx, rx) = mpsc::channel(2);
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawBatch>>(8);
+        let (tx, rx) = mpsc::channel(8);
+        let me = self.clone();
+        let reader = consumer.clone();
+        let read = tokio::spawn(async move {
+            loop {
+                let next = me.next_batch(&reader, wait).await;
+                let failed = next.is_err();
+                if raw_tx.send(next).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
         let me = self.clone();
         let task = tokio::spawn(async move {
             let mut stopped: BTreeMap<i32, i64> = BTreeMap::new();
-            loop {
-                let next = me.next_batch(&consumer, wait).await;
+            while let Some(next) = raw_rx.recv().await {
                 let decoded = match next {
                     Ok((batch, eofs)) => {
                         let d = me.decode_batch(batch, eofs, &mut stopped).await;
@@ -528,7 +537,10 @@ impl Projector {
                 }
             }
         });
-        ReadAhead { rx, task }
+        ReadAhead {
+            rx,
+            tasks: [read, task],
+        }
     }
 
     /// Decodes a raw batch. Records of partitions in `stopped` (partition → offset of its
@@ -637,8 +649,12 @@ struct DecodedBatch {
 #[derive(Debug)]
 struct ReadAhead {
     rx: mpsc::Receiver<Result<DecodedBatch>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The reading and the decoding task.
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
+
+/// Raw records `(partition, offset, payload)` and the partitions that reported their end.
+type RawBatch = (Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>);
 
 impl ReadAhead {
     /// The next batch, or why there is none.
@@ -655,6 +671,8 @@ impl ReadAhead {
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
