@@ -53,6 +53,17 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/batch` of `items` as `token`: status and answer.
+    pub(crate) async fn batch(&self, token: &str, items: &[Value]) -> (u16, Value) {
+        self.post_raw(
+            "/v1/batch",
+            Some(token),
+            &[("content-type", "application/json")],
+            json!({ "items": items }).to_string().into_bytes(),
+        )
+        .await
+    }
+
     pub(crate) async fn append(
         &self,
         cluster: &str,
@@ -453,14 +464,7 @@ async fn batch_items_are_independent() {
             json!({"cluster_id": "lkc-b2", "facet": "status", "state": {"phase": "running", "cku": 2, "brokers_ready": 3, "observed_version": 1}}),
         ])
         .collect();
-    let (st, v) = api
-        .post_raw(
-            "/v1/batch",
-            Some("dev-frontend"),
-            &[("content-type", "application/json")],
-            json!({"items": items}).to_string().into_bytes(),
-        )
-        .await;
+    let (st, v) = api.batch("dev-frontend", &items).await;
     assert_eq!(st, 200, "{v}");
     let statuses: Vec<u64> = v["results"]
         .as_array()
@@ -495,14 +499,7 @@ async fn a_key_repeated_within_one_batch_is_one_change() {
         item("lkc-k3", 2, None),      // unkeyed: two changes, two versions
         item("lkc-k3", 2, None),
     ];
-    let (st, v) = api
-        .post_raw(
-            "/v1/batch",
-            Some("dev-frontend"),
-            &[("content-type", "application/json")],
-            json!({"items": items}).to_string().into_bytes(),
-        )
-        .await;
+    let (st, v) = api.batch("dev-frontend", &items).await;
     assert_eq!(st, 200, "{v}");
     let results = v["results"].as_array().unwrap();
     let statuses: Vec<u64> = results

@@ -253,14 +253,7 @@ async fn a_projector_killed_at_random_points_ends_equal_to_a_clean_rebuild() {
                         }
                     })
                     .collect();
-                let (st, v) = api
-                    .post_raw(
-                        "/v1/batch",
-                        Some("dev-frontend"),
-                        &[("content-type", "application/json")],
-                        json!({"items": items}).to_string().into_bytes(),
-                    )
-                    .await;
+                let (st, v) = api.batch("dev-frontend", &items).await;
                 assert_eq!(st, 200);
                 let ok = v["results"]
                     .as_array()
