@@ -678,7 +678,8 @@ impl Writer {
             // The state's canonical JSON, hashed into the record and (for a keyed
             // request, whose retries must be recognised) into the body digest.
             let canonical = canonical_state(&request.state);
-            let digest = if request.request_id.is_some() {
+            let keyed = request.request_id.is_some();
+            let digest = if keyed {
                 body_digest(&canonical, request.reason.as_deref())
             } else {
                 String::new()
@@ -739,7 +740,6 @@ impl Writer {
                 None => self.clock.now().max(cur_ts),
             };
             let ts = DateTime::from_timestamp_millis(ts.timestamp_millis()).unwrap_or(ts);
-            let keyed = request.request_id.is_some();
             let request_id = request
                 .request_id
                 .clone()

@@ -223,11 +223,11 @@ const PROTECTED_CONFIGS: [&str; 4] = [
     "message.timestamp.before.max.ms",
 ];
 
-/// The configs whose values decide whether history is safe; others may differ.
 /// The state topic's default `segment.ms` (one hour): how old an uncompacted state record
 /// can grow before the cleaner may remove it.
 const STATE_SEGMENT_MS: i64 = 3_600_000;
 
+/// The configs whose values decide whether history is safe; others may differ.
 const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.timestamp.type"];
 
 /// Partition count of every topic in the cluster.

@@ -498,10 +498,10 @@ impl Projector {
     /// decoding stage and eight, 0.5–1 s of 7 s). A record that
     /// cannot be decoded stops its partition there (the partition is paused and its later
     /// records are dropped unapplied, so its next offset stays at the bad record); the other
-    /// partitions go on. The task ends on a read error or when the [`ReadAhead`] is dropped.
+    /// partitions go on. Both tasks end on a read error or when the [`ReadAhead`] is dropped.
     fn read_ahead(&self, consumer: Arc<LedgerConsumer>, wait: Duration) -> ReadAhead {
-        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawBatch>>(8);
-        let (tx, rx) = mpsc::channel(8);
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<RawBatch>>(READ_AHEAD_BATCHES);
+        let (tx, rx) = mpsc::channel(READ_AHEAD_BATCHES);
         let me = self.clone();
         let reader = consumer.clone();
         let read = tokio::spawn(async move {
@@ -652,6 +652,9 @@ struct ReadAhead {
     /// The reading and the decoding task.
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
+
+/// Batches each read-ahead stage may run ahead of the next.
+const READ_AHEAD_BATCHES: usize = 8;
 
 /// Raw records `(partition, offset, payload)` and the partitions that reported their end.
 type RawBatch = (Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>);
