@@ -154,7 +154,12 @@ impl KafkaClients {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // librdkafka pauses fetching for this long whenever its prefetch queue is full
+            // (default 1000 ms). A reader that keeps up with its queue then starves for up
+            // to a second at a time: a rebuild of 1M records spent half its time so, and the
+            // raw consume rate varied 300k-650k records/s. At 10 ms both are steady.
+            .set("fetch.queue.backoff.ms", "10");
         c
     }
 

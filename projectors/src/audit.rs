@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::record::HistoryRecord;
-use fleetledger_schemas::diff::field_diff;
+use fleetledger_schemas::diff::write_state_diff;
+use fleetledger_schemas::{Facet, FacetState};
 
 /// One row of `audit_log`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,35 +37,44 @@ pub struct AuditRow {
     pub offset: i64,
 }
 
+/// What the audit log keeps per cluster: the latest state of each facet (to diff the
+/// next version against) and the indexes of its rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ClusterAudit {
+    /// Indexed by `Facet as usize`.
+    last: [Option<FacetState>; 4],
+    /// Indexes into [`AuditLog::rows`], ascending.
+    rows: Vec<usize>,
+}
+
 /// The audit log and the last state of every cluster+facet (to diff against).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditLog {
     /// Rows in the order the records were applied.
     pub rows: Vec<AuditRow>,
-    /// `cluster/facet` → its latest state JSON.
-    last: BTreeMap<String, Value>,
-    /// Cluster → the indexes of its rows in `rows`, ascending; derived from `rows`, not
-    /// checkpointed (see [`AuditLog::reindex`]).
-    #[serde(skip)]
-    by_cluster: HashMap<String, Vec<usize>>,
+    /// Cluster → its latest states and rows: one lookup per record. The states are
+    /// checkpointed ([`AuditLog::last_states`]); the row indexes are derived from `rows`.
+    clusters: HashMap<String, ClusterAudit>,
 }
 
 impl AuditLog {
-    /// Appends the row of `h`.
+    /// Appends the row of `h`. The diff is written straight from the typed states
+    /// ([`write_state_diff`]): no JSON tree per record.
     pub fn apply(&mut self, h: &HistoryRecord) {
         let r = &h.record;
-        let key = format!("{}/{}", r.meta.cluster_id, r.facet());
-        let state = r.state.to_json();
-        // One lookup: the previous state is diffed and then replaced in place.
-        let previous = self.last.get_mut(&key);
-        let diff = field_diff(previous.as_deref(), &state);
         let row = self.rows.len();
-        match self.by_cluster.get_mut(&r.meta.cluster_id) {
-            Some(rows) => rows.push(row),
-            None => {
-                self.by_cluster.insert(r.meta.cluster_id.clone(), vec![row]);
-            }
+        let cluster = match self.clusters.get_mut(&r.meta.cluster_id) {
+            Some(c) => c,
+            None => self.clusters.entry(r.meta.cluster_id.clone()).or_default(),
+        };
+        let slot = &mut cluster.last[r.facet() as usize];
+        let mut diff = String::with_capacity(64);
+        write_state_diff(&mut diff, slot.as_ref(), &r.state);
+        match slot {
+            Some(previous) => previous.clone_from(&r.state),
+            None => *slot = Some(r.state.clone()),
         }
+        cluster.rows.push(row);
         self.rows.push(AuditRow {
             cluster_id: r.meta.cluster_id.clone(),
             facet: r.facet().as_str().to_owned(),
@@ -73,43 +83,54 @@ impl AuditLog {
             writer: r.meta.writer.clone(),
             request_id: r.meta.request_id.clone(),
             reason: r.meta.reason.clone(),
-            diff: diff.to_string(),
+            diff,
             hash: r.meta.hash.clone(),
             partition: h.partition,
             offset: h.offset,
         });
-        match previous {
-            Some(p) => *p = state,
-            None => {
-                self.last.insert(key, state);
-            }
-        }
     }
 
-    /// The latest state of every `cluster/facet`, for the checkpoint.
-    pub fn last_states(&self) -> &BTreeMap<String, Value> {
-        &self.last
+    /// The latest state of every cluster+facet, for the checkpoint: it serializes as a
+    /// map of `cluster/facet` to the state's JSON, sorted by key.
+    pub fn last_states(&self) -> LastStates<'_> {
+        LastStates(self)
     }
 
-    /// An audit log of `rows` and the latest states `last` (from a checkpoint), indexed.
-    pub fn from_parts(rows: Vec<AuditRow>, last: BTreeMap<String, Value>) -> Self {
+    /// An audit log of `rows` and the latest states `last` (`cluster/facet` → state JSON,
+    /// from a checkpoint), indexed. An entry that names no facet or whose state does not
+    /// parse is an error that says which.
+    pub fn from_parts(rows: Vec<AuditRow>, last: BTreeMap<String, Value>) -> Result<Self, String> {
         let mut log = AuditLog {
             rows,
-            last,
-            by_cluster: HashMap::new(),
+            clusters: HashMap::new(),
         };
+        for (key, state) in last {
+            let (cluster_id, facet) = key
+                .rsplit_once('/')
+                .and_then(|(c, f)| Some((c, f.parse::<Facet>().ok()?)))
+                .ok_or_else(|| format!("last state {key:?} is not named cluster/facet"))?;
+            let state = FacetState::from_stored_json(facet, state)
+                .map_err(|e| format!("last state {key:?} does not parse: {e}"))?;
+            log.clusters.entry(cluster_id.to_owned()).or_default().last[facet as usize] =
+                Some(state);
+        }
         log.reindex();
-        log
+        Ok(log)
     }
 
-    /// Rebuilds the per-cluster index from `rows` (after loading a checkpoint).
+    /// Rebuilds the per-cluster row indexes from `rows` (after loading a checkpoint).
     pub fn reindex(&mut self) {
-        self.by_cluster.clear();
+        for c in self.clusters.values_mut() {
+            c.rows.clear();
+        }
         for (i, row) in self.rows.iter().enumerate() {
-            self.by_cluster
-                .entry(row.cluster_id.clone())
-                .or_default()
-                .push(i);
+            match self.clusters.get_mut(&row.cluster_id) {
+                Some(c) => c.rows.push(i),
+                None => {
+                    let c = self.clusters.entry(row.cluster_id.clone()).or_default();
+                    c.rows.push(i);
+                }
+            }
         }
     }
 
@@ -117,15 +138,38 @@ impl AuditLog {
     /// scanning other clusters' rows.
     pub fn offsets_of(&self, cluster_id: &str, partition: i32) -> Vec<i64> {
         let mut offsets: Vec<i64> = self
-            .by_cluster
+            .clusters
             .get(cluster_id)
             .into_iter()
-            .flatten()
+            .flat_map(|c| &c.rows)
             .filter_map(|&i| self.rows.get(i))
             .filter(|r| r.partition == partition)
             .map(|r| r.offset)
             .collect();
         offsets.sort_unstable();
         offsets
+    }
+}
+
+/// [`AuditLog::last_states`]: serializes as `{"cluster/facet": state, …}`, sorted by key,
+/// the shape [`AuditLog::from_parts`] reads back.
+#[derive(Debug, Clone, Copy)]
+pub struct LastStates<'a>(&'a AuditLog);
+
+impl Serialize for LastStates<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut entries: Vec<(String, &FacetState)> = self
+            .0
+            .clusters
+            .iter()
+            .flat_map(|(id, c)| {
+                c.last
+                    .iter()
+                    .flatten()
+                    .map(move |s| (format!("{id}/{}", s.facet()), s))
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        serializer.collect_map(entries)
     }
 }

@@ -58,9 +58,16 @@ impl BillingHours {
     pub fn apply(&mut self, h: &HistoryRecord) {
         let r = &h.record;
         let at = r.meta.ts.timestamp_millis();
+        if matches!(r.state, FacetState::Physical(_) | FacetState::Capacity(_)) {
+            return;
+        }
+        // The id is copied only for a new cluster, not for every record.
+        let c = match self.clusters.get_mut(&r.meta.cluster_id) {
+            Some(c) => c,
+            None => self.clusters.entry(r.meta.cluster_id.clone()).or_default(),
+        };
         match &r.state {
             FacetState::Logical(l) => {
-                let c = self.clusters.entry(r.meta.cluster_id.clone()).or_default();
                 c.org_id.clone_from(&l.org_id);
                 c.sku.clone_from(&l.sku);
                 c.cloud.clone_from(&l.cloud);
@@ -69,7 +76,6 @@ impl BillingHours {
                 c.billing.set_desired(at, desired);
             }
             FacetState::Status(s) => {
-                let c = self.clusters.entry(r.meta.cluster_id.clone()).or_default();
                 c.billing.set_actual(at, i64::from(s.billable_cku()));
             }
             FacetState::Physical(_) | FacetState::Capacity(_) => {}

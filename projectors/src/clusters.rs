@@ -85,7 +85,11 @@ impl Clusters {
     /// Applies one record: the facet's state replaces the older one.
     pub fn apply(&mut self, h: &HistoryRecord) {
         let r = &h.record;
-        let row = self.rows.entry(r.meta.cluster_id.clone()).or_default();
+        // The id is copied only for a new cluster, not for every record.
+        let row = match self.rows.get_mut(&r.meta.cluster_id) {
+            Some(row) => row,
+            None => self.rows.entry(r.meta.cluster_id.clone()).or_default(),
+        };
         let (version, ts_ms) = (r.meta.version, r.meta.ts.timestamp_millis());
         match &r.state {
             FacetState::Logical(s) => {

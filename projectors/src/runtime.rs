@@ -23,7 +23,7 @@ use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, LastStates};
 use crate::billing_hours::BillingHours;
 use crate::checkpoint::{CheckpointStore, RowsMark};
 use crate::clusters::Clusters;
@@ -174,7 +174,7 @@ struct AuditCheckpoint {
 /// [`AuditCheckpoint`] as written, borrowing the states.
 #[derive(Debug, Serialize)]
 struct AuditCheckpointRef<'a> {
-    last: &'a BTreeMap<String, serde_json::Value>,
+    last: LastStates<'a>,
     rows: RowsMark,
 }
 
@@ -207,7 +207,12 @@ impl Projector {
         let mut audit_mark = RowsMark::default();
         if let Some(cp) = store.load::<AuditCheckpoint>("audit_log")? {
             let rows = store.load_rows("audit_log", cp.state.rows)?;
-            p.audit = AuditLog::from_parts(rows, cp.state.last);
+            p.audit =
+                AuditLog::from_parts(rows, cp.state.last).map_err(|message| Error::Checkpoint {
+                    path: store.path("audit_log"),
+                    projection: "audit_log".to_owned(),
+                    message,
+                })?;
             audit_mark = cp.state.rows;
             p.offsets.insert("audit_log", cp.offsets);
         }
@@ -505,18 +510,38 @@ impl Projector {
         let me = self.clone();
         let reader = consumer.clone();
         let read = tokio::spawn(async move {
+            // Where this stage's time goes, logged at its end (debug).
+            let (mut reading, mut sending) = (Duration::ZERO, Duration::ZERO);
             loop {
+                let t = Instant::now();
                 let next = me.next_batch(&reader, wait).await;
+                reading += t.elapsed();
                 let failed = next.is_err();
+                let t = Instant::now();
                 if raw_tx.send(next).await.is_err() || failed {
                     break;
                 }
+                sending += t.elapsed();
             }
+            tracing::debug!(
+                reading_ms = reading.as_millis() as u64,
+                blocked_sending_ms = sending.as_millis() as u64,
+                "history reader stopped"
+            );
         });
         let me = self.clone();
         let task = tokio::spawn(async move {
             let mut stopped: BTreeMap<i32, i64> = BTreeMap::new();
-            while let Some(next) = raw_rx.recv().await {
+            // Where this stage's time goes, logged at its end (debug).
+            let (mut recv_w, mut dec, mut send_w) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            loop {
+                let t = Instant::now();
+                let Some(next) = raw_rx.recv().await else {
+                    break;
+                };
+                recv_w += t.elapsed();
+                let t = Instant::now();
                 let decoded = match next {
                     Ok((batch, eofs)) => {
                         let d = me.decode_batch(batch, eofs, &mut stopped).await;
@@ -532,10 +557,19 @@ impl Projector {
                     Err(e) => Err(e),
                 };
                 let failed = decoded.is_err();
+                dec += t.elapsed();
+                let t = Instant::now();
                 if tx.send(decoded).await.is_err() || failed {
                     break;
                 }
+                send_w += t.elapsed();
             }
+            tracing::debug!(
+                waiting_ms = recv_w.as_millis() as u64,
+                decoding_ms = dec.as_millis() as u64,
+                blocked_sending_ms = send_w.as_millis() as u64,
+                "history decoder stopped"
+            );
         });
         ReadAhead {
             rx,

@@ -369,14 +369,38 @@ impl FacetState {
 
     /// The state as JSON, with the field names other programs rely on.
     pub fn to_json(&self) -> serde_json::Value {
-        let v = match self {
-            FacetState::Logical(s) => serde_json::to_value(s),
-            FacetState::Physical(s) => serde_json::to_value(s),
-            FacetState::Capacity(s) => serde_json::to_value(s),
-            FacetState::Status(s) => serde_json::to_value(s),
-        };
         // Plain structs of strings, numbers and string maps always serialize.
-        v.unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Parses `facet`'s state as fleetledger stored it (e.g. in a projection checkpoint):
+    /// field names and types are checked, the domain rules are not, because the record
+    /// was accepted under the rules of its time.
+    pub fn from_stored_json(facet: Facet, json: serde_json::Value) -> Result<FacetState> {
+        fn parse<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> Result<T> {
+            serde_json::from_value(json).map_err(|e| Error::invalid("state", e.to_string()))
+        }
+        Ok(match facet {
+            Facet::Logical => FacetState::Logical(parse(json)?),
+            Facet::Physical => FacetState::Physical(parse(json)?),
+            Facet::Capacity => FacetState::Capacity(parse(json)?),
+            Facet::Status => FacetState::Status(parse(json)?),
+        })
+    }
+}
+
+/// Serializes as the inner state's JSON object, without naming the facet.
+impl Serialize for FacetState {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            FacetState::Logical(s) => s.serialize(serializer),
+            FacetState::Physical(s) => s.serialize(serializer),
+            FacetState::Capacity(s) => s.serialize(serializer),
+            FacetState::Status(s) => s.serialize(serializer),
+        }
     }
 }
 
