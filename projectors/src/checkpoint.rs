@@ -143,13 +143,16 @@ impl CheckpointStore {
 
     /// Appends `rows` to `projection`'s rows file, which first is cut back to `mark` (rows
     /// written after the last checkpoint by a run that crashed do not count), and fsyncs
-    /// it. Returns the new mark, which the caller then records in its checkpoint: the rows
-    /// a checkpoint counts are durable before the checkpoint is, so the two stay atomic.
-    pub fn append_rows<T: Serialize>(
+    /// it. `write_line` appends one row as a line of JSON ending in a newline, which
+    /// [`CheckpointStore::load_rows`] reads back. Returns the new mark, which the caller
+    /// then records in its checkpoint: the rows a checkpoint counts are durable before the
+    /// checkpoint is, so the two stay atomic.
+    pub fn append_rows<T>(
         &self,
         projection: &str,
         mark: RowsMark,
         rows: &[T],
+        mut write_line: impl FnMut(&T, &mut Vec<u8>),
     ) -> Result<RowsMark> {
         let path = self.rows_path(projection);
         let io = |source| Error::Io {
@@ -170,8 +173,10 @@ impl CheckpointStore {
         let mut line = Vec::with_capacity(256);
         for row in rows {
             line.clear();
-            serde_json::to_writer(&mut line, row).map_err(|e| io(std::io::Error::other(e)))?;
-            line.push(b'\n');
+            write_line(row, &mut line);
+            if line.last() != Some(&b'\n') {
+                line.push(b'\n');
+            }
             w.write_all(&line).map_err(io)?;
             bytes += line.len() as u64;
         }
@@ -294,22 +299,30 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    fn json_line(row: &i32, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, row).unwrap();
+    }
+
     #[test]
     fn rows_after_the_mark_are_cut_off() {
         let dir = std::env::temp_dir().join(format!("fl-rows-{}-{}", std::process::id(), line!()));
         let store = CheckpointStore::new(&dir, "t.history.v1", 1);
         let m1 = store
-            .append_rows("audit_log", RowsMark::default(), &[1, 2, 3])
+            .append_rows("audit_log", RowsMark::default(), &[1, 2, 3], json_line)
             .unwrap();
         assert_eq!(m1.rows, 3);
         // A run appends more rows, then crashes before its checkpoint.
-        store.append_rows("audit_log", m1, &[4, 5]).unwrap();
+        store
+            .append_rows("audit_log", m1, &[4, 5], json_line)
+            .unwrap();
         assert_eq!(
             store.load_rows::<i32>("audit_log", m1).unwrap(),
             vec![1, 2, 3]
         );
         // The next run continues from the checkpoint's mark.
-        let m2 = store.append_rows("audit_log", m1, &[40]).unwrap();
+        let m2 = store
+            .append_rows("audit_log", m1, &[40], json_line)
+            .unwrap();
         assert_eq!(
             store.load_rows::<i32>("audit_log", m2).unwrap(),
             vec![1, 2, 3, 40]

@@ -23,7 +23,7 @@ use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, LastStates};
+use crate::audit::{AuditLog, AuditRow, LastStates};
 use crate::billing_hours::BillingHours;
 use crate::checkpoint::{CheckpointStore, RowsMark};
 use crate::clusters::Clusters;
@@ -72,25 +72,33 @@ pub struct Projections {
 }
 
 impl Projections {
-    /// Applies `h` to every projection that has not applied its offset yet.
-    pub fn apply(&mut self, h: &HistoryRecord) {
-        for name in NAMES {
-            let next = self
-                .offsets
-                .entry(name)
-                .or_default()
-                .entry(h.partition)
-                .or_insert(0);
-            if h.offset < *next {
-                continue;
-            }
-            *next = h.offset + 1;
-            match name {
-                "clusters" => self.clusters.apply(h),
-                "billing_hours" => self.billing.apply(h),
-                _ => self.audit.apply(h),
-            }
+    /// Applies `h` to every projection that has not applied its offset yet (the audit
+    /// log, last, takes the record over).
+    pub fn apply(&mut self, h: HistoryRecord) {
+        if self.advance("clusters", h.partition, h.offset) {
+            self.clusters.apply(&h);
         }
+        if self.advance("billing_hours", h.partition, h.offset) {
+            self.billing.apply(&h);
+        }
+        if self.advance("audit_log", h.partition, h.offset) {
+            self.audit.apply(h);
+        }
+    }
+
+    /// Whether `name` has yet to apply `offset` of `partition`; if so, marks it applied.
+    fn advance(&mut self, name: &'static str, partition: i32, offset: i64) -> bool {
+        let next = self
+            .offsets
+            .entry(name)
+            .or_default()
+            .entry(partition)
+            .or_insert(0);
+        if offset < *next {
+            return false;
+        }
+        *next = offset + 1;
+        true
     }
 
     /// Marks `offset` of `partition` as consumed without a record (an erased one).
@@ -286,7 +294,8 @@ impl Projector {
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
             let new_rows = p.audit.rows.get(mark.rows..).unwrap_or_default();
-            let written = store.append_rows("audit_log", *mark, new_rows)?;
+            let written =
+                store.append_rows("audit_log", *mark, new_rows, AuditRow::write_json_line)?;
             store.save(
                 "audit_log",
                 off("audit_log"),
@@ -651,7 +660,7 @@ impl Projector {
             let mut p = self.shared.write().await;
             for d in records {
                 match d {
-                    Ok(h) => p.apply(&h),
+                    Ok(h) => p.apply(h),
                     Err((partition, offset)) => p.skip(partition, offset),
                 }
             }

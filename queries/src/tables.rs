@@ -164,7 +164,7 @@ fn string_eq(e: &Expr) -> Option<(String, String)> {
 fn audit_str<'a>(r: &'a AuditRow, col: &str) -> Option<&'a str> {
     Some(match col {
         "cluster_id" => &r.cluster_id,
-        "facet" => &r.facet,
+        "facet" => r.facet.as_str(),
         "writer" => &r.writer,
         "request_id" => &r.request_id,
         "hash" => &r.hash,
