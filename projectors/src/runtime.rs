@@ -470,11 +470,10 @@ impl Projector {
     /// Up to `batch_max` raw records (waiting at most `wait` for the first), and the
     /// partitions that reported their end.
     async fn next_batch(&self, consumer: &LedgerConsumer, wait: Duration) -> Result<RawBatch> {
-        let mut batch = Vec::new();
-        let mut eofs = Vec::new();
+        let mut batch = RawBatch::default();
         let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < self.config.batch_max {
-            let limit = if batch.is_empty() {
+        while batch.records.len() < self.config.batch_max {
+            let limit = if batch.records.is_empty() {
                 deadline
             } else {
                 tokio::time::Instant::now()
@@ -482,8 +481,8 @@ impl Projector {
             let msg = match tokio::time::timeout_at(limit, consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(KafkaError::PartitionEOF(p))) => {
-                    eofs.push(p);
-                    if batch.is_empty() {
+                    batch.eofs.push(p);
+                    if batch.records.is_empty() {
                         break;
                     }
                     continue;
@@ -497,13 +496,21 @@ impl Projector {
                 }
                 Ok(Ok(m)) => m,
             };
-            batch.push((
-                msg.partition(),
-                msg.offset(),
-                msg.payload().map(<[u8]>::to_vec),
-            ));
+            if batch.records.is_empty() {
+                // Sized once for a full batch of records like the first (untouched
+                // capacity costs no memory); a catch-up fills it.
+                let guess = msg.payload().map_or(0, <[u8]>::len) * self.config.batch_max;
+                batch.bytes.reserve(guess.min(16 << 20));
+                batch.records.reserve(self.config.batch_max);
+            }
+            let payload = msg.payload().map(|p| {
+                let start = batch.bytes.len();
+                batch.bytes.extend_from_slice(p);
+                start..batch.bytes.len()
+            });
+            batch.records.push((msg.partition(), msg.offset(), payload));
         }
-        Ok((batch, eofs))
+        Ok(batch)
     }
 
     /// Reads batches on one task and decodes them on another, each up to eight batches
@@ -552,8 +559,8 @@ impl Projector {
                 recv_w += t.elapsed();
                 let t = Instant::now();
                 let decoded = match next {
-                    Ok((batch, eofs)) => {
-                        let d = me.decode_batch(batch, eofs, &mut stopped).await;
+                    Ok(batch) => {
+                        let d = me.decode_batch(batch, &mut stopped).await;
                         for (partition, _) in &d.stopped {
                             let mut tpl = TopicPartitionList::new();
                             tpl.add_partition(&me.layout.history, *partition);
@@ -590,19 +597,23 @@ impl Projector {
     /// bad record) are dropped; a newly undecodable record stops its partition.
     async fn decode_batch(
         &self,
-        batch: Vec<(i32, i64, Option<Vec<u8>>)>,
-        eofs: Vec<i32>,
+        batch: RawBatch,
         stopped: &mut BTreeMap<i32, i64>,
     ) -> DecodedBatch {
-        let mut records = Vec::with_capacity(batch.len());
+        let RawBatch {
+            bytes,
+            records: raw,
+            eofs,
+        } = batch;
+        let mut records = Vec::with_capacity(raw.len());
         let mut newly = Vec::new();
-        for (partition, offset, payload) in batch {
+        for (partition, offset, payload) in raw {
             if stopped.contains_key(&partition) {
                 continue;
             }
             match payload {
                 None => records.push(Err((partition, offset))),
-                Some(bytes) => match self.codec.decode(&bytes).await {
+                Some(range) => match self.codec.decode(&bytes[range]).await {
                     Ok(record) => records.push(Ok(HistoryRecord {
                         record,
                         partition,
@@ -699,8 +710,17 @@ struct ReadAhead {
 /// Batches each read-ahead stage may run ahead of the next.
 const READ_AHEAD_BATCHES: usize = 8;
 
-/// Raw records `(partition, offset, payload)` and the partitions that reported their end.
-type RawBatch = (Vec<(i32, i64, Option<Vec<u8>>)>, Vec<i32>);
+/// Raw records as read, before decoding: their payloads copied into one buffer (one
+/// allocation per batch, not per record), and the partitions that reported their end.
+#[derive(Debug, Default)]
+struct RawBatch {
+    /// Every payload, back to back.
+    bytes: Vec<u8>,
+    /// `(partition, offset, payload range in bytes)`; `None` is a tombstone.
+    records: Vec<(i32, i64, Option<std::ops::Range<usize>>)>,
+    /// Partitions that reported their end after these records.
+    eofs: Vec<i32>,
+}
 
 impl ReadAhead {
     /// The next batch, or why there is none.

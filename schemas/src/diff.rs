@@ -96,6 +96,7 @@ pub fn field_diff(previous: Option<&Value>, current: &Value) -> Value {
 }
 
 /// One field of a facet state as the flattened JSON view sees it.
+#[derive(Clone, Copy)]
 enum FieldValue<'a> {
     /// A string.
     Str(&'a str),
@@ -111,13 +112,23 @@ enum FieldValue<'a> {
     Map(&'a BTreeMap<String, String>),
 }
 
+/// Most fields a facet state has.
+const MAX_FIELDS: usize = 11;
+
 /// The fields of `state` in the byte order of their names, which is the order the JSON
-/// view ([`FacetState::to_json`]) sorts them in. `state_diff_json_matches_field_diff`
-/// checks that the two views agree.
-fn fields(state: &FacetState) -> Vec<(&'static str, FieldValue<'_>)> {
+/// view ([`FacetState::to_json`]) sorts them in (`state_diff_json_matches_field_diff`
+/// checks that the two views agree); on the stack, since every audited record needs them.
+fn fields(state: &FacetState) -> ([(&'static str, FieldValue<'_>); MAX_FIELDS], usize) {
     use FieldValue::*;
+    fn padded<'a, const N: usize>(
+        named: [(&'static str, FieldValue<'a>); N],
+    ) -> ([(&'static str, FieldValue<'a>); MAX_FIELDS], usize) {
+        let mut all = [("", Int(0)); MAX_FIELDS];
+        all[..N].copy_from_slice(&named);
+        (all, N)
+    }
     match state {
-        FacetState::Logical(s) => vec![
+        FacetState::Logical(s) => padded([
             ("cku", Int(s.cku.into())),
             ("cloud", Str(&s.cloud)),
             ("config", Map(&s.config)),
@@ -129,25 +140,25 @@ fn fields(state: &FacetState) -> Vec<(&'static str, FieldValue<'_>)> {
             ("org_id", Str(&s.org_id)),
             ("region", Str(&s.region)),
             ("sku", Str(&s.sku)),
-        ],
-        FacetState::Physical(s) => vec![
+        ]),
+        FacetState::Physical(s) => padded([
             ("brokers", Int(s.brokers.into())),
             ("disk_gb_per_broker", Int(s.disk_gb_per_broker.into())),
             ("version", Str(&s.version)),
             ("zones", Strings(&s.zones)),
-        ],
-        FacetState::Capacity(s) => vec![
+        ]),
+        FacetState::Capacity(s) => padded([
             ("k8s_cluster", Str(&s.k8s_cluster)),
             ("node_pool", Str(&s.node_pool)),
             ("satellite", Str(&s.satellite)),
-        ],
-        FacetState::Status(s) => vec![
+        ]),
+        FacetState::Status(s) => padded([
             ("brokers_ready", Int(s.brokers_ready.into())),
             ("cku", Int(s.cku.into())),
             ("message", OptStr(s.message.as_deref())),
             ("observed_version", Int(s.observed_version)),
             ("phase", Str(&s.phase)),
-        ],
+        ]),
     }
 }
 
@@ -166,7 +177,7 @@ impl Leaf<'_> {
     fn write(&self, out: &mut String) {
         match self {
             Leaf::Null => out.push_str("null"),
-            Leaf::Str(s) => write_json_str(out, "", s),
+            Leaf::Str(s) => write_json_str(out, &[s]),
             Leaf::Int(n) => {
                 let _ = write!(out, "{n}");
             }
@@ -177,7 +188,7 @@ impl Leaf<'_> {
                     if i > 0 {
                         out.push(',');
                     }
-                    write_json_str(out, "", s);
+                    write_json_str(out, &[s]);
                 }
                 out.push(']');
             }
@@ -186,10 +197,10 @@ impl Leaf<'_> {
     }
 }
 
-/// Writes `prefix` followed by `s` as one JSON string, escaped as serde_json escapes.
-fn write_json_str(out: &mut String, prefix: &str, s: &str) {
+/// Writes the concatenation of `parts` as one JSON string, escaped as serde_json escapes.
+fn write_json_str(out: &mut String, parts: &[&str]) {
     out.push('"');
-    for part in [prefix, s] {
+    for part in parts {
         let mut start = 0;
         for (i, b) in part.bytes().enumerate() {
             let escape = match b {
@@ -216,12 +227,13 @@ fn write_json_str(out: &mut String, prefix: &str, s: &str) {
     out.push('"');
 }
 
-/// Appends `"prefix+name":{"from":from,"to":to}` (after a comma unless it is the first).
-fn write_change(out: &mut String, prefix: &str, name: &str, from: &Leaf, to: &Leaf) {
+/// Appends `"name":{"from":from,"to":to}`, the name being the concatenation of
+/// `name_parts` (after a comma unless it is the first).
+fn write_change(out: &mut String, name_parts: &[&str], from: &Leaf, to: &Leaf) {
     if !out.ends_with('{') {
         out.push(',');
     }
-    write_json_str(out, prefix, name);
+    write_json_str(out, name_parts);
     out.push_str(":{\"from\":");
     from.write(out);
     out.push_str(",\"to\":");
@@ -242,9 +254,8 @@ fn write_map_diff(
     };
     let (from, to) = (as_leaf(before), as_leaf(Some(after)));
     if from != to {
-        write_change(out, "", name, &from, &to);
+        write_change(out, &[name], &from, &to);
     }
-    let prefix = format!("{name}.");
     let empty = BTreeMap::new();
     let mut b = before.unwrap_or(&empty).iter().peekable();
     let mut a = after.iter().peekable();
@@ -271,7 +282,7 @@ fn write_map_diff(
             }
         };
         if from != to {
-            write_change(out, &prefix, k, &from, &to);
+            write_change(out, &[name, ".", k], &from, &to);
         }
     }
 }
@@ -283,9 +294,10 @@ fn write_map_diff(
 pub fn write_state_diff(out: &mut String, previous: Option<&FacetState>, current: &FacetState) {
     let previous = previous.filter(|p| p.facet() == current.facet());
     let before = previous.map(fields);
+    let (after, n) = fields(current);
     out.push('{');
-    for (i, (name, to)) in fields(current).into_iter().enumerate() {
-        let from = before.as_ref().map(|b| &b[i].1);
+    for (i, &(name, to)) in after[..n].iter().enumerate() {
+        let from = before.as_ref().map(|(b, _)| &b[i].1);
         fn leaf<'a>(v: Option<&FieldValue<'a>>) -> Leaf<'a> {
             match v {
                 None | Some(FieldValue::OptStr(None)) => Leaf::Null,
@@ -307,7 +319,7 @@ pub fn write_state_diff(out: &mut String, previous: Option<&FacetState>, current
         }
         let (from, to) = (leaf(from), leaf(Some(&to)));
         if from != to {
-            write_change(out, "", name, &from, &to);
+            write_change(out, &[name], &from, &to);
         }
     }
     out.push('}');
