@@ -287,15 +287,27 @@ impl Projector {
             let p = shared.blocking_read();
             let empty = BTreeMap::new();
             let off = |n: &str| p.offsets.get(n).unwrap_or(&empty);
-            store.save("clusters", off("clusters"), &p.clusters)?;
-            store.save("billing_hours", off("billing_hours"), &p.billing)?;
             let mut mark = audit_mark.lock().map_err(|_| Error::Io {
                 path: store.rows_path("audit_log"),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
             let new_rows = p.audit.rows.get(mark.rows..).unwrap_or_default();
-            let written =
-                store.append_rows("audit_log", *mark, new_rows, AuditRow::write_json_line)?;
+            // The audit rows (most of the work after a rebuild) are written while the
+            // other two checkpoints are, on another thread.
+            let (others, written) = std::thread::scope(|s| {
+                let others = s.spawn(|| -> Result<()> {
+                    store.save("clusters", off("clusters"), &p.clusters)?;
+                    store.save("billing_hours", off("billing_hours"), &p.billing)
+                });
+                let written =
+                    store.append_rows("audit_log", *mark, new_rows, AuditRow::write_json_line);
+                (others.join(), written)
+            });
+            others.map_err(|_| Error::Io {
+                path: store.path("clusters"),
+                source: std::io::Error::other("writing a checkpoint panicked"),
+            })??;
+            let written = written?;
             store.save(
                 "audit_log",
                 off("audit_log"),
