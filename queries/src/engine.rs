@@ -256,7 +256,7 @@ mod tests {
                 2,
             ),
         ];
-        for r in &recs {
+        for r in recs {
             p.apply(r);
         }
         let now = "2026-01-01T02:00:00Z"
