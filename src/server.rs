@@ -514,6 +514,14 @@ async fn start_up(
         .context("registering the facet schemas")?;
     tracing::info!(?ids, "facet subjects registered");
     let codec = Arc::new(codec);
+    // The projections load their checkpoints (a second or so for a million audit rows)
+    // on a blocking thread while the ledger rebuilds its index from the state topic:
+    // start-up takes the longer of the two, not their sum.
+    let loading = {
+        let (clients, layout, codec) = (state.clients.clone(), state.layout.clone(), codec.clone());
+        let config = deps.projector.clone();
+        tokio::task::spawn_blocking(move || Projector::open(clients, layout, codec, config))
+    };
     let ledger = with_retries("opening the ledger", 30, || {
         Ledger::open(
             LedgerSetup {
@@ -530,12 +538,9 @@ async fn start_up(
     })
     .await?;
     let _ = state.ledger.set(ledger);
-    let projector = Projector::open(
-        state.clients.clone(),
-        state.layout.clone(),
-        codec,
-        deps.projector,
-    )?;
+    let projector = loading
+        .await
+        .context("loading the projection checkpoints")??;
     let running = projector.clone();
     let stop = shutdown.clone();
     deps.tracker.spawn(async move {

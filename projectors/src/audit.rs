@@ -84,7 +84,8 @@ fn diff_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error>
     if raw.get().starts_with('"') {
         serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)
     } else {
-        Ok(raw.get().to_owned())
+        // The raw value's own allocation becomes the string: no copy.
+        Ok(Box::<str>::from(raw).into_string())
     }
 }
 
