@@ -88,6 +88,9 @@ fn registry_error(e: SRCError) -> Error {
 pub struct WriterSchema {
     facet: Facet,
     reader: GenericDatumReader<'static>,
+    /// The schema is the one this build ships for its facet (same Parsing Canonical
+    /// Form), so records are read by [`crate::binary::decode_own`] without a schema walk.
+    own: bool,
 }
 
 impl std::fmt::Debug for WriterSchema {
@@ -112,11 +115,13 @@ impl WriterSchema {
         let facet = Facet::from_subject(&name).ok_or_else(|| {
             Error::Decode(format!("record {name} is not a fleetledger state record"))
         })?;
+        let own = Schema::parse_str(facet.schema_text())
+            .is_ok_and(|ours| ours.canonical_form() == schema.canonical_form());
         let schema: &'static Schema = Box::leak(Box::new(schema));
         let reader = GenericDatumReader::builder(schema)
             .build()
             .map_err(|e| Error::Decode(format!("writer schema does not resolve: {e}")))?;
-        Ok(WriterSchema { facet, reader })
+        Ok(WriterSchema { facet, reader, own })
     }
 
     /// The facet of this schema's records.
@@ -127,6 +132,15 @@ impl WriterSchema {
     /// Reads one record from `avro` (the payload after the wire header). A payload that
     /// ends early, or has bytes left over after the record, is [`Error::Decode`].
     pub fn decode(&self, avro: &[u8]) -> Result<StateRecord> {
+        if self.own {
+            return crate::binary::decode_own(self.facet, avro);
+        }
+        self.decode_resolving(avro)
+    }
+
+    /// [`WriterSchema::decode`] through apache-avro's schema-aware reader, for any writer
+    /// schema of our record names.
+    fn decode_resolving(&self, avro: &[u8]) -> Result<StateRecord> {
         fn read<R: serde::de::DeserializeOwned + Into<AvroRecord<S>>, S>(
             reader: &GenericDatumReader<'static>,
             avro: &[u8],
@@ -319,6 +333,138 @@ mod tests {
         }
     }
 
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof!["[a-z0-9-]{0,12}", "\\PC{0,6}"]
+    }
+
+    fn any_record() -> impl proptest::strategy::Strategy<Value = StateRecord> {
+        use crate::facet::{CapacityState, LogicalState, PhysicalState, StatusState};
+        use proptest::prelude::*;
+        let logical = (
+            (text(), text(), text(), text(), text()),
+            (any::<i32>(), text(), text(), text()),
+            prop::collection::btree_map(text(), text(), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    (org_id, env_id, kind, name, sku),
+                    (cku, cloud, region, network),
+                    config,
+                    deleted,
+                )| {
+                    FacetState::Logical(LogicalState {
+                        org_id,
+                        env_id,
+                        kind,
+                        name,
+                        sku,
+                        cku,
+                        cloud,
+                        region,
+                        network,
+                        config,
+                        deleted,
+                    })
+                },
+            );
+        let physical = (
+            any::<i32>(),
+            any::<i32>(),
+            prop::collection::vec(text(), 0..4),
+            text(),
+        )
+            .prop_map(|(brokers, disk_gb_per_broker, zones, version)| {
+                FacetState::Physical(PhysicalState {
+                    brokers,
+                    disk_gb_per_broker,
+                    zones,
+                    version,
+                })
+            });
+        let capacity = (text(), text(), text()).prop_map(|(satellite, k8s_cluster, node_pool)| {
+            FacetState::Capacity(CapacityState {
+                satellite,
+                k8s_cluster,
+                node_pool,
+            })
+        });
+        let status = (
+            text(),
+            any::<i32>(),
+            any::<i32>(),
+            any::<i64>(),
+            prop::option::of(text()),
+        )
+            .prop_map(|(phase, cku, brokers_ready, observed_version, message)| {
+                FacetState::Status(StatusState {
+                    phase,
+                    cku,
+                    brokers_ready,
+                    observed_version,
+                    message,
+                })
+            });
+        let state = prop_oneof![logical, physical, capacity, status];
+        let meta = (
+            text(),
+            any::<i64>(),
+            text(),
+            text(),
+            prop::option::of(text()),
+            -4_000_000_000_000i64..4_000_000_000_000,
+            text(),
+            text(),
+        );
+        (meta, state).prop_map(
+            |((cluster_id, version, writer, request_id, reason, ts, prev_hash, hash), state)| {
+                StateRecord {
+                    meta: RecordMeta {
+                        cluster_id,
+                        version,
+                        writer,
+                        request_id,
+                        reason,
+                        ts: Utc.timestamp_millis_opt(ts).unwrap(),
+                        prev_hash,
+                        hash,
+                    },
+                    state,
+                }
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// The direct reader of our own schemas and the schema-resolving reader agree on
+        /// every record, and on every damaged payload: both refuse it, or both read the
+        /// same record.
+        #[test]
+        fn own_schema_reader_agrees_with_the_resolving_reader(
+            r in any_record(),
+            flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 0..3),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let (_, bytes) = avro_bytes(&r);
+            let writer = WriterSchema::parse(r.facet().schema_text()).unwrap();
+            proptest::prop_assert!(writer.own);
+            proptest::prop_assert_eq!(&writer.decode(&bytes).unwrap(), &r);
+            proptest::prop_assert_eq!(&writer.decode_resolving(&bytes).unwrap(), &r);
+            let mut damaged = bytes.clone();
+            for (at, x) in &flips {
+                let i = at.index(damaged.len());
+                damaged[i] ^= x;
+            }
+            let cut_at = if flips.is_empty() { cut.index(bytes.len()) } else { damaged.len() };
+            let damaged = &damaged[..cut_at];
+            match (writer.decode(damaged), writer.decode_resolving(damaged)) {
+                (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
+                (Err(Error::Decode(_)), Err(Error::Decode(_))) => {}
+                (a, b) => proptest::prop_assert!(false, "own reader {:?}, resolving reader {:?}", a, b),
+            }
+        }
+    }
+
     #[test]
     fn an_older_writer_schema_without_optional_fields_decodes_with_defaults() {
         let mut r = samples().remove(0);
@@ -347,6 +493,10 @@ mod tests {
         #[expect(deprecated, reason = "the generic writer is the reference here")]
         let bytes = apache_avro::to_avro_datum(&old_schema, value).unwrap();
         let writer = WriterSchema::parse(&old.to_string()).unwrap();
+        assert!(
+            !writer.own,
+            "another schema is read by the resolving reader"
+        );
         assert_eq!(writer.decode(&bytes).unwrap(), r);
     }
 

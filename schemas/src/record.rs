@@ -47,15 +47,15 @@ impl StateRecord {
 /// The Avro shape of a record: metadata fields flattened, the state nested.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct AvroRecord<S> {
-    cluster_id: String,
-    version: i64,
-    writer: String,
-    request_id: String,
-    reason: Option<String>,
-    ts: i64,
-    prev_hash: String,
-    hash: String,
-    state: S,
+    pub(crate) cluster_id: String,
+    pub(crate) version: i64,
+    pub(crate) writer: String,
+    pub(crate) request_id: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) ts: i64,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+    pub(crate) state: S,
 }
 
 impl<S> AvroRecord<S> {
