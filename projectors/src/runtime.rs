@@ -104,15 +104,7 @@ impl Projections {
     /// Marks `offset` of `partition` as consumed without a record (an erased one).
     pub fn skip(&mut self, partition: i32, offset: i64) {
         for name in NAMES {
-            let next = self
-                .offsets
-                .entry(name)
-                .or_default()
-                .entry(partition)
-                .or_insert(0);
-            if offset >= *next {
-                *next = offset + 1;
-            }
+            self.advance(name, partition, offset);
         }
     }
 

@@ -338,74 +338,12 @@ mod tests {
     }
 
     fn any_record() -> impl proptest::strategy::Strategy<Value = StateRecord> {
-        use crate::facet::{CapacityState, LogicalState, PhysicalState, StatusState};
         use proptest::prelude::*;
-        let logical = (
-            (text(), text(), text(), text(), text()),
-            (any::<i32>(), text(), text(), text()),
-            prop::collection::btree_map(text(), text(), 0..4),
-            any::<bool>(),
-        )
-            .prop_map(
-                |(
-                    (org_id, env_id, kind, name, sku),
-                    (cku, cloud, region, network),
-                    config,
-                    deleted,
-                )| {
-                    FacetState::Logical(LogicalState {
-                        org_id,
-                        env_id,
-                        kind,
-                        name,
-                        sku,
-                        cku,
-                        cloud,
-                        region,
-                        network,
-                        config,
-                        deleted,
-                    })
-                },
-            );
-        let physical = (
-            any::<i32>(),
-            any::<i32>(),
-            prop::collection::vec(text(), 0..4),
-            text(),
-        )
-            .prop_map(|(brokers, disk_gb_per_broker, zones, version)| {
-                FacetState::Physical(PhysicalState {
-                    brokers,
-                    disk_gb_per_broker,
-                    zones,
-                    version,
-                })
-            });
-        let capacity = (text(), text(), text()).prop_map(|(satellite, k8s_cluster, node_pool)| {
-            FacetState::Capacity(CapacityState {
-                satellite,
-                k8s_cluster,
-                node_pool,
-            })
-        });
-        let status = (
-            text(),
-            any::<i32>(),
-            any::<i32>(),
-            any::<i64>(),
-            prop::option::of(text()),
-        )
-            .prop_map(|(phase, cku, brokers_ready, observed_version, message)| {
-                FacetState::Status(StatusState {
-                    phase,
-                    cku,
-                    brokers_ready,
-                    observed_version,
-                    message,
-                })
-            });
-        let state = prop_oneof![logical, physical, capacity, status];
+        let state = crate::state_strategy::facet_state(
+            text().boxed(),
+            any::<i32>().boxed(),
+            any::<i64>().boxed(),
+        );
         let meta = (
             text(),
             any::<i64>(),

@@ -404,68 +404,7 @@ mod tests {
     }
 
     fn facet_state() -> impl Strategy<Value = FacetState> {
-        use crate::{CapacityState, LogicalState, PhysicalState, StatusState};
-        let logical = (
-            (text(), text(), text(), text(), text()),
-            (0i32..3, text(), text(), text()),
-            prop::collection::btree_map(text(), text(), 0..3),
-            any::<bool>(),
-        )
-            .prop_map(
-                |(
-                    (org_id, env_id, kind, name, sku),
-                    (cku, cloud, region, network),
-                    config,
-                    deleted,
-                )| {
-                    FacetState::Logical(LogicalState {
-                        org_id,
-                        env_id,
-                        kind,
-                        name,
-                        sku,
-                        cku,
-                        cloud,
-                        region,
-                        network,
-                        config,
-                        deleted,
-                    })
-                },
-            );
-        let physical = (
-            0i32..3,
-            0i32..3,
-            prop::collection::vec(text(), 0..3),
-            text(),
-        )
-            .prop_map(|(brokers, disk_gb_per_broker, zones, version)| {
-                FacetState::Physical(PhysicalState {
-                    brokers,
-                    disk_gb_per_broker,
-                    zones,
-                    version,
-                })
-            });
-        let capacity = (text(), text(), text()).prop_map(|(satellite, k8s_cluster, node_pool)| {
-            FacetState::Capacity(CapacityState {
-                satellite,
-                k8s_cluster,
-                node_pool,
-            })
-        });
-        let status = (text(), -1i32..3, 0i32..3, 0i64..3, prop::option::of(text())).prop_map(
-            |(phase, cku, brokers_ready, observed_version, message)| {
-                FacetState::Status(StatusState {
-                    phase,
-                    cku,
-                    brokers_ready,
-                    observed_version,
-                    message,
-                })
-            },
-        );
-        prop_oneof![logical, physical, capacity, status]
+        crate::state_strategy::facet_state(text().boxed(), (-1i32..3).boxed(), (0i64..3).boxed())
     }
 
     /// The same facet with some fields taken from `a`, some from `b`: mostly small diffs.

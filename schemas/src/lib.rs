@@ -13,6 +13,8 @@ mod error;
 mod facet;
 mod record;
 pub mod registry;
+#[cfg(test)]
+mod state_strategy;
 
 pub use codec::{MAGIC_BYTE, RecordCodec, WireHeader, decode_wire_header, encode_wire};
 pub use error::{Error, Result};
