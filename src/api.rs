@@ -261,7 +261,7 @@ pub(crate) async fn delete(
     if logical.deleted && change.key.is_none() {
         return Ok((StatusCode::OK, Json(json!(head.appended))).into_response());
     }
-    logical.deleted = true;
+    Arc::make_mut(&mut logical).deleted = true;
     change.reason = change.reason.or_else(|| Some("deleted".into()));
     let appended = ledger
         .append(change.request(id, FacetState::Logical(logical), principal))

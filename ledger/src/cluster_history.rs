@@ -424,7 +424,7 @@ mod tests {
     use fleetledger_schemas::{LogicalState, PhysicalState, RecordMeta};
 
     fn logical(cku: i32, deleted: bool) -> FacetState {
-        FacetState::Logical(LogicalState {
+        FacetState::Logical(std::sync::Arc::new(LogicalState {
             org_id: "org-1".into(),
             env_id: "env-1".into(),
             kind: "kafka".into(),
@@ -436,16 +436,16 @@ mod tests {
             network: "public".into(),
             config: BTreeMap::new(),
             deleted,
-        })
+        }))
     }
 
     fn physical(brokers: i32) -> FacetState {
-        FacetState::Physical(PhysicalState {
+        FacetState::Physical(std::sync::Arc::new(PhysicalState {
             brokers,
             disk_gb_per_broker: 100,
             zones: vec!["a".into()],
             version: "3.9".into(),
-        })
+        }))
     }
 
     /// Builds a valid history from (minute, state) pairs.
@@ -586,7 +586,7 @@ mod tests {
         ));
         let mut h = sample();
         if let FacetState::Physical(p) = &mut h.entries[3].record.state {
-            p.brokers = 60;
+            std::sync::Arc::make_mut(p).brokers = 60;
         }
         let err = h.plan_recovery(Point::BeforeDeletion, false).unwrap_err();
         assert!(matches!(err, Error::BrokenChain(_)), "{err}");

@@ -235,11 +235,11 @@ mod tests {
 
     #[test]
     fn any_change_changes_the_hash() {
-        let s = FacetState::Capacity(CapacityState {
+        let s = FacetState::Capacity(std::sync::Arc::new(CapacityState {
             satellite: "a".into(),
             k8s_cluster: "b".into(),
             node_pool: "c".into(),
-        });
+        }));
         let m = meta(1, "");
         let h = record_hash(&m, &s);
         assert_eq!(h.len(), 64);
@@ -255,11 +255,11 @@ mod tests {
                 &s
             )
         );
-        let s2 = FacetState::Capacity(CapacityState {
+        let s2 = FacetState::Capacity(std::sync::Arc::new(CapacityState {
             satellite: "a2".into(),
             k8s_cluster: "b".into(),
             node_pool: "c".into(),
-        });
+        }));
         assert_ne!(h, record_hash(&m, &s2));
     }
 
@@ -267,11 +267,11 @@ mod tests {
         let mut out: Vec<StateRecord> = Vec::new();
         for v in 1..=n {
             let prev = out.last().map(|r| r.meta.hash.clone()).unwrap_or_default();
-            let state = FacetState::Capacity(CapacityState {
+            let state = FacetState::Capacity(std::sync::Arc::new(CapacityState {
                 satellite: format!("sat-{v}"),
                 k8s_cluster: "k".into(),
                 node_pool: "p".into(),
-            });
+            }));
             let mut m = meta(v, &prev);
             m.hash = record_hash(&m, &state);
             out.push(StateRecord { meta: m, state });
@@ -296,7 +296,7 @@ mod tests {
         // Content changed after hashing.
         let mut tampered = records.clone();
         if let FacetState::Capacity(c) = &mut tampered[1].state {
-            c.node_pool = "evil".into();
+            std::sync::Arc::make_mut(c).node_pool = "evil".into();
         }
         let mut v = ChainVerifier::new();
         let broken: Vec<_> = tampered

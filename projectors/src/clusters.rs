@@ -2,6 +2,7 @@
 //! joined, `drift` (the status has not observed the latest logical version) and `deleted`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use fleetledger_schemas::{CapacityState, FacetState, LogicalState, PhysicalState, StatusState};
 use serde::{Deserialize, Serialize};
@@ -19,17 +20,18 @@ pub struct Versioned<S> {
     pub state: S,
 }
 
-/// Every facet of one cluster.
+/// Every facet of one cluster. The states are shared with the record they came from
+/// (and with the audit log's previous versions): applying a record copies no state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRow {
     /// Logical (desired).
-    pub logical: Option<Versioned<LogicalState>>,
+    pub logical: Option<Versioned<Arc<LogicalState>>>,
     /// Physical (desired).
-    pub physical: Option<Versioned<PhysicalState>>,
+    pub physical: Option<Versioned<Arc<PhysicalState>>>,
     /// Capacity (desired).
-    pub capacity: Option<Versioned<CapacityState>>,
+    pub capacity: Option<Versioned<Arc<CapacityState>>>,
     /// Status (actual).
-    pub status: Option<Versioned<StatusState>>,
+    pub status: Option<Versioned<Arc<StatusState>>>,
 }
 
 impl ClusterRow {

@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn logical(cku: i32, region: &str) -> FacetState {
-        FacetState::Logical(LogicalState {
+        FacetState::Logical(Arc::new(LogicalState {
             org_id: "org-1".into(),
             env_id: "env-1".into(),
             kind: "kafka".into(),
@@ -222,17 +222,17 @@ mod tests {
             network: "public".into(),
             config: Default::default(),
             deleted: false,
-        })
+        }))
     }
 
     fn running(cku: i32, observed: i64) -> FacetState {
-        FacetState::Status(StatusState {
+        FacetState::Status(Arc::new(StatusState {
             phase: "running".into(),
             cku,
             brokers_ready: 3,
             observed_version: observed,
             message: None,
-        })
+        }))
     }
 
     async fn engine(max_rows: usize) -> QueryEngine {

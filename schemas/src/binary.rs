@@ -7,6 +7,7 @@
 //! that both agree on every record and refuse the same malformed payloads.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::facet::{CapacityState, Facet, FacetState, LogicalState, PhysicalState, StatusState};
@@ -188,19 +189,19 @@ pub(crate) fn decode_own(facet: Facet, avro: &[u8]) -> Result<StateRecord> {
     let (meta, state) = match facet {
         Facet::Logical => {
             let (m, s) = c.record(Cursor::logical)?.into_parts()?;
-            (m, FacetState::Logical(s))
+            (m, FacetState::Logical(Arc::new(s)))
         }
         Facet::Physical => {
             let (m, s) = c.record(Cursor::physical)?.into_parts()?;
-            (m, FacetState::Physical(s))
+            (m, FacetState::Physical(Arc::new(s)))
         }
         Facet::Capacity => {
             let (m, s) = c.record(Cursor::capacity)?.into_parts()?;
-            (m, FacetState::Capacity(s))
+            (m, FacetState::Capacity(Arc::new(s)))
         }
         Facet::Status => {
             let (m, s) = c.record(Cursor::status)?.into_parts()?;
-            (m, FacetState::Status(s))
+            (m, FacetState::Status(Arc::new(s)))
         }
     };
     if !c.buf.is_empty() {

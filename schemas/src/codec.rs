@@ -161,19 +161,19 @@ impl WriterSchema {
         let (meta, state) = match self.facet {
             Facet::Logical => {
                 let (m, s) = read::<LogicalRecord, _>(&self.reader, avro)?.into_parts()?;
-                (m, FacetState::Logical(s))
+                (m, FacetState::Logical(Arc::new(s)))
             }
             Facet::Physical => {
                 let (m, s) = read::<PhysicalRecord, _>(&self.reader, avro)?.into_parts()?;
-                (m, FacetState::Physical(s))
+                (m, FacetState::Physical(Arc::new(s)))
             }
             Facet::Capacity => {
                 let (m, s) = read::<CapacityRecord, _>(&self.reader, avro)?.into_parts()?;
-                (m, FacetState::Capacity(s))
+                (m, FacetState::Capacity(Arc::new(s)))
             }
             Facet::Status => {
                 let (m, s) = read::<StatusRecord, _>(&self.reader, avro)?.into_parts()?;
-                (m, FacetState::Status(s))
+                (m, FacetState::Status(Arc::new(s)))
             }
         };
         Ok(StateRecord { meta, state })
@@ -409,6 +409,7 @@ mod tests {
         let FacetState::Logical(l) = &mut r.state else {
             unreachable!()
         };
+        let l = std::sync::Arc::make_mut(l);
         l.config.clear();
         l.deleted = false;
         // The logical schema as it might have been before `config` and `deleted`.

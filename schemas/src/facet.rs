@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -317,17 +318,19 @@ impl StatusState {
     }
 }
 
-/// The state of any one facet.
+/// The state of any one facet. The inner state is shared (`Arc`): cloning a `FacetState`
+/// is a reference count, so projections that each keep a cluster's latest state (the
+/// `clusters` table, the audit log's previous versions) hold one copy between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FacetState {
     /// See [`LogicalState`].
-    Logical(LogicalState),
+    Logical(Arc<LogicalState>),
     /// See [`PhysicalState`].
-    Physical(PhysicalState),
+    Physical(Arc<PhysicalState>),
     /// See [`CapacityState`].
-    Capacity(CapacityState),
+    Capacity(Arc<CapacityState>),
     /// See [`StatusState`].
-    Status(StatusState),
+    Status(Arc<StatusState>),
 }
 
 impl FacetState {

@@ -26,7 +26,7 @@ pub(crate) fn facet_state(
                 config,
                 deleted,
             )| {
-                FacetState::Logical(LogicalState {
+                FacetState::Logical(std::sync::Arc::new(LogicalState {
                     org_id,
                     env_id,
                     kind,
@@ -38,7 +38,7 @@ pub(crate) fn facet_state(
                     network,
                     config,
                     deleted,
-                })
+                }))
             },
         );
     let physical = (
@@ -48,29 +48,29 @@ pub(crate) fn facet_state(
         t(),
     )
         .prop_map(|(brokers, disk_gb_per_broker, zones, version)| {
-            FacetState::Physical(PhysicalState {
+            FacetState::Physical(std::sync::Arc::new(PhysicalState {
                 brokers,
                 disk_gb_per_broker,
                 zones,
                 version,
-            })
+            }))
         });
     let capacity = (t(), t(), t()).prop_map(|(satellite, k8s_cluster, node_pool)| {
-        FacetState::Capacity(CapacityState {
+        FacetState::Capacity(std::sync::Arc::new(CapacityState {
             satellite,
             k8s_cluster,
             node_pool,
-        })
+        }))
     });
     let status = (t(), int.clone(), int, long, prop::option::of(t())).prop_map(
         |(phase, cku, brokers_ready, observed_version, message)| {
-            FacetState::Status(StatusState {
+            FacetState::Status(std::sync::Arc::new(StatusState {
                 phase,
                 cku,
                 brokers_ready,
                 observed_version,
                 message,
-            })
+            }))
         },
     );
     prop_oneof![logical, physical, capacity, status]

@@ -70,7 +70,7 @@ fn meta(cluster: &str, version: i64) -> RecordMeta {
 
 fn every_facet() -> Vec<FacetState> {
     vec![
-        FacetState::Logical(LogicalState {
+        FacetState::Logical(std::sync::Arc::new(LogicalState {
             org_id: "org-1".into(),
             env_id: "env-1".into(),
             kind: "kafka".into(),
@@ -82,25 +82,25 @@ fn every_facet() -> Vec<FacetState> {
             network: "private-link".into(),
             config: BTreeMap::from([("retention.ms".into(), "604800000".into())]),
             deleted: false,
-        }),
-        FacetState::Physical(PhysicalState {
+        })),
+        FacetState::Physical(std::sync::Arc::new(PhysicalState {
             brokers: 6,
             disk_gb_per_broker: 2500,
             zones: vec!["use1-az1".into(), "use1-az2".into()],
             version: "3.9.0".into(),
-        }),
-        FacetState::Capacity(CapacityState {
+        })),
+        FacetState::Capacity(std::sync::Arc::new(CapacityState {
             satellite: "sat-7".into(),
             k8s_cluster: "k8s-7a".into(),
             node_pool: "np-large".into(),
-        }),
-        FacetState::Status(StatusState {
+        })),
+        FacetState::Status(std::sync::Arc::new(StatusState {
             phase: "running".into(),
             cku: 4,
             brokers_ready: 6,
             observed_version: 3,
             message: None,
-        }),
+        })),
     ]
 }
 
