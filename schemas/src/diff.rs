@@ -25,6 +25,32 @@ fn expanded<'a>(prefix: &str, v: Option<&'a Value>) -> Option<&'a Map<String, Va
     }
 }
 
+/// The entries of two maps that iterate in key order, paired by key in one merge walk:
+/// each key once, with its value on either side (`None` where it is absent).
+fn merge_by_key<'a, V: 'a>(
+    before: impl Iterator<Item = (&'a String, &'a V)>,
+    after: impl Iterator<Item = (&'a String, &'a V)>,
+) -> impl Iterator<Item = (&'a String, Option<&'a V>, Option<&'a V>)> {
+    let (mut b, mut a) = (before.peekable(), after.peekable());
+    std::iter::from_fn(move || {
+        let order = match (b.peek(), a.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((kb, _)), Some((ka, _))) => kb.as_str().cmp(ka.as_str()),
+        };
+        Some(match order {
+            Ordering::Less => b.next().map(|(k, x)| (k, Some(x), None))?,
+            Ordering::Greater => a.next().map(|(k, y)| (k, None, Some(y)))?,
+            Ordering::Equal => {
+                let (k, x) = b.next()?;
+                let (_, y) = a.next()?;
+                (k, Some(x), Some(y))
+            }
+        })
+    })
+}
+
 fn diff_into(
     prefix: &str,
     before: Option<&Value>,
@@ -48,30 +74,7 @@ fn diff_into(
     // enable `preserve_order`; the property test below would catch it), so one merge walk
     // pairs their keys: no key set, no lookups.
     let empty = Map::new();
-    let mut before_fields = b.unwrap_or(&empty).iter().peekable();
-    let mut after_fields = a.unwrap_or(&empty).iter().peekable();
-    loop {
-        let order = match (before_fields.peek(), after_fields.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((kb, _)), Some((ka, _))) => kb.as_str().cmp(ka.as_str()),
-        };
-        let (k, x, y) = match order {
-            Ordering::Less => {
-                let (k, x) = before_fields.next().expect("peeked");
-                (k, Some(x), None)
-            }
-            Ordering::Greater => {
-                let (k, y) = after_fields.next().expect("peeked");
-                (k, None, Some(y))
-            }
-            Ordering::Equal => {
-                let (k, x) = before_fields.next().expect("peeked");
-                let (_, y) = after_fields.next().expect("peeked");
-                (k, Some(x), Some(y))
-            }
-        };
+    for (k, x, y) in merge_by_key(b.unwrap_or(&empty).iter(), a.unwrap_or(&empty).iter()) {
         // Equal subtrees have no differences: skip them without building their names.
         if x.is_some() && x == y {
             continue;
@@ -257,30 +260,9 @@ fn write_map_diff(
         write_change(out, &[name], &from, &to);
     }
     let empty = BTreeMap::new();
-    let mut b = before.unwrap_or(&empty).iter().peekable();
-    let mut a = after.iter().peekable();
-    loop {
-        let order = match (b.peek(), a.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((kb, _)), Some((ka, _))) => kb.as_str().cmp(ka.as_str()),
-        };
-        let (k, from, to) = match order {
-            Ordering::Less => {
-                let (k, v) = b.next().expect("peeked");
-                (k, Leaf::Str(v), Leaf::Null)
-            }
-            Ordering::Greater => {
-                let (k, v) = a.next().expect("peeked");
-                (k, Leaf::Null, Leaf::Str(v))
-            }
-            Ordering::Equal => {
-                let (k, x) = b.next().expect("peeked");
-                let (_, y) = a.next().expect("peeked");
-                (k, Leaf::Str(x), Leaf::Str(y))
-            }
-        };
+    for (k, x, y) in merge_by_key(before.unwrap_or(&empty).iter(), after.iter()) {
+        let from = x.map_or(Leaf::Null, |v| Leaf::Str(v));
+        let to = y.map_or(Leaf::Null, |v| Leaf::Str(v));
         if from != to {
             write_change(out, &[name, ".", k], &from, &to);
         }
