@@ -648,7 +648,8 @@ struct ImportItem {
     ts: String,
     cluster_id: String,
     facet: String,
-    principal: String,
+    #[serde(alias = "principal")]
+    writer: String,
     #[serde(default)]
     reason: Option<String>,
     state: Value,
@@ -663,10 +664,12 @@ struct ImportBatch {
 }
 
 /// `POST /v1/import`, as the `import` principal: `{"items": [{line, ts, cluster_id, facet,
-/// principal, reason?, state, expected_version, idempotency_key}]}`. Every item is checked
-/// first (cluster id, facet, state, time, and that its principal owns the facet); the first
-/// bad one refuses the whole batch with its line number and nothing is written. Then each
-/// cluster+facet's items are appended in order with their original time and writer.
+/// writer, reason?, state, expected_version, idempotency_key}]}` (`principal` is accepted
+/// for `writer`, the name older files used). Every item is checked first (cluster id,
+/// facet, state, time, and that its writer owns the facet); the first bad one refuses the
+/// whole batch with its line number and nothing is written. Then each cluster's items are
+/// appended one after the other in the order of their times (ties in line order), with
+/// their original time and writer; a failed line skips the cluster's later lines.
 /// An item whose version already exists (a resumed import) answers `imported: false`.
 pub(crate) async fn import(
     State(state): State<Arc<AppState>>,
@@ -704,15 +707,15 @@ pub(crate) async fn import(
             cluster(&item.cluster_id)?;
             let facet: Facet = item.facet.parse()?;
             let ts = parse_time(&item.ts)?;
-            authorise(ledger, &item.principal, facet)?;
-            if item.principal == IMPORT || item.principal == RECOVERY {
+            authorise(ledger, &item.writer, facet)?;
+            if item.writer == IMPORT || item.writer == RECOVERY {
                 return Err(AppError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid",
                     format!(
                         "principal must be the facet's owner ({}), not {}",
                         ledger.ownership().owner(facet),
-                        item.principal
+                        item.writer
                     ),
                 ));
             }
@@ -721,7 +724,7 @@ pub(crate) async fn import(
             Ok::<_, AppError>(AppendRequest {
                 cluster_id: item.cluster_id,
                 state: st,
-                principal: item.principal,
+                principal: item.writer,
                 expected_version: Some(item.expected_version),
                 request_id: Some(item.idempotency_key),
                 reason: item.reason,
@@ -731,21 +734,26 @@ pub(crate) async fn import(
         .map_err(at_line)?;
         requests.push((line, prepared));
     }
-    // Per cluster+facet in file order; keys in parallel (the writer batches them).
-    let mut by_key: std::collections::BTreeMap<(String, Facet), Vec<(usize, AppendRequest)>> =
+    // Per cluster in time order (ties in line order), so a cluster's records reach the
+    // topics in the order of their times across facets, as a live history does;
+    // clusters in parallel (the writer batches them).
+    let mut by_cluster: std::collections::BTreeMap<String, Vec<(usize, AppendRequest)>> =
         std::collections::BTreeMap::new();
     for (line, r) in requests {
-        by_key
-            .entry((r.cluster_id.clone(), r.state.facet()))
+        by_cluster
+            .entry(r.cluster_id.clone())
             .or_default()
             .push((line, r));
     }
-    let chains = by_key.into_values().map(|items| async move {
+    for items in by_cluster.values_mut() {
+        items.sort_by_key(|(line, r)| (r.ts, *line));
+    }
+    let chains = by_cluster.into_values().map(|items| async move {
         let mut out = Vec::with_capacity(items.len());
         let mut failed = false;
         for (line, r) in items {
             if failed {
-                out.push((line, json!({"line": line, "status": 424, "body": {"error": "skipped", "message": "an earlier line of the same cluster and facet failed"}})));
+                out.push((line, json!({"line": line, "status": 424, "body": {"error": "skipped", "message": "an earlier line of the same cluster failed; fix it and run the import again"}})));
                 continue;
             }
             let expected = r.expected_version.unwrap_or(0);

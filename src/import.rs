@@ -3,7 +3,9 @@
 //! original times and writers.
 //!
 //! The whole file is checked before anything is sent (a malformed line, or a time that goes
-//! backwards for a cluster+facet, is refused with its line number). The n-th line of a
+//! backwards for a cluster+facet, is refused with its line number). Lines are sent in the
+//! order of their times (ties in file order), whatever order the file lists them in, so
+//! each cluster's records reach the topics in time order across its facets. The n-th line of a
 //! cluster+facet becomes its version n: it is sent with `If-Match: n-1` and the
 //! idempotency key `import:{cluster}/{facet}/v{n}`, so running the same import again —
 //! after an interruption, say — skips what is already in the ledger and never writes a
@@ -18,7 +20,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiError};
-use crate::simulate::parse_lines;
+use crate::simulate::{in_time_order, parse_lines};
 
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub async fn import_file(
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let lines = parse_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // A cluster's lines reach the ledger in the order of their times across facets, so
+    // the topics read as a live history does (a history file may list facets apart).
+    let lines = in_time_order(lines);
     let mut versions: HashMap<(String, String), i64> = HashMap::new();
     let items: Vec<Value> = lines
         .into_iter()
@@ -53,7 +58,7 @@ pub async fn import_file(
                 "ts": l.ts,
                 "cluster_id": l.cluster_id,
                 "facet": l.facet,
-                "principal": l.principal,
+                "writer": l.writer,
                 "reason": l.reason,
                 "state": l.state,
                 "expected_version": *v - 1,

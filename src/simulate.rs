@@ -21,7 +21,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// One line of a history file: a facet's full new state at a time, by a principal.
+/// One line of a history file: a facet's full new state at a time, by its writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryLine {
@@ -31,8 +31,10 @@ pub struct HistoryLine {
     pub cluster_id: String,
     /// logical | physical | capacity | status.
     pub facet: String,
-    /// The principal that made the change (must own the facet).
-    pub principal: String,
+    /// The principal that made the change (must own the facet). Older files call it
+    /// `principal`, which is read too.
+    #[serde(alias = "principal")]
+    pub writer: String,
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -153,7 +155,7 @@ impl Simulation {
                     ts: ts.to_rfc3339_opts(SecondsFormat::Millis, true),
                     cluster_id: format!("lkc-sim{i:06}"),
                     facet: facet.to_owned(),
-                    principal: principal.to_owned(),
+                    writer: principal.to_owned(),
                     reason: Some(reason.to_owned()),
                     state,
                 },
@@ -366,6 +368,17 @@ impl Simulation {
     }
 }
 
+/// `lines` in the order of their times (ties keep their order): the order a live ledger
+/// would have written them in. Each cluster+facet's lines keep their order, since
+/// [`parse_lines`] refuses times that go backwards within one.
+pub fn in_time_order(mut lines: Vec<(usize, HistoryLine)>) -> Vec<(usize, HistoryLine)> {
+    lines.sort_by_cached_key(|(no, l)| {
+        let ts = DateTime::parse_from_rfc3339(&l.ts).map(|t| t.timestamp_millis());
+        (ts.unwrap_or(i64::MIN), *no)
+    });
+    lines
+}
+
 /// Parses a history file's lines, refusing the first malformed one with its (1-based)
 /// number, and times that go backwards for a cluster+facet.
 pub fn parse_lines(text: &str) -> Result<Vec<(usize, HistoryLine)>, String> {
@@ -377,7 +390,7 @@ pub fn parse_lines(text: &str) -> Result<Vec<(usize, HistoryLine)>, String> {
             continue;
         }
         let line: HistoryLine = serde_json::from_str(raw).map_err(|e| {
-            format!("line {no}: not a history line ({e}); expected {{\"ts\", \"cluster_id\", \"facet\", \"principal\", \"reason\"?, \"state\"}}")
+            format!("line {no}: not a history line ({e}); expected {{\"ts\", \"cluster_id\", \"facet\", \"writer\", \"reason\"?, \"state\"}}")
         })?;
         let ts = DateTime::parse_from_rfc3339(&line.ts)
             .map_err(|e| format!("line {no}: ts {:?} is not RFC 3339 ({e})", line.ts))?
@@ -446,8 +459,8 @@ mod tests {
     fn malformed_and_backwards_lines_are_named() {
         let err = parse_lines("{\"ts\": 1}\n").unwrap_err();
         assert!(err.starts_with("line 1:"), "{err}");
-        let ok = r#"{"ts":"2026-01-01T00:10:00Z","cluster_id":"lkc-1","facet":"status","principal":"sync","state":{}}"#;
-        let back = r#"{"ts":"2026-01-01T00:05:00Z","cluster_id":"lkc-1","facet":"status","principal":"sync","state":{}}"#;
+        let ok = r#"{"ts":"2026-01-01T00:10:00Z","cluster_id":"lkc-1","facet":"status","writer":"sync","state":{}}"#;
+        let back = r#"{"ts":"2026-01-01T00:05:00Z","cluster_id":"lkc-1","facet":"status","writer":"sync","state":{}}"#;
         let err = parse_lines(&format!("{ok}\n\n{back}\n")).unwrap_err();
         assert!(
             err.starts_with("line 3:") && err.contains("goes backwards"),

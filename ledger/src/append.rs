@@ -128,6 +128,21 @@ type Key = (String, Facet);
 #[derive(Debug, Default)]
 struct Index {
     heads: HashMap<Key, Head>,
+    /// Cluster → the latest `ts` of any of its facets: a live append's time never goes
+    /// below it.
+    latest_ts: HashMap<String, DateTime<Utc>>,
+}
+
+impl Index {
+    /// Records that `cluster_id` has a record at `ts`.
+    fn saw(&mut self, cluster_id: &str, ts: DateTime<Utc>) {
+        match self.latest_ts.get_mut(cluster_id) {
+            Some(t) => *t = (*t).max(ts),
+            None => {
+                self.latest_ts.insert(cluster_id.to_owned(), ts);
+            }
+        }
+    }
 }
 
 struct Pending {
@@ -541,6 +556,7 @@ async fn rebuild_index(
                 .heads
                 .get(&key)
                 .is_none_or(|h| h.record.meta.version < record.meta.version);
+            index.saw(&key.0, record.meta.ts);
             if newer {
                 index.heads.insert(
                     key,
@@ -668,6 +684,8 @@ impl Writer {
         let mut accepted: Vec<Accepted> = Vec::new();
         // Per key: (version, hash, ts) after the changes of this batch so far.
         let mut overlay: HashMap<Key, (i64, String, DateTime<Utc>)> = HashMap::new();
+        // Per cluster: the latest `ts` of any facet after the changes of this batch so far.
+        let mut cluster_ts: HashMap<String, DateTime<Utc>> = HashMap::new();
         // Keyed changes accepted so far: (key, request id) → index in `accepted`, so a
         // repeat within the batch is found without scanning it.
         let mut keyed_in_batch: HashMap<(Key, String), usize> = HashMap::new();
@@ -736,8 +754,16 @@ impl Writer {
                     continue;
                 }
                 Some(ts) => ts,
-                // The wall clock may step back; a record's time never does.
-                None => self.clock.now().max(cur_ts),
+                // The wall clock may step back (or another instance's clock be behind);
+                // a cluster's time never does, across all its facets.
+                None => {
+                    let floor = cluster_ts
+                        .get(&key.0)
+                        .or_else(|| index.latest_ts.get(&key.0))
+                        .copied()
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                    self.clock.now().max(floor).max(cur_ts)
+                }
             };
             let ts = DateTime::from_timestamp_millis(ts.timestamp_millis()).unwrap_or(ts);
             let request_id = request
@@ -770,6 +796,11 @@ impl Writer {
                 key.clone(),
                 (record.meta.version, record.meta.hash.clone(), ts),
             );
+            let latest = cluster_ts
+                .get(&key.0)
+                .or_else(|| index.latest_ts.get(&key.0))
+                .map_or(ts, |t| (*t).max(ts));
+            cluster_ts.insert(key.0.clone(), latest);
             if keyed {
                 keyed_in_batch.insert((key.clone(), request_id.clone()), accepted.len());
             }
@@ -831,6 +862,10 @@ impl Writer {
     /// transaction with keyed changes waits for the history deliveries before sending the
     /// state records; otherwise both go out at once.
     async fn produce_all(&self, accepted: &[Accepted]) -> Result<Written> {
+        // The Kafka timestamp of every record is its write time (when this transaction
+        // was formed, by the ledger's clock); the event time is the record's `ts`. The
+        // projections tell from it when a late record re-billed an hour.
+        let written_at = self.clock.now().timestamp_millis();
         let mut history = Vec::with_capacity(accepted.len());
         for a in accepted {
             let key = format!(
@@ -843,7 +878,7 @@ impl Writer {
                 .key(&key)
                 .payload(&a.payload)
                 .partition(a.partition)
-                .timestamp(a.record.meta.ts.timestamp_millis());
+                .timestamp(written_at);
             history.push(
                 self.producer
                     .send_result(rec)
@@ -886,7 +921,7 @@ impl Writer {
                 .key(&key)
                 .payload(&a.payload)
                 .partition(a.partition)
-                .timestamp(a.record.meta.ts.timestamp_millis());
+                .timestamp(written_at);
             if let Some(header) = &header {
                 rec = rec.headers(OwnedHeaders::new().insert(Header {
                     key: RECENT_HEADER,
@@ -966,6 +1001,7 @@ impl Writer {
         for (a, offset) in accepted.into_iter().zip(written.offsets) {
             let appended = appended_of(&a, offset);
             let key = (a.record.meta.cluster_id.clone(), a.record.facet());
+            index.saw(&key.0, a.record.meta.ts);
             tracing::debug!(cluster_id = %key.0, facet = %key.1, version = appended.version, partition = appended.partition, offset, "appended");
             // The window as written with the key's last record of this transaction.
             let recent = written.recents.get(&key).cloned().unwrap_or_default();

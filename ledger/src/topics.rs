@@ -51,8 +51,11 @@ impl TopicLayout {
     /// Every topic with the partition count and configs it must have. Both data topics
     /// are compacted: history keys are unique (`{cluster}/{facet}/{version:020}`), so
     /// compaction never loses history, while a tombstone can still erase one record.
-    /// `message.timestamp.type=CreateTime` with an unbounded `before.max.ms` keeps
-    /// imported records with years-old times; `retention.ms=-1` keeps a later switch of
+    /// `message.timestamp.type=CreateTime` keeps the write time the ledger sets (its own,
+    /// injected clock, which may stand in the past); an unbounded `before.max.ms` keeps
+    /// records whose timestamps are old (written under such a clock, or before the
+    /// timestamp was the write time: imports once carried their event time there);
+    /// `retention.ms=-1` keeps a later switch of
     /// the policy to `compact,delete` from deleting history by age.
     pub fn specs(&self) -> Vec<(String, i32, BTreeMap<String, String>)> {
         let min_isr = self.replication_factor.clamp(1, 2).to_string();

@@ -117,6 +117,7 @@ impl AuditLog {
             record: StateRecord { meta, state },
             partition,
             offset,
+            ..
         } = h;
         let facet = state.facet();
         let row = self.rows.len();

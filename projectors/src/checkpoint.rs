@@ -13,6 +13,23 @@ use crate::error::{Error, Result};
 
 const FORMAT: &str = "fleetledger.checkpoint.v2";
 
+/// The model of a projection's state: raised when the state's shape or meaning changes.
+/// A checkpoint of an older model is set aside and its projection rebuilt from the start
+/// of the topic (projections are derived data; the others keep their checkpoints).
+///
+/// `billing_hours` 2: the rates as step functions of event time (1 integrated in
+/// arrival order).
+pub fn state_model(projection: &str) -> u32 {
+    match projection {
+        "billing_hours" => 2,
+        _ => 1,
+    }
+}
+
+fn first_model() -> u32 {
+    1
+}
+
 /// Rows encoded per block when appending to a rows file (about 2 MiB of audit rows).
 const ROWS_PER_BLOCK: usize = 8_192;
 
@@ -23,6 +40,10 @@ pub struct Checkpoint<S> {
     pub format: String,
     /// The projection's name.
     pub projection: String,
+    /// The model of its state ([`state_model`]); files from before models were counted
+    /// are model 1.
+    #[serde(default = "first_model")]
+    pub model: u32,
     /// The history topic it was built from.
     pub topic: String,
     /// That topic's partition count.
@@ -66,8 +87,9 @@ impl CheckpointStore {
             .join(format!("{}.{projection}.checkpoint.json", self.topic))
     }
 
-    /// Loads `projection`'s checkpoint; `Ok(None)` if there is none yet. A corrupt file or
-    /// one written for another topic or partition count is [`Error::Checkpoint`].
+    /// Loads `projection`'s checkpoint; `Ok(None)` if there is none yet, or if it holds
+    /// a state of an older model ([`state_model`]: the projection is rebuilt). A corrupt
+    /// file or one written for another topic or partition count is [`Error::Checkpoint`].
     pub fn load<S: serde::de::DeserializeOwned>(
         &self,
         projection: &str,
@@ -83,13 +105,42 @@ impl CheckpointStore {
             projection: projection.to_owned(),
             message,
         };
-        let cp: Checkpoint<S> = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("not a readable checkpoint: {e}")))?;
+        let cp: Checkpoint<S> = match serde_json::from_slice(&bytes) {
+            Ok(cp) => cp,
+            Err(e) => {
+                // The state may be of an older model, which the header says.
+                #[derive(Deserialize)]
+                struct Header {
+                    format: String,
+                    #[serde(default = "first_model")]
+                    model: u32,
+                }
+                let current = state_model(projection);
+                match serde_json::from_slice::<Header>(&bytes) {
+                    Ok(h) if h.format == FORMAT && h.model < current => {
+                        tracing::warn!(
+                            projection,
+                            path = %path.display(),
+                            model = h.model,
+                            current,
+                            "checkpoint of an older state model; rebuilding this projection from the start"
+                        );
+                        return Ok(None);
+                    }
+                    _ => return Err(bad(format!("not a readable checkpoint: {e}"))),
+                }
+            }
+        };
         if cp.format != FORMAT {
             return Err(bad(format!(
                 "format is {:?}, expected {FORMAT:?}",
                 cp.format
             )));
+        }
+        if cp.model < state_model(projection) {
+            tracing::warn!(projection, path = %path.display(), model = cp.model,
+                "checkpoint of an older state model; rebuilding this projection from the start");
+            return Ok(None);
         }
         if cp.projection != projection || cp.topic != self.topic || cp.partitions != self.partitions
         {
@@ -117,6 +168,7 @@ impl CheckpointStore {
         let cp = Checkpoint {
             format: FORMAT.to_owned(),
             projection: projection.to_owned(),
+            model: state_model(projection),
             topic: self.topic.clone(),
             partitions: self.partitions,
             offsets: offsets.clone(),
@@ -325,6 +377,38 @@ mod tests {
 
     fn json_line(row: &i32, out: &mut Vec<u8>) {
         serde_json::to_writer(out, row).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_of_an_older_state_model_is_set_aside_not_refused() {
+        let dir = std::env::temp_dir().join(format!("fl-cp-{}-{}", std::process::id(), line!()));
+        let store = CheckpointStore::new(&dir, "t.history.v1", 1);
+        std::fs::create_dir_all(&dir).unwrap();
+        // billing_hours as the arrival-order model wrote it: no model, another shape.
+        let old = r#"{"format":"fleetledger.checkpoint.v2","projection":"billing_hours","topic":"t.history.v1","partitions":1,"offsets":{"0":7},"state":{"clusters":{"lkc-a":{"org_id":"o","sku":"s","cloud":"c","region":"r","billing":{"desired":1,"actual":1,"last_ms":5,"hours":{"0":5}}}}}}"#;
+        std::fs::write(store.path("billing_hours"), old).unwrap();
+        let loaded = store
+            .load::<crate::billing_hours::BillingHours>("billing_hours")
+            .unwrap();
+        assert!(loaded.is_none(), "rebuilt, not refused");
+        // The same bytes under a projection whose model did not change are corrupt.
+        std::fs::write(
+            store.path("clusters"),
+            old.replace("billing_hours", "clusters"),
+        )
+        .unwrap();
+        assert!(store.load::<crate::clusters::Clusters>("clusters").is_err());
+        // A current checkpoint carries its model and loads.
+        let b = crate::billing_hours::BillingHours::default();
+        store
+            .save("billing_hours", &BTreeMap::from([(0, 7)]), &b)
+            .unwrap();
+        let cp = store
+            .load::<crate::billing_hours::BillingHours>("billing_hours")
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.model, cp.state), (2, b));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -84,7 +84,11 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    /// Applies one record: the facet's state replaces the older one.
+    /// Applies one record: the facet's state replaces an older version's. A record of a
+    /// version lower than the one the row holds changes nothing, so the row is a function
+    /// of the set of records applied (each facet's highest version), whatever order the
+    /// facets' records arrive in; `drift`, `phase` and every per-service view derived from
+    /// it are too.
     pub fn apply(&mut self, h: &HistoryRecord) {
         let r = &h.record;
         // The id is copied only for a new cluster, not for every record.
@@ -93,35 +97,20 @@ impl Clusters {
             None => self.rows.entry(r.meta.cluster_id.clone()).or_default(),
         };
         let (version, ts_ms) = (r.meta.version, r.meta.ts.timestamp_millis());
+        fn newer<S: Clone>(slot: &mut Option<Versioned<S>>, version: i64, ts_ms: i64, state: &S) {
+            if slot.as_ref().is_none_or(|v| v.version <= version) {
+                *slot = Some(Versioned {
+                    version,
+                    ts_ms,
+                    state: state.clone(),
+                });
+            }
+        }
         match &r.state {
-            FacetState::Logical(s) => {
-                row.logical = Some(Versioned {
-                    version,
-                    ts_ms,
-                    state: s.clone(),
-                })
-            }
-            FacetState::Physical(s) => {
-                row.physical = Some(Versioned {
-                    version,
-                    ts_ms,
-                    state: s.clone(),
-                })
-            }
-            FacetState::Capacity(s) => {
-                row.capacity = Some(Versioned {
-                    version,
-                    ts_ms,
-                    state: s.clone(),
-                })
-            }
-            FacetState::Status(s) => {
-                row.status = Some(Versioned {
-                    version,
-                    ts_ms,
-                    state: s.clone(),
-                })
-            }
+            FacetState::Logical(s) => newer(&mut row.logical, version, ts_ms, s),
+            FacetState::Physical(s) => newer(&mut row.physical, version, ts_ms, s),
+            FacetState::Capacity(s) => newer(&mut row.capacity, version, ts_ms, s),
+            FacetState::Status(s) => newer(&mut row.status, version, ts_ms, s),
         }
     }
 }

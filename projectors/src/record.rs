@@ -11,4 +11,9 @@ pub struct HistoryRecord {
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
+    /// When the ledger wrote it (ms since the epoch): the Kafka record timestamp, which
+    /// the writer sets from its clock when it forms the transaction. Differs from the
+    /// record's `ts` (its event time) for imported history. Records written before the
+    /// writer set it carry their `ts` there.
+    pub written_at_ms: i64,
 }

@@ -512,7 +512,13 @@ impl Projector {
                 batch.bytes.extend_from_slice(p);
                 start..batch.bytes.len()
             });
-            batch.records.push((msg.partition(), msg.offset(), payload));
+            let written_at_ms = msg.timestamp().to_millis();
+            batch.records.push(RawRecord {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                written_at_ms,
+                payload,
+            });
         }
         Ok(batch)
     }
@@ -611,7 +617,13 @@ impl Projector {
         } = batch;
         let mut records = Vec::with_capacity(raw.len());
         let mut newly = Vec::new();
-        for (partition, offset, payload) in raw {
+        for RawRecord {
+            partition,
+            offset,
+            written_at_ms,
+            payload,
+        } in raw
+        {
             if stopped.contains_key(&partition) {
                 continue;
             }
@@ -619,6 +631,8 @@ impl Projector {
                 None => records.push(Err((partition, offset))),
                 Some(range) => match self.codec.decode(&bytes[range]).await {
                     Ok(record) => records.push(Ok(HistoryRecord {
+                        written_at_ms: written_at_ms
+                            .unwrap_or_else(|| record.meta.ts.timestamp_millis()),
                         record,
                         partition,
                         offset,
@@ -720,10 +734,21 @@ const READ_AHEAD_BATCHES: usize = 8;
 struct RawBatch {
     /// Every payload, back to back.
     bytes: Vec<u8>,
-    /// `(partition, offset, payload range in bytes)`; `None` is a tombstone.
-    records: Vec<(i32, i64, Option<std::ops::Range<usize>>)>,
+    /// The records, in the order read.
+    records: Vec<RawRecord>,
     /// Partitions that reported their end after these records.
     eofs: Vec<i32>,
+}
+
+/// One record as read: where it is, when it was written, and its payload's range in
+/// [`RawBatch::bytes`] (`None` is a tombstone).
+#[derive(Debug)]
+struct RawRecord {
+    partition: i32,
+    offset: i64,
+    /// The Kafka record timestamp, if the record has one.
+    written_at_ms: Option<i64>,
+    payload: Option<std::ops::Range<usize>>,
 }
 
 impl ReadAhead {

@@ -190,7 +190,9 @@ mod tests {
         state: FacetState,
         offset: i64,
     ) -> HistoryRecord {
+        let ts = ts.parse::<DateTime<Utc>>().unwrap();
         HistoryRecord {
+            written_at_ms: ts.timestamp_millis(),
             record: StateRecord {
                 meta: RecordMeta {
                     cluster_id: cluster.into(),
@@ -198,7 +200,7 @@ mod tests {
                     writer: writer.into(),
                     request_id: format!("r{offset}"),
                     reason: None,
-                    ts: ts.parse::<DateTime<Utc>>().unwrap(),
+                    ts,
                     prev_hash: String::new(),
                     hash: format!("h{offset}"),
                 },

@@ -74,7 +74,7 @@ impl std::fmt::Debug for SnapshotTable {
 /// A fixed column: its name and how to make its type.
 type FieldSpec = (&'static str, fn() -> DataType);
 
-const BILLING_FIELDS: [FieldSpec; 8] = [
+const BILLING_FIELDS: [FieldSpec; 9] = [
     ("hour_start", ts_type),
     ("cluster_id", || DataType::Utf8),
     ("org_id", || DataType::Utf8),
@@ -83,6 +83,7 @@ const BILLING_FIELDS: [FieldSpec; 8] = [
     ("region", || DataType::Utf8),
     ("cku_hours", || DataType::Float64),
     ("open", || DataType::Boolean),
+    ("recomputed_at", ts_type),
 ];
 
 const AUDIT_FIELDS: [FieldSpec; 11] = [
@@ -330,6 +331,11 @@ impl SnapshotTable {
                             "open" => Arc::new(
                                 BooleanBuilder::new()
                                     .append_values_iter(rows.iter().map(|r| r.open)),
+                            ),
+                            "recomputed_at" => Arc::new(
+                                TimestampMillisecondBuilder::new()
+                                    .with_timezone("UTC")
+                                    .append_values_iter(rows.iter().map(|r| r.recomputed_at_ms)),
                             ),
                             name => {
                                 let mut b = StringBuilder::new();

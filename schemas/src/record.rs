@@ -20,7 +20,12 @@ pub struct RecordMeta {
     pub request_id: String,
     /// Why, in human words.
     pub reason: Option<String>,
-    /// When the ledger accepted the change (millisecond precision, UTC).
+    /// The change's event time (millisecond precision, UTC): when it took effect in the
+    /// control plane, the time billing integrates by. For a live append, the ledger's
+    /// clock when it admitted the change, but never earlier than the cluster's previous
+    /// record of any facet (so a cluster's records are in time order even across writer
+    /// restarts and clock steps); for imported history, the time the source recorded.
+    /// When the ledger *wrote* the record is the Kafka record timestamp instead.
     pub ts: DateTime<Utc>,
     /// Hex SHA-256 of the previous version of the same cluster+facet; empty for version 1.
     pub prev_hash: String,

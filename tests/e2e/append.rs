@@ -13,6 +13,11 @@ use serde_json::{Value, json};
 
 use crate::support::{TestServer, config, unique_prefix};
 
+/// A status state as the sync service reports it.
+pub(crate) fn status(phase: &str, cku: i64, observed: i64) -> Value {
+    json!({"phase": phase, "cku": cku, "brokers_ready": 3, "observed_version": observed})
+}
+
 pub(crate) fn logical(cku: i64) -> Value {
     json!({"org_id": "org-1", "env_id": "env-1", "kind": "kafka", "name": "orders",
         "sku": "dedicated", "cku": cku, "cloud": "aws", "region": "us-east-1",
@@ -645,4 +650,60 @@ async fn without_kafka_writes_answer_503_with_retry_after() {
     token.cancel();
     // Start-up never finished, so waiting returns without an error of its own.
     let _ = running.wait().await;
+}
+
+/// A live record's `ts` never goes below the cluster's previous record of any facet, even
+/// when the clock steps back and across a restart of the writer.
+#[tokio::test]
+async fn a_clusters_time_never_goes_backwards_across_facets_clock_steps_and_restarts() {
+    use chrono::{DateTime, TimeDelta, Utc};
+    use fleetledger_ledger::ManualClock;
+    let cfg = config(&unique_prefix("monotone"));
+    let t0: DateTime<Utc> = "2026-03-01T12:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let server = TestServer::start_with_clock(cfg.clone(), clock.clone()).await;
+    let api = Api::new(&server);
+    let c = "lkc-monotone";
+    let ts_of = |v: &Value| v["ts"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+    let (st, first) = api
+        .append(c, "logical", "dev-frontend", &logical(2), &[])
+        .await;
+    assert_eq!(st, 201, "{first}");
+    assert_eq!(ts_of(&first), t0);
+    // The clock steps back an hour: another facet of the same cluster keeps t0.
+    clock.set(t0 - TimeDelta::hours(1));
+    let (st, s1) = api
+        .append(c, "status", "dev-sync", &status("provisioning", 0, 1), &[])
+        .await;
+    assert_eq!(st, 201, "{s1}");
+    assert_eq!(ts_of(&s1), t0, "not earlier than the logical record");
+    // Another cluster is not held back by this one.
+    let (st, other) = api
+        .append("lkc-other", "logical", "dev-frontend", &logical(1), &[])
+        .await;
+    assert_eq!(st, 201, "{other}");
+    assert_eq!(ts_of(&other), t0 - TimeDelta::hours(1));
+    // A restarted writer learns the cluster's latest time from the state topic.
+    server.stop().await;
+    let server = TestServer::start_with_clock(cfg.clone(), clock.clone()).await;
+    let api = Api::new(&server);
+    let (st, p1) = api
+        .append(
+            c,
+            "capacity",
+            "dev-capacity-controller",
+            &json!({"satellite": "sat-1", "k8s_cluster": "k8s-1", "node_pool": "pool-1"}),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 201, "{p1}");
+    assert_eq!(ts_of(&p1), t0, "after a restart too");
+    // Time moves on normally once the clock passes it.
+    clock.set(t0 + TimeDelta::minutes(5));
+    let (st, s2) = api
+        .append(c, "status", "dev-sync", &status("running", 2, 1), &[])
+        .await;
+    assert_eq!(st, 201, "{s2}");
+    assert_eq!(ts_of(&s2), t0 + TimeDelta::minutes(5));
+    server.stop().await;
 }

@@ -3,6 +3,7 @@
 //! run in parallel and never see each other's data.
 
 mod append;
+mod billing;
 mod foundation;
 mod import;
 mod projections;

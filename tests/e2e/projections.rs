@@ -11,7 +11,7 @@ use fleetledger_schemas::RecordCodec;
 use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::{Value, json};
 
-use crate::append::{Api, logical};
+use crate::append::{Api, logical, status};
 use crate::support::{TestServer, config, unique_prefix};
 
 fn projector(cfg: &Config, server: &TestServer, dir_name: &str) -> Projector {
@@ -29,10 +29,6 @@ fn projector(cfg: &Config, server: &TestServer, dir_name: &str) -> Projector {
         pc,
     )
     .expect("projector opens")
-}
-
-fn status(phase: &str, cku: i64, observed: i64) -> Value {
-    json!({"phase": phase, "cku": cku, "brokers_ready": 3, "observed_version": observed})
 }
 
 #[tokio::test]

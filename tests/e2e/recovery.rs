@@ -17,7 +17,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::append::{Api, logical};
+use crate::append::{Api, logical, status};
 use crate::support::{TestServer, config, unique_prefix};
 
 fn physical(brokers: i64) -> Value {
@@ -26,10 +26,6 @@ fn physical(brokers: i64) -> Value {
 
 fn capacity(pool: &str) -> Value {
     json!({"satellite": "sat-1", "k8s_cluster": "k8s-1", "node_pool": pool})
-}
-
-fn status(phase: &str, cku: i64, observed: i64) -> Value {
-    json!({"phase": phase, "cku": cku, "brokers_ready": 3, "observed_version": observed})
 }
 
 fn named(cku: i64, name: &str) -> Value {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, TimeDelta, TimeZone, Utc};
 use fleetledger_ledger::ManualClock;
 use serde_json::{Value, json};
 
-use crate::append::{Api, logical};
+use crate::append::{Api, logical, status};
 use crate::support::{TestServer, config, unique_prefix};
 
 /// The README's examples, verbatim from README.md so the two cannot drift apart.
@@ -35,10 +35,6 @@ async fn sql(server: &TestServer, q: &str) -> (u16, Value) {
         .unwrap();
     let st = resp.status().as_u16();
     (st, resp.json().await.unwrap_or(Value::Null))
-}
-
-fn status(phase: &str, cku: i64, observed: i64) -> Value {
-    json!({"phase": phase, "cku": cku, "brokers_ready": 3, "observed_version": observed})
 }
 
 fn logical_in(org: &str, region: &str, cku: i64) -> Value {
