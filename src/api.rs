@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetledger_ledger::principals::{IMPORT, RECOVERY};
 use fleetledger_ledger::{
-    AppendRequest, Appended, ClusterHistory, Error as LedgerError, HistoryEntry, Ledger, Point,
-    parse_time,
+    AppendRequest, Appended, ClusterHistory, DeleteRequest, Error as LedgerError, HistoryEntry,
+    Ledger, Point, parse_time,
 };
 use fleetledger_schemas::diff::field_diff;
 use fleetledger_schemas::{Facet, FacetState, validate_cluster_id};
@@ -235,8 +235,9 @@ pub(crate) async fn append(
     Ok(created(&appended))
 }
 
-/// `DELETE /v1/clusters/{id}`: the logical facet becomes `deleted: true`. Deleting a
-/// deleted cluster writes nothing and answers 200 with the current version.
+/// `DELETE /v1/clusters/{id}`: the logical facet becomes `deleted: true`, decided by the
+/// ledger against the state current when the delete is admitted ([`Ledger::delete`]).
+/// Deleting a deleted cluster writes nothing and answers 200 with the current version.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -244,29 +245,23 @@ pub(crate) async fn delete(
 ) -> Result<Response, AppError> {
     let principal = principal(&state, &headers)?;
     cluster(&id)?;
-    let mut change = ChangeHeaders::read(&headers)?;
+    let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
     authorise(ledger, &principal, Facet::Logical)?;
-    let current = ledger.current(&id).await;
-    let head = current
-        .get(&Facet::Logical)
-        .ok_or_else(|| AppError::from(LedgerError::NotFound(id.clone())))?;
-    let FacetState::Logical(mut logical) = head.record.state.clone() else {
-        return Err(AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "logical head is not logical",
-        ));
-    };
-    if logical.deleted && change.key.is_none() {
-        return Ok((StatusCode::OK, Json(json!(head.appended))).into_response());
-    }
-    Arc::make_mut(&mut logical).deleted = true;
-    change.reason = change.reason.or_else(|| Some("deleted".into()));
-    let appended = ledger
-        .append(change.request(id, FacetState::Logical(logical), principal))
+    let outcome = ledger
+        .delete(DeleteRequest {
+            cluster_id: id,
+            principal,
+            expected_version: change.expected,
+            request_id: change.key,
+            reason: change.reason,
+        })
         .await?;
-    Ok(created(&appended))
+    if outcome.written {
+        Ok(created(&outcome.appended))
+    } else {
+        Ok((StatusCode::OK, Json(json!(outcome.appended))).into_response())
+    }
 }
 
 /// `GET /v1/clusters/{id}`: every facet's current state and version.

@@ -1,19 +1,25 @@
 //! The ledger: the topic layout of the system of record, the one place Kafka clients are
 //! configured, the Kafka-backed journal of the embedded schema registry, and the clock.
 
+mod admission;
 pub mod append;
 mod clock;
 pub mod cluster_history;
 mod error;
 pub mod hash_chain;
+mod history;
+mod index;
 pub mod kafka;
+pub mod keys;
 pub mod partitioner;
 pub mod principals;
 pub mod registry_journal;
 pub mod topics;
 pub mod verify;
+mod writer;
 
-pub use append::{AppendRequest, Appended, Head, HistoryHint, Ledger, LedgerConfig, LedgerSetup};
+pub use admission::{DeleteRequest, Outcome};
+pub use append::{AppendRequest, Appended, Ledger, LedgerConfig, LedgerSetup};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster_history::{
     ClusterHistory, FacetRestore, HistoryEntry, Point, RecoveryPlan, StateAt, TimelineEntry,
@@ -21,7 +27,10 @@ pub use cluster_history::{
 };
 pub use error::{Error, Result};
 pub use hash_chain::{BrokenLink, ChainReport, ChainVerifier};
+pub use history::HistoryHint;
+pub use index::Head;
 pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
+pub use keys::{HistoryKey, StateKey};
 pub use principals::{Ownership, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};

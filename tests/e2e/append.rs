@@ -707,3 +707,72 @@ async fn a_clusters_time_never_goes_backwards_across_facets_clock_steps_and_rest
     assert_eq!(ts_of(&s2), t0 + TimeDelta::minutes(5));
     server.stop().await;
 }
+
+/// A DELETE without `If-Match` racing a change of the same cluster never overwrites that
+/// change with a stale copy: the deleted record differs from the version before it only
+/// in `deleted`. (Deciding the delete in the HTTP handler from a state read before the
+/// change committed lost the change.)
+#[tokio::test]
+async fn a_delete_racing_a_change_never_overwrites_it_with_a_stale_copy() {
+    let cfg = config(&unique_prefix("delrace"));
+    let server = TestServer::start(cfg.clone()).await;
+    let api = Api::new(&server);
+    let http = reqwest::Client::new();
+    let clusters: Vec<String> = (0..12).map(|i| format!("lkc-race{i}")).collect();
+    for c in &clusters {
+        let (st, v) = api
+            .append(c, "logical", "dev-frontend", &logical(2), &[])
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let races = clusters.iter().map(|c| {
+        let (api, http, url) = (api.clone(), http.clone(), server.url());
+        async move {
+            let five = logical(5);
+            let change = api.append(c, "logical", "dev-frontend", &five, &[]);
+            let delete = async {
+                // Sent while the change waits for its transaction.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                http.delete(format!("{url}/v1/clusters/{c}"))
+                    .bearer_auth("dev-frontend")
+                    .send()
+                    .await
+                    .expect("delete sent")
+                    .status()
+                    .as_u16()
+            };
+            let ((st, v), del) = tokio::join!(change, delete);
+            assert_eq!(st, 201, "{v}");
+            assert!(del == 201 || del == 200, "delete answered {del}");
+        }
+    });
+    futures::future::join_all(races).await;
+    for c in &clusters {
+        let (st, h) = api
+            .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
+            .await;
+        assert_eq!(st, 200, "{h}");
+        let logical: Vec<&Value> = h["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["facet"] == "logical")
+            .collect();
+        for pair in logical.windows(2) {
+            let (before, after) = (&pair[0]["state"], &pair[1]["state"]);
+            if after["deleted"] == true && before["deleted"] != true {
+                assert_eq!(
+                    after["cku"], before["cku"],
+                    "{c}: the delete (v{}) brought back cku {} over v{}'s {}",
+                    pair[1]["version"], after["cku"], pair[0]["version"], before["cku"]
+                );
+            }
+        }
+        assert_eq!(
+            logical.len(),
+            3,
+            "{c}: create, change and delete: {logical:?}"
+        );
+    }
+    server.stop().await;
+}

@@ -1,0 +1,189 @@
+//! The in-memory index of the latest committed record of every cluster+facet, with its
+//! idempotency window, and its rebuild from the compacted state topic.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use fleetledger_schemas::{Facet, RecordCodec, StateRecord};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use serde::{Deserialize, Serialize};
+
+use crate::append::Appended;
+use crate::error::{Error, Result};
+use crate::kafka::{KafkaClients, read_partition_to_end};
+use crate::topics::TopicLayout;
+
+/// The state record header that carries a cluster+facet's idempotency window.
+pub(crate) const RECENT_HEADER: &str = "fleetledger.recent";
+
+/// One request id of an idempotency window, with the digest of its body and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecentRequest {
+    pub(crate) request_id: String,
+    pub(crate) digest: String,
+    pub(crate) result: Appended,
+}
+
+/// The latest accepted record of one cluster+facet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// The record.
+    pub record: StateRecord,
+    /// Where its history copy is.
+    pub appended: Appended,
+    /// The last request ids that came with an idempotency key, oldest first.
+    pub(crate) recent: VecDeque<RecentRequest>,
+}
+
+/// Every facet's head of one cluster, and the latest `ts` of any of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ClusterHeads {
+    facets: [Option<Head>; 4],
+    latest_ts: Option<DateTime<Utc>>,
+}
+
+fn slot(facet: Facet) -> usize {
+    match facet {
+        Facet::Logical => 0,
+        Facet::Physical => 1,
+        Facet::Capacity => 2,
+        Facet::Status => 3,
+    }
+}
+
+/// Cluster → its heads. Plain data: admission decides over it without I/O.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Index {
+    clusters: HashMap<String, ClusterHeads>,
+}
+
+impl Index {
+    /// The head of `cluster_id`'s `facet`.
+    pub(crate) fn head(&self, cluster_id: &str, facet: Facet) -> Option<&Head> {
+        self.clusters.get(cluster_id)?.facets[slot(facet)].as_ref()
+    }
+
+    /// The latest `ts` of any facet of `cluster_id`.
+    pub(crate) fn latest_ts(&self, cluster_id: &str) -> Option<DateTime<Utc>> {
+        self.clusters.get(cluster_id)?.latest_ts
+    }
+
+    /// Every head of `cluster_id`, by facet.
+    pub(crate) fn heads_of(&self, cluster_id: &str) -> impl Iterator<Item = &Head> {
+        self.clusters
+            .get(cluster_id)
+            .into_iter()
+            .flat_map(|c| c.facets.iter().flatten())
+    }
+
+    /// Installs `head` unless the index holds a higher version of its cluster+facet.
+    pub(crate) fn install(&mut self, head: Head) {
+        let meta = &head.record.meta;
+        let cluster = match self.clusters.get_mut(&meta.cluster_id) {
+            Some(c) => c,
+            None => self.clusters.entry(meta.cluster_id.clone()).or_default(),
+        };
+        cluster.latest_ts = Some(cluster.latest_ts.map_or(meta.ts, |t| t.max(meta.ts)));
+        let slot = &mut cluster.facets[slot(head.record.facet())];
+        if slot
+            .as_ref()
+            .is_none_or(|h| h.record.meta.version < head.record.meta.version)
+        {
+            *slot = Some(head);
+        }
+    }
+
+    /// How many clusters the index holds.
+    pub(crate) fn clusters(&self) -> usize {
+        self.clusters.len()
+    }
+}
+
+/// A state record as read: payload, recent-requests header, offset.
+type RawState = (Vec<u8>, Option<Vec<u8>>, i64);
+
+/// Rebuilds the index from the compacted state topic: the highest version of every
+/// cluster+facet, with its recent request ids.
+pub(crate) async fn rebuild_index(
+    clients: &KafkaClients,
+    layout: &TopicLayout,
+    codec: &RecordCodec,
+) -> Result<Index> {
+    let mut index = Index::default();
+    for partition in 0..layout.partitions {
+        // The state topic is keyed by cluster/facet and written by one writer at a time,
+        // so the last record of a key in its partition is its head: keep only that one's
+        // bytes while reading (reusing the buffers), and decode one record per head, not
+        // one per change the topic still holds before compaction.
+        let mut latest: HashMap<Vec<u8>, RawState> = HashMap::new();
+        let mut unkeyed = Vec::new();
+        read_partition_to_end(clients, &layout.state, partition, "index-rebuild", |m| {
+            if let Some(payload) = m.payload() {
+                let recent = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == RECENT_HEADER)
+                        .and_then(|h| h.value)
+                });
+                match m.key() {
+                    Some(key) => match latest.get_mut(key) {
+                        Some((p, r, o)) => {
+                            p.clear();
+                            p.extend_from_slice(payload);
+                            *r = recent.map(<[u8]>::to_vec);
+                            *o = m.offset();
+                        }
+                        None => {
+                            latest.insert(
+                                key.to_vec(),
+                                (payload.to_vec(), recent.map(<[u8]>::to_vec), m.offset()),
+                            );
+                        }
+                    },
+                    None => {
+                        unkeyed.push((payload.to_vec(), recent.map(<[u8]>::to_vec), m.offset()))
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let mut raw: Vec<_> = latest.into_values().chain(unkeyed).collect();
+        raw.sort_unstable_by_key(|(_, _, offset)| *offset);
+        for (payload, recent, offset) in raw {
+            let record = codec.decode(&payload).await.map_err(|e| Error::Corrupt {
+                topic: layout.state.clone(),
+                partition,
+                offset,
+                message: e.to_string(),
+            })?;
+            let recent: VecDeque<RecentRequest> = recent
+                .and_then(|r| serde_json::from_slice(&r).ok())
+                .unwrap_or_default();
+            let appended = recent
+                .iter()
+                .rev()
+                .find(|r| r.result.version == record.meta.version)
+                .map(|r| r.result.clone())
+                .unwrap_or_else(|| Appended {
+                    cluster_id: record.meta.cluster_id.clone(),
+                    facet: record.facet(),
+                    version: record.meta.version,
+                    hash: record.meta.hash.clone(),
+                    partition,
+                    offset: -1,
+                    ts: record.meta.ts,
+                });
+            index.install(Head {
+                record,
+                appended,
+                recent,
+            });
+        }
+    }
+    tracing::info!(
+        clusters = index.clusters(),
+        "index rebuilt from the state topic"
+    );
+    Ok(index)
+}

@@ -1,0 +1,528 @@
+//! The writer task: owns the transactional producer. It takes up to `batch_max` queued
+//! changes (waiting at most `linger` for more), has [`admit`] decide them, encodes what is
+//! admitted, writes every history record and then every state record in one transaction,
+//! and answers each caller only after the commit.
+//!
+//! An aborted transaction answers [`Error::Unavailable`] to all its callers and changes
+//! nothing. A fenced producer answers [`Error::Fenced`] from then on. Any other failed
+//! commit re-creates the producer and rebuilds the index from the state topic before
+//! accepting more, so a commit whose outcome was unknown can never lead to a duplicate
+//! version; while that does not succeed (the broker is away) the writer keeps trying with
+//! capped back-off and answers [`Error::Unavailable`] meanwhile — it never gives up for good.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fleetledger_schemas::{RecordCodec, StateRecord};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::admission::{Admitted, Outcome, Proposal, Rules, Verdict, admit};
+use crate::append::{Appended, LedgerConfig};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index};
+use crate::kafka::KafkaClients;
+use crate::keys::{HistoryKey, StateKey};
+use crate::principals::Ownership;
+use crate::topics::TopicLayout;
+
+/// A proposed change and where its answer goes.
+pub(crate) struct Pending {
+    pub(crate) proposal: Proposal,
+    pub(crate) reply: oneshot::Sender<Result<Outcome>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("proposal", &self.proposal)
+            .finish()
+    }
+}
+
+/// Flags the writer shares with the [`crate::Ledger`] handle.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriterStatus {
+    /// Another writer with the same transactional id took over: final.
+    pub(crate) fenced: Arc<AtomicBool>,
+    /// The producer is being re-created (the broker is away): writes answer 503 meanwhile.
+    pub(crate) recovering: Arc<AtomicBool>,
+}
+
+pub(crate) struct Writer {
+    pub(crate) producer: FutureProducer,
+    pub(crate) txn_id: String,
+    pub(crate) clients: KafkaClients,
+    pub(crate) layout: TopicLayout,
+    pub(crate) codec: Arc<RecordCodec>,
+    pub(crate) ownership: Arc<Ownership>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: LedgerConfig,
+    pub(crate) index: Arc<RwLock<Index>>,
+    pub(crate) status: WriterStatus,
+}
+
+/// What a transaction wrote: history offsets in change order, and the idempotency window
+/// of every key as its last state record carries it.
+#[derive(Default)]
+struct Written {
+    offsets: Vec<i64>,
+    recents: HashMap<StateKey, VecDeque<RecentRequest>>,
+}
+
+/// An admitted change, encoded, waiting for its transaction.
+struct Accepted {
+    reply_to: Vec<oneshot::Sender<Result<Outcome>>>,
+    keyed: bool,
+    request_id: String,
+    digest: String,
+    record: StateRecord,
+    payload: Vec<u8>,
+    partition: i32,
+}
+
+impl Writer {
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Pending>,
+        shutdown: CancellationToken,
+    ) {
+        let linger = Duration::from_millis(self.config.linger_ms);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = rx.recv() => match p { Some(p) => p, None => break },
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < self.config.batch_max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                }
+            }
+            self.process(batch, &shutdown).await;
+        }
+        // Finish what callers already queued, then stop.
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            rest.push(p);
+        }
+        if !rest.is_empty() {
+            self.process(rest, &shutdown).await;
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    async fn process(&mut self, batch: Vec<Pending>, shutdown: &CancellationToken) {
+        let span = tracing::info_span!("transaction", changes = batch.len());
+        async {
+            if self.status.fenced.load(Ordering::Acquire) {
+                for p in batch {
+                    let _ = p.reply.send(Err(Error::Fenced));
+                }
+                return;
+            }
+            let accepted = self.check(batch).await;
+            if accepted.is_empty() {
+                return;
+            }
+            match self.commit(&accepted).await {
+                Ok(written) => self.publish(accepted, written).await,
+                Err(e) => {
+                    let text = e.to_string();
+                    tracing::warn!(error = %text, "transaction failed; nothing written");
+                    for a in accepted {
+                        for r in a.reply_to {
+                            let err = if self.status.fenced.load(Ordering::Acquire) {
+                                Error::Fenced
+                            } else {
+                                Error::Unavailable(text.clone())
+                            };
+                            let _ = r.send(Err(err));
+                        }
+                    }
+                    if !self.status.fenced.load(Ordering::Acquire) {
+                        self.recover_producer(shutdown).await;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Has [`admit`] decide the batch and encodes what it admits; refusals and repeats are
+    /// answered at once. A change that cannot be encoded is answered with
+    /// [`Error::Unavailable`] and the rest of the batch is admitted again without it, so
+    /// no version depends on a record that is not written.
+    async fn check(&self, batch: Vec<Pending>) -> Vec<Accepted> {
+        let (mut proposals, mut replies): (Vec<Proposal>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| (p.proposal, Some(p.reply)))
+            .unzip();
+        let index = self.index.read().await;
+        loop {
+            let rules = Rules {
+                ownership: &self.ownership,
+                partitions: self.layout.partitions,
+                now: self.clock.now(),
+            };
+            let verdicts = admit(&index, &proposals, &rules);
+            let mut payloads = Vec::with_capacity(verdicts.len());
+            let mut unencodable = None;
+            for (i, v) in verdicts.iter().enumerate() {
+                if let Verdict::Write(a) = v {
+                    match self.codec.encode(&a.record).await {
+                        Ok(p) => payloads.push(Some(p)),
+                        Err(e) => {
+                            unencodable = Some((i, e));
+                            break;
+                        }
+                    }
+                } else {
+                    payloads.push(None);
+                }
+            }
+            if let Some((i, e)) = unencodable {
+                if let Some(r) = replies.remove(i) {
+                    let _ = r.send(Err(Error::Unavailable(format!("cannot encode: {e}"))));
+                }
+                proposals.remove(i);
+                continue;
+            }
+            // Index of each written proposal in `accepted`, for the joins that follow it.
+            let mut slot: HashMap<usize, usize> = HashMap::new();
+            let mut accepted: Vec<Accepted> = Vec::new();
+            for (i, (v, payload)) in verdicts.into_iter().zip(payloads).enumerate() {
+                let Some(reply) = replies[i].take() else {
+                    continue;
+                };
+                match v {
+                    Verdict::Write(Admitted {
+                        record,
+                        keyed,
+                        request_id,
+                        digest,
+                        partition,
+                    }) => {
+                        slot.insert(i, accepted.len());
+                        accepted.push(Accepted {
+                            reply_to: vec![reply],
+                            keyed,
+                            request_id,
+                            digest,
+                            record,
+                            payload: payload.unwrap_or_default(),
+                            partition,
+                        });
+                    }
+                    Verdict::Join(j) => match slot.get(&j) {
+                        Some(&k) => accepted[k].reply_to.push(reply),
+                        None => {
+                            let _ = reply.send(Err(Error::Unavailable(
+                                "the change this repeats was not admitted".into(),
+                            )));
+                        }
+                    },
+                    Verdict::Answer(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+            return accepted;
+        }
+    }
+
+    /// Writes every history record, then every state record (with its recent request ids),
+    /// in one transaction. Returns what was written, known only once committed.
+    async fn commit(&mut self, accepted: &[Accepted]) -> Result<Written> {
+        let timeout = self.clients.config().request_timeout() * 3;
+        let started = std::time::Instant::now();
+        let p = self.producer.clone();
+        let mut result = blocking(move || p.begin_transaction())
+            .await
+            .map(|_| Written::default());
+        if result.is_ok() {
+            result = self.produce_all(accepted).await;
+        }
+        let produced = started.elapsed();
+        if let Ok(written) = result {
+            let p = self.producer.clone();
+            result = blocking(move || {
+                settle_deliveries(&p);
+                p.commit_transaction(timeout)
+            })
+            .await
+            .map(|_| written);
+        }
+        tracing::debug!(
+            produce_ms = produced.as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - produced).as_secs_f64() * 1e3,
+            "transaction written"
+        );
+        if let Err(e) = &result {
+            self.classify(e);
+            if !self.status.fenced.load(Ordering::Acquire) {
+                let p = self.producer.clone();
+                if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
+                    tracing::warn!(error = %abort, "abort failed");
+                }
+            }
+        }
+        result
+    }
+
+    /// Sends every history record and every state record of the transaction. A state
+    /// record carries its key's idempotency window (client-keyed requests only) in a
+    /// header; a window that gains an entry needs that change's history offset, so only a
+    /// transaction with keyed changes waits for the history deliveries before sending the
+    /// state records; otherwise both go out at once.
+    async fn produce_all(&self, accepted: &[Accepted]) -> Result<Written> {
+        // The Kafka timestamp of every record is its write time (when this transaction
+        // was formed, by the ledger's clock); the event time is the record's `ts`. The
+        // projections tell from it when a late record re-billed an hour.
+        let written_at = self.clock.now().timestamp_millis();
+        let mut history = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            let key = HistoryKey::new(
+                &a.record.meta.cluster_id,
+                a.record.facet(),
+                a.record.meta.version,
+            )
+            .to_string();
+            let rec = FutureRecord::to(&self.layout.history)
+                .key(&key)
+                .payload(&a.payload)
+                .partition(a.partition)
+                .timestamp(written_at);
+            history.push(
+                self.producer
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::kafka("produce history", e))?,
+            );
+        }
+        let mut offsets = Vec::with_capacity(accepted.len());
+        if accepted.iter().any(|a| a.keyed) {
+            offsets = delivered_offsets(std::mem::take(&mut history), "produce history").await?;
+        }
+        let index = self.index.read().await;
+        let mut recents: HashMap<StateKey, VecDeque<RecentRequest>> = HashMap::new();
+        let mut state = Vec::with_capacity(accepted.len());
+        for (i, a) in accepted.iter().enumerate() {
+            let k = StateKey {
+                cluster_id: a.record.meta.cluster_id.clone(),
+                facet: a.record.facet(),
+            };
+            let recent = recents.entry(k.clone()).or_insert_with(|| {
+                index
+                    .head(&k.cluster_id, k.facet)
+                    .map(|h| h.recent.clone())
+                    .unwrap_or_default()
+            });
+            if a.keyed {
+                recent.push_back(RecentRequest {
+                    request_id: a.request_id.clone(),
+                    digest: a.digest.clone(),
+                    result: appended_of(a, offsets[i]),
+                });
+                while recent.len() > self.config.idempotency_window.max(1) {
+                    recent.pop_front();
+                }
+            }
+            let header = if recent.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_vec(&recent).unwrap_or_default())
+            };
+            let key = k.to_string();
+            let mut rec = FutureRecord::to(&self.layout.state)
+                .key(&key)
+                .payload(&a.payload)
+                .partition(a.partition)
+                .timestamp(written_at);
+            if let Some(header) = &header {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: RECENT_HEADER,
+                    value: Some(header),
+                }));
+            }
+            state.push(
+                self.producer
+                    .send_result(rec)
+                    .map_err(|(e, _)| Error::kafka("produce state", e))?,
+            );
+        }
+        drop(index);
+        if !history.is_empty() {
+            offsets = delivered_offsets(history, "produce history").await?;
+        }
+        delivered_offsets(state, "produce state").await?;
+        Ok(Written { offsets, recents })
+    }
+
+    /// Marks the writer fenced when `e`, or the producer's fatal error (librdkafka reports
+    /// fencing as a fatal error and fails queued sends with a purge), says another
+    /// instance took over.
+    fn classify(&self, e: &Error) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let is_fence = |c: Option<C>| {
+            matches!(
+                c,
+                Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
+            )
+        };
+        let mut fenced =
+            matches!(e, Error::Kafka { source, .. } if is_fence(source.rdkafka_error_code()));
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(?code, reason, "producer has a fatal error");
+            fenced |= is_fence(Some(code));
+        }
+        if fenced {
+            tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
+            self.status.fenced.store(true, Ordering::Release);
+        }
+    }
+
+    /// After a failed transaction: a fresh producer (which aborts anything pending) and an
+    /// index rebuilt from the state topic, so an unknown outcome cannot cause a duplicate
+    /// version. Retried with capped back-off (0.4 s doubling to 30 s) for as long as it
+    /// takes, or until shutdown; writes answer [`Error::Unavailable`] meanwhile. Only a
+    /// fence ends it for good.
+    async fn recover_producer(&mut self, shutdown: &CancellationToken) {
+        self.status.recovering.store(true, Ordering::Release);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = async {
+                let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
+                let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
+                Ok::<_, Error>((producer, index))
+            }
+            .await;
+            match result {
+                Ok((producer, index)) => {
+                    self.producer = producer;
+                    *self.index.write().await = index;
+                    tracing::info!(
+                        attempt,
+                        "producer re-created and index rebuilt; accepting writes"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    self.classify(&e);
+                    if self.status.fenced.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(8)))
+                        .min(Duration::from_secs(30));
+                    tracing::warn!(attempt, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "re-creating the producer failed; writes answer 503 until it succeeds");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+        self.status.recovering.store(false, Ordering::Release);
+    }
+
+    async fn publish(&self, accepted: Vec<Accepted>, written: Written) {
+        let mut index = self.index.write().await;
+        for (a, offset) in accepted.into_iter().zip(written.offsets) {
+            let appended = appended_of(&a, offset);
+            let key = StateKey {
+                cluster_id: a.record.meta.cluster_id.clone(),
+                facet: a.record.facet(),
+            };
+            tracing::debug!(cluster_id = %key.cluster_id, facet = %key.facet, version = appended.version, partition = appended.partition, offset, "appended");
+            // The window as written with the key's last record of this transaction.
+            let recent = written.recents.get(&key).cloned().unwrap_or_default();
+            index.install(Head {
+                record: a.record,
+                appended: appended.clone(),
+                recent,
+            });
+            for r in a.reply_to {
+                let _ = r.send(Ok(Outcome {
+                    appended: appended.clone(),
+                    written: true,
+                }));
+            }
+        }
+    }
+}
+
+/// Waits (at most 50 ms) until librdkafka has released every delivered message.
+///
+/// A delivery future resolves inside the delivery callback, a moment before librdkafka
+/// frees the message. `commit_transaction` first flushes, and rdkafka's flush, seeing a
+/// message not yet freed, polls the event queue for up to 100 ms, although the producer's
+/// polling thread has already taken the last event: that was a 100 ms stall in one commit
+/// of twenty (the p99 of a single append). Every record of the transaction has been
+/// delivered when this is called, so the count reaches zero within microseconds; past the
+/// limit the commit's own flush takes over.
+fn settle_deliveries(producer: &FutureProducer) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(50);
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// The offsets of delivered records, in send order; the first failure fails them all.
+async fn delivered_offsets(futures: Vec<DeliveryFuture>, what: &str) -> Result<Vec<i64>> {
+    let mut offsets = Vec::with_capacity(futures.len());
+    for f in futures {
+        match f.await {
+            Ok(Ok(d)) => offsets.push(d.offset),
+            Ok(Err((e, _))) => return Err(Error::kafka(what, e)),
+            Err(_) => return Err(Error::Unavailable("delivery cancelled".into())),
+        }
+    }
+    Ok(offsets)
+}
+
+fn appended_of(a: &Accepted, offset: i64) -> Appended {
+    Appended {
+        cluster_id: a.record.meta.cluster_id.clone(),
+        facet: a.record.facet(),
+        version: a.record.meta.version,
+        hash: a.record.meta.hash.clone(),
+        partition: a.partition,
+        offset,
+        ts: a.record.meta.ts,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("producer task failed: {e}")))?
+        .map_err(|e| Error::kafka("transaction", e))
+}
+
+pub(crate) async fn new_transactional_producer(
+    clients: &KafkaClients,
+    txn_id: &str,
+) -> Result<FutureProducer> {
+    let producer = clients.transactional_producer("writer", txn_id)?;
+    let p = producer.clone();
+    let timeout = clients.config().request_timeout() * 3;
+    tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+        .await
+        .map_err(|e| Error::Unavailable(format!("init task failed: {e}")))?
+        .map_err(|e| Error::kafka("init transactions", e))?;
+    Ok(producer)
+}
