@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use fleetledger_ledger::import::{ImportAnswer, ImportLine};
 use fleetledger_ledger::principals::{IMPORT, RECOVERY};
 use fleetledger_ledger::{
     AppendRequest, Appended, ClusterHistory, DeleteRequest, Error as LedgerError, HistoryEntry,
@@ -594,34 +595,53 @@ pub(crate) async fn batch(
         ));
     }
     let ledger = ledger(&state)?;
-    let futures = batch.items.into_iter().map(|item| {
-        let principal = principal.clone();
-        async move {
-            let prepared = (|| {
-                cluster(&item.cluster_id)?;
-                let facet: Facet = item.facet.parse()?;
-                let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
-                let st = FacetState::from_json(facet, &bytes)?;
-                if item.expected_version.is_some_and(|v| v < 0) {
-                    return Err(AppError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        "expected_version must be >= 0",
-                    ));
-                }
-                Ok::<_, AppError>(AppendRequest {
-                    cluster_id: item.cluster_id,
-                    state: st,
-                    principal,
-                    expected_version: item.expected_version,
-                    request_id: item.idempotency_key,
-                    reason: item.reason,
-                    ts: None,
-                })
-            })();
-            let result = match prepared {
-                Ok(req) => ledger.append(req).await.map_err(AppError::from),
-                Err(e) => Err(e),
+    let prepared: Vec<Result<AppendRequest, AppError>> = batch
+        .items
+        .into_iter()
+        .map(|item| {
+            cluster(&item.cluster_id)?;
+            let facet: Facet = item.facet.parse()?;
+            let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
+            let st = FacetState::from_json(facet, &bytes)?;
+            if item.expected_version.is_some_and(|v| v < 0) {
+                return Err(AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "expected_version must be >= 0",
+                ));
+            }
+            Ok(AppendRequest {
+                cluster_id: item.cluster_id,
+                state: st,
+                principal: principal.clone(),
+                expected_version: item.expected_version,
+                request_id: item.idempotency_key,
+                reason: item.reason,
+                ts: None,
+            })
+        })
+        .collect();
+    let mut refused = Vec::with_capacity(prepared.len());
+    let mut valid = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p {
+            Ok(r) => {
+                valid.push(r);
+                refused.push(None);
+            }
+            Err(e) => refused.push(Some(e)),
+        }
+    }
+    let mut appended = ledger.batch(valid).await.into_iter();
+    let results: Vec<Value> = refused
+        .into_iter()
+        .map(|refusal| {
+            let result = match refusal {
+                None => appended
+                    .next()
+                    .unwrap_or_else(|| Err(LedgerError::Unavailable("no answer".into())))
+                    .map_err(AppError::from),
+                Some(e) => Err(e),
             };
             match result {
                 Ok(a) => json!({"status": 201, "body": a}),
@@ -630,9 +650,8 @@ pub(crate) async fn batch(
                     json!({"status": status.as_u16(), "body": body})
                 }
             }
-        }
-    });
-    let results = futures::future::join_all(futures).await;
+        })
+        .collect();
     Ok(Json(json!({ "results": results })).into_response())
 }
 
@@ -683,37 +702,25 @@ pub(crate) async fn import(
     let batch: ImportBatch = serde_json::from_slice(&bytes)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
     let ledger = ledger(&state)?;
-    let mut requests = Vec::with_capacity(batch.items.len());
+    let at_line = |line: usize, e: AppError| {
+        let (status, body) = e.parts();
+        AppError::new(
+            status,
+            "invalid_line",
+            format!(
+                "line {line}: {}",
+                body["message"].as_str().unwrap_or_default()
+            ),
+        )
+        .with_detail("line", json!(line))
+    };
+    let mut lines = Vec::with_capacity(batch.items.len());
     for item in batch.items {
         let line = item.line;
-        let at_line = |e: AppError| {
-            let (status, body) = e.parts();
-            AppError::new(
-                status,
-                "invalid_line",
-                format!(
-                    "line {line}: {}",
-                    body["message"].as_str().unwrap_or_default()
-                ),
-            )
-            .with_detail("line", json!(line))
-        };
-        let prepared = (|| {
+        let request = (|| {
             cluster(&item.cluster_id)?;
             let facet: Facet = item.facet.parse()?;
             let ts = parse_time(&item.ts)?;
-            authorise(ledger, &item.writer, facet)?;
-            if item.writer == IMPORT || item.writer == RECOVERY {
-                return Err(AppError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    format!(
-                        "principal must be the facet's owner ({}), not {}",
-                        ledger.ownership().owner(facet),
-                        item.writer
-                    ),
-                ));
-            }
             let bytes = serde_json::to_vec(&item.state).unwrap_or_default();
             let st = FacetState::from_json(facet, &bytes)?;
             Ok::<_, AppError>(AppendRequest {
@@ -726,65 +733,31 @@ pub(crate) async fn import(
                 ts: Some(ts),
             })
         })()
-        .map_err(at_line)?;
-        requests.push((line, prepared));
+        .map_err(|e| at_line(line, e))?;
+        lines.push(ImportLine { line, request });
     }
-    // Per cluster in time order (ties in line order), so a cluster's records reach the
-    // topics in the order of their times across facets, as a live history does;
-    // clusters in parallel (the writer batches them).
-    let mut by_cluster: std::collections::BTreeMap<String, Vec<(usize, AppendRequest)>> =
-        std::collections::BTreeMap::new();
-    for (line, r) in requests {
-        by_cluster
-            .entry(r.cluster_id.clone())
-            .or_default()
-            .push((line, r));
-    }
-    for items in by_cluster.values_mut() {
-        items.sort_by_key(|(line, r)| (r.ts, *line));
-    }
-    let chains = by_cluster.into_values().map(|items| async move {
-        let mut out = Vec::with_capacity(items.len());
-        let mut failed = false;
-        for (line, r) in items {
-            if failed {
-                out.push((line, json!({"line": line, "status": 424, "body": {"error": "skipped", "message": "an earlier line of the same cluster failed; fix it and run the import again"}})));
-                continue;
-            }
-            let expected = r.expected_version.unwrap_or(0);
-            let facet = r.state.facet();
-            let head = ledger
-                .current(&r.cluster_id)
-                .await
-                .get(&facet)
-                .map_or(0, |h| h.record.meta.version);
-            if head > expected {
-                // A resumed import: this line's version is already in the ledger.
-                out.push((line, json!({"line": line, "status": 200, "imported": false, "current_version": head})));
-                continue;
-            }
-            let answer = match ledger.import(r).await {
-                Ok(a) => json!({"line": line, "status": 201, "imported": true, "body": a}),
-                Err(LedgerError::Conflict { current, .. }) if current > expected => {
-                    json!({"line": line, "status": 200, "imported": false, "current_version": current})
-                }
-                Err(e) => {
-                    failed = true;
-                    let (status, body) = AppError::from(e).parts();
-                    json!({"line": line, "status": status.as_u16(), "body": body})
-                }
-            };
-            out.push((line, answer));
-        }
-        out
-    });
-    let mut results: Vec<(usize, Value)> = futures::future::join_all(chains)
+    let answers = ledger
+        .import_lines(lines)
         .await
+        .map_err(|r| at_line(r.line, r.error.into()))?;
+    let results: Vec<Value> = answers
         .into_iter()
-        .flatten()
+        .map(|(line, answer)| match answer {
+            ImportAnswer::Imported(a) => {
+                json!({"line": line, "status": 201, "imported": true, "body": a})
+            }
+            ImportAnswer::Already { current_version } => {
+                json!({"line": line, "status": 200, "imported": false, "current_version": current_version})
+            }
+            ImportAnswer::Failed(e) => {
+                let (status, body) = AppError::from(e).parts();
+                json!({"line": line, "status": status.as_u16(), "body": body})
+            }
+            ImportAnswer::Skipped => {
+                json!({"line": line, "status": 424, "body": {"error": "skipped", "message": "an earlier line of the same cluster failed; fix it and run the import again"}})
+            }
+        })
         .collect();
-    results.sort_by_key(|(line, _)| *line);
-    let results: Vec<Value> = results.into_iter().map(|(_, v)| v).collect();
     Ok(Json(json!({ "results": results })).into_response())
 }
 

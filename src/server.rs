@@ -221,6 +221,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse,
             "starting: waiting for Kafka, the topics and the schema registry",
         ));
     }
+    if let Some(l) = state.ledger.get().filter(|l| !l.is_writable()) {
+        let why = if l.is_fenced() {
+            "fenced: another writer with the same transactional id took over"
+        } else {
+            "the writer is re-connecting to Kafka after a failed transaction; writes answer 503 until it has"
+        };
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            why,
+        ));
+    }
     match state.layout.all_exist(&state.clients).await {
         Ok(true) => Ok(axum::Json(json!({"status": "ready"}))),
         Ok(false) => Err(AppError::new(

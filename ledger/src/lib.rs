@@ -8,6 +8,7 @@ pub mod cluster_history;
 mod error;
 pub mod hash_chain;
 mod history;
+pub mod import;
 mod index;
 pub mod kafka;
 pub mod keys;
