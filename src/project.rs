@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetledger_ledger::{KafkaClients, TopicLayout};
-use fleetledger_projectors::{NAMES, Progress, Projector};
+use fleetledger_projectors::{Progress, ProjectionName, Projector};
 use fleetledger_schemas::{RecordCodec, decode_wire_header};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -80,13 +80,13 @@ pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let projector = open(config, &stop, &tracker).await?;
-    let names: Vec<&str> = if name == "all" {
-        NAMES.to_vec()
+    let names: Vec<ProjectionName> = if name == "all" {
+        ProjectionName::ALL.to_vec()
     } else {
-        vec![name]
+        vec![name.parse()?]
     };
     for n in &names {
-        projector.reset(n).await?;
+        projector.reset(*n).await?;
     }
     let started = std::time::Instant::now();
     let applied = projector.catch_up(show).await?;
@@ -94,7 +94,11 @@ pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     eprintln!();
     println!(
         "rebuilt {} from {applied} records in {secs:.2} s ({:.0} records/s)",
-        names.join(", "),
+        names
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         applied as f64 / secs.max(1e-9)
     );
     let figures = crate::bench::Figures::from_env();

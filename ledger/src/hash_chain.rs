@@ -233,6 +233,48 @@ mod tests {
         }
     }
 
+    /// The hash of one fixed record, pinned: every record ever written is chained by this
+    /// function, so its output must never change (a map's key order, a number's format or a
+    /// field's place would break the verification of every existing history). A logical
+    /// state with a config map covers the sorted-keys rule of the canonical JSON.
+    #[test]
+    fn golden_vector_pins_the_record_hash() {
+        let state = FacetState::Logical(std::sync::Arc::new(fleetledger_schemas::LogicalState {
+            org_id: "org-1".into(),
+            env_id: "env-1".into(),
+            kind: "kafka".into(),
+            name: "orders \"eu\" ü".into(),
+            sku: "dedicated".into(),
+            cku: 4,
+            cloud: "aws".into(),
+            region: "eu-west-1".into(),
+            network: "private-link".into(),
+            config: [("z.last", "1"), ("a.first", "2"), ("m.mid", "x\ny")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            deleted: false,
+        }));
+        let meta = RecordMeta {
+            cluster_id: "lkc-7x2k9".into(),
+            version: 3,
+            writer: "frontend".into(),
+            request_id: "req-42".into(),
+            reason: Some("expand".into()),
+            ts: "2026-01-02T03:04:05.678Z".parse().unwrap(),
+            prev_hash: "ab".repeat(32),
+            hash: String::new(),
+        };
+        assert_eq!(
+            canonical_state(&state),
+            r#"{"cku":4,"cloud":"aws","config":{"a.first":"2","m.mid":"x\ny","z.last":"1"},"deleted":false,"env_id":"env-1","kind":"kafka","name":"orders \"eu\" ü","network":"private-link","org_id":"org-1","region":"eu-west-1","sku":"dedicated"}"#
+        );
+        assert_eq!(
+            record_hash(&meta, &state),
+            "b36802504f0ba06db19e0a49084dea23547fe3b4db4649e8edf56800ec8b7a37"
+        );
+    }
+
     #[test]
     fn any_change_changes_the_hash() {
         let s = FacetState::Capacity(std::sync::Arc::new(CapacityState {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::name::ProjectionName;
 
 const FORMAT: &str = "fleetledger.checkpoint.v2";
 
@@ -19,10 +20,10 @@ const FORMAT: &str = "fleetledger.checkpoint.v2";
 ///
 /// `billing_hours` 2: the rates as step functions of event time (1 integrated in
 /// arrival order).
-pub fn state_model(projection: &str) -> u32 {
+pub fn state_model(projection: ProjectionName) -> u32 {
     match projection {
-        "billing_hours" => 2,
-        _ => 1,
+        ProjectionName::BillingHours => 2,
+        ProjectionName::Clusters | ProjectionName::AuditLog => 1,
     }
 }
 
@@ -82,7 +83,7 @@ impl CheckpointStore {
     }
 
     /// The file of `projection`.
-    pub fn path(&self, projection: &str) -> PathBuf {
+    pub fn path(&self, projection: ProjectionName) -> PathBuf {
         self.dir
             .join(format!("{}.{projection}.checkpoint.json", self.topic))
     }
@@ -92,7 +93,7 @@ impl CheckpointStore {
     /// file or one written for another topic or partition count is [`Error::Checkpoint`].
     pub fn load<S: serde::de::DeserializeOwned>(
         &self,
-        projection: &str,
+        projection: ProjectionName,
     ) -> Result<Option<Checkpoint<S>>> {
         let path = self.path(projection);
         let bytes = match std::fs::read(&path) {
@@ -102,7 +103,7 @@ impl CheckpointStore {
         };
         let bad = |message: String| Error::Checkpoint {
             path: path.clone(),
-            projection: projection.to_owned(),
+            projection: projection.to_string(),
             message,
         };
         let cp: Checkpoint<S> = match serde_json::from_slice(&bytes) {
@@ -119,7 +120,7 @@ impl CheckpointStore {
                 match serde_json::from_slice::<Header>(&bytes) {
                     Ok(h) if h.format == FORMAT && h.model < current => {
                         tracing::warn!(
-                            projection,
+                            projection = projection.as_str(),
                             path = %path.display(),
                             model = h.model,
                             current,
@@ -138,11 +139,13 @@ impl CheckpointStore {
             )));
         }
         if cp.model < state_model(projection) {
-            tracing::warn!(projection, path = %path.display(), model = cp.model,
+            tracing::warn!(projection = projection.as_str(), path = %path.display(), model = cp.model,
                 "checkpoint of an older state model; rebuilding this projection from the start");
             return Ok(None);
         }
-        if cp.projection != projection || cp.topic != self.topic || cp.partitions != self.partitions
+        if cp.projection != projection.as_str()
+            || cp.topic != self.topic
+            || cp.partitions != self.partitions
         {
             return Err(bad(format!(
                 "written for projection {} of {} with {} partitions, not {projection} of {} with {}",
@@ -155,7 +158,7 @@ impl CheckpointStore {
     /// Writes `projection`'s checkpoint atomically.
     pub fn save<S: Serialize>(
         &self,
-        projection: &str,
+        projection: ProjectionName,
         offsets: &BTreeMap<i32, i64>,
         state: &S,
     ) -> Result<()> {
@@ -167,7 +170,7 @@ impl CheckpointStore {
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let cp = Checkpoint {
             format: FORMAT.to_owned(),
-            projection: projection.to_owned(),
+            projection: projection.to_string(),
             model: state_model(projection),
             topic: self.topic.clone(),
             partitions: self.partitions,
@@ -191,7 +194,7 @@ impl CheckpointStore {
     }
 
     /// The append-only rows file of `projection` (see [`CheckpointStore::append_rows`]).
-    pub fn rows_path(&self, projection: &str) -> PathBuf {
+    pub fn rows_path(&self, projection: ProjectionName) -> PathBuf {
         self.dir
             .join(format!("{}.{projection}.rows.jsonl", self.topic))
     }
@@ -204,7 +207,7 @@ impl CheckpointStore {
     /// checkpoint is, so the two stay atomic.
     pub fn append_rows<T>(
         &self,
-        projection: &str,
+        projection: ProjectionName,
         mark: RowsMark,
         rows: &[T],
         write_line: impl Fn(&T, &mut Vec<u8>) + Sync,
@@ -272,13 +275,13 @@ impl CheckpointStore {
     /// [`Error::Checkpoint`].
     pub fn load_rows<T: serde::de::DeserializeOwned>(
         &self,
-        projection: &str,
+        projection: ProjectionName,
         mark: RowsMark,
     ) -> Result<Vec<T>> {
         let path = self.rows_path(projection);
         let bad = |message: String| Error::Checkpoint {
             path: path.clone(),
-            projection: projection.to_owned(),
+            projection: projection.to_string(),
             message,
         };
         if mark.rows == 0 {
@@ -332,7 +335,7 @@ impl CheckpointStore {
     }
 
     /// Removes `projection`'s checkpoint and rows file (for a rebuild).
-    pub fn remove(&self, projection: &str) -> Result<()> {
+    pub fn remove(&self, projection: ProjectionName) -> Result<()> {
         for path in [self.path(projection), self.rows_path(projection)] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -356,21 +359,37 @@ mod tests {
     fn round_trip_and_foreign_or_corrupt_files_are_refused() {
         let dir = std::env::temp_dir().join(format!("fl-cp-{}-{}", std::process::id(), line!()));
         let store = CheckpointStore::new(&dir, "t.history.v1", 3);
-        assert!(store.load::<Vec<i32>>("clusters").unwrap().is_none());
+        assert!(
+            store
+                .load::<Vec<i32>>(ProjectionName::Clusters)
+                .unwrap()
+                .is_none()
+        );
         let offsets = BTreeMap::from([(0, 5), (2, 9)]);
-        store.save("clusters", &offsets, &vec![1, 2, 3]).unwrap();
-        let cp = store.load::<Vec<i32>>("clusters").unwrap().unwrap();
+        store
+            .save(ProjectionName::Clusters, &offsets, &vec![1, 2, 3])
+            .unwrap();
+        let cp = store
+            .load::<Vec<i32>>(ProjectionName::Clusters)
+            .unwrap()
+            .unwrap();
         assert_eq!((cp.offsets, cp.state), (offsets, vec![1, 2, 3]));
 
         let other = CheckpointStore::new(&dir, "t.history.v1", 4);
-        let err = other.load::<Vec<i32>>("clusters").unwrap_err().to_string();
+        let err = other
+            .load::<Vec<i32>>(ProjectionName::Clusters)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("3 partitions") && err.contains("project rebuild clusters"),
             "{err}"
         );
 
-        std::fs::write(store.path("clusters"), b"{\"half\":").unwrap();
-        let err = store.load::<Vec<i32>>("clusters").unwrap_err().to_string();
+        std::fs::write(store.path(ProjectionName::Clusters), b"{\"half\":").unwrap();
+        let err = store
+            .load::<Vec<i32>>(ProjectionName::Clusters)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a readable checkpoint"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -386,25 +405,29 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // billing_hours as the arrival-order model wrote it: no model, another shape.
         let old = r#"{"format":"fleetledger.checkpoint.v2","projection":"billing_hours","topic":"t.history.v1","partitions":1,"offsets":{"0":7},"state":{"clusters":{"lkc-a":{"org_id":"o","sku":"s","cloud":"c","region":"r","billing":{"desired":1,"actual":1,"last_ms":5,"hours":{"0":5}}}}}}"#;
-        std::fs::write(store.path("billing_hours"), old).unwrap();
+        std::fs::write(store.path(ProjectionName::BillingHours), old).unwrap();
         let loaded = store
-            .load::<crate::billing_hours::BillingHours>("billing_hours")
+            .load::<crate::billing_hours::BillingHours>(ProjectionName::BillingHours)
             .unwrap();
         assert!(loaded.is_none(), "rebuilt, not refused");
         // The same bytes under a projection whose model did not change are corrupt.
         std::fs::write(
-            store.path("clusters"),
+            store.path(ProjectionName::Clusters),
             old.replace("billing_hours", "clusters"),
         )
         .unwrap();
-        assert!(store.load::<crate::clusters::Clusters>("clusters").is_err());
+        assert!(
+            store
+                .load::<crate::clusters::Clusters>(ProjectionName::Clusters)
+                .is_err()
+        );
         // A current checkpoint carries its model and loads.
         let b = crate::billing_hours::BillingHours::default();
         store
-            .save("billing_hours", &BTreeMap::from([(0, 7)]), &b)
+            .save(ProjectionName::BillingHours, &BTreeMap::from([(0, 7)]), &b)
             .unwrap();
         let cp = store
-            .load::<crate::billing_hours::BillingHours>("billing_hours")
+            .load::<crate::billing_hours::BillingHours>(ProjectionName::BillingHours)
             .unwrap()
             .unwrap();
         assert_eq!((cp.model, cp.state), (2, b));
@@ -416,48 +439,71 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fl-rows-{}-{}", std::process::id(), line!()));
         let store = CheckpointStore::new(&dir, "t.history.v1", 1);
         let m1 = store
-            .append_rows("audit_log", RowsMark::default(), &[1, 2, 3], json_line)
+            .append_rows(
+                ProjectionName::AuditLog,
+                RowsMark::default(),
+                &[1, 2, 3],
+                json_line,
+            )
             .unwrap();
         assert_eq!(m1.rows, 3);
         // A run appends more rows, then crashes before its checkpoint.
         store
-            .append_rows("audit_log", m1, &[4, 5], json_line)
+            .append_rows(ProjectionName::AuditLog, m1, &[4, 5], json_line)
             .unwrap();
         assert_eq!(
-            store.load_rows::<i32>("audit_log", m1).unwrap(),
+            store
+                .load_rows::<i32>(ProjectionName::AuditLog, m1)
+                .unwrap(),
             vec![1, 2, 3]
         );
         // The next run continues from the checkpoint's mark.
         let m2 = store
-            .append_rows("audit_log", m1, &[40], json_line)
+            .append_rows(ProjectionName::AuditLog, m1, &[40], json_line)
             .unwrap();
         assert_eq!(
-            store.load_rows::<i32>("audit_log", m2).unwrap(),
+            store
+                .load_rows::<i32>(ProjectionName::AuditLog, m2)
+                .unwrap(),
             vec![1, 2, 3, 40]
         );
         let long = RowsMark {
             rows: 9,
             bytes: m2.bytes + 10,
         };
-        assert!(store.load_rows::<i32>("audit_log", long).is_err());
+        assert!(
+            store
+                .load_rows::<i32>(ProjectionName::AuditLog, long)
+                .is_err()
+        );
         // Many rows, encoded in several blocks, keep their order.
         let many: Vec<i32> = (0..(2 * ROWS_PER_BLOCK as i32 + 7)).collect();
         let m3 = store
-            .append_rows("audit_log", m2, &many, json_line)
+            .append_rows(ProjectionName::AuditLog, m2, &many, json_line)
             .unwrap();
-        let back = store.load_rows::<i32>("audit_log", m3).unwrap();
+        let back = store
+            .load_rows::<i32>(ProjectionName::AuditLog, m3)
+            .unwrap();
         assert_eq!(back.len(), 4 + many.len());
         assert_eq!(back[4..], many[..]);
         let miscounted = RowsMark { rows: 9, ..m2 };
-        let err = store.load_rows::<i32>("audit_log", miscounted).unwrap_err();
+        let err = store
+            .load_rows::<i32>(ProjectionName::AuditLog, miscounted)
+            .unwrap_err();
         assert!(err.to_string().contains("holds 4 rows"), "{err}");
         // A garbled row is named by its number.
-        let text = std::fs::read_to_string(store.rows_path("audit_log")).unwrap();
-        std::fs::write(store.rows_path("audit_log"), text.replace("\n2\n", "\nx\n")).unwrap();
-        let err = store.load_rows::<i32>("audit_log", m2).unwrap_err();
+        let text = std::fs::read_to_string(store.rows_path(ProjectionName::AuditLog)).unwrap();
+        std::fs::write(
+            store.rows_path(ProjectionName::AuditLog),
+            text.replace("\n2\n", "\nx\n"),
+        )
+        .unwrap();
+        let err = store
+            .load_rows::<i32>(ProjectionName::AuditLog, m2)
+            .unwrap_err();
         assert!(err.to_string().contains("row 2 does not parse"), "{err}");
-        store.remove("audit_log").unwrap();
-        assert!(!store.rows_path("audit_log").exists());
+        store.remove(ProjectionName::AuditLog).unwrap();
+        assert!(!store.rows_path(ProjectionName::AuditLog).exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -28,10 +28,8 @@ use crate::billing_hours::BillingHours;
 use crate::checkpoint::{CheckpointStore, RowsMark};
 use crate::clusters::Clusters;
 use crate::error::{Error, Result};
+use crate::name::ProjectionName;
 use crate::record::HistoryRecord;
-
-/// The names of the projections, as tables and as `project rebuild NAME`.
-pub const NAMES: [&str; 3] = ["clusters", "billing_hours", "audit_log"];
 
 /// Settings of the runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,26 +66,26 @@ pub struct Projections {
     /// `audit_log`.
     pub audit: AuditLog,
     /// Projection name → partition → next offset to apply.
-    pub offsets: BTreeMap<&'static str, BTreeMap<i32, i64>>,
+    pub offsets: BTreeMap<ProjectionName, BTreeMap<i32, i64>>,
 }
 
 impl Projections {
     /// Applies `h` to every projection that has not applied its offset yet (the audit
     /// log, last, takes the record over).
     pub fn apply(&mut self, h: HistoryRecord) {
-        if self.advance("clusters", h.partition, h.offset) {
+        if self.advance(ProjectionName::Clusters, h.partition, h.offset) {
             self.clusters.apply(&h);
         }
-        if self.advance("billing_hours", h.partition, h.offset) {
+        if self.advance(ProjectionName::BillingHours, h.partition, h.offset) {
             self.billing.apply(&h);
         }
-        if self.advance("audit_log", h.partition, h.offset) {
+        if self.advance(ProjectionName::AuditLog, h.partition, h.offset) {
             self.audit.apply(h);
         }
     }
 
     /// Whether `name` has yet to apply `offset` of `partition`; if so, marks it applied.
-    fn advance(&mut self, name: &'static str, partition: i32, offset: i64) -> bool {
+    fn advance(&mut self, name: ProjectionName, partition: i32, offset: i64) -> bool {
         let next = self
             .offsets
             .entry(name)
@@ -103,14 +101,14 @@ impl Projections {
 
     /// Marks `offset` of `partition` as consumed without a record (an erased one).
     pub fn skip(&mut self, partition: i32, offset: i64) {
-        for name in NAMES {
+        for name in ProjectionName::ALL {
             self.advance(name, partition, offset);
         }
     }
 
     /// The offset to start consuming `partition` from: the lowest next offset of all.
     fn start_offset(&self, partition: i32) -> i64 {
-        NAMES
+        ProjectionName::ALL
             .iter()
             .map(|n| {
                 self.offsets
@@ -123,13 +121,13 @@ impl Projections {
             .unwrap_or(0)
     }
 
-    fn reset(&mut self, name: &str) {
+    fn reset(&mut self, name: ProjectionName) {
         match name {
-            "clusters" => self.clusters = Clusters::default(),
-            "billing_hours" => self.billing = BillingHours::default(),
-            _ => self.audit = AuditLog::default(),
+            ProjectionName::Clusters => self.clusters = Clusters::default(),
+            ProjectionName::BillingHours => self.billing = BillingHours::default(),
+            ProjectionName::AuditLog => self.audit = AuditLog::default(),
         }
-        if let Some(o) = self.offsets.get_mut(name) {
+        if let Some(o) = self.offsets.get_mut(&name) {
             o.clear();
         }
     }
@@ -178,13 +176,6 @@ struct AuditCheckpointRef<'a> {
     rows: RowsMark,
 }
 
-fn static_name(name: &str) -> Result<&'static str> {
-    NAMES
-        .into_iter()
-        .find(|n| *n == name)
-        .ok_or_else(|| Error::UnknownProjection(name.to_owned()))
-}
-
 impl Projector {
     /// A projector whose projections start from their checkpoints in `config.dir`; a
     /// corrupt or foreign checkpoint is [`Error::Checkpoint`].
@@ -196,25 +187,25 @@ impl Projector {
     ) -> Result<Self> {
         let store = CheckpointStore::new(&config.dir, &layout.history, layout.partitions);
         let mut p = Projections::default();
-        if let Some(cp) = store.load::<Clusters>("clusters")? {
+        if let Some(cp) = store.load::<Clusters>(ProjectionName::Clusters)? {
             p.clusters = cp.state;
-            p.offsets.insert("clusters", cp.offsets);
+            p.offsets.insert(ProjectionName::Clusters, cp.offsets);
         }
-        if let Some(cp) = store.load::<BillingHours>("billing_hours")? {
+        if let Some(cp) = store.load::<BillingHours>(ProjectionName::BillingHours)? {
             p.billing = cp.state;
-            p.offsets.insert("billing_hours", cp.offsets);
+            p.offsets.insert(ProjectionName::BillingHours, cp.offsets);
         }
         let mut audit_mark = RowsMark::default();
-        if let Some(cp) = store.load::<AuditCheckpoint>("audit_log")? {
-            let rows = store.load_rows("audit_log", cp.state.rows)?;
+        if let Some(cp) = store.load::<AuditCheckpoint>(ProjectionName::AuditLog)? {
+            let rows = store.load_rows(ProjectionName::AuditLog, cp.state.rows)?;
             p.audit =
                 AuditLog::from_parts(rows, cp.state.last).map_err(|message| Error::Checkpoint {
-                    path: store.path("audit_log"),
-                    projection: "audit_log".to_owned(),
+                    path: store.path(ProjectionName::AuditLog),
+                    projection: ProjectionName::AuditLog.to_string(),
                     message,
                 })?;
             audit_mark = cp.state.rows;
-            p.offsets.insert("audit_log", cp.offsets);
+            p.offsets.insert(ProjectionName::AuditLog, cp.offsets);
         }
         Ok(Projector {
             clients,
@@ -243,7 +234,7 @@ impl Projector {
             offsets: p.audit.offsets_of(cluster_id, partition),
             indexed_to: p
                 .offsets
-                .get("audit_log")
+                .get(&ProjectionName::AuditLog)
                 .and_then(|o| o.get(&partition))
                 .copied()
                 .unwrap_or(0),
@@ -256,11 +247,10 @@ impl Projector {
     }
 
     /// Forgets `name`'s state and checkpoint, so the next run rebuilds it from offset 0.
-    pub async fn reset(&self, name: &str) -> Result<()> {
-        let name = static_name(name)?;
+    pub async fn reset(&self, name: ProjectionName) -> Result<()> {
         self.store.remove(name)?;
         self.shared.write().await.reset(name);
-        if name == "audit_log"
+        if name == ProjectionName::AuditLog
             && let Ok(mut m) = self.audit_mark.lock()
         {
             *m = RowsMark::default();
@@ -278,9 +268,9 @@ impl Projector {
             let _g = span.enter();
             let p = shared.blocking_read();
             let empty = BTreeMap::new();
-            let off = |n: &str| p.offsets.get(n).unwrap_or(&empty);
+            let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
             let mut mark = audit_mark.lock().map_err(|_| Error::Io {
-                path: store.rows_path("audit_log"),
+                path: store.rows_path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
             let new_rows = p.audit.rows.get(mark.rows..).unwrap_or_default();
@@ -288,21 +278,26 @@ impl Projector {
             // other two checkpoints are, on another thread.
             let (others, written) = std::thread::scope(|s| {
                 let others = s.spawn(|| -> Result<()> {
-                    store.save("clusters", off("clusters"), &p.clusters)?;
-                    store.save("billing_hours", off("billing_hours"), &p.billing)
+                    use ProjectionName::{BillingHours as B, Clusters as C};
+                    store.save(C, off(C), &p.clusters)?;
+                    store.save(B, off(B), &p.billing)
                 });
-                let written =
-                    store.append_rows("audit_log", *mark, new_rows, AuditRow::write_json_line);
+                let written = store.append_rows(
+                    ProjectionName::AuditLog,
+                    *mark,
+                    new_rows,
+                    AuditRow::write_json_line,
+                );
                 (others.join(), written)
             });
             others.map_err(|_| Error::Io {
-                path: store.path("clusters"),
+                path: store.path(ProjectionName::Clusters),
                 source: std::io::Error::other("writing a checkpoint panicked"),
             })??;
             let written = written?;
             store.save(
-                "audit_log",
-                off("audit_log"),
+                ProjectionName::AuditLog,
+                off(ProjectionName::AuditLog),
                 &AuditCheckpointRef {
                     last: p.audit.last_states(),
                     rows: written,

@@ -8,7 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use fleetledger_projectors::{Projections, ServiceViews};
+use fleetledger_projectors::{ProjectionName, Projections, ServiceViews};
 use futures::StreamExt;
 use tokio::sync::RwLock;
 
@@ -50,6 +50,7 @@ pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
     tables: Vec<String>,
+    now_ms: NowMs,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -92,11 +93,10 @@ impl QueryEngine {
             .with_target_partitions(2);
         let ctx = SessionContext::new_with_config(config);
         let now: NowMs = now_ms;
-        let mut sources = vec![
-            ("clusters".to_owned(), Source::Clusters),
-            ("billing_hours".to_owned(), Source::Billing),
-            ("audit_log".to_owned(), Source::Audit),
-        ];
+        let mut sources: Vec<(String, Source)> = ProjectionName::ALL
+            .into_iter()
+            .map(|p| (p.to_string(), Source::Projection(p)))
+            .collect();
         for v in &views.views {
             sources.push((v.name.clone(), Source::View(v.clone())));
         }
@@ -112,6 +112,7 @@ impl QueryEngine {
             ctx,
             limits,
             tables,
+            now_ms: now,
         })
     }
 
@@ -126,7 +127,11 @@ impl QueryEngine {
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
         let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
         let run = async {
-            let state = self.ctx.state();
+            let mut state = self.ctx.state();
+            // SQL's now() (and current_date, …) is the injected clock's time, the same
+            // "now" the open billing hour extends to.
+            state.execution_props_mut().query_execution_start_time =
+                chrono::DateTime::from_timestamp_millis((self.now_ms)());
             let plan = state
                 .create_logical_plan(sql)
                 .await
@@ -137,11 +142,7 @@ impl QueryEngine {
                 .with_allow_statements(false)
                 .verify_plan(&plan)
                 .map_err(|e| Error::NotReadOnly(e.to_string()))?;
-            let df = self
-                .ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| classify(e, &self.tables))?;
+            let df = datafusion::dataframe::DataFrame::new(state, plan);
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df
                 .execute_stream()
@@ -275,6 +276,19 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sql_now_is_the_injected_clock() {
+        let e = engine(1000).await;
+        let out = e
+            .query("SELECT CAST(now() AS VARCHAR) AS t, current_date AS d")
+            .await
+            .unwrap();
+        let json = crate::to_json_rows(&out.schema, &out.batches).unwrap();
+        let t = json["rows"][0]["t"].as_str().unwrap();
+        assert!(t.starts_with("2026-01-01T02:00:00"), "{json}");
+        assert_eq!(json["rows"][0]["d"], "2026-01-01", "{json}");
     }
 
     #[tokio::test]

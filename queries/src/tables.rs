@@ -20,8 +20,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use fleetledger_projectors::{
-    AuditRow, BillingRow, CLUSTER_COLUMNS, Cell, ClusterRow, Column, ColumnType, Projections,
-    ServiceView,
+    AuditRow, BillingRow, CLUSTER_COLUMNS, Cell, ClusterRow, Column, ColumnType, ProjectionName,
+    Projections, ServiceView,
 };
 use tokio::sync::RwLock;
 
@@ -44,14 +44,10 @@ fn arrow_type(t: ColumnType) -> DataType {
 /// What a table reads.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
-    /// All of `clusters`.
-    Clusters,
+    /// A projection, whole.
+    Projection(ProjectionName),
     /// A per-service view of `clusters`.
     View(ServiceView),
-    /// `billing_hours`.
-    Billing,
-    /// `audit_log`.
-    Audit,
 }
 
 /// A projection as a table.
@@ -107,7 +103,7 @@ impl SnapshotTable {
         now_ms: NowMs,
     ) -> Self {
         let (columns, fields): (Vec<&'static Column>, Vec<Field>) = match &source {
-            Source::Clusters | Source::View(_) => {
+            Source::Projection(ProjectionName::Clusters) | Source::View(_) => {
                 let cols: Vec<&'static Column> = match &source {
                     Source::View(v) => v.columns(),
                     _ => CLUSTER_COLUMNS.iter().collect(),
@@ -118,14 +114,14 @@ impl SnapshotTable {
                     .collect();
                 (cols, fields)
             }
-            Source::Billing => (
+            Source::Projection(ProjectionName::BillingHours) => (
                 vec![],
                 BILLING_FIELDS
                     .iter()
                     .map(|(n, t)| Field::new(*n, t(), false))
                     .collect(),
             ),
-            Source::Audit => (
+            Source::Projection(ProjectionName::AuditLog) => (
                 vec![],
                 AUDIT_FIELDS
                     .iter()
@@ -248,14 +244,14 @@ impl SnapshotTable {
             return false;
         };
         match &self.source {
-            Source::Clusters | Source::View(_) => self
+            Source::Projection(ProjectionName::Clusters) | Source::View(_) => self
                 .columns
                 .iter()
                 .any(|c| c.name == col && c.ty == ColumnType::Str),
-            Source::Billing => {
+            Source::Projection(ProjectionName::BillingHours) => {
                 ["cluster_id", "org_id", "sku", "cloud", "region"].contains(&col.as_str())
             }
-            Source::Audit => {
+            Source::Projection(ProjectionName::AuditLog) => {
                 ["cluster_id", "facet", "writer", "request_id", "hash"].contains(&col.as_str())
             }
         }
@@ -280,7 +276,7 @@ impl SnapshotTable {
         };
         let p = self.projections.read().await;
         let (arrays, n_rows): (Vec<ArrayRef>, usize) = match &self.source {
-            Source::Clusters | Source::View(_) => {
+            Source::Projection(ProjectionName::Clusters) | Source::View(_) => {
                 let eq_cols: Vec<(&'static Column, String)> = eqs
                     .iter()
                     .filter_map(|(c, v)| {
@@ -305,7 +301,7 @@ impl SnapshotTable {
                 let cols: Vec<&'static Column> = indices.iter().map(|i| self.columns[*i]).collect();
                 (build_cells(&cols, &rows), rows.len())
             }
-            Source::Billing => {
+            Source::Projection(ProjectionName::BillingHours) => {
                 let all = p.billing.rows((self.now_ms)());
                 let rows: Vec<&BillingRow> = all
                     .iter()
@@ -349,7 +345,7 @@ impl SnapshotTable {
                     .collect();
                 (arrays, rows.len())
             }
-            Source::Audit => {
+            Source::Projection(ProjectionName::AuditLog) => {
                 let mut rows: Vec<&AuditRow> = p
                     .audit
                     .rows

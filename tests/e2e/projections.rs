@@ -384,7 +384,10 @@ async fn an_undecodable_record_stops_its_partition_and_names_its_offset() {
             );
         }
         assert_eq!(
-            snapshot.offsets["audit_log"].get(&1).copied().unwrap_or(0),
+            snapshot.offsets[&fleetledger_projectors::ProjectionName::AuditLog]
+                .get(&1)
+                .copied()
+                .unwrap_or(0),
             delivered.offset,
             "stopped at the bad record"
         );
