@@ -5,13 +5,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use fleetledger_ledger::{ChainReport, KafkaClients, TopicLayout, VerifyProgress, verify_history};
-use fleetledger_schemas::RecordCodec;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::server::registry_for_command;
+use crate::server::codec_for_command;
 
 /// A diff object (`{"field": {"from", "to"}}`) as `field: from → to, …`.
 pub fn diff_text(diff: &Value) -> String {
@@ -139,10 +136,7 @@ pub fn report_text(report: &ChainReport) -> String {
 /// Checks every hash chain of the history topic, with progress on stderr. Returns the
 /// report (the caller exits non-zero when it is not intact).
 pub async fn verify_topic(config: &Config) -> anyhow::Result<ChainReport> {
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let url = registry_for_command(config, &stop, &tracker).await?;
-    let codec = Arc::new(RecordCodec::new(&url)?);
+    let codec = Arc::new(codec_for_command(config).await?);
     let layout = TopicLayout::new(&config.kafka);
     let clients = KafkaClients::new(config.kafka.clone());
     let result = verify_history(&clients, &layout, &codec, |p: VerifyProgress| {
@@ -157,8 +151,5 @@ pub async fn verify_topic(config: &Config) -> anyhow::Result<ChainReport> {
     })
     .await;
     eprintln!();
-    stop.cancel();
-    tracker.close();
-    tracker.wait().await;
     Ok(result?)
 }

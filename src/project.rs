@@ -7,24 +7,18 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetledger_ledger::{KafkaClients, TopicLayout};
 use fleetledger_projectors::{Progress, ProjectionName, Projector};
-use fleetledger_schemas::{RecordCodec, decode_wire_header};
+use fleetledger_schemas::decode_wire_header;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::server::registry_for_command;
+use crate::server::codec_for_command;
 
-async fn open(
-    config: &Config,
-    stop: &CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<Projector> {
-    let url = registry_for_command(config, stop, tracker).await?;
-    let codec = Arc::new(RecordCodec::new(&url)?);
+async fn open(config: &Config) -> anyhow::Result<Projector> {
+    let codec = Arc::new(codec_for_command(config).await?);
     Ok(Projector::open(
         KafkaClients::new(config.kafka.clone()),
         TopicLayout::new(&config.kafka),
@@ -35,18 +29,13 @@ async fn open(
 
 /// Runs the projections until `shutdown`, then writes a last checkpoint.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let projector = open(config, &shutdown, &tracker).await?;
+    let projector = open(config).await?;
     eprintln!(
         "projecting {} into {}",
         TopicLayout::new(&config.kafka).history,
         config.projector.dir.display()
     );
-    let result = projector.run(shutdown.clone()).await;
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    Ok(result?)
+    Ok(projector.run(shutdown).await?)
 }
 
 fn show(p: Progress) {
@@ -77,9 +66,7 @@ fn show(p: Progress) {
 /// Rebuilds `name` (or `all`) from the beginning of history, with a progress bar, and
 /// prints the rate. Other projections keep their state and offsets.
 pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let projector = open(config, &stop, &tracker).await?;
+    let projector = open(config).await?;
     let names: Vec<ProjectionName> = if name == "all" {
         ProjectionName::ALL.to_vec()
     } else {
@@ -106,17 +93,12 @@ pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     if let Some(rss) = crate::bench::peak_rss_mib() {
         figures.record("rebuild.peak_rss", rss, "MiB")?;
     }
-    stop.cancel();
-    tracker.close();
-    tracker.wait().await;
     Ok(())
 }
 
 /// Prints one history record: key, headers, wire header, and the decoded record or why
 /// it cannot be decoded.
 pub async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let clients = KafkaClients::new(config.kafka.clone());
     let layout = TopicLayout::new(&config.kafka);
     let consumer = clients.consumer("inspect")?;
@@ -163,8 +145,7 @@ pub async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Re
         Ok((h, _)) => println!("schema id: {}", h.schema_id),
         Err(e) => println!("wire:      {e}"),
     }
-    let url = registry_for_command(config, &stop, &tracker).await?;
-    let codec = RecordCodec::new(&url)?;
+    let codec = codec_for_command(config).await?;
     match codec.decode(payload).await {
         Ok(r) => println!(
             "record:    {}",
@@ -173,8 +154,5 @@ pub async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Re
         ),
         Err(e) => println!("decode:    {e}"),
     }
-    stop.cancel();
-    tracker.close();
-    tracker.wait().await;
     Ok(())
 }

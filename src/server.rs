@@ -22,8 +22,8 @@ use fleetledger_ledger::{
 };
 use fleetledger_projectors::{Projector, ProjectorConfig, ServiceViews};
 use fleetledger_queries::{QueryEngine, QueryLimits};
+use fleetledger_registry::{Compatibility, SchemaRegistry};
 use fleetledger_schemas::RecordCodec;
-use fleetledger_schemas::registry::{Compatibility, SchemaRegistry};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -363,10 +363,7 @@ pub async fn start_with_clock(
     });
     tracing::info!(%addr, "listening");
 
-    let registry_url = match &config.schema_registry_url {
-        Some(u) => u.clone(),
-        None => format!("http://{addr}/registry"),
-    };
+    let registry_url = config.schema_registry_url.clone();
     let serves_registry = config.serves_registry();
     let st = state.clone();
     let stop = shutdown.clone();
@@ -391,7 +388,7 @@ pub async fn start_with_clock(
             limits,
             tracker: writer_tracker,
         };
-        let startup = start_up(&st, serves_registry, &registry_url, deps, &stop);
+        let startup = start_up(&st, serves_registry, registry_url.as_deref(), deps, &stop);
         tokio::select! {
             _ = stop.cancelled() => {}
             r = startup => match r {
@@ -442,11 +439,11 @@ where
     anyhow::bail!("{what}: no attempt was made")
 }
 
-/// The embedded registry's routes, loaded from its Kafka topic.
+/// The embedded registry, loaded from its Kafka topic.
 async fn load_embedded_registry(
     clients: &KafkaClients,
     layout: &TopicLayout,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Arc<SchemaRegistry>> {
     let entries = with_retries("loading the schema registry", 30, || {
         KafkaRegistryJournal::load(clients, &layout.schemas)
     })
@@ -455,40 +452,20 @@ async fn load_embedded_registry(
     let count = entries.len();
     let registry = SchemaRegistry::new(journal, entries, Compatibility::Backward);
     tracing::info!(entries = count, "schema registry loaded");
-    Ok(fleetledger_schemas::registry::http::router(Arc::new(
-        registry,
-    )))
+    Ok(Arc::new(registry))
 }
 
-/// The registry URL for a command that runs without `serve` (`project`, …): the external
-/// registry, or the embedded one loaded from its topic and served on an ephemeral loopback
-/// port until `shutdown`.
-pub async fn registry_for_command(
-    config: &Config,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<String> {
+/// The codec of a command that runs without `serve` (`project`, `audit --verify`, …): over
+/// the external registry, or over the embedded one loaded from its topic in this process
+/// (no server is started for it).
+pub async fn codec_for_command(config: &Config) -> anyhow::Result<RecordCodec> {
     if !config.serves_registry() {
-        return Ok(config.registry_url());
+        return Ok(fleetledger_registry::http_codec(&config.registry_url())?);
     }
     let clients = KafkaClients::new(config.kafka.clone());
     let layout = TopicLayout::new(&config.kafka);
-    let router = Router::new().nest(
-        "/registry",
-        load_embedded_registry(&clients, &layout).await?,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "local registry failed");
-        }
-    });
-    Ok(format!("http://{addr}/registry"))
+    let registry = load_embedded_registry(&clients, &layout).await?;
+    Ok(RecordCodec::with_source(registry))
 }
 
 /// What the ledger needs beyond the shared state.
@@ -505,7 +482,7 @@ struct LedgerDeps {
 async fn start_up(
     state: &AppState,
     serves_registry: bool,
-    registry_url: &str,
+    registry_url: Option<&str>,
     deps: LedgerDeps,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -515,11 +492,20 @@ async fn start_up(
     })
     .await?;
     tracing::info!(?report, "topics ready");
-    if serves_registry {
-        let router = load_embedded_registry(&state.clients, &state.layout).await?;
-        let _ = state.registry.set(router);
-    }
-    let codec = RecordCodec::new(registry_url)?;
+    // The codec reads the embedded registry in process; only an external registry is
+    // reached over HTTP.
+    let codec = match registry_url {
+        Some(url) if !serves_registry => fleetledger_registry::http_codec(url)?,
+        _ => {
+            let registry = load_embedded_registry(&state.clients, &state.layout).await?;
+            if serves_registry {
+                let _ = state
+                    .registry
+                    .set(fleetledger_registry::http::router(registry.clone()));
+            }
+            RecordCodec::with_source(registry)
+        }
+    };
     let ids = codec
         .register_subjects()
         .await

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use fleetledger_schemas::registry::{JournalEntry, RegistryJournal};
+use fleetledger_registry::{JournalEntry, RegistryJournal};
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

@@ -1,6 +1,7 @@
 //! Encoding and decoding state records in the Confluent Schema Registry wire format
-//! (magic byte 0, 4-byte big-endian schema id, Avro binary). Encoding goes through
-//! `schema_registry_converter`, which caches each subject's latest schema.
+//! (magic byte 0, 4-byte big-endian schema id, Avro binary). Schemas come from a
+//! [`SchemaSource`]: the embedded registry in process, or an external one over HTTP.
+//! Encoding writes with the schemas this build ships, under the ids registered for them.
 //!
 //! Decoding is the hot path of every projection rebuild, so it does its per-schema work
 //! once per schema id, not once per record: the writer schema is fetched from the registry
@@ -12,18 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
-use schema_registry_converter::async_impl::avro::AvroEncoder;
-use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_schema_by_id, post_schema,
-};
-use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{
-    SchemaType, SubjectNameStrategy, SuppliedSchema,
-};
+use apache_avro::writer::datum::GenericDatumWriter;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::error::{Error, Result};
 use crate::facet::{Facet, FacetState};
@@ -68,18 +63,6 @@ pub fn decode_wire_header(bytes: &[u8]) -> Result<(WireHeader, &[u8])> {
             "value of {} bytes is shorter than the 5-byte wire-format header",
             bytes.len()
         ))),
-    }
-}
-
-fn registry_error(e: SRCError) -> Error {
-    let mut message = e.error.clone();
-    if let Some(cause) = &e.cause {
-        message.push_str(": ");
-        message.push_str(cause);
-    }
-    Error::Registry {
-        message,
-        retriable: e.retriable,
     }
 }
 
@@ -180,57 +163,113 @@ impl WriterSchema {
     }
 }
 
-/// Encodes and decodes [`StateRecord`]s against one schema registry. Cheap to share
-/// (`Arc`); schemas are fetched once per subject and id, then cached.
+/// A boxed future, for the object-safe [`SchemaSource`].
+pub type SchemaFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Where a [`RecordCodec`] gets schemas: the embedded registry in process (the
+/// `fleetledger-registry` crate implements it over its registry), or an external
+/// Confluent-compatible registry over HTTP (`fleetledger_registry::HttpSchemaSource`).
+pub trait SchemaSource: Send + Sync + std::fmt::Debug {
+    /// Registers `schema` under `subject` (nothing new if it is registered already) and
+    /// returns its id; a refused schema (e.g. incompatible) is [`Error::Registry`].
+    fn register<'a>(&'a self, subject: &'a str, schema: &'a str) -> SchemaFuture<'a, u32>;
+    /// The schema text of `id`; an unknown id is [`Error::Registry`].
+    fn schema_by_id(&self, id: u32) -> SchemaFuture<'_, String>;
+}
+
+/// The schema this build writes one facet with, and the id it has in the registry.
+struct OwnSchema {
+    id: u32,
+    writer: GenericDatumWriter<'static>,
+}
+
+impl std::fmt::Debug for OwnSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnSchema")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encodes and decodes [`StateRecord`]s against one schema source. Cheap to share
+/// (`Arc`).
+///
+/// Encoding uses only the schemas this build ships, under the ids
+/// [`RecordCodec::register_subjects`] got for them: never "whatever is latest under the
+/// subject", so a schema registered later by someone else cannot change what we write.
+/// Decoding fetches a writer schema once per id and caches it.
 #[derive(Debug)]
 pub struct RecordCodec {
-    settings: SrSettings,
-    encoder: AvroEncoder,
+    source: Arc<dyn SchemaSource>,
+    own: RwLock<BTreeMap<Facet, Arc<OwnSchema>>>,
     writers: RwLock<HashMap<u32, Arc<WriterSchema>>>,
 }
 
 impl RecordCodec {
-    /// A codec for the registry at `url` (e.g. `http://127.0.0.1:7070/registry`).
-    pub fn new(url: &str) -> Result<Self> {
-        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_owned())
-            .set_timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .map_err(registry_error)?;
-        Ok(RecordCodec {
-            encoder: AvroEncoder::new(settings.clone()),
+    /// A codec over `source`.
+    pub fn with_source(source: Arc<dyn SchemaSource>) -> Self {
+        RecordCodec {
+            source,
+            own: RwLock::new(BTreeMap::new()),
             writers: RwLock::new(HashMap::new()),
-            settings,
-        })
+        }
     }
 
     /// Registers the schema of every facet under its subject (a no-op for a schema that is
-    /// already registered) and returns the ids. Fails if the registry refuses a schema,
-    /// e.g. because it is incompatible with the subject's latest version.
+    /// already registered), remembers the ids for encoding and returns them. Fails if the
+    /// registry refuses a schema, e.g. because it is incompatible with the subject's
+    /// latest version.
     pub async fn register_subjects(&self) -> Result<BTreeMap<Facet, u32>> {
         let mut ids = BTreeMap::new();
         for facet in Facet::ALL {
-            let supplied = SuppliedSchema::new(
-                Some(facet.subject().to_owned()),
-                SchemaType::Avro,
-                facet.schema_text().to_owned(),
-            );
-            let registered = post_schema(&self.settings, facet.subject().to_owned(), supplied)
-                .await
-                .map_err(registry_error)?;
-            ids.insert(facet, registered.id);
+            let id = self
+                .source
+                .register(facet.subject(), facet.schema_text())
+                .await?;
+            let known = self
+                .own
+                .read()
+                .ok()
+                .and_then(|o| o.get(&facet).map(|s| s.id));
+            if known != Some(id) {
+                // One parsed schema per facet and id for the life of the process.
+                let schema = Schema::parse_str(facet.schema_text())
+                    .map_err(|e| Error::Encode(format!("the shipped {facet} schema: {e}")))?;
+                let schema: &'static Schema = Box::leak(Box::new(schema));
+                let writer = GenericDatumWriter::builder(schema)
+                    .build()
+                    .map_err(|e| Error::Encode(format!("the shipped {facet} schema: {e}")))?;
+                if let Ok(mut own) = self.own.write() {
+                    own.insert(facet, Arc::new(OwnSchema { id, writer }));
+                }
+            }
+            ids.insert(facet, id);
         }
         Ok(ids)
     }
 
-    /// Encodes `record` with the latest schema of its facet's subject.
+    /// Encodes `record` with the schema this build ships for its facet, under the id it
+    /// was registered with (registered now if [`RecordCodec::register_subjects`] has not
+    /// run yet).
     pub async fn encode(&self, record: &StateRecord) -> Result<Vec<u8>> {
+        let facet = record.facet();
+        let own = match self.own.read().ok().and_then(|o| o.get(&facet).cloned()) {
+            Some(o) => o,
+            None => {
+                self.register_subjects().await?;
+                self.own
+                    .read()
+                    .ok()
+                    .and_then(|o| o.get(&facet).cloned())
+                    .ok_or_else(|| Error::Encode(format!("no schema id for {facet}")))?
+            }
+        };
         let value = to_avro_value(record)?;
-        let strategy = SubjectNameStrategy::RecordNameStrategy(record.facet().subject().to_owned());
-        self.encoder
-            .encode_value(value, &strategy)
-            .await
-            .map_err(registry_error)
+        let avro = own
+            .writer
+            .write_value_to_vec(value)
+            .map_err(|e| Error::Encode(format!("{facet} record: {e}")))?;
+        Ok(encode_wire(own.id, &avro))
     }
 
     /// Decodes a wire-format value; the schema id names the writer schema, whose record
@@ -241,16 +280,14 @@ impl RecordCodec {
         self.writer_schema(header.schema_id).await?.decode(avro)
     }
 
-    /// The decoder of schema `id`: from the cache, or fetched from the registry and parsed
+    /// The decoder of schema `id`: from the cache, or fetched from the source and parsed
     /// once (an unknown id is [`Error::Registry`] and is not cached).
     pub async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>> {
         if let Some(w) = self.writers.read().ok().and_then(|m| m.get(&id).cloned()) {
             return Ok(w);
         }
-        let registered = get_schema_by_id(id, &self.settings)
-            .await
-            .map_err(registry_error)?;
-        let parsed = Arc::new(WriterSchema::parse(&registered.schema)?);
+        let text = self.source.schema_by_id(id).await?;
+        let parsed = Arc::new(WriterSchema::parse(&text)?);
         let mut writers = self
             .writers
             .write()
@@ -316,6 +353,63 @@ mod tests {
         #[expect(deprecated, reason = "the generic writer is the reference here")]
         let bytes = apache_avro::to_avro_datum(&schema, to_avro_value(r).unwrap()).unwrap();
         (schema, bytes)
+    }
+
+    /// A registry that hands out ids from 100 on, and tells the schema of each.
+    #[derive(Debug, Default)]
+    struct CountingSource {
+        schemas: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl SchemaSource for CountingSource {
+        fn register<'a>(&'a self, _subject: &'a str, schema: &'a str) -> SchemaFuture<'a, u32> {
+            Box::pin(async move {
+                let mut s = self.schemas.lock().unwrap();
+                if let Some(i) = s.iter().position(|x| x == schema) {
+                    return Ok(100 + i as u32);
+                }
+                s.push(schema.to_owned());
+                Ok(99 + s.len() as u32)
+            })
+        }
+
+        fn schema_by_id(&self, id: u32) -> SchemaFuture<'_, String> {
+            Box::pin(async move {
+                self.schemas
+                    .lock()
+                    .unwrap()
+                    .get(id.wrapping_sub(100) as usize)
+                    .cloned()
+                    .ok_or_else(|| Error::Registry {
+                        message: format!("schema {id} not found"),
+                        retriable: false,
+                    })
+            })
+        }
+    }
+
+    #[test]
+    fn encoding_uses_the_ids_registered_for_the_shipped_schemas() {
+        futures::executor::block_on(async {
+            let source = Arc::new(CountingSource::default());
+            let codec = RecordCodec::with_source(source.clone());
+            let ids = codec.register_subjects().await.unwrap();
+            assert_eq!(
+                ids.values().copied().collect::<Vec<_>>(),
+                vec![100, 101, 102, 103]
+            );
+            // A schema registered later (by anyone) does not change what is written.
+            source
+                .register("fleetledger.v1.LogicalRecord", "\"string\"")
+                .await
+                .unwrap();
+            for record in samples() {
+                let bytes = codec.encode(&record).await.unwrap();
+                let (header, _) = decode_wire_header(&bytes).unwrap();
+                assert_eq!(header.schema_id, ids[&record.facet()]);
+                assert_eq!(codec.decode(&bytes).await.unwrap(), record);
+            }
+        });
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Avro schemas of the facet states, their typed Rust records, the Confluent Schema
-//! Registry wire format, and an embedded Confluent-compatible Schema Registry.
+//! Registry wire format, and the codec (which gets schemas through [`SchemaSource`]; the
+//! embedded registry is the `fleetledger-registry` crate).
 //!
 //! Subject naming: **RecordNameStrategy**. The state and history topics carry the records
 //! of all four facets, so one subject per topic (TopicNameStrategy) cannot describe them;
@@ -12,11 +13,13 @@ pub mod diff;
 mod error;
 mod facet;
 mod record;
-pub mod registry;
 #[cfg(test)]
 mod state_strategy;
 
-pub use codec::{MAGIC_BYTE, RecordCodec, WireHeader, decode_wire_header, encode_wire};
+pub use codec::{
+    MAGIC_BYTE, RecordCodec, SchemaFuture, SchemaSource, WireHeader, decode_wire_header,
+    encode_wire,
+};
 pub use error::{Error, Result};
 pub use facet::{
     CLOUDS, CapacityState, Facet, FacetState, KINDS, LogicalState, MAX_CKU, NETWORKS, PHASES,

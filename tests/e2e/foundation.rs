@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use fleetledger_ledger::{Error, KafkaClients, TopicCheck, TopicLayout};
 use fleetledger_schemas::{
-    CapacityState, Facet, FacetState, LogicalState, PhysicalState, RecordCodec, RecordMeta,
-    StateRecord, StatusState, decode_wire_header,
+    CapacityState, Facet, FacetState, LogicalState, PhysicalState, RecordMeta, StateRecord,
+    StatusState, decode_wire_header,
 };
 use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_all_subjects, get_all_versions,
@@ -118,7 +118,7 @@ async fn every_facet_round_trips_through_the_registry_over_http() {
     };
     assert_eq!(subjects, expected);
 
-    let codec = RecordCodec::new(&registry).unwrap();
+    let codec = fleetledger_registry::http_codec(&registry).unwrap();
     let ids = codec
         .register_subjects()
         .await

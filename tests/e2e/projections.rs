@@ -7,7 +7,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use fleetledger::Config;
 use fleetledger_ledger::{KafkaClients, ManualClock, TopicLayout};
 use fleetledger_projectors::{Error, Projector, ProjectorConfig};
-use fleetledger_schemas::RecordCodec;
 use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::{Value, json};
 
@@ -15,7 +14,7 @@ use crate::append::{Api, logical, status};
 use crate::support::{TestServer, config, unique_prefix};
 
 fn projector(cfg: &Config, server: &TestServer, dir_name: &str) -> Projector {
-    let codec = RecordCodec::new(&format!("{}/registry", server.url())).unwrap();
+    let codec = fleetledger_registry::http_codec(&format!("{}/registry", server.url())).unwrap();
     let pc = ProjectorConfig {
         dir: cfg.projector.dir.join(dir_name),
         checkpoint_every_records: 700,

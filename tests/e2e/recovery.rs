@@ -9,7 +9,7 @@ use fleetledger::Config;
 use fleetledger_ledger::partitioner::partition_for;
 use fleetledger_ledger::{KafkaClients, ManualClock, TopicLayout};
 use fleetledger_projectors::{Projector, ProjectorConfig};
-use fleetledger_schemas::{FacetState, RecordCodec, RecordMeta, StateRecord};
+use fleetledger_schemas::{FacetState, RecordMeta, StateRecord};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -140,7 +140,7 @@ async fn current(api: &Api, cluster: &str) -> Value {
 }
 
 pub(crate) fn caught_up_projector(cfg: &Config, server: &TestServer, dir: &str) -> Projector {
-    let codec = RecordCodec::new(&format!("{}/registry", server.url())).unwrap();
+    let codec = fleetledger_registry::http_codec(&format!("{}/registry", server.url())).unwrap();
     Projector::open(
         KafkaClients::new(cfg.kafka.clone()),
         TopicLayout::new(&cfg.kafka),
@@ -606,7 +606,7 @@ async fn verify_passes_on_honest_history_and_names_a_forged_record() {
         status("running", 40, 4).to_string().as_bytes(),
     )
     .unwrap();
-    let codec = RecordCodec::new(&format!("{}/registry", server.url())).unwrap();
+    let codec = fleetledger_registry::http_codec(&format!("{}/registry", server.url())).unwrap();
     let payload = codec
         .encode(&StateRecord {
             meta: meta.clone(),

@@ -1,4 +1,5 @@
-//! An embedded, Confluent-compatible Schema Registry.
+//! An embedded, Confluent-compatible Schema Registry, and the in-process
+//! [`SchemaSource`] of the codec.
 //!
 //! [`SchemaRegistry`] keeps subjects, versions, ids and compatibility settings in memory
 //! and writes every change to a [`RegistryJournal`] (in production a compacted Kafka
@@ -7,7 +8,10 @@
 //! request stores nothing. Journal entries use the key/value JSON layout of Confluent's
 //! own `_schemas` topic. [`http::router`] serves the REST API.
 
+mod client;
 pub mod http;
+
+pub use client::{HttpSchemaSource, http_codec};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -17,6 +21,7 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
+use fleetledger_schemas::{SchemaFuture, SchemaSource};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 
@@ -640,6 +645,35 @@ impl SchemaRegistry {
             compatibility,
         })
         .await
+    }
+}
+
+/// The embedded registry as the codec's schema source: in process, no HTTP round trip.
+impl SchemaSource for SchemaRegistry {
+    fn register<'a>(&'a self, subject: &'a str, schema: &'a str) -> SchemaFuture<'a, u32> {
+        Box::pin(async move {
+            SchemaRegistry::register(self, subject, schema)
+                .await
+                .map_err(RegistryError::into_codec_error)
+        })
+    }
+
+    fn schema_by_id(&self, id: u32) -> SchemaFuture<'_, String> {
+        Box::pin(async move {
+            SchemaRegistry::schema_by_id(self, id)
+                .await
+                .map_err(RegistryError::into_codec_error)
+        })
+    }
+}
+
+impl RegistryError {
+    /// The codec's view of this error: retriable when the registry's store failed (5xx).
+    fn into_codec_error(self) -> fleetledger_schemas::Error {
+        fleetledger_schemas::Error::Registry {
+            retriable: self.status >= 500,
+            message: self.message,
+        }
     }
 }
 

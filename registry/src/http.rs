@@ -267,7 +267,7 @@ pub fn router(registry: Arc<SchemaRegistry>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MemoryJournal;
+    use crate::MemoryJournal;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
