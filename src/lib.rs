@@ -1,16 +1,12 @@
-//! The `fleetledger` service and command line: wiring only. Configuration, the HTTP
-//! server with its routes, and start-up and shutdown live here; everything they do is
-//! in the library crates (`schemas ← ledger ← projectors ← queries`).
+//! The `fleetledger` service and command line: wiring only. The command line ([`cli`]),
+//! the HTTP API ([`http`]), start-up and shutdown ([`server`]) and configuration live
+//! here; everything they do is in the library crates
+//! (`schemas ← registry ← ledger ← projectors ← queries`, with `client` beside them).
 
-mod api;
-pub mod audit;
-pub mod bench;
-pub mod bench_report;
-pub mod client;
+pub mod cli;
 pub mod config;
-pub mod import;
-pub mod project;
+pub mod http;
 pub mod server;
-pub mod simulate;
 
+pub use cli::audit::verify_topic;
 pub use config::Config;

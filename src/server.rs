@@ -2,254 +2,38 @@
 //! checking them), loads the embedded schema registry from its topic, registers the
 //! facet subjects, and becomes ready. Shutdown is injected as a `CancellationToken`.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
-
+use crate::config::Config;
+use crate::http::AppState;
+use crate::http::app;
 use anyhow::Context;
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::routing::post;
-use fleetledger_ledger::{
-    Clock, KafkaClients, KafkaRegistryJournal, Ledger, LedgerConfig, LedgerSetup, Ownership,
-    SystemClock, Tokens, TopicLayout,
-};
-use fleetledger_projectors::{Projector, ProjectorConfig, ServiceViews};
-use fleetledger_queries::{QueryEngine, QueryLimits};
-use fleetledger_registry::{Compatibility, SchemaRegistry};
+use fleetledger_ledger::Clock;
+use fleetledger_ledger::KafkaClients;
+use fleetledger_ledger::KafkaRegistryJournal;
+use fleetledger_ledger::Ledger;
+use fleetledger_ledger::LedgerConfig;
+use fleetledger_ledger::LedgerSetup;
+use fleetledger_ledger::Ownership;
+use fleetledger_ledger::SystemClock;
+use fleetledger_ledger::Tokens;
+use fleetledger_ledger::TopicLayout;
+use fleetledger_projectors::Projector;
+use fleetledger_projectors::ProjectorConfig;
+use fleetledger_projectors::ServiceViews;
+use fleetledger_queries::QueryEngine;
+use fleetledger_queries::QueryLimits;
+use fleetledger_registry::Compatibility;
+use fleetledger_registry::SchemaRegistry;
 use fleetledger_schemas::RecordCodec;
-use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
-
-use crate::config::Config;
-
-/// An error as every endpoint of ours answers it: `{"error": code, "message": text}`.
-#[derive(Debug)]
-pub struct AppError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    detail: serde_json::Map<String, serde_json::Value>,
-}
-
-impl AppError {
-    /// An error with a status, a stable code and a human message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        AppError {
-            status,
-            code,
-            message: message.into(),
-            detail: serde_json::Map::new(),
-        }
-    }
-
-    /// Adds a machine-readable field to the body (e.g. `current_version` of a 409).
-    pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.detail.insert(key.to_owned(), value);
-        self
-    }
-
-    /// The status and the JSON body.
-    pub fn parts(&self) -> (StatusCode, serde_json::Value) {
-        let mut body = serde_json::Map::new();
-        body.insert("error".into(), json!(self.code));
-        body.insert("message".into(), json!(self.message));
-        for (k, v) in &self.detail {
-            body.insert(k.clone(), v.clone());
-        }
-        (self.status, serde_json::Value::Object(body))
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, body) = self.parts();
-        let mut r = (status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-        }
-        r
-    }
-}
-
-/// Shared state of the HTTP handlers.
-#[derive(Debug)]
-pub struct AppState {
-    clients: KafkaClients,
-    layout: TopicLayout,
-    pub(crate) tokens: Tokens,
-    pub(crate) ledger: OnceLock<Ledger>,
-    pub(crate) projector: OnceLock<Projector>,
-    pub(crate) queries: OnceLock<QueryEngine>,
-    pub(crate) max_body_bytes: usize,
-    started: AtomicBool,
-    registry: OnceLock<Router>,
-    startup_error: Mutex<Option<String>>,
-}
-
-/// The service's routes over `state`, without a socket (tests call it with `oneshot`).
-pub fn app(state: Arc<AppState>) -> Router {
-    let registry_state = state.clone();
-    let registry = tower::service_fn(move |req: Request<Body>| {
-        let state = registry_state.clone();
-        async move {
-            match state.registry.get() {
-                Some(r) => r.clone().oneshot(req).await,
-                None => Ok::<_, Infallible>(
-                    AppError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not_ready",
-                        "the schema registry is still loading from Kafka",
-                    )
-                    .into_response(),
-                ),
-            }
-        }
-    });
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/clusters/{id}/{facet}", post(crate::api::append))
-        .route(
-            "/v1/clusters/{id}",
-            get(crate::api::get_cluster).delete(crate::api::delete),
-        )
-        .route("/v1/clusters/{id}/history", get(crate::api::history))
-        .route("/v1/clusters/{id}/state", get(crate::api::state_at))
-        .route("/v1/clusters/{id}/audit", get(crate::api::audit))
-        .route("/v1/clusters/{id}/verify", get(crate::api::verify))
-        .route("/v1/clusters/{id}/recover", post(crate::api::recover))
-        .route("/v1/batch", post(crate::api::batch))
-        .route("/v1/import", post(crate::api::import))
-        .route("/v1/sql", post(crate::api::sql))
-        .layer(axum::middleware::from_fn(trace_request))
-        .nest_service("/registry", registry)
-        .with_state(state)
-}
-
-/// One `tracing` span per request, with method, path and, at the end, status and time.
-async fn trace_request(req: Request<Body>, next: axum::middleware::Next) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        status = tracing::field::Empty,
-        ms = tracing::field::Empty,
-    );
-    let started = std::time::Instant::now();
-    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.record("status", response.status().as_u16());
-    span.record("ms", started.elapsed().as_secs_f64() * 1e3);
-    if response.status().is_server_error() {
-        tracing::warn!(parent: &span, status = response.status().as_u16(), "request failed");
-    }
-    response
-}
-
-/// Prometheus text format: readiness, fencing and projector lag per partition.
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let ready = u8::from(state.started.load(Ordering::Acquire));
-    let _ = writeln!(
-        out,
-        "# HELP fleetledger_ready 1 once start-up finished.\n# TYPE fleetledger_ready gauge\nfleetledger_ready {ready}"
-    );
-    let fenced = state.ledger.get().map_or(0, |l| u8::from(l.is_fenced()));
-    let _ = writeln!(
-        out,
-        "# HELP fleetledger_ledger_fenced 1 once another writer fenced this one.\n# TYPE fleetledger_ledger_fenced gauge\nfleetledger_ledger_fenced {fenced}"
-    );
-    if let Some(p) = state.projector.get() {
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_lag_records History records not yet applied, per partition.\n# TYPE fleetledger_projector_lag_records gauge"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_stopped 1 for a partition stopped at an undecodable record.\n# TYPE fleetledger_projector_stopped gauge"
-        );
-        for (partition, _) in p.stopped() {
-            let _ = writeln!(
-                out,
-                "fleetledger_projector_stopped{{partition=\"{partition}\"}} 1"
-            );
-        }
-        for (partition, lag) in p.lag() {
-            let _ = writeln!(
-                out,
-                "fleetledger_projector_lag_records{{partition=\"{partition}\"}} {lag}"
-            );
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-}
-
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, AppError> {
-    if let Some(e) = state.startup_error.lock().ok().and_then(|e| e.clone()) {
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "startup_failed",
-            e,
-        ));
-    }
-    if !state.started.load(Ordering::Acquire) {
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "starting: waiting for Kafka, the topics and the schema registry",
-        ));
-    }
-    if let Some(l) = state.ledger.get().filter(|l| !l.is_writable()) {
-        let why = if l.is_fenced() {
-            "fenced: another writer with the same transactional id took over"
-        } else {
-            "the writer is re-connecting to Kafka after a failed transaction; writes answer 503 until it has"
-        };
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            why,
-        ));
-    }
-    match state.layout.all_exist(&state.clients).await {
-        Ok(true) => Ok(axum::Json(json!({"status": "ready"}))),
-        Ok(false) => Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!(
-                "a topic of the layout is missing ({}, {}, {})",
-                state.layout.state, state.layout.history, state.layout.schemas
-            ),
-        )),
-        Err(e) => Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kafka_unavailable",
-            format!("Kafka does not answer: {e}"),
-        )),
-    }
-}
 
 /// A started server.
 #[derive(Debug)]
@@ -419,7 +203,11 @@ pub async fn start_with_clock(
 
 /// Retries `op` while it fails with a retriable error: exponential backoff from 200 ms to
 /// 5 s, a log line per failure, at most `attempts` tries.
-async fn with_retries<T, F, Fut>(what: &str, attempts: u32, mut op: F) -> anyhow::Result<T>
+pub(crate) async fn with_retries<T, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut op: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, fleetledger_ledger::Error>>,
@@ -440,7 +228,7 @@ where
 }
 
 /// The embedded registry, loaded from its Kafka topic.
-async fn load_embedded_registry(
+pub(crate) async fn load_embedded_registry(
     clients: &KafkaClients,
     layout: &TopicLayout,
 ) -> anyhow::Result<Arc<SchemaRegistry>> {
@@ -469,7 +257,7 @@ pub async fn codec_for_command(config: &Config) -> anyhow::Result<RecordCodec> {
 }
 
 /// What the ledger needs beyond the shared state.
-struct LedgerDeps {
+pub(crate) struct LedgerDeps {
     ownership: Ownership,
     clock: Arc<dyn Clock>,
     config: LedgerConfig,
@@ -479,7 +267,7 @@ struct LedgerDeps {
     tracker: TaskTracker,
 }
 
-async fn start_up(
+pub(crate) async fn start_up(
     state: &AppState,
     serves_registry: bool,
     registry_url: Option<&str>,

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use fleetledger::client::ApiClient;
-use fleetledger::import::import_file;
+use fleetledger_client::ApiClient;
+use fleetledger_client::import::import_file;
 use fleetledger_projectors::billing::HOUR_MS;
 use serde_json::{Value, json};
 

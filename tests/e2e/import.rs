@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use fleetledger::client::ApiClient;
-use fleetledger::import::import_file;
-use fleetledger::simulate::HistoryLine;
-use fleetledger::simulate::{Simulation, parse_lines};
+use fleetledger_bench::simulate::Simulation;
+use fleetledger_client::ApiClient;
+use fleetledger_client::history_file::HistoryLine;
+use fleetledger_client::history_file::parse_lines;
+use fleetledger_client::import::import_file;
 use fleetledger_projectors::billing::{HOUR_MS, hour_start};
 use serde_json::Value;
 

@@ -580,9 +580,7 @@ async fn verify_passes_on_honest_history_and_names_a_forged_record() {
     assert_eq!((st, v["intact"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(v["report"]["records"], steps.len() as i64);
     assert_eq!(v["report"]["chains"], 4);
-    let whole = fleetledger::audit::verify_topic(&cfg)
-        .await
-        .expect("verify runs");
+    let whole = fleetledger::verify_topic(&cfg).await.expect("verify runs");
     assert!(whole.is_intact(), "{whole:?}");
     assert_eq!(whole.records, steps.len() as u64 + 4);
     assert_eq!(whole.clusters, 2);
@@ -646,9 +644,7 @@ async fn verify_passes_on_honest_history_and_names_a_forged_record() {
             .contains("content hashes to"),
         "{v}"
     );
-    let whole = fleetledger::audit::verify_topic(&cfg)
-        .await
-        .expect("verify runs");
+    let whole = fleetledger::verify_topic(&cfg).await.expect("verify runs");
     assert_eq!(whole.broken.len(), 1, "{whole:?}");
     assert_eq!(whole.broken[0].offset, forged_offset);
 

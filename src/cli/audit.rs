@@ -5,13 +5,17 @@ use std::io::Write;
 use std::sync::Arc;
 
 use fleetledger_ledger::{ChainReport, KafkaClients, TopicLayout, VerifyProgress, verify_history};
+use std::process::ExitCode;
+
+use anyhow::Context;
 use serde_json::Value;
 
+use crate::cli::{ApiArgs, load_config, print_answer};
 use crate::config::Config;
 use crate::server::codec_for_command;
 
 /// A diff object (`{"field": {"from", "to"}}`) as `field: from → to, …`.
-pub fn diff_text(diff: &Value) -> String {
+pub(crate) fn diff_text(diff: &Value) -> String {
     let Some(map) = diff.as_object() else {
         return String::new();
     };
@@ -34,7 +38,7 @@ pub fn diff_text(diff: &Value) -> String {
 
 /// The timeline of `GET /v1/clusters/{id}/audit` as an aligned table: time, facet,
 /// version, writer, reason, diff.
-pub fn timeline_table(answer: &Value) -> String {
+pub(crate) fn timeline_table(answer: &Value) -> String {
     let mut rows = vec![[
         "time".to_owned(),
         "facet".to_owned(),
@@ -73,7 +77,7 @@ pub fn timeline_table(answer: &Value) -> String {
 }
 
 /// The plan of a recovery, facet by facet, with the difference from the current state.
-pub fn recovery_text(answer: &Value) -> String {
+pub(crate) fn recovery_text(answer: &Value) -> String {
     let mut out = format!(
         "{} {} {}\n",
         if answer["dry_run"].as_bool() == Some(true) {
@@ -117,7 +121,7 @@ pub fn recovery_text(answer: &Value) -> String {
 }
 
 /// A verification report in words: what was checked, and every broken link.
-pub fn report_text(report: &ChainReport) -> String {
+pub(crate) fn report_text(report: &ChainReport) -> String {
     let mut out = format!(
         "checked {} records in {} chains of {} clusters: ",
         report.records, report.chains, report.clusters
@@ -152,4 +156,73 @@ pub async fn verify_topic(config: &Config) -> anyhow::Result<ChainReport> {
     .await;
     eprintln!();
     Ok(result?)
+}
+
+/// `audit`'s time and facet filters.
+pub(crate) struct AuditFilter {
+    pub(crate) since: Option<String>,
+    pub(crate) until: Option<String>,
+    pub(crate) facet: Option<String>,
+}
+
+/// `fleetledger audit`: a cluster's timeline, or a verification (exit 1 when broken).
+pub(crate) async fn audit(
+    api: &ApiArgs,
+    config_file: Option<&std::path::Path>,
+    cluster: Option<&str>,
+    filter: AuditFilter,
+    format: &str,
+    verify: bool,
+) -> anyhow::Result<ExitCode> {
+    if !matches!(format, "table" | "json") {
+        anyhow::bail!("unknown format {format:?}: expected table or json");
+    }
+    let report = match (cluster, verify) {
+        (None, false) => {
+            eprintln!(
+                "error: name a cluster (audit CLUSTER), or check every chain with audit --verify"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        (Some(c), false) => {
+            let answer = api
+                .client()
+                .audit(
+                    c,
+                    filter.since.as_deref(),
+                    filter.until.as_deref(),
+                    filter.facet.as_deref(),
+                )
+                .await;
+            return match (answer, format) {
+                (Ok(v), "table") => {
+                    print!("{}", timeline_table(&v));
+                    Ok(ExitCode::SUCCESS)
+                }
+                (other, _) => print_answer(other),
+            };
+        }
+        (Some(c), true) => {
+            let answer = api.client().verify(c).await;
+            let v = match answer {
+                Ok(v) => v,
+                Err(e) => return print_answer(Err(e)),
+            };
+            serde_json::from_value(v["report"].clone()).context("the server's verify report")?
+        }
+        (None, true) => {
+            let config = load_config(config_file, serde_json::json!({}))?;
+            verify_topic(&config).await?
+        }
+    };
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report_text(&report));
+    }
+    Ok(if report.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

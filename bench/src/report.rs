@@ -1,5 +1,5 @@
-//! `fleetledger bench-report`: turns the figures of several benchmark rounds (JSON lines,
-//! see [`crate::bench::Figures`]) into `REPORT.md` and `report.json`: the median of each
+//! `fleetledger-bench report`: turns the figures of several benchmark rounds (JSON lines,
+//! see [`crate::drivers::Figures`]) into `REPORT.md` and `report.json`: the median of each
 //! figure, the ratios to the raw Kafka baselines and to the PostgreSQL peer, and each goal
 //! of the report marked met or missed.
 //!
@@ -215,7 +215,7 @@ impl Report {
         let _ = writeln!(md, "# fleetledger benchmark report\n");
         let _ = writeln!(
             md,
-            "Written by `deploy/local/bench` (`fleetledger bench-report`). Each figure is the \
+            "Written by `deploy/local/bench` (`fleetledger-bench report`). Each figure is the \
              median of the rounds listed beside it; every sample is in `report.json`.\n"
         );
         if !self.meta.is_empty() {

@@ -1,10 +1,54 @@
-//! The command line's HTTP client: `append`, `get`, `delete`, `history` talk to a running
-//! `fleetledger serve` over the same API as every other client.
+//! The HTTP client of fleetledger's API, shared by the command line and the benchmarks:
+//! every call talks to a running `fleetledger serve` over the same API as any other
+//! client. Answers are the server's JSON; a refusal is [`ClientError::Api`] with the
+//! status and the server's `{"error", "message"}`.
 
-use std::path::Path;
+pub mod history_file;
+pub mod import;
 
-use anyhow::Context;
+use std::path::{Path, PathBuf};
+
 use serde_json::Value;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or its answer not read.
+    #[error("cannot reach fleetledger at {url}: {source}")]
+    Unreachable {
+        /// The API's URL.
+        url: String,
+        /// What the HTTP client said.
+        source: reqwest::Error,
+    },
+    /// The server refused the request.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Input that cannot be sent (a malformed file, an unknown format).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal, if the server answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(e) => Some(e.status),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with [`ClientError`].
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// Where the API is and who we are.
 #[derive(Debug, Clone)]
@@ -51,15 +95,12 @@ impl ApiClient {
         }
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach fleetledger at {}", self.url))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status >= 400 {
@@ -77,9 +118,11 @@ impl ApiClient {
         expect: Option<i64>,
         key: Option<&str>,
         reason: Option<&str>,
-    ) -> anyhow::Result<Value> {
-        let body =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    ) -> Result<Value> {
+        let body = std::fs::read(file).map_err(|source| ClientError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
         let mut req = self
             .http
             .post(format!("{}/v1/clusters/{cluster}/{facet}", self.url))
@@ -98,13 +141,13 @@ impl ApiClient {
     }
 
     /// `GET /v1/clusters/{cluster}`.
-    pub async fn get(&self, cluster: &str) -> anyhow::Result<Value> {
+    pub async fn get(&self, cluster: &str) -> Result<Value> {
         self.send(self.http.get(format!("{}/v1/clusters/{cluster}", self.url)))
             .await
     }
 
     /// `GET /v1/clusters/{cluster}/history`.
-    pub async fn history(&self, cluster: &str) -> anyhow::Result<Value> {
+    pub async fn history(&self, cluster: &str) -> Result<Value> {
         self.send(
             self.http
                 .get(format!("{}/v1/clusters/{cluster}/history", self.url)),
@@ -118,7 +161,7 @@ impl ApiClient {
         cluster: &str,
         as_of: Option<&str>,
         version: Option<&str>,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value> {
         let mut query = Vec::new();
         if let Some(t) = as_of {
             query.push(("as_of", t));
@@ -129,7 +172,8 @@ impl ApiClient {
         let url = reqwest::Url::parse_with_params(
             &format!("{}/v1/clusters/{cluster}/state", self.url),
             &query,
-        )?;
+        )
+        .map_err(|e| ClientError::Invalid(format!("cannot form the request's URL: {e}")))?;
         self.send(self.http.get(url)).await
     }
 
@@ -140,7 +184,7 @@ impl ApiClient {
         since: Option<&str>,
         until: Option<&str>,
         facet: Option<&str>,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value> {
         let query: Vec<(&str, &str)> = [("since", since), ("until", until), ("facet", facet)]
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -148,12 +192,13 @@ impl ApiClient {
         let url = reqwest::Url::parse_with_params(
             &format!("{}/v1/clusters/{cluster}/audit", self.url),
             &query,
-        )?;
+        )
+        .map_err(|e| ClientError::Invalid(format!("cannot form the request's URL: {e}")))?;
         self.send(self.http.get(url)).await
     }
 
     /// `GET /v1/clusters/{cluster}/verify`.
-    pub async fn verify(&self, cluster: &str) -> anyhow::Result<Value> {
+    pub async fn verify(&self, cluster: &str) -> Result<Value> {
         self.send(
             self.http
                 .get(format!("{}/v1/clusters/{cluster}/verify", self.url)),
@@ -169,7 +214,7 @@ impl ApiClient {
         version: Option<&str>,
         dry_run: bool,
         force: bool,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value> {
         self.send(
             self.http
                 .post(format!("{}/v1/clusters/{cluster}/recover", self.url))
@@ -184,7 +229,7 @@ impl ApiClient {
     }
 
     /// `POST /v1/import` with `items`.
-    pub async fn import(&self, items: &[Value]) -> anyhow::Result<Value> {
+    pub async fn import(&self, items: &[Value]) -> Result<Value> {
         self.send(
             self.http
                 .post(format!("{}/v1/import", self.url))
@@ -193,13 +238,19 @@ impl ApiClient {
         .await
     }
 
-    /// `POST /v1/sql`, answered as `table` (aligned text), `json` or `csv`.
-    pub async fn sql(&self, sql: &str, format: &str) -> anyhow::Result<String> {
+    /// `POST /v1/sql`, answered in `format`: `json`, `csv`, or `arrow` (an Arrow IPC
+    /// stream, which `fleetledger_queries::ipc_to_table` renders as a table). The answer's
+    /// bytes as the server sent them.
+    pub async fn sql(&self, sql: &str, format: &str) -> Result<Vec<u8>> {
         let accept = match format {
             "json" => "application/json",
             "csv" => "text/csv",
-            "table" => "application/vnd.apache.arrow.stream",
-            other => anyhow::bail!("unknown format {other:?}: expected table, json or csv"),
+            "arrow" => "application/vnd.apache.arrow.stream",
+            other => {
+                return Err(ClientError::Invalid(format!(
+                    "unknown format {other:?}: expected json, csv or arrow"
+                )));
+            }
         };
         let mut req = self
             .http
@@ -209,25 +260,25 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach fleetledger at {}", self.url))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if status >= 400 {
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(ApiError { status, body }.into());
         }
-        Ok(match format {
-            "table" => fleetledger_queries::ipc_to_table(&bytes)?,
-            "json" => serde_json::to_string_pretty(&serde_json::from_slice::<Value>(&bytes)?)?,
-            _ => String::from_utf8_lossy(&bytes).into_owned(),
-        })
+        Ok(bytes.to_vec())
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.url.clone(),
+            source,
+        }
     }
 
     /// `DELETE /v1/clusters/{cluster}`.
-    pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> anyhow::Result<Value> {
+    pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> Result<Value> {
         let mut req = self
             .http
             .delete(format!("{}/v1/clusters/{cluster}", self.url));

@@ -1,12 +1,12 @@
-//! The `fleetledger bench-*` commands: load against a running server over HTTP and the raw
+//! The `fleetledger-bench` drivers: load against a running server over HTTP and the raw
 //! Kafka baselines beside it, printing numbers. Throughput of `POST /v1/batch`, latency
 //! percentiles of single appends at a few concurrency levels, the raw transactional
 //! produce and `read_committed` consume rates of the same records, SQL and recovery
 //! latency. Requests are bounded in count; nothing runs unbounded.
 //!
 //! Every figure is printed, and appended as one JSON line to the file named by
-//! `FLEETLEDGER_BENCH_RESULTS` when it is set: the input of `bench-report` (see
-//! [`crate::bench_report`]), which `deploy/local/bench` runs after several rounds.
+//! `FLEETLEDGER_BENCH_RESULTS` when it is set: the input of `fleetledger-bench report`
+//! (see [`crate::report`]), which `deploy/local/bench` runs after several rounds.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use fleetledger_ledger::KafkaConfig;
 use serde_json::{Value, json};
 
 /// Where figures go: stdout, and the JSON-lines file named by `FLEETLEDGER_BENCH_RESULTS`.
@@ -51,14 +52,6 @@ impl Figures {
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
     }
-}
-
-/// The peak resident set size of this process so far, in MiB (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// What to run.
@@ -207,14 +200,14 @@ impl AppendBench {
 /// The raw consume rate of the history topic: a plain `read_committed` consumer from the
 /// one client factory, counting records and bytes to the end of every partition, no
 /// decoding. The baseline a projection rebuild is compared with.
-pub async fn raw_consume(config: &crate::Config, figures: &Figures) -> anyhow::Result<(u64, f64)> {
+pub async fn raw_consume(config: &KafkaConfig, figures: &Figures) -> anyhow::Result<(u64, f64)> {
     use rdkafka::Message;
     use rdkafka::consumer::Consumer;
     use rdkafka::error::KafkaError;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-    let clients = fleetledger_ledger::KafkaClients::new(config.kafka.clone());
-    let layout = fleetledger_ledger::TopicLayout::new(&config.kafka);
+    let clients = fleetledger_ledger::KafkaClients::new(config.clone());
+    let layout = fleetledger_ledger::TopicLayout::new(config);
     let consumer = clients.consumer("bench-raw")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..layout.partitions {
@@ -251,7 +244,7 @@ pub async fn raw_consume(config: &crate::Config, figures: &Figures) -> anyhow::R
 /// and `per_txn` changes per transaction, one transaction after another. No validation,
 /// encoding or HTTP: the ceiling the batch append path is compared with.
 pub async fn raw_produce(
-    config: &crate::Config,
+    config: &KafkaConfig,
     changes: usize,
     per_txn: usize,
     figures: &Figures,
@@ -263,8 +256,8 @@ pub async fn raw_produce(
     use rdkafka::producer::{FutureRecord, Producer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-    let clients = KafkaClients::new(config.kafka.clone());
-    let layout = TopicLayout::new(&config.kafka);
+    let clients = KafkaClients::new(config.clone());
+    let layout = TopicLayout::new(config);
     let consumer = clients.consumer("bench-raw-read")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..layout.partitions {
@@ -288,16 +281,12 @@ pub async fn raw_produce(
     drop(consumer);
     anyhow::ensure!(!records.is_empty(), "{} holds no records", layout.history);
 
-    let mut scratch = config.kafka.clone();
-    scratch.topic_prefix = format!("{}.bench-raw", config.kafka.topic_prefix);
-    scratch.schemas_topic = format!("{}.bench-raw._schemas", config.kafka.topic_prefix);
+    let mut scratch = config.clone();
+    scratch.topic_prefix = format!("{}.bench-raw", config.topic_prefix);
+    scratch.schemas_topic = format!("{}.bench-raw._schemas", config.topic_prefix);
     let target = TopicLayout::new(&scratch);
     target.ensure(&clients).await?;
-    let txn_id = format!(
-        "{}-bench-raw-{}",
-        config.kafka.client_id,
-        std::process::id()
-    );
+    let txn_id = format!("{}-bench-raw-{}", config.client_id, std::process::id());
     let producer = clients.transactional_producer("bench-raw", &txn_id)?;
     let timeout = clients.config().request_timeout();
     {
@@ -350,8 +339,8 @@ pub async fn recovery_latency(
     runs: usize,
     figures: &Figures,
 ) -> anyhow::Result<()> {
-    let frontend = crate::client::ApiClient::new(url, Some("dev-frontend".into()));
-    let recovery = crate::client::ApiClient::new(url, Some("dev-recovery".into()));
+    let frontend = fleetledger_client::ApiClient::new(url, Some("dev-frontend".into()));
+    let recovery = fleetledger_client::ApiClient::new(url, Some("dev-recovery".into()));
     let (mut audit, mut dry, mut real) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // Spread over the id space, away from the clusters of earlier rounds.
@@ -408,7 +397,7 @@ pub async fn sql_latency(
     runs: usize,
     figures: &Figures,
 ) -> anyhow::Result<()> {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let mut examples = Vec::new();
     for part in readme.split("\n-- ").skip(1) {
         let Some((title, rest)) = part.split_once('\n') else {

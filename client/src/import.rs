@@ -1,5 +1,6 @@
-//! `fleetledger import FILE`: appends a history file ([`HistoryLine`]s, e.g. from
-//! `fleetledger simulate` or an existing control plane) through `POST /v1/import` with its
+//! `fleetledger import FILE`: appends a history file
+//! ([`crate::history_file::HistoryLine`]s, e.g. from `fleetledger-bench simulate` or an
+//! existing control plane) through `POST /v1/import` with its
 //! original times and writers.
 //!
 //! The whole file is checked before anything is sent (a malformed line, or a time that goes
@@ -16,11 +17,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ApiError};
-use crate::simulate::{in_time_order, parse_lines};
+use crate::history_file::{in_time_order, parse_lines};
+use crate::{ApiClient, ApiError, ClientError, Result};
 
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,14 +34,13 @@ pub struct ImportSummary {
 /// Imports `file` in batches of `batch` lines, with progress on stderr. A refused line
 /// stops the import with an error naming it; batches before it stay written (run the
 /// import again after fixing the line: they are skipped).
-pub async fn import_file(
-    client: &ApiClient,
-    file: &Path,
-    batch: usize,
-) -> anyhow::Result<ImportSummary> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let lines = parse_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+pub async fn import_file(client: &ApiClient, file: &Path, batch: usize) -> Result<ImportSummary> {
+    let text = std::fs::read_to_string(file).map_err(|source| ClientError::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    let lines =
+        parse_lines(&text).map_err(|e| ClientError::Invalid(format!("{}: {e}", file.display())))?;
     // A cluster's lines reach the ledger in the order of their times across facets, so
     // the topics read as a live history does (a history file may list facets apart).
     let lines = in_time_order(lines);
@@ -85,7 +84,12 @@ pub async fn import_file(
                     }
                     .into());
                 }
-                None => anyhow::bail!("unexpected answer for line {}: {r}", r["line"]),
+                None => {
+                    return Err(ClientError::Invalid(format!(
+                        "unexpected answer for line {}: {r}",
+                        r["line"]
+                    )));
+                }
             }
         }
         let done = ((i + 1) * batch.max(1)).min(total);

@@ -14,6 +14,8 @@ use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::ProjectCommand;
+use crate::cli::serve::shutdown_signal;
 use crate::config::Config;
 use crate::server::codec_for_command;
 
@@ -28,7 +30,7 @@ async fn open(config: &Config) -> anyhow::Result<Projector> {
 }
 
 /// Runs the projections until `shutdown`, then writes a last checkpoint.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let projector = open(config).await?;
     eprintln!(
         "projecting {} into {}",
@@ -65,7 +67,7 @@ fn show(p: Progress) {
 
 /// Rebuilds `name` (or `all`) from the beginning of history, with a progress bar, and
 /// prints the rate. Other projections keep their state and offsets.
-pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     let projector = open(config).await?;
     let names: Vec<ProjectionName> = if name == "all" {
         ProjectionName::ALL.to_vec()
@@ -80,25 +82,21 @@ pub async fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
-        "rebuilt {} from {applied} records in {secs:.2} s ({:.0} records/s)",
+        "rebuilt {} from {applied} records in {secs:.2} s ({:.0} records/s); peak RSS {:.0} MiB",
         names
             .iter()
             .map(|n| n.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        applied as f64 / secs.max(1e-9)
+        applied as f64 / secs.max(1e-9),
+        peak_rss_mib().unwrap_or(f64::NAN)
     );
-    let figures = crate::bench::Figures::from_env();
-    figures.record("rebuild", applied as f64 / secs.max(1e-9), "records/s")?;
-    if let Some(rss) = crate::bench::peak_rss_mib() {
-        figures.record("rebuild.peak_rss", rss, "MiB")?;
-    }
     Ok(())
 }
 
 /// Prints one history record: key, headers, wire header, and the decoded record or why
 /// it cannot be decoded.
-pub async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Result<()> {
+pub(crate) async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Result<()> {
     let clients = KafkaClients::new(config.kafka.clone());
     let layout = TopicLayout::new(&config.kafka);
     let consumer = clients.consumer("inspect")?;
@@ -155,4 +153,28 @@ pub async fn inspect(config: &Config, partition: i32, offset: i64) -> anyhow::Re
         Err(e) => println!("decode:    {e}"),
     }
     Ok(())
+}
+
+/// This process's peak resident set (VmHWM), in MiB; `None` where /proc is not there.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `fleetledger project run | rebuild NAME | inspect`.
+pub(crate) async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()> {
+    match command {
+        ProjectCommand::Run => {
+            let token = CancellationToken::new();
+            let signals = tokio::spawn(shutdown_signal(token.clone()));
+            let result = run(config, token.clone()).await;
+            token.cancel();
+            let _ = signals.await;
+            result
+        }
+        ProjectCommand::Rebuild { name } => rebuild(config, &name).await,
+        ProjectCommand::Inspect { partition, offset } => inspect(config, partition, offset).await,
+    }
 }

@@ -1,0 +1,227 @@
+//! What handlers read from a request, in one place: the principal of the bearer token,
+//! the cluster id, `If-Match`, `Idempotency-Key`, `X-Reason`, the JSON body, query
+//! parameters, and the 201 answer with its `ETag`.
+
+use crate::http::error::AppError;
+use crate::http::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use fleetledger_ledger::AppendRequest;
+use fleetledger_ledger::Appended;
+use fleetledger_ledger::Error as LedgerError;
+use fleetledger_ledger::Ledger;
+use fleetledger_ledger::Point;
+use fleetledger_schemas::Facet;
+use fleetledger_schemas::FacetState;
+use fleetledger_schemas::validate_cluster_id;
+use serde_json::json;
+
+/// The principal of the request's bearer token, or 401.
+pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing bearer token: send Authorization: Bearer <token>",
+            )
+        })?;
+    state
+        .tokens
+        .principal(token.trim())
+        .map(str::to_owned)
+        .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+}
+
+pub(crate) fn ledger(state: &AppState) -> Result<&Ledger, AppError> {
+    state.ledger.get().ok_or_else(|| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the ledger is still starting (waiting for Kafka and the index rebuild)",
+        )
+    })
+}
+
+pub(crate) fn cluster(id: &str) -> Result<(), AppError> {
+    validate_cluster_id(id).map_err(AppError::from)
+}
+
+pub(crate) fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, AppError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("If-Match must be a version number (0 = must not exist yet), got {text:?}"),
+            )
+        })
+}
+
+pub(crate) fn text_header(
+    headers: &HeaderMap,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, AppError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{name} must be visible ASCII"),
+        )
+    })?;
+    if s.is_empty() || s.len() > max {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{name} must be 1-{max} characters, got {}", s.len()),
+        ));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+pub(crate) async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, AppError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be JSON: send Content-Type: application/json, got {ct:?}"),
+        ));
+    }
+    axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than the limit of {} bytes",
+                    state.max_body_bytes
+                ),
+            )
+        })
+}
+
+pub(crate) fn created(a: &Appended) -> Response {
+    let mut r = (StatusCode::CREATED, Json(json!(a))).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{}\"", a.version)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// The headers of a change: `If-Match`, `Idempotency-Key`, `X-Reason`.
+pub(crate) struct ChangeHeaders {
+    pub(crate) expected: Option<i64>,
+    pub(crate) key: Option<String>,
+    pub(crate) reason: Option<String>,
+}
+
+impl ChangeHeaders {
+    pub(crate) fn read(headers: &HeaderMap) -> Result<Self, AppError> {
+        Ok(ChangeHeaders {
+            expected: expected_version(headers)?,
+            key: text_header(headers, "idempotency-key", 200)?,
+            reason: text_header(headers, "x-reason", 1000)?,
+        })
+    }
+
+    /// The request that appends `state` for `principal` with these headers.
+    pub(crate) fn request(
+        self,
+        cluster_id: String,
+        state: FacetState,
+        principal: String,
+    ) -> AppendRequest {
+        AppendRequest {
+            cluster_id,
+            state,
+            principal,
+            expected_version: self.expected,
+            request_id: self.key,
+            reason: self.reason,
+            ts: None,
+        }
+    }
+}
+
+/// 403 unless `principal` may write `facet` (checked before the body is read).
+pub(crate) fn authorise(ledger: &Ledger, principal: &str, facet: Facet) -> Result<(), AppError> {
+    if ledger.ownership().may_write(principal, facet) {
+        return Ok(());
+    }
+    Err(LedgerError::Forbidden {
+        principal: principal.to_owned(),
+        facet,
+        owner: ledger.ownership().owner(facet).to_owned(),
+    }
+    .into())
+}
+
+/// The query parameters `pairs` as a map, refusing any not in `allowed` (a misspelt filter must
+/// not silently widen an answer).
+pub(crate) fn query_params(
+    pairs: Vec<(String, String)>,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, AppError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "unknown query parameter {k:?}: expected one of {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The point named by `as_of` or `version` (at most one), else `default`.
+pub(crate) fn point_of(
+    as_of: Option<&str>,
+    version: Option<&str>,
+    default: Point,
+) -> Result<Point, AppError> {
+    match (as_of, version) {
+        (Some(_), Some(_)) => Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "give as_of or version, not both",
+        )),
+        (Some(t), None) => Ok(Point::parse_as_of(t)?),
+        (None, Some(v)) => Ok(Point::parse_version(v)?),
+        (None, None) => Ok(default),
+    }
+}

@@ -1,0 +1,66 @@
+//! `POST /v1/sql`: read-only SQL over the projections, answered as JSON, CSV or Arrow IPC.
+
+use crate::http::error::AppError;
+use crate::http::request::*;
+use crate::http::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SqlRequest {
+    sql: String,
+}
+
+/// Media type of an Arrow IPC stream.
+pub(crate) const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// `POST /v1/sql` with `{"sql": "…"}`: JSON rows (default), CSV (`Accept: text/csv`) or an
+/// Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`). Any principal.
+pub(crate) async fn sql(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    principal(&state, &headers)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    let req: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("body must be {{\"sql\": \"...\"}}: {e}"),
+        )
+    })?;
+    let engine = state.queries.get().ok_or_else(|| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the projections are still starting",
+        )
+    })?;
+    let out = engine.query(&req.sql).await?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if accept.contains("text/csv") {
+        let csv = fleetledger_queries::to_csv(&out.schema, &out.batches)?;
+        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response());
+    }
+    if accept.contains(ARROW_STREAM) {
+        let ipc = fleetledger_queries::to_ipc(&out.schema, &out.batches)?;
+        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], ipc).into_response());
+    }
+    let mut json = fleetledger_queries::to_json_rows(&out.schema, &out.batches)?;
+    json["row_count"] = json!(out.rows);
+    Ok(Json(json).into_response())
+}

@@ -1,0 +1,28 @@
+//! What every handler shares: the ledger, the projector, the query engine, the registry,
+//! set once start-up has them.
+
+use axum::Router;
+use fleetledger_ledger::KafkaClients;
+use fleetledger_ledger::Ledger;
+use fleetledger_ledger::Tokens;
+use fleetledger_ledger::TopicLayout;
+use fleetledger_projectors::Projector;
+use fleetledger_queries::QueryEngine;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct AppState {
+    pub(crate) clients: KafkaClients,
+    pub(crate) layout: TopicLayout,
+    pub(crate) tokens: Tokens,
+    pub(crate) ledger: OnceLock<Ledger>,
+    pub(crate) projector: OnceLock<Projector>,
+    pub(crate) queries: OnceLock<QueryEngine>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) started: AtomicBool,
+    pub(crate) registry: OnceLock<Router>,
+    pub(crate) startup_error: Mutex<Option<String>>,
+}
