@@ -399,15 +399,7 @@ mod tests {
 
     /// A committed head as the writer would have installed it after admitting `a`.
     fn commit(index: &mut Index, a: &Admitted, offset: i64) {
-        let appended = Appended {
-            cluster_id: a.record.meta.cluster_id.clone(),
-            facet: a.record.facet(),
-            version: a.record.meta.version,
-            hash: a.record.meta.hash.clone(),
-            partition: a.partition,
-            offset,
-            ts: a.record.meta.ts,
-        };
+        let appended = Appended::of(&a.record, a.partition, offset);
         let mut recent: VecDeque<RecentRequest> = index
             .head(&a.record.meta.cluster_id, a.record.facet())
             .map(|h| h.recent.clone())

@@ -96,6 +96,22 @@ pub struct Appended {
     pub ts: DateTime<Utc>,
 }
 
+impl Appended {
+    /// Where `record` is: its cluster's `partition` and its `offset` in the history topic
+    /// (-1 where it is not known).
+    pub fn of(record: &fleetledger_schemas::StateRecord, partition: i32, offset: i64) -> Self {
+        Appended {
+            cluster_id: record.meta.cluster_id.clone(),
+            facet: record.facet(),
+            version: record.meta.version,
+            hash: record.meta.hash.clone(),
+            partition,
+            offset,
+            ts: record.meta.ts,
+        }
+    }
+}
+
 /// Everything [`Ledger::open`] needs.
 #[derive(Debug, Clone)]
 pub struct LedgerSetup {

@@ -50,6 +50,16 @@ pub enum Error {
         /// Who owns it.
         owner: String,
     },
+    /// An operation reserved to one principal (recovery, import) asked for by another.
+    #[error("principal {principal} may not {operation}: only {only} may")]
+    OperationForbidden {
+        /// Who asked.
+        principal: String,
+        /// What they asked for, e.g. `recover clusters`.
+        operation: &'static str,
+        /// The principal that may.
+        only: &'static str,
+    },
     /// `If-Match` named another version than the current one; the caller must re-read.
     #[error("{cluster_id}/{facet} is at version {current}, not {expected}")]
     Conflict {

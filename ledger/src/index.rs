@@ -165,15 +165,7 @@ pub(crate) async fn rebuild_index(
                 .rev()
                 .find(|r| r.result.version == record.meta.version)
                 .map(|r| r.result.clone())
-                .unwrap_or_else(|| Appended {
-                    cluster_id: record.meta.cluster_id.clone(),
-                    facet: record.facet(),
-                    version: record.meta.version,
-                    hash: record.meta.hash.clone(),
-                    partition,
-                    offset: -1,
-                    ts: record.meta.ts,
-                });
+                .unwrap_or_else(|| Appended::of(&record, partition, -1));
             index.install(Head {
                 record,
                 appended,

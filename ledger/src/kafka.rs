@@ -156,9 +156,8 @@ impl KafkaClients {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100")
             // librdkafka pauses fetching for this long whenever its prefetch queue is full
-            // (default 1000 ms). A reader that keeps up with its queue then starves for up
-            // to a second at a time: a rebuild of 1M records spent half its time so, and the
-            // raw consume rate varied 300k-650k records/s. At 10 ms both are steady.
+            // (default 1000 ms): a reader that keeps up with its queue would starve for up
+            // to a second at a time (bench/REPORT.md has what that cost).
             .set("fetch.queue.backoff.ms", "10");
         c
     }

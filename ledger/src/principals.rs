@@ -15,6 +15,34 @@ pub const RECOVERY: &str = "recovery";
 /// The principal that imports history, the only one allowed to set `ts`.
 pub const IMPORT: &str = "import";
 
+/// An operation reserved to one principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Restore a deleted cluster's desired facets (`recovery`).
+    Recover,
+    /// Append history with its original times and writers (`import`).
+    Import,
+}
+
+impl Operation {
+    /// Whether `principal` may perform this operation; [`Error::OperationForbidden`]
+    /// otherwise.
+    pub fn check(self, principal: &str) -> Result<()> {
+        let (operation, only) = match self {
+            Operation::Recover => ("recover clusters", RECOVERY),
+            Operation::Import => ("import history", IMPORT),
+        };
+        if principal == only {
+            return Ok(());
+        }
+        Err(Error::OperationForbidden {
+            principal: principal.to_owned(),
+            operation,
+            only,
+        })
+    }
+}
+
 /// Facet → owning principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ownership {

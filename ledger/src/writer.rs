@@ -493,15 +493,7 @@ async fn delivered_offsets(futures: Vec<DeliveryFuture>, what: &str) -> Result<V
 }
 
 fn appended_of(a: &Accepted, offset: i64) -> Appended {
-    Appended {
-        cluster_id: a.record.meta.cluster_id.clone(),
-        facet: a.record.facet(),
-        version: a.record.meta.version,
-        hash: a.record.meta.hash.clone(),
-        partition: a.partition,
-        offset,
-        ts: a.record.meta.ts,
-    }
+    Appended::of(&a.record, a.partition, offset)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -135,16 +135,7 @@ mod tests {
 
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     const MIN: i64 = 60_000;
-    const PHASES: [&str; 8] = [
-        "provisioning",
-        "running",
-        "expanding",
-        "shrinking",
-        "degraded",
-        "deleting",
-        "deleted",
-        "failed",
-    ];
+    use fleetledger_schemas::PHASES;
 
     /// One change of a simulated cluster's life, before versions are assigned.
     #[derive(Debug, Clone)]

@@ -519,9 +519,7 @@ impl Projector {
     }
 
     /// Reads batches on one task and decodes them on another, each up to eight batches
-    /// ahead of the next stage, so that reading, decoding and applying overlap (with two
-    /// batches of look-ahead, applying waited 2.7 s of a 9 s rebuild; with a separate
-    /// decoding stage and eight, 0.5–1 s of 7 s). A record that
+    /// ahead of the next stage, so that reading, decoding and applying overlap. A record that
     /// cannot be decoded stops its partition there (the partition is paused and its later
     /// records are dropped unapplied, so its next offset stays at the bad record); the other
     /// partitions go on. Both tasks end on a read error or when the [`ReadAhead`] is dropped.

@@ -16,7 +16,7 @@ use fleetledger_ledger::Error as LedgerError;
 use fleetledger_ledger::import::ImportAnswer;
 use fleetledger_ledger::import::ImportLine;
 use fleetledger_ledger::parse_time;
-use fleetledger_ledger::principals::IMPORT;
+use fleetledger_ledger::principals::Operation;
 use fleetledger_schemas::Facet;
 use fleetledger_schemas::FacetState;
 use serde::Deserialize;
@@ -166,13 +166,7 @@ pub(crate) async fn import(
     body: Body,
 ) -> Result<Response, AppError> {
     let principal = principal(&state, &headers)?;
-    if principal != IMPORT {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("principal {principal} may not import history: only {IMPORT} may"),
-        ));
-    }
+    Operation::Import.check(&principal)?;
     let bytes = json_body(&state, &headers, body).await?;
     let batch: ImportBatch = serde_json::from_slice(&bytes)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;

@@ -20,7 +20,7 @@ use fleetledger_ledger::Error as LedgerError;
 use fleetledger_ledger::HistoryEntry;
 use fleetledger_ledger::Point;
 use fleetledger_ledger::parse_time;
-use fleetledger_ledger::principals::RECOVERY;
+use fleetledger_ledger::principals::Operation;
 use fleetledger_schemas::Facet;
 use fleetledger_schemas::FacetState;
 use fleetledger_schemas::diff::field_diff;
@@ -261,13 +261,7 @@ pub(crate) async fn recover(
 ) -> Result<Response, AppError> {
     let principal = principal(&state, &headers)?;
     cluster(&id)?;
-    if principal != RECOVERY {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("principal {principal} may not recover clusters: only {RECOVERY} may"),
-        ));
-    }
+    Operation::Recover.check(&principal)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| {

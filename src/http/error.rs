@@ -61,7 +61,9 @@ impl IntoResponse for AppError {
 impl From<LedgerError> for AppError {
     fn from(e: LedgerError) -> Self {
         let (status, code) = match &e {
-            LedgerError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            LedgerError::Forbidden { .. } | LedgerError::OperationForbidden { .. } => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             LedgerError::Conflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             LedgerError::IdempotencyMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")

@@ -1,4 +1,4 @@
-//! Issue 4: the append API against the real broker.
+//! The append API against the real broker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

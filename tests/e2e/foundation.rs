@@ -1,4 +1,4 @@
-//! Issue 3: topics, the embedded registry, Avro round trips through the real
+//! Topics, the embedded registry, Avro round trips through the real
 //! schema_registry_converter client.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Issue 8: simulated fleet history imported through the ledger with its original times.
+//! Simulated fleet history imported through the ledger with its original times.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Issue 5: projections fed through the real broker.
+//! Projections fed through the real broker.
 
 use std::sync::Arc;
 use std::time::Duration;

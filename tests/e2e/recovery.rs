@@ -1,4 +1,4 @@
-//! Issue 7: state at a point, recovery, audit timeline and hash-chain verification,
+//! State at a point, recovery, audit timeline and hash-chain verification,
 //! against the real broker.
 
 use std::sync::Arc;

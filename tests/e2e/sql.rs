@@ -1,4 +1,4 @@
-//! Issue 6: the README's SQL examples against projections fed through the real broker.
+//! The README's SQL examples against projections fed through the real broker.
 
 use std::sync::Arc;
 use std::time::Duration;
