@@ -1,0 +1,96 @@
+//! `billing_hours`: one row per cluster and UTC hour with billable CKU-hours.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field};
+use fleetledger_projectors::{BillingRow, Projections};
+
+use super::{AppendIter, FieldSpec, ProjectionTable, Scan, ts_type};
+
+const FIELDS: [FieldSpec; 9] = [
+    ("hour_start", ts_type),
+    ("cluster_id", || DataType::Utf8),
+    ("org_id", || DataType::Utf8),
+    ("sku", || DataType::Utf8),
+    ("cloud", || DataType::Utf8),
+    ("region", || DataType::Utf8),
+    ("cku_hours", || DataType::Float64),
+    ("open", || DataType::Boolean),
+    ("recomputed_at", ts_type),
+];
+
+fn billing_str<'a>(r: &'a BillingRow, col: &str) -> Option<&'a str> {
+    Some(match col {
+        "cluster_id" => &r.cluster_id,
+        "org_id" => &r.org_id,
+        "sku" => &r.sku,
+        "cloud" => &r.cloud,
+        "region" => &r.region,
+        _ => return None,
+    })
+}
+
+/// The `billing_hours` table.
+#[derive(Debug)]
+pub(crate) struct BillingTable;
+
+impl ProjectionTable for BillingTable {
+    fn fields(&self) -> Vec<Field> {
+        FIELDS
+            .iter()
+            .map(|(n, t)| Field::new(*n, t(), false))
+            .collect()
+    }
+
+    fn pushable(&self, column: &str) -> bool {
+        ["cluster_id", "org_id", "sku", "cloud", "region"].contains(&column)
+    }
+
+    fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
+        let all = p.billing.rows(scan.now_ms);
+        let rows: Vec<&BillingRow> = all
+            .iter()
+            .filter(|r| {
+                scan.eqs
+                    .iter()
+                    .all(|(c, v)| billing_str(r, c) == Some(v.as_str()))
+            })
+            .take(scan.take)
+            .collect();
+        let indices = scan.columns;
+        let arrays = indices
+            .iter()
+            .map(|i| -> ArrayRef {
+                match FIELDS[*i].0 {
+                    "hour_start" => Arc::new(
+                        TimestampMillisecondBuilder::new()
+                            .with_timezone("UTC")
+                            .append_values_iter(rows.iter().map(|r| r.hour_start_ms)),
+                    ),
+                    "cku_hours" => Arc::new(
+                        Float64Builder::new().append_values_iter(rows.iter().map(|r| r.cku_hours)),
+                    ),
+                    "open" => Arc::new(
+                        BooleanBuilder::new().append_values_iter(rows.iter().map(|r| r.open)),
+                    ),
+                    "recomputed_at" => Arc::new(
+                        TimestampMillisecondBuilder::new()
+                            .with_timezone("UTC")
+                            .append_values_iter(rows.iter().map(|r| r.recomputed_at_ms)),
+                    ),
+                    name => {
+                        let mut b = StringBuilder::new();
+                        for r in &rows {
+                            b.append_value(billing_str(r, name).unwrap_or(""));
+                        }
+                        Arc::new(b.finish())
+                    }
+                }
+            })
+            .collect();
+        (arrays, rows.len())
+    }
+}

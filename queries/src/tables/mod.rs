@@ -1,0 +1,239 @@
+//! Projections as DataFusion tables. A scan takes one read lock on the projections (a
+//! consistent snapshot), builds only the projected columns, and keeps only rows that pass
+//! the pushed-down string equality filters (`col = 'text'`), which are inexact:
+//! DataFusion applies every filter again.
+//!
+//! One seam: a table over a projection is a [`ProjectionTable`] in a file of its own, and
+//! [`table_of`] names it for its [`ProjectionName`] variant (the compiler asks for the arm
+//! when a variant is added).
+
+mod audit;
+mod billing;
+mod clusters;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use fleetledger_projectors::{ProjectionName, Projections, ServiceView};
+use tokio::sync::RwLock;
+
+/// Milliseconds since the epoch, now (the billing table's open hour grows with it).
+pub(crate) type NowMs = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// A fixed column: its name and how to make its type.
+type FieldSpec = (&'static str, fn() -> DataType);
+
+/// What one scan asks of a table.
+#[derive(Debug)]
+pub(crate) struct Scan<'a> {
+    /// The columns to build, by index into [`ProjectionTable::fields`].
+    pub(crate) columns: &'a [usize],
+    /// `column = 'text'` filters to apply while building rows.
+    pub(crate) eqs: &'a [(String, String)],
+    /// Most rows to build (a scan without filters may stop early at its limit).
+    pub(crate) take: usize,
+    /// Now (ms since the epoch).
+    pub(crate) now_ms: i64,
+}
+
+/// One SQL table over the projections.
+pub(crate) trait ProjectionTable: Send + Sync + std::fmt::Debug {
+    /// Its columns.
+    fn fields(&self) -> Vec<Field>;
+    /// Whether `column = 'text'` can be applied while building rows.
+    fn pushable(&self, column: &str) -> bool;
+    /// The columns of the rows that pass, and how many rows there are.
+    fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize);
+}
+
+/// The table of a projection.
+fn table_of(name: ProjectionName) -> Box<dyn ProjectionTable> {
+    match name {
+        ProjectionName::Clusters => Box::new(clusters::ClustersTable::whole()),
+        ProjectionName::BillingHours => Box::new(billing::BillingTable),
+        ProjectionName::AuditLog => Box::new(audit::AuditTable),
+    }
+}
+
+/// What a table reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A projection, whole.
+    Projection(ProjectionName),
+    /// A per-service view of `clusters`.
+    View(ServiceView),
+}
+
+/// A projection as a DataFusion table.
+pub(crate) struct SnapshotTable {
+    table: Box<dyn ProjectionTable>,
+    schema: SchemaRef,
+    projections: Arc<RwLock<Projections>>,
+    now_ms: NowMs,
+}
+
+impl std::fmt::Debug for SnapshotTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTable")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl SnapshotTable {
+    pub(crate) fn new(
+        source: Source,
+        projections: Arc<RwLock<Projections>>,
+        now_ms: NowMs,
+    ) -> Self {
+        let table: Box<dyn ProjectionTable> = match source {
+            Source::Projection(name) => table_of(name),
+            Source::View(v) => Box::new(clusters::ClustersTable::view(v)),
+        };
+        SnapshotTable {
+            schema: Arc::new(Schema::new(table.fields())),
+            table,
+            projections,
+            now_ms,
+        }
+    }
+
+    fn can_push(&self, e: &Expr) -> bool {
+        string_eq(e).is_some_and(|(col, _)| self.table.pushable(&col))
+    }
+
+    async fn batch(
+        &self,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<(RecordBatch, SchemaRef)> {
+        let indices: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let schema = Arc::new(self.schema.project(&indices)?);
+        let eqs: Vec<(String, String)> = filters.iter().filter_map(string_eq).collect();
+        let scan = Scan {
+            columns: &indices,
+            eqs: &eqs,
+            // Only a scan without filters may stop early at the limit.
+            take: if filters.is_empty() {
+                limit.unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            },
+            now_ms: (self.now_ms)(),
+        };
+        let p = self.projections.read().await;
+        let (arrays, n_rows) = self.table.build(&p, &scan);
+        drop(p);
+        let batch = if arrays.is_empty() {
+            RecordBatch::try_new_with_options(
+                schema.clone(),
+                arrays,
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n_rows)),
+            )?
+        } else {
+            RecordBatch::try_new(schema.clone(), arrays)?
+        };
+        Ok((batch, schema))
+    }
+}
+
+/// `column = 'text'` (either side), the filters we apply while building rows.
+fn string_eq(e: &Expr) -> Option<(String, String)> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = e
+    else {
+        return None;
+    };
+    let pair = |a: &Expr, b: &Expr| match (a, b) {
+        (Expr::Column(c), Expr::Literal(ScalarValue::Utf8(Some(v)), _)) => {
+            Some((c.name.clone(), v.clone()))
+        }
+        _ => None,
+    };
+    pair(left, right).or_else(|| pair(right, left))
+}
+
+/// Builders that take an iterator of plain values.
+pub(crate) trait AppendIter<T> {
+    fn append_values_iter(self, it: impl Iterator<Item = T>) -> datafusion::arrow::array::ArrayRef;
+}
+
+macro_rules! append_iter {
+    ($builder:ty, $t:ty) => {
+        impl AppendIter<$t> for $builder {
+            fn append_values_iter(mut self, it: impl Iterator<Item = $t>) -> ArrayRef {
+                for v in it {
+                    self.append_value(v);
+                }
+                Arc::new(self.finish())
+            }
+        }
+    };
+}
+append_iter!(Int64Builder, i64);
+append_iter!(Float64Builder, f64);
+append_iter!(BooleanBuilder, bool);
+append_iter!(TimestampMillisecondBuilder, i64);
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let (batch, schema) = self.batch(projection, filters, limit).await?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
+        Ok(exec)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.can_push(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+}
