@@ -70,25 +70,20 @@ pub async fn import_file(client: &ApiClient, file: &Path, batch: usize) -> Resul
     let mut summary = ImportSummary::default();
     for (i, chunk) in items.chunks(batch.max(1)).enumerate() {
         let answer = client.import(chunk).await?;
-        for r in answer["results"].as_array().into_iter().flatten() {
-            match r["status"].as_u64() {
-                Some(201) => summary.imported += 1,
-                Some(200) => summary.already += 1,
-                Some(status) => {
+        for r in answer.results {
+            match r.status {
+                201 => summary.imported += 1,
+                200 => summary.already += 1,
+                status => {
+                    let body = r.body.unwrap_or(Value::Null);
                     return Err(ApiError {
-                        status: status as u16,
+                        status,
                         body: json!({
-                            "error": r["body"]["error"],
-                            "message": format!("line {}: {}", r["line"], r["body"]["message"].as_str().unwrap_or("")),
+                            "error": body["error"],
+                            "message": format!("line {}: {}", r.line, body["message"].as_str().unwrap_or("")),
                         }),
                     }
                     .into());
-                }
-                None => {
-                    return Err(ClientError::Invalid(format!(
-                        "unexpected answer for line {}: {r}",
-                        r["line"]
-                    )));
                 }
             }
         }

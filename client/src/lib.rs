@@ -5,10 +5,56 @@
 
 pub mod history_file;
 pub mod import;
+pub mod render;
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// Where an accepted change is: the answer to an append or a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Cluster.
+    pub cluster_id: String,
+    /// Facet.
+    pub facet: String,
+    /// The version it got (or has, for a repeat).
+    pub version: i64,
+    /// Its hash.
+    pub hash: String,
+    /// The cluster's partition of both topics.
+    pub partition: i32,
+    /// Its offset in the history topic.
+    pub offset: i64,
+    /// Its event time.
+    pub ts: DateTime<Utc>,
+}
+
+/// One line's answer to `POST /v1/import`: 201 imported now, 200 already in the ledger,
+/// anything else refused (with the server's error in `body`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportLineAnswer {
+    /// The line's number in the file.
+    pub line: usize,
+    /// Its status.
+    pub status: u16,
+    /// The cluster+facet's version, for a line that was already there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+    /// Where it was written (201), or the error (4xx/5xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// The answer to `POST /v1/import`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportAnswer {
+    /// One per line sent, by line number.
+    pub results: Vec<ImportLineAnswer>,
+}
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +164,7 @@ impl ApiClient {
         expect: Option<i64>,
         key: Option<&str>,
         reason: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<Appended> {
         let body = std::fs::read(file).map_err(|source| ClientError::Io {
             path: file.to_owned(),
             source,
@@ -137,7 +183,7 @@ impl ApiClient {
         if let Some(r) = reason {
             req = req.header("x-reason", r);
         }
-        self.send(req).await
+        typed(self.send(req).await?)
     }
 
     /// `GET /v1/clusters/{cluster}`.
@@ -229,13 +275,15 @@ impl ApiClient {
     }
 
     /// `POST /v1/import` with `items`.
-    pub async fn import(&self, items: &[Value]) -> Result<Value> {
-        self.send(
-            self.http
-                .post(format!("{}/v1/import", self.url))
-                .json(&serde_json::json!({ "items": items })),
+    pub async fn import(&self, items: &[Value]) -> Result<ImportAnswer> {
+        typed(
+            self.send(
+                self.http
+                    .post(format!("{}/v1/import", self.url))
+                    .json(&serde_json::json!({ "items": items })),
+            )
+            .await?,
         )
-        .await
     }
 
     /// `POST /v1/sql`, answered in `format`: `json`, `csv`, or `arrow` (an Arrow IPC
@@ -278,13 +326,20 @@ impl ApiClient {
     }
 
     /// `DELETE /v1/clusters/{cluster}`.
-    pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> Result<Value> {
+    pub async fn delete(&self, cluster: &str, reason: Option<&str>) -> Result<Appended> {
         let mut req = self
             .http
             .delete(format!("{}/v1/clusters/{cluster}", self.url));
         if let Some(r) = reason {
             req = req.header("x-reason", r);
         }
-        self.send(req).await
+        typed(self.send(req).await?)
     }
+}
+
+/// An answer read as its type; a server that answers another shape is
+/// [`ClientError::Invalid`].
+fn typed<T: DeserializeOwned>(answer: Value) -> Result<T> {
+    serde_json::from_value(answer)
+        .map_err(|e| ClientError::Invalid(format!("the server's answer does not read: {e}")))
 }

@@ -252,6 +252,11 @@ impl ServeArgs {
     }
 }
 
+/// An answer as JSON to print.
+fn as_json<T: serde::Serialize>(answer: Result<T, ClientError>) -> Result<Value, ClientError> {
+    answer.map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+}
+
 /// Prints an API answer. A refusal is printed to stderr and ends with 2 (the caller's
 /// fault, 4xx) or 1 (the server's, 5xx); an unreachable server is an error.
 fn print_answer(answer: Result<Value, ClientError>) -> anyhow::Result<ExitCode> {
@@ -289,7 +294,7 @@ impl Cli {
                 expect,
                 key,
                 reason,
-            } => print_answer(
+            } => print_answer(as_json(
                 api.client()
                     .append(
                         &cluster,
@@ -300,7 +305,7 @@ impl Cli {
                         reason.as_deref(),
                     )
                     .await,
-            ),
+            )),
             Command::Sql { api, sql, format } => sql::sql(&api.client(), sql, &format).await,
             Command::Project { command } => {
                 project::project(&load_config(config_file, json!({}))?, command).await?;
@@ -335,7 +340,7 @@ impl Cli {
                     .await;
                 match (answer, format.as_str()) {
                     (Ok(v), "table") => {
-                        print!("{}", audit::recovery_text(&v));
+                        print!("{}", fleetledger_client::render::recovery_text(&v));
                         Ok(ExitCode::SUCCESS)
                     }
                     (other, _) => print_answer(other),
@@ -383,7 +388,9 @@ impl Cli {
                 api,
                 cluster,
                 reason,
-            } => print_answer(api.client().delete(&cluster, reason.as_deref()).await),
+            } => print_answer(as_json(
+                api.client().delete(&cluster, reason.as_deref()).await,
+            )),
         }
     }
 }

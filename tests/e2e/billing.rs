@@ -183,8 +183,8 @@ async fn billing_is_exact_by_event_time_in_any_arrival_order() {
             })
             .collect();
         let answer = client.import(&items).await.expect("import batch");
-        for r in answer["results"].as_array().unwrap() {
-            assert_eq!(r["status"], 201, "{r}");
+        for r in &answer.results {
+            assert_eq!(r.status, 201, "{r:?}");
         }
     }
     let late = billed(&server, &cfg, "billlate").await;
