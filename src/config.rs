@@ -170,4 +170,22 @@ mod tests {
         let err = Config::load(Some(&f), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
+
+    /// The writer's transactional id is derived from the topic prefix: a configuration
+    /// that tries to set another one (which would let two writers commit on the same
+    /// topics) is refused.
+    #[test]
+    fn the_transactional_id_cannot_be_configured() {
+        let err = Config::load(
+            None,
+            serde_json::json!({"ledger": {"transactional_id": "my-own"}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("transactional_id"), "{err}");
+        let c = Config::load(None, serde_json::json!({})).unwrap();
+        assert_eq!(
+            fleetledger_ledger::append::writer_transactional_id(&c.kafka.topic_prefix),
+            "fleetledger-fleet-writer"
+        );
+    }
 }

@@ -36,24 +36,27 @@ use crate::writer::{Pending, Writer, WriterStatus, new_transactional_producer};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
-    /// Stable `transactional.id` of the writer; a second instance with the same id fences
-    /// the first. Empty: `fleetledger-{topic_prefix}-writer`.
-    pub transactional_id: String,
     /// Most changes per transaction.
     pub batch_max: usize,
     /// Longest wait for more changes before a transaction starts, in milliseconds.
     pub linger_ms: u64,
     /// Request ids remembered per cluster+facet for idempotency.
     pub idempotency_window: usize,
+    /// Largest encoded record the writer sends, in bytes. A change whose record is larger
+    /// is refused on its own ([`Error::TooLarge`]) before its transaction, and the rest of
+    /// its group commits. Below the producer's and the topics' limits (librdkafka's
+    /// `message.max.bytes` of 1,000,000; Kafka's `max.message.bytes` of 1,048,588), with
+    /// room for the idempotency-window header the state record also carries.
+    pub max_record_bytes: usize,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            transactional_id: String::new(),
             batch_max: 1000,
             linger_ms: 2,
             idempotency_window: 32,
+            max_record_bytes: 900_000,
         }
     }
 }
@@ -112,6 +115,13 @@ impl Appended {
     }
 }
 
+/// The writer's `transactional.id` for the topics under `topic_prefix`. Derived, never
+/// configured: every instance on the same topics has the same id, so the newest writer
+/// fences any earlier one at the broker, and two writers can never both commit.
+pub fn writer_transactional_id(topic_prefix: &str) -> String {
+    format!("fleetledger-{topic_prefix}-writer")
+}
+
 /// Everything [`Ledger::open`] needs.
 #[derive(Debug, Clone)]
 pub struct LedgerSetup {
@@ -158,11 +168,7 @@ impl Ledger {
             clock,
             config,
         } = setup;
-        let txn_id = if config.transactional_id.is_empty() {
-            format!("fleetledger-{}-writer", clients.config().topic_prefix)
-        } else {
-            config.transactional_id.clone()
-        };
+        let txn_id = writer_transactional_id(&clients.config().topic_prefix);
         let producer = new_transactional_producer(&clients, &txn_id).await?;
         let index = Arc::new(RwLock::new(rebuild_index(&clients, &layout, &codec).await?));
         let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 4);

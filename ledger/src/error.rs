@@ -50,6 +50,20 @@ pub enum Error {
         /// Who owns it.
         owner: String,
     },
+    /// The change's record would be larger than the writer sends.
+    #[error(
+        "the record of {cluster_id}/{facet} would be {bytes} bytes, more than the limit of {limit}; send a smaller state"
+    )]
+    TooLarge {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit (`ledger.max_record_bytes`).
+        limit: usize,
+    },
     /// An operation reserved to one principal (recovery, import) asked for by another.
     #[error("principal {principal} may not {operation}: only {only} may")]
     OperationForbidden {

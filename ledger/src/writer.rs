@@ -161,9 +161,10 @@ impl Writer {
     }
 
     /// Has [`admit`] decide the batch and encodes what it admits; refusals and repeats are
-    /// answered at once. A change that cannot be encoded is answered with
-    /// [`Error::Unavailable`] and the rest of the batch is admitted again without it, so
-    /// no version depends on a record that is not written.
+    /// answered at once. A change whose record is larger than `max_record_bytes`
+    /// ([`Error::TooLarge`]) or cannot be encoded ([`Error::Unavailable`]) is answered so,
+    /// and the rest of the batch is admitted again without it: no version depends on a
+    /// record that is not written, and the group's transaction goes on.
     async fn check(&self, batch: Vec<Pending>) -> Vec<Accepted> {
         let (mut proposals, mut replies): (Vec<Proposal>, Vec<_>) = batch
             .into_iter()
@@ -178,13 +179,25 @@ impl Writer {
             };
             let verdicts = admit(&index, &proposals, &rules);
             let mut payloads = Vec::with_capacity(verdicts.len());
-            let mut unencodable = None;
+            let mut refused = None;
             for (i, v) in verdicts.iter().enumerate() {
                 if let Verdict::Write(a) = v {
                     match self.codec.encode(&a.record).await {
+                        Ok(p) if p.len() > self.config.max_record_bytes => {
+                            refused = Some((
+                                i,
+                                Error::TooLarge {
+                                    cluster_id: a.record.meta.cluster_id.clone(),
+                                    facet: a.record.facet(),
+                                    bytes: p.len(),
+                                    limit: self.config.max_record_bytes,
+                                },
+                            ));
+                            break;
+                        }
                         Ok(p) => payloads.push(Some(p)),
                         Err(e) => {
-                            unencodable = Some((i, e));
+                            refused = Some((i, Error::Unavailable(format!("cannot encode: {e}"))));
                             break;
                         }
                     }
@@ -192,9 +205,9 @@ impl Writer {
                     payloads.push(None);
                 }
             }
-            if let Some((i, e)) = unencodable {
+            if let Some((i, error)) = refused {
                 if let Some(r) = replies.remove(i) {
-                    let _ = r.send(Err(Error::Unavailable(format!("cannot encode: {e}"))));
+                    let _ = r.send(Err(error));
                 }
                 proposals.remove(i);
                 continue;

@@ -61,6 +61,7 @@ impl IntoResponse for AppError {
 impl From<LedgerError> for AppError {
     fn from(e: LedgerError) -> Self {
         let (status, code) = match &e {
+            LedgerError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             LedgerError::Forbidden { .. } | LedgerError::OperationForbidden { .. } => {
                 (StatusCode::FORBIDDEN, "forbidden")
             }

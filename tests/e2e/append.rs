@@ -776,3 +776,47 @@ async fn a_delete_racing_a_change_never_overwrites_it_with_a_stale_copy() {
     }
     server.stop().await;
 }
+
+/// A change whose record is larger than the writer sends is refused alone with 413 and
+/// the limit; the other changes of its group commit, and the writer goes on.
+#[tokio::test]
+async fn an_oversized_change_is_refused_alone_and_its_group_commits() {
+    let mut cfg = config(&unique_prefix("oversize"));
+    cfg.ledger.max_record_bytes = 4_000;
+    cfg.ledger.linger_ms = 50;
+    let server = TestServer::start(cfg.clone()).await;
+    let api = Api::new(&server);
+    let mut huge = logical(2);
+    huge["config"] = json!({"blob": "x".repeat(8_000)});
+    let items: Vec<Value> = ["lkc-big1", "lkc-big2", "lkc-big3"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let state = if i == 1 { huge.clone() } else { logical(2) };
+            json!({"cluster_id": c, "facet": "logical", "state": state})
+        })
+        .collect();
+    let (st, v) = api.batch("dev-frontend", &items).await;
+    assert_eq!(st, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![201, 413, 201], "{v}");
+    let message = v["results"][1]["body"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("4000") && message.contains("lkc-big2"),
+        "{message}"
+    );
+    // Nothing of the refused change was written; the writer goes on at once.
+    let keys: Vec<String> = history_keys(&cfg).await.into_iter().map(|k| k.0).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| !k.starts_with("lkc-big2/")), "{keys:?}");
+    let (st, v) = api
+        .append("lkc-big2", "logical", "dev-frontend", &logical(2), &[])
+        .await;
+    assert_eq!((st, v["version"].as_i64()), (201, Some(1)), "{v}");
+    server.stop().await;
+}
