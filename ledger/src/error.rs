@@ -50,6 +50,13 @@ pub enum Error {
         /// Who owns it.
         owner: String,
     },
+    /// A commit whose outcome could not be learned in time: the change may or may not be
+    /// written. Retrying with the same idempotency key answers the original result if it
+    /// was.
+    #[error(
+        "the outcome of the transaction is not known yet ({0}); retry with the same Idempotency-Key"
+    )]
+    OutcomeUnknown(String),
     /// The change's record would be larger than the writer sends.
     #[error(
         "the record of {cluster_id}/{facet} would be {bytes} bytes, more than the limit of {limit}; send a smaller state"
@@ -169,7 +176,7 @@ impl Error {
         match self {
             Error::Kafka { retriable, .. } => *retriable,
             Error::Schema(e) => e.is_retriable(),
-            Error::Unavailable(_) => true,
+            Error::Unavailable(_) | Error::OutcomeUnknown(_) => true,
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fleetledger_schemas::{RecordCodec, StateRecord};
+use fleetledger_schemas::{Facet, RecordCodec, StateRecord};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -67,6 +67,45 @@ pub(crate) struct Writer {
     pub(crate) config: LedgerConfig,
     pub(crate) index: Arc<RwLock<Index>>,
     pub(crate) status: WriterStatus,
+}
+
+/// How long a caller waits for the outcome of a commit that failed in flight, while the
+/// writer re-creates its producer to learn it; past it the answer is
+/// [`Error::OutcomeUnknown`].
+pub(crate) const OUTCOME_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a transaction did not commit as asked.
+enum CommitFailure {
+    /// It failed before its commit was asked for: nothing of it is written.
+    NotCommitted(Error),
+    /// Its commit failed in flight: it may or may not be written. What had been produced
+    /// (history offsets, when known) comes along.
+    Unknown(Error, Written),
+}
+
+/// Answers every caller of `accepted` with the error `make` makes.
+fn answer_all(accepted: Vec<Accepted>, make: impl Fn() -> Error) {
+    for a in accepted {
+        for r in a.reply_to {
+            let _ = r.send(Err(make()));
+        }
+    }
+}
+
+/// Whether a transaction with these changes (`(cluster, facet, version, hash)`) committed,
+/// judged from an index rebuilt after it was resolved: one transaction is all or nothing,
+/// and the ledger has one writer, so it committed exactly when the index holds, for the
+/// last change of some cluster+facet in it, that version with that hash.
+pub(crate) fn committed(index: &Index, changes: &[(&str, Facet, i64, &str)]) -> bool {
+    let mut last: HashMap<(&str, Facet), (i64, &str)> = HashMap::new();
+    for &(cluster, facet, version, hash) in changes {
+        last.insert((cluster, facet), (version, hash));
+    }
+    last.iter().any(|(&(cluster, facet), &(version, hash))| {
+        index
+            .head(cluster, facet)
+            .is_some_and(|h| h.record.meta.version == version && h.record.meta.hash == hash)
+    })
 }
 
 /// What a transaction wrote: history offsets in change order, and the idempotency window
@@ -137,27 +176,96 @@ impl Writer {
             }
             match self.commit(&accepted).await {
                 Ok(written) => self.publish(accepted, written).await,
-                Err(e) => {
+                Err(CommitFailure::NotCommitted(e)) => {
                     let text = e.to_string();
-                    tracing::warn!(error = %text, "transaction failed; nothing written");
-                    for a in accepted {
-                        for r in a.reply_to {
-                            let err = if self.status.fenced.load(Ordering::Acquire) {
-                                Error::Fenced
-                            } else {
-                                Error::Unavailable(text.clone())
-                            };
-                            let _ = r.send(Err(err));
+                    tracing::warn!(error = %text, "transaction failed before its commit; nothing written");
+                    let fenced = self.status.fenced.load(Ordering::Acquire);
+                    answer_all(accepted, || {
+                        if fenced {
+                            Error::Fenced
+                        } else {
+                            Error::Unavailable(text.clone())
                         }
-                    }
-                    if !self.status.fenced.load(Ordering::Acquire) {
+                    });
+                    if !fenced {
                         self.recover_producer(shutdown).await;
                     }
+                }
+                Err(CommitFailure::Unknown(e, written)) => {
+                    self.resolve(accepted, written, e, shutdown).await;
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// After a commit whose outcome is unknown: re-creates the producer (which has the
+    /// transaction coordinator finish the transaction one way or the other) and rebuilds
+    /// the index from the state topic, then answers each caller with what really happened
+    /// ([`committed`]). If that cannot be learned within [`OUTCOME_DEADLINE`], the callers
+    /// get [`Error::OutcomeUnknown`] (never "not written") and the writer goes on
+    /// recovering. A fence aborts the transaction: not written.
+    async fn resolve(
+        &mut self,
+        accepted: Vec<Accepted>,
+        written: Written,
+        e: Error,
+        shutdown: &CancellationToken,
+    ) {
+        let text = e.to_string();
+        tracing::warn!(error = %text, "commit outcome unknown; resolving it before answering");
+        if self.status.fenced.load(Ordering::Acquire) {
+            answer_all(accepted, || Error::Fenced);
+            return;
+        }
+        let recovered = tokio::time::timeout(OUTCOME_DEADLINE, self.recover_producer(shutdown))
+            .await
+            .is_ok()
+            && !self.status.recovering.load(Ordering::Acquire)
+            && !self.status.fenced.load(Ordering::Acquire);
+        if !recovered {
+            answer_all(accepted, || Error::OutcomeUnknown(text.clone()));
+            if !self.status.fenced.load(Ordering::Acquire) {
+                self.recover_producer(shutdown).await;
+            }
+            return;
+        }
+        let changes: Vec<(&str, Facet, i64, &str)> = accepted
+            .iter()
+            .map(|a| {
+                let m = &a.record.meta;
+                (
+                    m.cluster_id.as_str(),
+                    a.record.facet(),
+                    m.version,
+                    m.hash.as_str(),
+                )
+            })
+            .collect();
+        let outcome = committed(&*self.index.read().await, &changes);
+        tracing::warn!(
+            committed = outcome,
+            changes = accepted.len(),
+            "commit outcome resolved"
+        );
+        if outcome {
+            // The rebuilt index already holds these records; answer as a commit does.
+            for (i, a) in accepted.into_iter().enumerate() {
+                let offset = written.offsets.get(i).copied().unwrap_or(-1);
+                let appended = appended_of(&a, offset);
+                for r in a.reply_to {
+                    let _ = r.send(Ok(Outcome {
+                        appended: appended.clone(),
+                        written: true,
+                    }));
+                }
+            }
+        } else {
+            answer_all(accepted, || {
+                Error::Unavailable(format!("the transaction was aborted ({text})"))
+            });
+        }
     }
 
     /// Has [`admit`] decide the batch and encodes what it admits; refusals and repeats are
@@ -256,8 +364,13 @@ impl Writer {
     }
 
     /// Writes every history record, then every state record (with its recent request ids),
-    /// in one transaction. Returns what was written, known only once committed.
-    async fn commit(&mut self, accepted: &[Accepted]) -> Result<Written> {
+    /// in one transaction. Returns what was written, known only once committed; a failure
+    /// before the commit was asked for is [`CommitFailure::NotCommitted`], one during it
+    /// [`CommitFailure::Unknown`].
+    async fn commit(
+        &mut self,
+        accepted: &[Accepted],
+    ) -> std::result::Result<Written, CommitFailure> {
         let timeout = self.clients.config().request_timeout() * 3;
         let started = std::time::Instant::now();
         let p = self.producer.clone();
@@ -268,30 +381,45 @@ impl Writer {
             result = self.produce_all(accepted).await;
         }
         let produced = started.elapsed();
+        let mut commit_asked = None;
         if let Ok(written) = result {
             let p = self.producer.clone();
+            let offsets = written.offsets.clone();
             result = blocking(move || {
                 settle_deliveries(&p);
                 p.commit_transaction(timeout)
             })
             .await
             .map(|_| written);
+            commit_asked = Some(offsets);
         }
         tracing::debug!(
             produce_ms = produced.as_secs_f64() * 1e3,
             commit_ms = (started.elapsed() - produced).as_secs_f64() * 1e3,
             "transaction written"
         );
-        if let Err(e) = &result {
-            self.classify(e);
-            if !self.status.fenced.load(Ordering::Acquire) {
-                let p = self.producer.clone();
-                if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
-                    tracing::warn!(error = %abort, "abort failed");
-                }
+        let e = match result {
+            Ok(written) => return Ok(written),
+            Err(e) => e,
+        };
+        self.classify(&e);
+        if let Some(offsets) = commit_asked {
+            // The coordinator may have committed: only a fresh producer learns the outcome.
+            return Err(CommitFailure::Unknown(
+                e,
+                Written {
+                    offsets,
+                    recents: HashMap::new(),
+                },
+            ));
+        }
+        if !self.status.fenced.load(Ordering::Acquire) {
+            let p = self.producer.clone();
+            if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
+                tracing::warn!(error = %abort, "abort failed");
             }
         }
-        result
+        Err(CommitFailure::NotCommitted(e))
     }
 
     /// Sends every history record and every state record of the transaction. A state
@@ -407,7 +535,7 @@ impl Writer {
 
     /// After a failed transaction: a fresh producer (which aborts anything pending) and an
     /// index rebuilt from the state topic, so an unknown outcome cannot cause a duplicate
-    /// version. Retried with capped back-off (0.4 s doubling to 30 s) for as long as it
+    /// version. Retried with capped back-off (0.4 s doubling to 5 s) for as long as it
     /// takes, or until shutdown; writes answer [`Error::Unavailable`] meanwhile. Only a
     /// fence ends it for good.
     async fn recover_producer(&mut self, shutdown: &CancellationToken) {
@@ -437,7 +565,7 @@ impl Writer {
                         break;
                     }
                     let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(8)))
-                        .min(Duration::from_secs(30));
+                        .min(Duration::from_secs(5));
                     tracing::warn!(attempt, error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "re-creating the producer failed; writes answer 503 until it succeeds");
                     tokio::select! {
@@ -530,4 +658,62 @@ pub(crate) async fn new_transactional_producer(
         .map_err(|e| Error::Unavailable(format!("init task failed: {e}")))?
         .map_err(|e| Error::kafka("init transactions", e))?;
     Ok(producer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use fleetledger_schemas::{CapacityState, FacetState, RecordMeta};
+
+    use super::*;
+
+    fn head(cluster: &str, version: i64, hash: &str) -> Head {
+        let record = StateRecord {
+            meta: RecordMeta {
+                cluster_id: cluster.into(),
+                version,
+                writer: "capacity-controller".into(),
+                request_id: format!("r{version}"),
+                reason: None,
+                ts: chrono::DateTime::from_timestamp_millis(0).unwrap(),
+                prev_hash: String::new(),
+                hash: hash.into(),
+            },
+            state: FacetState::Capacity(Arc::new(CapacityState {
+                satellite: "s".into(),
+                k8s_cluster: "k".into(),
+                node_pool: "p".into(),
+            })),
+        };
+        Head {
+            appended: Appended::of(&record, 0, -1),
+            record,
+            recent: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn a_transaction_committed_exactly_when_the_index_holds_its_last_versions() {
+        let mut index = Index::default();
+        index.install(head("lkc-a", 3, "h3"));
+        let cap = Facet::Capacity;
+        // Versions 2 and 3 of lkc-a in one transaction; the index holds 3 with its hash.
+        assert!(committed(
+            &index,
+            &[("lkc-a", cap, 2, "h2"), ("lkc-a", cap, 3, "h3")]
+        ));
+        // The index still holds the version before: the transaction was aborted.
+        assert!(!committed(&index, &[("lkc-a", cap, 4, "h4")]));
+        // Same version, another hash: not ours.
+        assert!(!committed(&index, &[("lkc-a", cap, 3, "other")]));
+        // A cluster the index does not know at all.
+        assert!(!committed(&index, &[("lkc-b", cap, 1, "h1")]));
+        // Several keys: one of them is enough evidence (all or nothing).
+        assert!(committed(
+            &index,
+            &[("lkc-b", cap, 1, "h1"), ("lkc-a", cap, 3, "h3")]
+        ));
+    }
 }

@@ -82,6 +82,7 @@ impl From<LedgerError> for AppError {
             }
             LedgerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid"),
             LedgerError::Fenced => (StatusCode::SERVICE_UNAVAILABLE, "fenced"),
+            LedgerError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             e if e.is_retriable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -4,6 +4,7 @@
 
 mod append;
 mod billing;
+mod faults;
 mod foundation;
 mod import;
 mod projections;
