@@ -67,9 +67,13 @@ impl Default for QueriesConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// TOML file with `[tokens]` `"token" = "principal"`. None: development tokens
-    /// (`dev-<principal>` for every principal), for local use only.
+    /// TOML file with `[tokens]` `"sha256:<hex>" = "principal"` (token hashes; `fleetledger
+    /// token create PRINCIPAL` makes a token and its line). Without it the service does
+    /// not start, unless `development_tokens` is on.
     pub tokens_file: Option<PathBuf>,
+    /// Accept the development tokens `dev-<principal>` when there is no tokens file. Only
+    /// on a loopback listen address: anywhere else the service refuses to start.
+    pub development_tokens: bool,
     /// TOML file with `[owners]` `facet = "principal"`. None: the defaults of DESIGN.md.
     pub ownership_file: Option<PathBuf>,
 }

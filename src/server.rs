@@ -99,6 +99,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     start_with_clock(config, Arc::new(SystemClock), shutdown).await
 }
 
+/// The tokens the service accepts: those of the tokens file; or, without one, the
+/// development tokens, only if asked for and only on a loopback address.
+fn tokens_of(config: &Config, ownership: &Ownership) -> anyhow::Result<Tokens> {
+    if let Some(f) = &config.auth.tokens_file {
+        return Ok(Tokens::from_file(f)?);
+    }
+    let loopback = config
+        .listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+        || config.listen.starts_with("localhost:");
+    match (config.auth.development_tokens, loopback) {
+        (true, true) => {
+            tracing::warn!(
+                "development tokens dev-<principal> are accepted (auth.development_tokens, loopback only)"
+            );
+            Ok(Tokens::development(ownership))
+        }
+        (true, false) => anyhow::bail!(
+            "development tokens are refused on {}: they are for a service on loopback (127.0.0.1) only; configure auth.tokens_file",
+            config.listen
+        ),
+        (false, _) => anyhow::bail!(
+            "no tokens file: set auth.tokens_file (FLEETLEDGER_AUTH__TOKENS_FILE) to a file of token hashes (fleetledger token create PRINCIPAL makes one), or, on loopback only, auth.development_tokens = true"
+        ),
+    }
+}
+
 /// [`start`] with an injected clock (tests control record times with it).
 pub async fn start_with_clock(
     config: Config,
@@ -109,13 +137,7 @@ pub async fn start_with_clock(
         Some(f) => Ownership::from_file(f)?,
         None => Ownership::default(),
     };
-    let tokens = match &config.auth.tokens_file {
-        Some(f) => Tokens::from_file(f)?,
-        None => {
-            tracing::warn!("no tokens file configured: using development tokens dev-<principal>");
-            Tokens::development(&ownership)
-        }
-    };
+    let tokens = tokens_of(&config, &ownership)?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -2,7 +2,7 @@
 //! owning principal (single-writer principle). Both are configuration files, with the
 //! defaults of DESIGN.md built in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use fleetledger_schemas::{Facet, Side};
@@ -109,10 +109,40 @@ impl Ownership {
     }
 }
 
-/// Bearer token → principal.
-#[derive(Debug, Clone, Default)]
+/// The principal that may register schemas and change compatibility in the embedded
+/// registry (reads are open to every client).
+pub const REGISTRY_ADMIN: &str = "registry-admin";
+
+/// The prefix of a token's hash in a tokens file.
+const HASH_PREFIX: &str = "sha256:";
+
+/// The SHA-256 of a token, as a tokens file stores it: `sha256:<64 hex digits>`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "{HASH_PREFIX}{}",
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    )
+}
+
+/// Whether two digests are equal, in time that does not depend on where they differ.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Bearer token → principal. Only the tokens' SHA-256 digests are kept (a tokens file
+/// holds no token), and a presented token is compared with every digest in constant time.
+#[derive(Clone, Default)]
 pub struct Tokens {
-    by_token: HashMap<String, String>,
+    digests: Vec<([u8; 32], String)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("count", &self.digests.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,31 +151,58 @@ struct TokensFile {
     tokens: BTreeMap<String, String>,
 }
 
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
 impl Tokens {
-    /// The local development tokens: `dev-X` for every principal `X` of `ownership`.
+    /// The local development tokens: `dev-X` for every principal `X` of `ownership` and
+    /// for `registry-admin`. Only for a service on loopback that asked for them.
     pub fn development(ownership: &Ownership) -> Self {
+        let mut principals = ownership.principals();
+        principals.push(REGISTRY_ADMIN.to_owned());
         Tokens {
-            by_token: ownership
-                .principals()
+            digests: principals
                 .into_iter()
-                .map(|p| (format!("dev-{p}"), p))
+                .map(|p| (digest(&format!("dev-{p}")), p))
                 .collect(),
         }
     }
 
-    /// Reads a TOML file with a `[tokens]` table of `"token" = "principal"`.
+    /// Reads a TOML file with a `[tokens]` table of `"sha256:<hex>" = "principal"` (the
+    /// hashes [`token_hash`] makes; `fleetledger token create` prints a new token and its
+    /// line). A key that is not such a hash (a token in the clear) is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         let file: TokensFile = parse_toml(&text, path)?;
-        Ok(Tokens {
-            by_token: file.tokens.into_iter().collect(),
-        })
+        let mut digests = Vec::with_capacity(file.tokens.len());
+        for (key, principal) in file.tokens {
+            let hex_part = key.strip_prefix(HASH_PREFIX).unwrap_or("");
+            let mut d = [0u8; 32];
+            if hex::decode_to_slice(hex_part, &mut d).is_err() {
+                return Err(Error::Config(format!(
+                    "{}: the key of principal {principal} is not a token hash; a tokens file holds \"sha256:<64 hex digits>\" = \"principal\" (fleetledger token create PRINCIPAL prints one), never a token",
+                    path.display()
+                )));
+            }
+            digests.push((d, principal));
+        }
+        Ok(Tokens { digests })
     }
 
     /// The principal of `token`, if it is known.
     pub fn principal(&self, token: &str) -> Option<&str> {
-        self.by_token.get(token).map(String::as_str)
+        let presented = digest(token);
+        let mut found = None;
+        // Every digest is compared, whatever matches: the time says nothing of which.
+        for (d, p) in &self.digests {
+            if digests_equal(d, &presented) {
+                found = Some(p.as_str());
+            }
+        }
+        found
     }
 }
 
@@ -167,7 +224,32 @@ mod tests {
         assert!(!o.may_write("recovery", Facet::Status));
         let t = Tokens::development(&o);
         assert_eq!(t.principal("dev-sync"), Some("sync"));
+        assert_eq!(t.principal("dev-registry-admin"), Some(REGISTRY_ADMIN));
         assert_eq!(t.principal("dev-nobody"), None);
+    }
+
+    #[test]
+    fn a_tokens_file_holds_hashes_never_tokens() {
+        let dir = std::env::temp_dir().join(format!("fl-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tokens.toml");
+        let line = format!("[tokens]\n\"{}\" = \"sync\"\n", token_hash("s3cret"));
+        std::fs::write(&f, line).unwrap();
+        let t = Tokens::from_file(&f).unwrap();
+        assert_eq!(t.principal("s3cret"), Some("sync"));
+        assert_eq!(t.principal("s3cre"), None);
+        assert_eq!(
+            t.principal(&token_hash("s3cret")),
+            None,
+            "the hash is no token"
+        );
+        std::fs::write(&f, "[tokens]\n\"s3cret\" = \"sync\"\n").unwrap();
+        let err = Tokens::from_file(&f).unwrap_err().to_string();
+        assert!(
+            err.contains("not a token hash") && !err.contains("s3cret"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
 
@@ -181,6 +263,7 @@ mod shipped_files {
         let o = Ownership::from_file(&dir.join("ownership.toml")).unwrap();
         assert_eq!(o, Ownership::default());
         let t = Tokens::from_file(&dir.join("tokens.toml")).unwrap();
+        assert_eq!(t.principal("dev-registry-admin"), Some(REGISTRY_ADMIN));
         for p in o.principals() {
             assert_eq!(t.principal(&format!("dev-{p}")), Some(p.as_str()));
         }

@@ -31,11 +31,22 @@ pub struct HttpSchemaSource {
 impl HttpSchemaSource {
     /// A source for the registry at `url` (e.g. `http://127.0.0.1:7070/registry`).
     pub fn new(url: &str) -> Result<Self> {
-        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_owned())
-            .set_timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .map_err(registry_error)?;
+        Self::build(url, None)
+    }
+
+    /// A source that sends `Authorization: Bearer TOKEN` (a registry that needs it to
+    /// register schemas, as fleetledger's embedded one does).
+    pub fn with_bearer(url: &str, token: &str) -> Result<Self> {
+        Self::build(url, Some(token))
+    }
+
+    fn build(url: &str, token: Option<&str>) -> Result<Self> {
+        let mut builder = SrSettings::new_builder(url.trim_end_matches('/').to_owned());
+        builder.set_timeout(Duration::from_secs(10)).no_proxy();
+        if let Some(t) = token {
+            builder.set_token_authorization(t);
+        }
+        let settings = builder.build().map_err(registry_error)?;
         Ok(HttpSchemaSource { settings })
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod audit;
 mod project;
 mod serve;
 mod sql;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,6 +149,12 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// Make a token for a principal, or hash one, for the tokens file (which holds only
+    /// hashes).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Delete a cluster (its logical facet becomes `deleted: true`).
     Delete {
         #[command(flatten)]
@@ -158,6 +165,17 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a new random token for PRINCIPAL, and the line of its hash for the tokens file.
+    Create {
+        /// The principal the token authenticates (e.g. frontend, sync, registry-admin).
+        principal: String,
+    },
+    /// Read a token on standard input and print its hash (the tokens file's key).
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +399,13 @@ impl Cli {
                     }
                     Err(e) => print_answer(Err(e)),
                 }
+            }
+            Command::Token { command } => {
+                match command {
+                    TokenCommand::Create { principal } => token::create(&principal)?,
+                    TokenCommand::Hash => token::hash()?,
+                }
+                Ok(ExitCode::SUCCESS)
             }
             Command::Get { api, cluster } => print_answer(api.client().get(&cluster).await),
             Command::History { api, cluster } => print_answer(api.client().history(&cluster).await),

@@ -20,6 +20,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::get;
 use axum::routing::post;
+use fleetledger_ledger::principals::REGISTRY_ADMIN;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -30,6 +31,9 @@ pub fn app(state: Arc<AppState>) -> Router {
     let registry = tower::service_fn(move |req: Request<Body>| {
         let state = registry_state.clone();
         async move {
+            if let Err(refused) = registry_write_allowed(&state, &req) {
+                return Ok(refused.into_response());
+            }
             match state.registry.get() {
                 Some(r) => r.clone().oneshot(req).await,
                 None => Ok::<_, Infallible>(
@@ -63,6 +67,38 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(trace_request))
         .nest_service("/registry", registry)
         .with_state(state)
+}
+
+/// The embedded registry's rule: reads are open to any client, so that every Confluent
+/// client and Kafka tool can decode our topics (GET, and the two POSTs that change
+/// nothing: looking a schema up under a subject, testing compatibility); writes
+/// (registering a schema, changing compatibility, deleting) need the `registry-admin`
+/// principal: 401 without a known token, 403 for any other principal. Every allowed write
+/// is logged with its principal.
+fn registry_write_allowed(state: &AppState, req: &Request<Body>) -> Result<(), AppError> {
+    use axum::http::Method;
+    let path = req.uri().path();
+    let write = match *req.method() {
+        Method::GET | Method::HEAD => false,
+        Method::POST => path.starts_with("/subjects/") && path.ends_with("/versions"),
+        _ => true,
+    };
+    if !write {
+        return Ok(());
+    }
+    let principal = request::principal(state, req.headers())?;
+    if principal != REGISTRY_ADMIN {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "principal {principal} may not change the schema registry: only {REGISTRY_ADMIN} may (reads are open)"
+            ),
+        )
+        .with_detail("error_code", serde_json::json!(40301)));
+    }
+    tracing::info!(principal, method = %req.method(), path = %req.uri().path(), "schema registry write");
+    Ok(())
 }
 
 /// One `tracing` span per request, with method, path and, at the end, status and time.

@@ -118,7 +118,10 @@ async fn every_facet_round_trips_through_the_registry_over_http() {
     };
     assert_eq!(subjects, expected);
 
-    let codec = fleetledger_registry::http_codec(&registry).unwrap();
+    let codec = fleetledger_schemas::RecordCodec::with_source(std::sync::Arc::new(
+        fleetledger_registry::HttpSchemaSource::with_bearer(&registry, "dev-registry-admin")
+            .unwrap(),
+    ));
     let ids = codec
         .register_subjects()
         .await
@@ -137,14 +140,28 @@ async fn every_facet_round_trips_through_the_registry_over_http() {
     server.stop().await;
 }
 
+/// A POST as the registry admin (registry writes need its token).
 async fn post(url: &str, content_type: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
+    post_as(Some("dev-registry-admin"), "POST", url, content_type, body).await
+}
+
+/// A request with `token` (none: anonymous).
+async fn post_as(
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = reqwest::Client::new()
+        .request(method, url)
         .header("content-type", content_type)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request sent");
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request sent");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -221,15 +238,15 @@ async fn incompatible_schemas_and_bad_requests_are_refused_and_nothing_is_stored
     assert_eq!(versions, json!([1]));
 
     // Config per subject, then the compatible one registers as version 2.
-    let (st, _) = reqwest::Client::new()
-        .put(format!("{reg}/config/{subject}"))
-        .header("content-type", SR)
-        .body(json!({"compatibility": "FULL"}).to_string())
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
-    assert_eq!(st, 200);
+    let (st, v) = post_as(
+        Some("dev-registry-admin"),
+        "PUT",
+        &format!("{reg}/config/{subject}"),
+        SR,
+        &json!({"compatibility": "FULL"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
     let (_, v) = get(&format!("{reg}/config/{subject}")).await;
     assert_eq!(v["compatibilityLevel"], "FULL");
     let (st, v) = post(&format!("{reg}/subjects/{subject}/versions"), SR, &ok_body).await;
@@ -276,4 +293,76 @@ async fn a_restarted_registry_keeps_every_subject_version_and_id() {
     let after = snapshot(format!("{}/registry", second.url())).await;
     assert_eq!(before, after);
     second.stop().await;
+}
+
+/// Registry writes need the registry-admin token; reads and the two POSTs that change
+/// nothing stay open; a refused write stores nothing.
+#[tokio::test]
+async fn registry_writes_need_the_registry_admin() {
+    let server = TestServer::start(config(&unique_prefix("regauth"))).await;
+    let reg = format!("{}/registry", server.url());
+    let subject = Facet::Logical.subject();
+    let schema = json!({"schema": Facet::Logical.schema_text()});
+    let other =
+        json!({"schema": json!({"type": "record", "name": "Other", "fields": []}).to_string()});
+    let config_body = json!({"compatibility": "NONE"});
+    for (token, want) in [
+        (None, 401),
+        (Some("dev-frontend"), 403),
+        (Some("not-a-token"), 401),
+    ] {
+        let (st, v) = post_as(
+            token,
+            "POST",
+            &format!("{reg}/subjects/other-value/versions"),
+            SR,
+            &other,
+        )
+        .await;
+        assert_eq!(st, want, "register as {token:?}: {v}");
+        let (st, v) = post_as(token, "PUT", &format!("{reg}/config"), SR, &config_body).await;
+        assert_eq!(st, want, "PUT /config as {token:?}: {v}");
+        let (st, v) = post_as(
+            token,
+            "DELETE",
+            &format!("{reg}/subjects/{subject}"),
+            SR,
+            &json!({}),
+        )
+        .await;
+        assert_eq!(st, want, "DELETE as {token:?}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    // Nothing was stored.
+    let (st, subjects) = get(&format!("{reg}/subjects")).await;
+    assert_eq!(st, 200);
+    assert!(
+        !subjects.as_array().unwrap().contains(&json!("other-value")),
+        "{subjects}"
+    );
+    let (_, cfg) = get(&format!("{reg}/config")).await;
+    assert_eq!(cfg["compatibilityLevel"], "BACKWARD", "{cfg}");
+    // Reads and lookups are open to anonymous clients.
+    let (st, v) = post_as(
+        None,
+        "POST",
+        &format!("{reg}/subjects/{subject}"),
+        SR,
+        &schema,
+    )
+    .await;
+    assert_eq!(st, 200, "lookup: {v}");
+    let (st, v) = post_as(
+        None,
+        "POST",
+        &format!("{reg}/compatibility/subjects/{subject}/versions/latest"),
+        SR,
+        &schema,
+    )
+    .await;
+    assert_eq!((st, &v["is_compatible"]), (200, &json!(true)), "{v}");
+    // The admin may.
+    let (st, v) = post(&format!("{reg}/subjects/other-value/versions"), SR, &other).await;
+    assert_eq!(st, 200, "{v}");
+    server.stop().await;
 }

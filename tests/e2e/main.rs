@@ -3,6 +3,7 @@
 //! run in parallel and never see each other's data.
 
 mod append;
+mod auth;
 mod billing;
 mod faults;
 mod foundation;

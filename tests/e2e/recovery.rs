@@ -604,7 +604,14 @@ async fn verify_passes_on_honest_history_and_names_a_forged_record() {
         status("running", 40, 4).to_string().as_bytes(),
     )
     .unwrap();
-    let codec = fleetledger_registry::http_codec(&format!("{}/registry", server.url())).unwrap();
+    // Encoding registers (or finds) the shipped schemas: a registry write, for its admin.
+    let codec = fleetledger_schemas::RecordCodec::with_source(Arc::new(
+        fleetledger_registry::HttpSchemaSource::with_bearer(
+            &format!("{}/registry", server.url()),
+            "dev-registry-admin",
+        )
+        .unwrap(),
+    ));
     let payload = codec
         .encode(&StateRecord {
             meta: meta.clone(),

@@ -37,6 +37,7 @@ pub(crate) fn config(prefix: &str) -> Config {
     c.kafka.partitions = 3;
     c.projector.dir = std::env::temp_dir().join("fleetledger-tests").join(prefix);
     c.projector.checkpoint_every_ms = 200;
+    c.auth.development_tokens = true;
     c
 }
 
