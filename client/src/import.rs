@@ -34,7 +34,12 @@ pub struct ImportSummary {
 /// Imports `file` in batches of `batch` lines, with progress on stderr. A refused line
 /// stops the import with an error naming it; batches before it stay written (run the
 /// import again after fixing the line: they are skipped).
-pub async fn import_file(client: &ApiClient, file: &Path, batch: usize) -> Result<ImportSummary> {
+pub async fn import_file(
+    client: &ApiClient,
+    file: &Path,
+    batch: usize,
+    allow_live_history: bool,
+) -> Result<ImportSummary> {
     let text = std::fs::read_to_string(file).map_err(|source| ClientError::Io {
         path: file.to_owned(),
         source,
@@ -69,7 +74,7 @@ pub async fn import_file(client: &ApiClient, file: &Path, batch: usize) -> Resul
     let started = Instant::now();
     let mut summary = ImportSummary::default();
     for (i, chunk) in items.chunks(batch.max(1)).enumerate() {
-        let answer = client.import(chunk).await?;
+        let answer = client.import_with(chunk, allow_live_history).await?;
         for r in answer.results {
             match r.status {
                 201 => summary.imported += 1,

@@ -276,12 +276,20 @@ impl ApiClient {
 
     /// `POST /v1/import` with `items`.
     pub async fn import(&self, items: &[Value]) -> Result<ImportAnswer> {
+        self.import_with(items, false).await
+    }
+
+    /// `POST /v1/import` with `items`, importing even into cluster+facets whose history
+    /// was written live when `allow_live_history` is set.
+    pub async fn import_with(
+        &self,
+        items: &[Value],
+        allow_live_history: bool,
+    ) -> Result<ImportAnswer> {
         typed(
-            self.send(
-                self.http
-                    .post(format!("{}/v1/import", self.url))
-                    .json(&serde_json::json!({ "items": items })),
-            )
+            self.send(self.http.post(format!("{}/v1/import", self.url)).json(
+                &serde_json::json!({ "items": items, "allow_live_history": allow_live_history }),
+            ))
             .await?,
         )
     }

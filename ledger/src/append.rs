@@ -48,6 +48,12 @@ pub struct LedgerConfig {
     /// `message.max.bytes` of 1,000,000; Kafka's `max.message.bytes` of 1,048,588), with
     /// room for the idempotency-window header the state record also carries.
     pub max_record_bytes: usize,
+    /// The earliest time an imported line may carry (RFC 3339): older ones are refused
+    /// as forged or mistyped.
+    pub import_earliest: DateTime<Utc>,
+    /// How far past the ledger's clock an imported line's time may be, in milliseconds
+    /// (clock skew between the source and us); later ones are refused.
+    pub import_max_skew_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -57,6 +63,8 @@ impl Default for LedgerConfig {
             linger_ms: 2,
             idempotency_window: 32,
             max_record_bytes: 900_000,
+            import_earliest: DateTime::from_timestamp(946_684_800, 0).unwrap_or_default(),
+            import_max_skew_ms: 300_000,
         }
     }
 }
@@ -149,6 +157,8 @@ pub struct Ledger {
     pub(crate) layout: TopicLayout,
     pub(crate) clients: KafkaClients,
     pub(crate) codec: Arc<RecordCodec>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: LedgerConfig,
 }
 
 impl Ledger {
@@ -174,6 +184,7 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 4);
         let status = WriterStatus::default();
         let ownership = Arc::new(ownership);
+        let (writer_clock, writer_config) = (clock.clone(), config.clone());
         let writer = Writer {
             producer,
             txn_id,
@@ -195,6 +206,8 @@ impl Ledger {
             layout,
             clients,
             codec,
+            clock: writer_clock,
+            config: writer_config,
         })
     }
 

@@ -57,6 +57,40 @@ pub enum Error {
         "the outcome of the transaction is not known yet ({0}); retry with the same Idempotency-Key"
     )]
     OutcomeUnknown(String),
+    /// An imported line whose time lies outside the sane range.
+    #[error("imported time {ts} is {why}")]
+    ImportTime {
+        /// The line's time.
+        ts: String,
+        /// What is wrong and what would be right.
+        why: String,
+    },
+    /// Import into a cluster+facet whose history was written live, not imported.
+    #[error(
+        "{cluster_id}/{facet} already has live history (version {version} was not imported); importing under it would rewrite what the control plane wrote. Import it under another cluster id, or send allow_live_history if that is really meant"
+    )]
+    LiveHistory {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// Its current version.
+        version: i64,
+    },
+    /// A resumed import's line differs from the record stored at its version.
+    #[error(
+        "{cluster_id}/{facet} version {version} is stored with another {what} than this line has; an import is resumed only with the same file"
+    )]
+    ImportDiffers {
+        /// Cluster.
+        cluster_id: String,
+        /// Facet.
+        facet: fleetledger_schemas::Facet,
+        /// The version.
+        version: i64,
+        /// What differs (state, ts, writer, reason).
+        what: &'static str,
+    },
     /// The change's record would be larger than the writer sends.
     #[error(
         "the record of {cluster_id}/{facet} would be {bytes} bytes, more than the limit of {limit}; send a smaller state"

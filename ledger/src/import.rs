@@ -7,10 +7,17 @@
 //! - each cluster's lines are appended one after the other in the order of their times
 //!   (ties in line order), so a cluster's records reach the topics in time order across
 //!   its facets, as a live history does; clusters go in parallel;
-//! - a line whose version is already in the ledger (a resumed import) is `Already`; a line
-//!   that fails skips the rest of its cluster.
+//! - a line's time must lie between `ledger.import_earliest` and the ledger's clock plus
+//!   `ledger.import_max_skew_ms`;
+//! - a cluster+facet whose history was written live (not by an import) is not imported
+//!   into, unless the caller says `allow_live_history`;
+//! - a line whose version is already in the ledger (a resumed import) is `Already` if the
+//!   stored record has the same state, time, writer and reason, and refused
+//!   ([`Error::ImportDiffers`]) if not; a line that fails skips the rest of its cluster.
 
 use std::collections::BTreeMap;
+
+use fleetledger_schemas::StateRecord;
 
 use crate::append::{AppendRequest, Appended, Ledger};
 use crate::error::{Error, Result};
@@ -52,14 +59,42 @@ pub struct ImportRefused {
     pub error: Error,
 }
 
-/// Checks one line: a time, and a writer that owns the facet and is a service.
+/// The request id of imported records start with this (the import's idempotency keys are
+/// `import:{cluster}/{facet}/v{n}`): what tells imported history from live history.
+const IMPORT_KEY_PREFIX: &str = "import:";
+
+/// Checks one line: a time in the sane range, and a writer that owns the facet and is a
+/// service.
 fn check_line(ledger: &Ledger, l: &ImportLine) -> Result<()> {
     let r = &l.request;
     let facet = r.state.facet();
-    if r.ts.is_none() {
+    let Some(ts) = r.ts else {
         return Err(Error::Config(
             "an imported line needs its original ts".into(),
         ));
+    };
+    let latest = ledger.clock.now()
+        + chrono::TimeDelta::milliseconds(
+            i64::try_from(ledger.config.import_max_skew_ms).unwrap_or(i64::MAX),
+        );
+    if ts > latest {
+        return Err(Error::ImportTime {
+            ts: ts.to_rfc3339(),
+            why: format!(
+                "in the future: an imported change must have happened by now (at most {} ms ahead of the ledger's clock, {})",
+                ledger.config.import_max_skew_ms,
+                ledger.clock.now().to_rfc3339()
+            ),
+        });
+    }
+    if ts < ledger.config.import_earliest {
+        return Err(Error::ImportTime {
+            ts: ts.to_rfc3339(),
+            why: format!(
+                "before {} (ledger.import_earliest): no control plane history is that old",
+                ledger.config.import_earliest.to_rfc3339()
+            ),
+        });
     }
     if r.principal == IMPORT
         || r.principal == RECOVERY
@@ -87,18 +122,54 @@ pub fn by_cluster_in_time_order(lines: Vec<ImportLine>) -> BTreeMap<String, Vec<
     out
 }
 
+/// What differs between the record stored at a line's version and the line, if anything.
+pub fn differs(stored: &StateRecord, line: &AppendRequest) -> Option<&'static str> {
+    let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+    if stored.state != line.state {
+        Some("state")
+    } else if line.ts.map(ms) != Some(ms(stored.meta.ts)) {
+        Some("ts")
+    } else if stored.meta.writer != line.principal {
+        Some("writer")
+    } else if stored.meta.reason != line.reason {
+        Some("reason")
+    } else {
+        None
+    }
+}
+
 impl Ledger {
     /// Imports a batch of lines (see the module's rules). Answers per line, by line
     /// number; [`ImportRefused`] if a line is bad, with nothing written.
     pub async fn import_lines(
         &self,
         lines: Vec<ImportLine>,
+        allow_live_history: bool,
     ) -> std::result::Result<Vec<(usize, ImportAnswer)>, ImportRefused> {
         for l in &lines {
             check_line(self, l).map_err(|error| ImportRefused {
                 line: l.line,
                 error,
             })?;
+            if allow_live_history {
+                continue;
+            }
+            let facet = l.request.state.facet();
+            let live = self
+                .current(&l.request.cluster_id)
+                .await
+                .remove(&facet)
+                .filter(|h| !h.record.meta.request_id.starts_with(IMPORT_KEY_PREFIX));
+            if let Some(h) = live {
+                return Err(ImportRefused {
+                    line: l.line,
+                    error: Error::LiveHistory {
+                        cluster_id: l.request.cluster_id.clone(),
+                        facet,
+                        version: h.record.meta.version,
+                    },
+                });
+            }
         }
         let chains = by_cluster_in_time_order(lines)
             .into_values()
@@ -111,18 +182,45 @@ impl Ledger {
                         continue;
                     }
                     let expected = request.expected_version.unwrap_or(0);
-                    let head = self
-                        .current(&request.cluster_id)
-                        .await
-                        .get(&request.state.facet())
-                        .map_or(0, |h| h.record.meta.version);
-                    if head > expected {
-                        out.push((
-                            line,
-                            ImportAnswer::Already {
-                                current_version: head,
+                    let facet = request.state.facet();
+                    let head = self.current(&request.cluster_id).await.remove(&facet);
+                    let current = head.as_ref().map_or(0, |h| h.record.meta.version);
+                    if current > expected {
+                        // A resumed import: the stored record of this version must be
+                        // this line.
+                        let version = expected + 1;
+                        let stored = match head.filter(|h| h.record.meta.version == version) {
+                            Some(h) => Ok(Some(h.record)),
+                            None => self.history(&request.cluster_id, None).await.map(|hist| {
+                                hist.entries()
+                                    .iter()
+                                    .find(|e| {
+                                        e.record.facet() == facet
+                                            && e.record.meta.version == version
+                                    })
+                                    .map(|e| e.record.clone())
+                            }),
+                        };
+                        let answer = match stored {
+                            Ok(Some(r)) => match differs(&r, &request) {
+                                None => ImportAnswer::Already {
+                                    current_version: current,
+                                },
+                                Some(what) => ImportAnswer::Failed(Error::ImportDiffers {
+                                    cluster_id: request.cluster_id.clone(),
+                                    facet,
+                                    version,
+                                    what,
+                                }),
                             },
-                        ));
+                            // Erased (a tombstone): nothing to compare with.
+                            Ok(None) => ImportAnswer::Already {
+                                current_version: current,
+                            },
+                            Err(e) => ImportAnswer::Failed(e),
+                        };
+                        failed = matches!(answer, ImportAnswer::Failed(_));
+                        out.push((line, answer));
                         continue;
                     }
                     let answer = match self.import(request).await {

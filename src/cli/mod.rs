@@ -148,6 +148,10 @@ pub(crate) enum Command {
         /// Lines per request.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Import even into cluster+facets whose history was written live (refused
+        /// otherwise: an import would interleave with what the control plane wrote).
+        #[arg(long)]
+        allow_live_history: bool,
     },
     /// Make a token for a principal, or hash one, for the tokens file (which holds only
     /// hashes).
@@ -388,8 +392,21 @@ impl Cli {
                 )
                 .await
             }
-            Command::Import { api, file, batch } => {
-                match fleetledger_client::import::import_file(&api.client(), &file, batch).await {
+            Command::Import {
+                api,
+                file,
+                batch,
+                allow_live_history,
+            } => {
+                let client = api.client();
+                let imported = fleetledger_client::import::import_file(
+                    &client,
+                    &file,
+                    batch,
+                    allow_live_history,
+                )
+                .await;
+                match imported {
                     Ok(s) => {
                         println!(
                             "imported {} lines; {} were already in the ledger",

@@ -150,6 +150,9 @@ pub(crate) struct ImportItem {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImportBatch {
     items: Vec<ImportItem>,
+    /// Import even into cluster+facets whose history was written live.
+    #[serde(default)]
+    allow_live_history: bool,
 }
 
 /// `POST /v1/import`, as the `import` principal: `{"items": [{line, ts, cluster_id, facet,
@@ -206,7 +209,7 @@ pub(crate) async fn import(
         lines.push(ImportLine { line, request });
     }
     let answers = ledger
-        .import_lines(lines)
+        .import_lines(lines, batch.allow_live_history)
         .await
         .map_err(|r| at_line(r.line, r.error.into()))?;
     let results: Vec<Value> = answers

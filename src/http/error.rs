@@ -61,6 +61,9 @@ impl IntoResponse for AppError {
 impl From<LedgerError> for AppError {
     fn from(e: LedgerError) -> Self {
         let (status, code) = match &e {
+            LedgerError::ImportTime { .. } => (StatusCode::BAD_REQUEST, "invalid_time"),
+            LedgerError::LiveHistory { .. } => (StatusCode::CONFLICT, "live_history"),
+            LedgerError::ImportDiffers { .. } => (StatusCode::CONFLICT, "import_differs"),
             LedgerError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             LedgerError::Forbidden { .. } | LedgerError::OperationForbidden { .. } => {
                 (StatusCode::FORBIDDEN, "forbidden")

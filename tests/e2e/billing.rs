@@ -157,7 +157,7 @@ async fn billing_is_exact_by_event_time_in_any_arrival_order() {
     let path = dir.join(format!("{}.jsonl", unique_prefix("billtime")));
     std::fs::write(&path, lines.join("\n")).unwrap();
     let client = ApiClient::new(&server.url(), Some("dev-import".into()));
-    let done = import_file(&client, &path, 7).await.expect("import");
+    let done = import_file(&client, &path, 7, false).await.expect("import");
     assert_eq!(done.imported, lines.len() as u64);
     let in_time = billed(&server, &cfg, "billtime").await;
     assert_bill(&in_time, "imported in time order");

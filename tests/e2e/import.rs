@@ -101,10 +101,14 @@ async fn a_simulated_history_years_old_imports_once_and_bills_plausibly() {
     let path = write_file("history.jsonl", &text);
     let client = ApiClient::new(&server.url(), Some("dev-import".into()));
 
-    let first = import_file(&client, &path, 150).await.expect("import");
+    let first = import_file(&client, &path, 150, false)
+        .await
+        .expect("import");
     assert_eq!((first.imported, first.already), (lines, 0));
     // Running it again (as after an interruption) writes nothing twice.
-    let again = import_file(&client, &path, 150).await.expect("re-import");
+    let again = import_file(&client, &path, 150, false)
+        .await
+        .expect("re-import");
     assert_eq!((again.imported, again.already), (0, lines));
     assert_eq!(
         history_keys(&cfg).await.len() as u64,
@@ -234,7 +238,7 @@ async fn bad_lines_are_refused_with_their_number_and_nothing_of_the_batch_is_wri
             good(2, "lkc-i1")
         ),
     );
-    let err = import_file(&client, &path, 10)
+    let err = import_file(&client, &path, 10, false)
         .await
         .unwrap_err()
         .to_string();
@@ -244,7 +248,7 @@ async fn bad_lines_are_refused_with_their_number_and_nothing_of_the_batch_is_wri
         "backwards.jsonl",
         &format!("{}\n{}\n", good(5, "lkc-i1"), good(1, "lkc-i1")),
     );
-    let err = import_file(&client, &path, 10)
+    let err = import_file(&client, &path, 10, false)
         .await
         .unwrap_err()
         .to_string();
@@ -255,7 +259,7 @@ async fn bad_lines_are_refused_with_their_number_and_nothing_of_the_batch_is_wri
         "principal.jsonl",
         &format!("{}\n{stranger}\n", good(1, "lkc-i3")),
     );
-    let err = import_file(&client, &path, 10)
+    let err = import_file(&client, &path, 10, false)
         .await
         .unwrap_err()
         .to_string();
@@ -263,15 +267,123 @@ async fn bad_lines_are_refused_with_their_number_and_nothing_of_the_batch_is_wri
     // Only the import principal may import.
     let path = write_file("ok.jsonl", &format!("{}\n", good(1, "lkc-i4")));
     let frontend = ApiClient::new(&server.url(), Some("dev-frontend".into()));
-    let err = import_file(&frontend, &path, 10)
+    let err = import_file(&frontend, &path, 10, false)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("403"), "{err}");
     assert!(history_keys(&cfg).await.is_empty(), "nothing was written");
-    let done = import_file(&client, &path, 10)
+    let done = import_file(&client, &path, 10, false)
         .await
         .expect("a good file imports");
     assert_eq!(done.imported, 1);
+    server.stop().await;
+}
+
+/// Import cannot forge: times outside the sane range, importing under live history, and a
+/// resumed import whose line differs from what is stored are all refused, and nothing of
+/// a refused batch is written.
+#[tokio::test]
+async fn import_cannot_forge_times_live_history_or_resumed_lines() {
+    let cfg = config(&unique_prefix("importforge"));
+    let server = TestServer::start(cfg.clone()).await;
+    let client = ApiClient::new(&server.url(), Some("dev-import".into()));
+    let item = |line: usize, cluster: &str, ts: &str, cku: i64, expected: i64| {
+        let mut state = crate::append::logical(cku);
+        state["deleted"] = serde_json::json!(false);
+        serde_json::json!({"line": line, "ts": ts, "cluster_id": cluster, "facet": "logical",
+            "writer": "frontend", "state": state, "expected_version": expected,
+            "idempotency_key": format!("import:{cluster}/logical/v{}", expected + 1)})
+    };
+    let refused = |e: fleetledger_client::ClientError| match e {
+        fleetledger_client::ClientError::Api(api) => (api.status, api.body),
+        other => panic!("{other}"),
+    };
+    // In the future (a day ahead), and in year 1: refused with the line and the range.
+    let future = (Utc::now() + chrono::TimeDelta::days(1)).to_rfc3339();
+    for ts in [future.as_str(), "0001-01-01T00:00:00Z"] {
+        let (st, body) = refused(
+            client
+                .import(&[
+                    item(1, "lkc-forge1", "2024-01-01T00:00:00Z", 1, 0),
+                    item(2, "lkc-forge1", ts, 2, 1),
+                ])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(st, 400, "{body}");
+        let m = body["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("line 2:") && (m.contains("future") || m.contains("import_earliest")),
+            "{m}"
+        );
+    }
+    assert!(
+        history_keys(&cfg).await.is_empty(),
+        "nothing of a refused batch is written"
+    );
+
+    // Live history: refused unless asked for; then only as versions after the live ones.
+    let api = Api::new(&server);
+    let (st, v) = api
+        .append(
+            "lkc-live1",
+            "logical",
+            "dev-frontend",
+            &crate::append::logical(2),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, body) = refused(
+        client
+            .import(&[item(1, "lkc-live1", "2024-01-01T00:00:00Z", 1, 0)])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (409, Some("invalid_line")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("live history"),
+        "{body}"
+    );
+    let answer = client
+        .import_with(&[item(1, "lkc-live1", "2024-01-01T00:00:00Z", 1, 0)], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.results[0].status, 409,
+        "v1 is the live record, not this line: {answer:?}"
+    );
+    assert_eq!(
+        answer.results[0].body.as_ref().unwrap()["error"],
+        "import_differs"
+    );
+
+    // A resumed import is compared line by line with what is stored.
+    let first = [
+        item(1, "lkc-forge2", "2024-01-01T00:00:00Z", 1, 0),
+        item(2, "lkc-forge2", "2024-01-01T01:00:00Z", 2, 1),
+    ];
+    let answer = client.import(&first).await.unwrap();
+    assert!(answer.results.iter().all(|r| r.status == 201), "{answer:?}");
+    let same = client.import(&first).await.unwrap();
+    assert!(same.results.iter().all(|r| r.status == 200), "{same:?}");
+    let changed = [
+        first[0].clone(),
+        item(2, "lkc-forge2", "2024-01-01T01:00:00Z", 3, 1),
+    ];
+    let answer = client.import(&changed).await.unwrap();
+    assert_eq!(answer.results[0].status, 200, "{answer:?}");
+    assert_eq!(answer.results[1].status, 409, "{answer:?}");
+    let body = answer.results[1].body.as_ref().unwrap();
+    assert_eq!(body["error"], "import_differs", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("version 2"),
+        "{body}"
+    );
     server.stop().await;
 }
