@@ -48,6 +48,18 @@ pub struct QueriesConfig {
     pub timeout_ms: u64,
     /// Most rows an answer may have.
     pub max_rows: usize,
+    /// Memory all running queries may hold together, in MiB (nothing spills to disk).
+    pub memory_limit_mib: usize,
+    /// Queries running at once; more wait `queue_wait_ms`, then get 429.
+    pub max_concurrent: usize,
+    /// Longest a query waits for a turn, in milliseconds.
+    pub queue_wait_ms: u64,
+    /// Longest statement, in bytes.
+    pub max_sql_bytes: usize,
+    /// Deepest nesting of parentheses (expressions, subqueries).
+    pub max_depth: usize,
+    /// Most operators (`+`, `=`, `AND`, …) in one statement.
+    pub max_operators: usize,
     /// TOML file of per-service views. None: the shipped defaults
     /// (`deploy/local/views.toml`).
     pub views_file: Option<PathBuf>,
@@ -58,6 +70,12 @@ impl Default for QueriesConfig {
         QueriesConfig {
             timeout_ms: 10_000,
             max_rows: 100_000,
+            memory_limit_mib: 512,
+            max_concurrent: 4,
+            queue_wait_ms: 2_000,
+            max_sql_bytes: 16 * 1024,
+            max_depth: 32,
+            max_operators: 128,
             views_file: None,
         }
     }

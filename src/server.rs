@@ -179,9 +179,16 @@ pub async fn start_with_clock(
         Some(f) => ServiceViews::from_file(f).map_err(|e| anyhow::anyhow!(e))?,
         None => ServiceViews::default(),
     };
+    let q = &config.queries;
     let limits = QueryLimits {
-        timeout: Duration::from_millis(config.queries.timeout_ms),
-        max_rows: config.queries.max_rows,
+        timeout: Duration::from_millis(q.timeout_ms),
+        max_rows: q.max_rows,
+        memory_limit_mib: q.memory_limit_mib,
+        max_concurrent: q.max_concurrent,
+        queue_wait: Duration::from_millis(q.queue_wait_ms),
+        max_sql_bytes: q.max_sql_bytes,
+        max_depth: q.max_depth,
+        max_operators: q.max_operators,
     };
     let writer_tracker = tracker.clone();
     tracker.spawn(async move {

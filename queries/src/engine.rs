@@ -8,6 +8,9 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use fleetledger_projectors::{ProjectionName, Projections, ServiceViews};
 use futures::StreamExt;
 use tokio::sync::RwLock;
@@ -15,13 +18,27 @@ use tokio::sync::RwLock;
 use crate::error::{Error, Result};
 use crate::tables::{NowMs, SnapshotTable, Source};
 
-/// Limits that end runaway queries.
+/// Limits that end runaway queries, so that no query can starve the process that is also
+/// the ledger's writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
-    /// Longest a query may run.
+    /// Longest a query may run; past it the query's work is dropped.
     pub timeout: Duration,
     /// Most rows an answer may have.
     pub max_rows: usize,
+    /// Memory all running queries may hold together (sorts, joins, aggregations), in MiB.
+    /// Nothing spills to disk: a query over it fails with [`Error::MemoryLimit`].
+    pub memory_limit_mib: usize,
+    /// Queries running at once; more wait up to `queue_wait`, then get [`Error::Busy`].
+    pub max_concurrent: usize,
+    /// Longest a query waits for a turn.
+    pub queue_wait: Duration,
+    /// Longest statement, in bytes.
+    pub max_sql_bytes: usize,
+    /// Deepest nesting of parentheses (expressions, subqueries) accepted.
+    pub max_depth: usize,
+    /// Most operators (`+`, `=`, `AND`, …) in one statement.
+    pub max_operators: usize,
 }
 
 impl Default for QueryLimits {
@@ -29,6 +46,12 @@ impl Default for QueryLimits {
         QueryLimits {
             timeout: Duration::from_secs(10),
             max_rows: 100_000,
+            memory_limit_mib: 512,
+            max_concurrent: 4,
+            queue_wait: Duration::from_secs(2),
+            max_sql_bytes: 16 * 1024,
+            max_depth: 32,
+            max_operators: 128,
         }
     }
 }
@@ -51,6 +74,7 @@ pub struct QueryEngine {
     limits: QueryLimits,
     tables: Vec<String>,
     now_ms: NowMs,
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -61,8 +85,71 @@ impl std::fmt::Debug for QueryEngine {
     }
 }
 
-fn classify(e: DataFusionError, tables: &[String]) -> Error {
+/// The deepest nesting of parentheses in `sql` and how many operators it has (operator
+/// characters, `AND` and `OR`), outside string literals, quoted identifiers and comments:
+/// checked before parsing, because parsing, planning and evaluating recurse over the
+/// expression tree, which a deeply nested or very long expression would take past the
+/// stack.
+fn shape(sql: &str) -> (usize, usize) {
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut word = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                let mut prev = ' ';
+                for d in chars.by_ref() {
+                    if prev == '*' && d == '/' {
+                        break;
+                    }
+                    prev = d;
+                }
+            }
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' | '|' | '&' | '^' => operators += 1,
+            _ => {}
+        }
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c.to_ascii_uppercase());
+        } else {
+            if word == "AND" || word == "OR" {
+                operators += 1;
+            }
+            word.clear();
+        }
+    }
+    if word == "AND" || word == "OR" {
+        operators += 1;
+    }
+    (deepest, operators)
+}
+
+fn classify(e: DataFusionError, tables: &[String], limits: &QueryLimits) -> Error {
     match e {
+        DataFusionError::SQL(e, _) if e.to_string().contains("ecursion limit") => {
+            Error::TooComplex(format!(
+                "the statement nests deeper than the limit of {} levels (queries.max_depth)",
+                limits.max_depth
+            ))
+        }
         DataFusionError::SQL(e, _) => Error::Invalid(format!("syntax error: {e}")),
         DataFusionError::Plan(m) if m.contains("table") && m.contains("not found") => {
             Error::Invalid(format!("{m}; tables are {}", tables.join(", ")))
@@ -70,11 +157,22 @@ fn classify(e: DataFusionError, tables: &[String]) -> Error {
         DataFusionError::Plan(m) => Error::Invalid(m),
         DataFusionError::SchemaError(e, _) => Error::Invalid(e.to_string()),
         DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
-        DataFusionError::Context(c, inner) => match classify(*inner, tables) {
+        DataFusionError::Context(c, inner) => match classify(*inner, tables, limits) {
             Error::Invalid(m) => Error::Invalid(format!("{c}: {m}")),
             other => other,
         },
-        DataFusionError::Diagnostic(_, inner) => classify(*inner, tables),
+        DataFusionError::Diagnostic(_, inner) => classify(*inner, tables, limits),
+        DataFusionError::ResourcesExhausted(_) => Error::MemoryLimit {
+            limit_mib: limits.memory_limit_mib,
+        },
+        DataFusionError::Shared(inner) => {
+            classify(DataFusionError::External(Box::new(inner)), tables, limits)
+        }
+        DataFusionError::External(e) if e.to_string().contains("Resources exhausted") => {
+            Error::MemoryLimit {
+                limit_mib: limits.memory_limit_mib,
+            }
+        }
         other => Error::Internal(other.to_string()),
     }
 }
@@ -88,10 +186,22 @@ impl QueryEngine {
         now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
         limits: QueryLimits,
     ) -> Result<Self> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
-        let ctx = SessionContext::new_with_config(config);
+        config.options_mut().sql_parser.recursion_limit =
+            datafusion::config::ConfigNonZeroUsize::try_new(limits.max_depth.max(1))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        // One pool for all queries; no disk manager, so nothing spills to (or reads) local
+        // files.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_limit_mib << 20)))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let now: NowMs = now_ms;
         let mut sources: Vec<(String, Source)> = ProjectionName::ALL
             .into_iter()
@@ -110,6 +220,7 @@ impl QueryEngine {
         tables.sort();
         Ok(QueryEngine {
             ctx,
+            turns: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             limits,
             tables,
             now_ms: now,
@@ -126,6 +237,33 @@ impl QueryEngine {
     /// with [`Error::Timeout`] or [`Error::TooManyRows`].
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
         let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
+        if sql.len() > self.limits.max_sql_bytes {
+            return Err(Error::TooComplex(format!(
+                "the statement is {} bytes, more than the limit of {} (queries.max_sql_bytes)",
+                sql.len(),
+                self.limits.max_sql_bytes
+            )));
+        }
+        let (depth, operators) = shape(sql);
+        if operators > self.limits.max_operators {
+            return Err(Error::TooComplex(format!(
+                "the statement has {operators} operators, more than the limit of {} (queries.max_operators)",
+                self.limits.max_operators
+            )));
+        }
+        if depth > self.limits.max_depth {
+            return Err(Error::TooComplex(format!(
+                "the statement nests {depth} levels of parentheses, deeper than the limit of {} levels (queries.max_depth)",
+                self.limits.max_depth
+            )));
+        }
+        let _turn = tokio::time::timeout(self.limits.queue_wait, self.turns.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(Error::Busy {
+                limit: self.limits.max_concurrent,
+            })?;
         let run = async {
             let mut state = self.ctx.state();
             // SQL's now() (and current_date, …) is the injected clock's time, the same
@@ -135,7 +273,7 @@ impl QueryEngine {
             let plan = state
                 .create_logical_plan(sql)
                 .await
-                .map_err(|e| classify(e, &self.tables))?;
+                .map_err(|e| classify(e, &self.tables, &self.limits))?;
             SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_dml(false)
@@ -147,11 +285,11 @@ impl QueryEngine {
             let mut stream = df
                 .execute_stream()
                 .await
-                .map_err(|e| classify(e, &self.tables))?;
+                .map_err(|e| classify(e, &self.tables, &self.limits))?;
             let mut batches = Vec::new();
             let mut rows = 0usize;
             while let Some(b) = stream.next().await {
-                let b = b.map_err(|e| classify(e, &self.tables))?;
+                let b = b.map_err(|e| classify(e, &self.tables, &self.limits))?;
                 rows += b.num_rows();
                 if rows > self.limits.max_rows {
                     return Err(Error::TooManyRows {
@@ -273,9 +411,87 @@ mod tests {
             QueryLimits {
                 timeout: Duration::from_secs(5),
                 max_rows,
+                memory_limit_mib: 32,
+                max_concurrent: 2,
+                queue_wait: Duration::from_millis(200),
+                ..QueryLimits::default()
             },
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hostile_queries_stop_at_a_limit_that_names_itself() {
+        let e = engine(1000).await;
+        // A GROUP BY over a generated range needs more memory than the pool.
+        let err = e
+            .query("SELECT v % 10000000 AS k, count(*) FROM range(0, 100000000) AS t(v) GROUP BY k ORDER BY k LIMIT 1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::MemoryLimit { limit_mib: 32 } | Error::Timeout { .. }
+            ),
+            "{err}"
+        );
+        // 10,000 levels of nesting are refused by the parser, not by the stack.
+        let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        let err = e.query(&deep).await.unwrap_err();
+        assert!(matches!(err, Error::TooComplex(_)), "{err}");
+        assert!(err.to_string().contains("queries.max_sql_bytes"), "{err}");
+        let nested = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
+        let err = e.query(&nested).await.unwrap_err();
+        assert!(err.to_string().contains("queries.max_depth"), "{err}");
+        // Parentheses inside strings and comments do not count.
+        let quoted = format!("SELECT '{}' AS s -- {}", "(".repeat(200), "(".repeat(200));
+        assert_eq!(e.query(&quoted).await.unwrap().rows, 1);
+        let shallow = format!("SELECT {}1{}", "(".repeat(8), ")".repeat(8));
+        assert_eq!(e.query(&shallow).await.unwrap().rows, 1);
+        // A long flat chain of operators is refused by count; a shorter one runs.
+        let long = format!("SELECT 0{}", " + 1".repeat(2_000));
+        let err = e.query(&long).await.unwrap_err();
+        assert!(err.to_string().contains("queries.max_operators"), "{err}");
+        let chain = format!("SELECT 0{}", " + 1".repeat(100));
+        let out = e.query(&chain).await.unwrap();
+        assert_eq!(out.rows, 1);
+        // No local files: neither read nor written.
+        for sql in [
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "COPY (SELECT 1) TO '/tmp/fleetledger-copy.csv'",
+        ] {
+            assert!(
+                matches!(e.query(sql).await, Err(Error::NotReadOnly(_))),
+                "{sql}"
+            );
+        }
+        assert!(!std::path::Path::new("/tmp/fleetledger-copy.csv").exists());
+        // The engine still answers.
+        assert_eq!(e.query("SELECT 1").await.unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn more_queries_than_allowed_at_once_wait_then_are_turned_away() {
+        let e = engine(1000).await;
+        let slow = "SELECT count(*) FROM range(0, 400000000)";
+        let (a, b, c) = tokio::join!(e.query(slow), e.query(slow), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            e.query("SELECT 1").await
+        });
+        assert!(
+            a.is_ok() || matches!(a, Err(Error::Timeout { .. })),
+            "{a:?}"
+        );
+        assert!(
+            b.is_ok() || matches!(b, Err(Error::Timeout { .. })),
+            "{b:?}"
+        );
+        match c {
+            Err(Error::Busy { limit: 2 }) => {}
+            // Both finished within the queue wait on a fast machine: then it ran.
+            Ok(out) => assert_eq!(out.rows, 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

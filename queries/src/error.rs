@@ -25,6 +25,25 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The query needed more memory than the queries' pool has.
+    #[error(
+        "the query needs more memory than the limit of {limit_mib} MiB for all queries together; narrow it (WHERE, fewer groups) or raise queries.memory_limit_mib"
+    )]
+    MemoryLimit {
+        /// The pool's size.
+        limit_mib: usize,
+    },
+    /// As many queries as allowed are running and none finished in time for this one.
+    #[error(
+        "{limit} queries are running, the most allowed at once (queries.max_concurrent); retry in a moment"
+    )]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
+    /// The statement is larger or nested deeper than allowed.
+    #[error("{0}")]
+    TooComplex(String),
     /// Anything else DataFusion reported.
     #[error("query failed: {0}")]
     Internal(String),

@@ -50,7 +50,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, body) = self.parts();
         let mut r = (status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             r.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
@@ -111,6 +113,9 @@ impl From<fleetledger_queries::Error> for AppError {
             Q::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Q::Timeout { .. } => (StatusCode::BAD_REQUEST, "query_timeout"),
             Q::TooManyRows { .. } => (StatusCode::BAD_REQUEST, "too_many_rows"),
+            Q::MemoryLimit { .. } => (StatusCode::BAD_REQUEST, "query_memory_limit"),
+            Q::TooComplex(_) => (StatusCode::BAD_REQUEST, "query_too_complex"),
+            Q::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
             Q::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         AppError::new(status, code, e.to_string())
