@@ -340,3 +340,55 @@ async fn the_readme_examples_answer_exactly() {
     assert_eq!(resp.status().as_u16(), 401);
     server.stop().await;
 }
+
+/// Hostile SQL against the service: each limit answers with its status and names itself,
+/// nothing is read from or written to local files, and the service stays ready.
+#[tokio::test]
+async fn hostile_queries_hit_named_limits_and_the_service_stays_ready() {
+    let mut cfg = config(&unique_prefix("sqlhostile"));
+    cfg.queries.memory_limit_mib = 64;
+    cfg.queries.timeout_ms = 4_000;
+    let server = TestServer::start(cfg).await;
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            "SELECT v % 50000000 AS k, count(*) FROM range(0, 200000000) AS t(v) GROUP BY k ORDER BY k LIMIT 1".into(),
+            400,
+            "",
+        ),
+        (format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)), 400, "queries.max_sql_bytes"),
+        (format!("SELECT {}1{}", "(".repeat(1_000), ")".repeat(1_000)), 400, "queries.max_depth"),
+        (format!("SELECT 0{}", " + 1".repeat(1_000)), 400, "queries.max_operators"),
+        ("COPY (SELECT 1) TO '/tmp/fleetledger-e2e-copy.csv'".into(), 400, "only queries"),
+        ("CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".into(), 400, "only queries"),
+        ("SELECT count(*) FROM range(0, 100000) a CROSS JOIN range(0, 100000) b".into(), 400, ""),
+    ];
+    for (q, want, names) in &cases {
+        let (st, v) = sql(&server, q).await;
+        assert_eq!(st, *want, "{}: {v}", &q[..q.len().min(80)]);
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(names),
+            "{}: {message}",
+            &q[..q.len().min(80)]
+        );
+        assert!(
+            [
+                "query_memory_limit",
+                "query_timeout",
+                "too_many_rows",
+                "query_too_complex",
+                "not_read_only"
+            ]
+            .contains(&v["error"].as_str().unwrap_or_default()),
+            "{v}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/fleetledger-e2e-copy.csv").exists());
+    let ready = reqwest::get(format!("{}/readyz", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "still ready");
+    let (st, v) = sql(&server, "SELECT count(*) AS n FROM clusters").await;
+    assert_eq!(st, 200, "{v}");
+    server.stop().await;
+}
