@@ -64,6 +64,49 @@ pub struct RowsMark {
     pub bytes: u64,
 }
 
+/// An exclusive lock on the checkpoints of one topic in a directory, held while it lives:
+/// two processes never write the same projections (their checkpoints would interleave).
+/// The operating system releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DirectoryLock {
+    _file: std::fs::File,
+}
+
+impl DirectoryLock {
+    /// Takes the lock of `topic`'s checkpoints in `dir`; [`Error::DirectoryInUse`] if
+    /// another process holds it.
+    pub fn take(dir: &Path, topic: &str) -> Result<Self> {
+        let path = dir.join(format!("{topic}.lock"));
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::DirectoryInUse {
+                    dir: dir.to_owned(),
+                    topic: topic.to_owned(),
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        writeln!(file, "pid {}", std::process::id()).map_err(io)?;
+        Ok(DirectoryLock { _file: file })
+    }
+}
+
 /// Where checkpoints of projections of one topic live.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
@@ -431,6 +474,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((cp.model, cp.state), (2, b));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_directory_is_locked_while_its_holder_lives() {
+        let dir = std::env::temp_dir().join(format!("fl-lock-{}-{}", std::process::id(), line!()));
+        let held = DirectoryLock::take(&dir, "t.history.v1").unwrap();
+        // flock-style locks are per open file: a second take in this process is refused
+        // as one in another process would be.
+        let err = DirectoryLock::take(&dir, "t.history.v1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in use by another process") && err.contains("pid"),
+            "{err}"
+        );
+        // Another topic's projections in the same directory are independent.
+        let other = DirectoryLock::take(&dir, "u.history.v1").unwrap();
+        drop((held, other));
+        DirectoryLock::take(&dir, "t.history.v1").expect("free again");
         std::fs::remove_dir_all(&dir).ok();
     }
 

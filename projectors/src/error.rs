@@ -41,6 +41,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the projection directory.
+    #[error(
+        "the projections of {topic} in {dir} are in use by another process ({holder}); stop it, or give this one another projector.dir"
+    )]
+    DirectoryInUse {
+        /// The directory.
+        dir: PathBuf,
+        /// The history topic.
+        topic: String,
+        /// Who holds it, as its lock file says.
+        holder: String,
+    },
     /// An unknown projection name.
     #[error(
         "unknown projection {0:?}: expected one of clusters, billing_hours, audit_log (or all for rebuild)"

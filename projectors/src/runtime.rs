@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, AuditRow, LastStates};
 use crate::billing_hours::BillingHours;
-use crate::checkpoint::{CheckpointStore, RowsMark};
+use crate::checkpoint::{CheckpointStore, DirectoryLock, RowsMark};
 use crate::clusters::Clusters;
 use crate::error::{Error, Result};
 use crate::name::ProjectionName;
@@ -158,6 +158,8 @@ pub struct Projector {
     audit_mark: Arc<Mutex<RowsMark>>,
     /// Partition → why its projection stopped.
     stopped: Arc<Mutex<BTreeMap<i32, String>>>,
+    /// This process's hold on the checkpoint directory.
+    _lock: Arc<DirectoryLock>,
 }
 
 /// The `audit_log` checkpoint: the rows themselves are in its append-only rows file
@@ -178,7 +180,9 @@ struct AuditCheckpointRef<'a> {
 
 impl Projector {
     /// A projector whose projections start from their checkpoints in `config.dir`; a
-    /// corrupt or foreign checkpoint is [`Error::Checkpoint`].
+    /// corrupt or foreign checkpoint is [`Error::Checkpoint`]. It holds the directory's
+    /// lock for the topic while it (or a clone) lives: another process's projector on the
+    /// same directory and topic is [`Error::DirectoryInUse`].
     pub fn open(
         clients: KafkaClients,
         layout: TopicLayout,
@@ -186,6 +190,7 @@ impl Projector {
         config: ProjectorConfig,
     ) -> Result<Self> {
         let store = CheckpointStore::new(&config.dir, &layout.history, layout.partitions);
+        let lock = Arc::new(DirectoryLock::take(&config.dir, &layout.history)?);
         let mut p = Projections::default();
         if let Some(cp) = store.load::<Clusters>(ProjectionName::Clusters)? {
             p.clusters = cp.state;
@@ -217,6 +222,7 @@ impl Projector {
             lag: Arc::new(Mutex::new(BTreeMap::new())),
             audit_mark: Arc::new(Mutex::new(audit_mark)),
             stopped: Arc::new(Mutex::new(BTreeMap::new())),
+            _lock: lock,
         })
     }
 

@@ -427,7 +427,10 @@ async fn a_second_instance_fences_the_first() {
         .await;
     assert_eq!(st, 201);
 
-    let second = TestServer::start(cfg.clone()).await;
+    // A second instance has projections of its own (one directory per process).
+    let mut second_cfg = cfg.clone();
+    second_cfg.projector.dir = cfg.projector.dir.join("second");
+    let second = TestServer::start(second_cfg).await;
     let b = Api::new(&second);
     let (st, v) = a
         .append(c, "logical", "dev-frontend", &logical(2), &[])
