@@ -358,11 +358,8 @@ pub(crate) async fn start_up(
         .context("loading the projection checkpoints")??;
     let running = projector.clone();
     let stop = shutdown.clone();
-    deps.tracker.spawn(async move {
-        if let Err(e) = running.run(stop).await {
-            tracing::error!(error = %e, "projections stopped; the API keeps serving writes");
-        }
-    });
+    deps.tracker
+        .spawn(async move { running.run_healing(stop).await });
     let clock = deps.clock.clone();
     let engine = QueryEngine::new(
         projector.projections(),

@@ -158,8 +158,21 @@ pub struct Projector {
     audit_mark: Arc<Mutex<RowsMark>>,
     /// Partition → why its projection stopped.
     stopped: Arc<Mutex<BTreeMap<i32, String>>>,
+    /// What is wrong with the projections now, and how often the runtime restarted.
+    health: Arc<Mutex<Health>>,
     /// This process's hold on the checkpoint directory.
     _lock: Arc<DirectoryLock>,
+}
+
+/// The projector's health as [`Projector::degraded`] and [`Projector::restarts`] report it.
+#[derive(Debug, Default)]
+struct Health {
+    /// Projections rebuilding after an unusable checkpoint → why.
+    degraded: BTreeMap<ProjectionName, String>,
+    /// The last error that stopped the runtime, until it applies records again.
+    failing: Option<String>,
+    /// Restarts after an error since the start.
+    restarts: u64,
 }
 
 /// The `audit_log` checkpoint: the rows themselves are in its append-only rows file
@@ -179,10 +192,12 @@ struct AuditCheckpointRef<'a> {
 }
 
 impl Projector {
-    /// A projector whose projections start from their checkpoints in `config.dir`; a
-    /// corrupt or foreign checkpoint is [`Error::Checkpoint`]. It holds the directory's
-    /// lock for the topic while it (or a clone) lives: another process's projector on the
-    /// same directory and topic is [`Error::DirectoryInUse`].
+    /// A projector whose projections start from their checkpoints in `config.dir`. A
+    /// corrupt or foreign checkpoint affects only its projection: that one is rebuilt from
+    /// the start of history (logged, and [`Projector::degraded`] says so until it has
+    /// caught up once), the others go on from theirs. It holds the directory's lock for
+    /// the topic while it (or a clone) lives: another process's projector on the same
+    /// directory and topic is [`Error::DirectoryInUse`].
     pub fn open(
         clients: KafkaClients,
         layout: TopicLayout,
@@ -192,25 +207,60 @@ impl Projector {
         let store = CheckpointStore::new(&config.dir, &layout.history, layout.partitions);
         let lock = Arc::new(DirectoryLock::take(&config.dir, &layout.history)?);
         let mut p = Projections::default();
-        if let Some(cp) = store.load::<Clusters>(ProjectionName::Clusters)? {
-            p.clusters = cp.state;
-            p.offsets.insert(ProjectionName::Clusters, cp.offsets);
+        let mut degraded = BTreeMap::new();
+        // A bad checkpoint costs its projection a rebuild, never the others their state.
+        let mut usable = |name: ProjectionName, e: Error| -> Result<()> {
+            match e {
+                Error::Checkpoint { message, .. } => {
+                    tracing::error!(projection = name.as_str(), %message, "unusable checkpoint; rebuilding this projection from the start of history");
+                    degraded.insert(
+                        name,
+                        format!("rebuilding from history: its checkpoint was unusable ({message})"),
+                    );
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        };
+        match store.load::<Clusters>(ProjectionName::Clusters) {
+            Ok(Some(cp)) => {
+                p.clusters = cp.state;
+                p.offsets.insert(ProjectionName::Clusters, cp.offsets);
+            }
+            Ok(None) => {}
+            Err(e) => usable(ProjectionName::Clusters, e)?,
         }
-        if let Some(cp) = store.load::<BillingHours>(ProjectionName::BillingHours)? {
-            p.billing = cp.state;
-            p.offsets.insert(ProjectionName::BillingHours, cp.offsets);
+        match store.load::<BillingHours>(ProjectionName::BillingHours) {
+            Ok(Some(cp)) => {
+                p.billing = cp.state;
+                p.offsets.insert(ProjectionName::BillingHours, cp.offsets);
+            }
+            Ok(None) => {}
+            Err(e) => usable(ProjectionName::BillingHours, e)?,
         }
         let mut audit_mark = RowsMark::default();
-        if let Some(cp) = store.load::<AuditCheckpoint>(ProjectionName::AuditLog)? {
-            let rows = store.load_rows(ProjectionName::AuditLog, cp.state.rows)?;
-            p.audit =
-                AuditLog::from_parts(rows, cp.state.last).map_err(|message| Error::Checkpoint {
-                    path: store.path(ProjectionName::AuditLog),
-                    projection: ProjectionName::AuditLog.to_string(),
-                    message,
+        let audit = store
+            .load::<AuditCheckpoint>(ProjectionName::AuditLog)
+            .and_then(|cp| {
+                let Some(cp) = cp else { return Ok(None) };
+                let rows = store.load_rows(ProjectionName::AuditLog, cp.state.rows)?;
+                let log = AuditLog::from_parts(rows, cp.state.last).map_err(|message| {
+                    Error::Checkpoint {
+                        path: store.path(ProjectionName::AuditLog),
+                        projection: ProjectionName::AuditLog.to_string(),
+                        message,
+                    }
                 })?;
-            audit_mark = cp.state.rows;
-            p.offsets.insert(ProjectionName::AuditLog, cp.offsets);
+                Ok(Some((log, cp.state.rows, cp.offsets)))
+            });
+        match audit {
+            Ok(Some((log, mark, offsets))) => {
+                p.audit = log;
+                audit_mark = mark;
+                p.offsets.insert(ProjectionName::AuditLog, offsets);
+            }
+            Ok(None) => {}
+            Err(e) => usable(ProjectionName::AuditLog, e)?,
         }
         Ok(Projector {
             clients,
@@ -222,6 +272,10 @@ impl Projector {
             lag: Arc::new(Mutex::new(BTreeMap::new())),
             audit_mark: Arc::new(Mutex::new(audit_mark)),
             stopped: Arc::new(Mutex::new(BTreeMap::new())),
+            health: Arc::new(Mutex::new(Health {
+                degraded,
+                ..Health::default()
+            })),
             _lock: lock,
         })
     }
@@ -434,7 +488,12 @@ impl Projector {
                 Err(e) => Err(e),
             };
             match applied {
-                Ok(n) => since_records += n as u64,
+                Ok(n) => {
+                    if n > 0 {
+                        self.with_health(|h| h.failing = None);
+                    }
+                    since_records += n as u64
+                }
                 Err(e) => break Err(e),
             }
             if since_records > 0
@@ -467,9 +526,71 @@ impl Projector {
                 lag.insert(partition, (high - p.start_offset(partition)).max(0));
             }
         }
+        let caught_up =
+            lag.len() == self.layout.partitions as usize && lag.values().all(|l| *l == 0);
         if let Ok(mut l) = self.lag.lock() {
             *l = lag;
         }
+        if caught_up {
+            // A projection rebuilt after an unusable checkpoint is whole again.
+            self.with_health(|h| h.degraded.clear());
+        }
+    }
+
+    fn with_health(&self, f: impl FnOnce(&mut Health)) {
+        if let Ok(mut h) = self.health.lock() {
+            f(&mut h);
+        }
+    }
+
+    /// Runs the projections until `shutdown`, healing itself: an error that stops
+    /// [`Projector::run`] (Kafka, the registry, a checkpoint write) is logged, shown by
+    /// [`Projector::degraded`], and the runtime restarts from its last applied offsets
+    /// after a back-off (0.5 s doubling to 30 s). It never ends on an error.
+    pub async fn run_healing(&self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.run(shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.with_health(|h| {
+                        h.failing = Some(reason.clone());
+                        h.restarts += 1;
+                    });
+                    tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis() as u64, "projections stopped; restarting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// What is wrong with the projections now, one line each: a runtime that failed and
+    /// is restarting, a projection rebuilding after an unusable checkpoint, a partition
+    /// stopped at an undecodable record. Empty when all is well.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(h) = self.health.lock() {
+            if let Some(f) = &h.failing {
+                out.push(format!("projections restarting after: {f}"));
+            }
+            for (name, why) in &h.degraded {
+                out.push(format!("{name}: {why}"));
+            }
+        }
+        for (partition, why) in self.stopped() {
+            out.push(format!("partition {partition} stopped: {why}"));
+        }
+        out
+    }
+
+    /// How often the runtime restarted after an error since the start.
+    pub fn restarts(&self) -> u64 {
+        self.health.lock().map_or(0, |h| h.restarts)
     }
 
     /// Up to `batch_max` raw records (waiting at most `wait` for the first), and the

@@ -32,6 +32,16 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
             out,
             "# HELP fleetledger_projector_stopped 1 for a partition stopped at an undecodable record.\n# TYPE fleetledger_projector_stopped gauge"
         );
+        let _ = writeln!(
+            out,
+            "# HELP fleetledger_projector_restarts_total Restarts of the projections after an error.\n# TYPE fleetledger_projector_restarts_total counter\nfleetledger_projector_restarts_total {}",
+            p.restarts()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetledger_projector_degraded What is wrong with the projections now (restarting, rebuilding, stopped partitions).\n# TYPE fleetledger_projector_degraded gauge\nfleetledger_projector_degraded {}",
+            p.degraded().len()
+        );
         for (partition, _) in p.stopped() {
             let _ = writeln!(
                 out,
@@ -88,7 +98,21 @@ pub(crate) async fn readyz(
         ));
     }
     match state.layout.all_exist(&state.clients).await {
-        Ok(true) => Ok(axum::Json(json!({"status": "ready"}))),
+        Ok(true) => {
+            // Writes are accepted; reads may lag or miss a projection: said, not hidden.
+            let degraded = state
+                .projector
+                .get()
+                .map(|p| p.degraded())
+                .unwrap_or_default();
+            if degraded.is_empty() {
+                Ok(axum::Json(json!({"status": "ready"})))
+            } else {
+                Ok(axum::Json(
+                    json!({"status": "degraded", "degraded": degraded}),
+                ))
+            }
+        }
         Ok(false) => Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",

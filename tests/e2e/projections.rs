@@ -413,3 +413,70 @@ async fn an_undecodable_record_stops_its_partition_and_names_its_offset() {
     );
     server.stop().await;
 }
+
+/// A corrupt checkpoint costs only its projection a rebuild: the projector opens, says so
+/// (degraded, with the reason), keeps the other projections' state, and the rebuilt one
+/// equals what it was.
+#[tokio::test]
+async fn a_corrupt_checkpoint_rebuilds_only_its_projection() {
+    let cfg = config(&unique_prefix("corruptcp"));
+    let server = TestServer::start(cfg.clone()).await;
+    let api = Api::new(&server);
+    for i in 0..5 {
+        let c = format!("lkc-cp{i}");
+        let (st, v) = api
+            .append(&c, "logical", "dev-frontend", &logical(2), &[])
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let (st, v) = api
+            .append(&c, "status", "dev-sync", &status("running", 2, 1), &[])
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let now = Utc::now().timestamp_millis();
+    let first = projector(&cfg, &server, "corrupt");
+    first.catch_up(|_| {}).await.expect("caught up");
+    let (billing, clusters) = {
+        let p = first.projections();
+        let p = p.read().await;
+        (p.billing.rows(now), p.clusters.clone())
+    };
+    assert_eq!(billing.len(), 5, "{billing:?}");
+    assert!(first.degraded().is_empty(), "{:?}", first.degraded());
+    drop(first);
+    let dir = cfg.projector.dir.join("corrupt");
+    let layout = TopicLayout::new(&cfg.kafka);
+    let path = dir.join(format!("{}.billing_hours.checkpoint.json", layout.history));
+    std::fs::write(
+        &path,
+        b"{\"format\": \"fleetledger.checkpoint.v2\", \"trunc",
+    )
+    .unwrap();
+
+    // The first projector's reading tasks end (and let go of the directory) as they are
+    // aborted, a moment after it is dropped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = projector(&cfg, &server, "corrupt");
+    let degraded = second.degraded();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert!(
+        degraded[0].starts_with("billing_hours: rebuilding"),
+        "{degraded:?}"
+    );
+    {
+        let p = second.projections();
+        let p = p.read().await;
+        assert_eq!(
+            p.clusters, clusters,
+            "the other projections keep their state"
+        );
+        assert!(p.billing.rows(now).is_empty(), "billing starts over");
+    }
+    second.catch_up(|_| {}).await.expect("caught up");
+    let p = second.projections();
+    let p = p.read().await;
+    assert_eq!(p.billing.rows(now), billing, "rebuilt equal");
+    assert_eq!(p.clusters, clusters);
+    drop(p);
+    server.stop().await;
+}
