@@ -222,4 +222,5 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
         answers.len()
     );
     server.stop().await;
+    kafka("stop");
 }
