@@ -352,10 +352,16 @@ pub(crate) async fn start_up(
         )
     })
     .await?;
-    let _ = state.ledger.set(ledger);
     let projector = loading
         .await
         .context("loading the projection checkpoints")??;
+    // Before any write can reach the ledger: a history that does not fit the checkpoints
+    // (re-created, truncated) stops the start.
+    projector
+        .check_history()
+        .await
+        .context("checking the history topic against the projection checkpoints")?;
+    let _ = state.ledger.set(ledger);
     let running = projector.clone();
     let stop = shutdown.clone();
     deps.tracker

@@ -57,6 +57,17 @@ pub enum Error {
         "the outcome of the transaction is not known yet ({0}); retry with the same Idempotency-Key"
     )]
     OutcomeUnknown(String),
+    /// One data topic exists and the other does not: history or state was deleted, and
+    /// re-creating it would restart versions at 1 (and let compaction overwrite history).
+    #[error("{missing} is missing while {present} exists: {advice}")]
+    TopicMissing {
+        /// The missing topic.
+        missing: String,
+        /// The one that exists.
+        present: String,
+        /// What happened and how to recover.
+        advice: &'static str,
+    },
     /// An imported line whose time lies outside the sane range.
     #[error("imported time {ts} is {why}")]
     ImportTime {

@@ -120,6 +120,28 @@ impl TopicLayout {
         let specs = self.specs();
         let mut report = Vec::new();
 
+        // The state and history topics live and die together: one without the other means
+        // one was deleted, and re-creating it empty would restart versions at 1.
+        match (
+            existing.contains_key(&self.state),
+            existing.contains_key(&self.history),
+        ) {
+            (true, false) => {
+                return Err(Error::TopicMissing {
+                    missing: self.history.clone(),
+                    present: self.state.clone(),
+                    advice: "the history was deleted. Restore the topic from a backup (with its records and offsets), or start the ledger on a fresh topic prefix on purpose; nothing is re-created under the existing state",
+                });
+            }
+            (false, true) => {
+                return Err(Error::TopicMissing {
+                    missing: self.state.clone(),
+                    present: self.history.clone(),
+                    advice: "the state topic was deleted. Re-creating it empty would restart every version at 1 and let compaction overwrite history records; restore it from a backup, or start the ledger on a fresh topic prefix on purpose",
+                });
+            }
+            _ => {}
+        }
         let missing: Vec<_> = specs
             .iter()
             .filter(|(name, _, _)| !existing.contains_key(name))

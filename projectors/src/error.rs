@@ -53,6 +53,22 @@ pub enum Error {
         /// Who holds it, as its lock file says.
         holder: String,
     },
+    /// The history topic holds less than the checkpoints say was applied, or starts after
+    /// them: it was deleted and re-created, or records were deleted under the projections.
+    /// Applying it would silently mix two histories.
+    #[error(
+        "{topic} partition {partition} {problem}; the topic was re-created or truncated since the checkpoints in {dir} were written. Restore the topic, or rebuild every projection from what it holds now (`fleetledger project rebuild all`)"
+    )]
+    HistoryChanged {
+        /// The history topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What does not fit, with the offsets.
+        problem: String,
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
     /// An unknown projection name.
     #[error(
         "unknown projection {0:?}: expected one of clusters, billing_hours, audit_log (or all for rebuild)"

@@ -382,9 +382,10 @@ impl Projector {
         let timeout = self.clients.config().request_timeout();
         for partition in 0..self.layout.partitions {
             let start = p.start_offset(partition);
-            let (_, high) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(&self.layout.history, partition, timeout)
                 .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("watermarks: {e}")))?;
+            self.check_fits(&p, partition, low, high)?;
             total += (high - start).max(0) as u64;
             tpl.add_partition_offset(&self.layout.history, partition, Offset::Offset(start))
                 .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("assign: {e}")))?;
@@ -393,6 +394,46 @@ impl Projector {
             .assign(&tpl)
             .map_err(|e| fleetledger_ledger::Error::Unavailable(format!("assign: {e}")))?;
         Ok((consumer, total))
+    }
+
+    /// Whether `partition` of the history topic, holding offsets `low..high`, can be the
+    /// one the checkpoints were written from: no projection has applied past its end, and
+    /// none waits for a record before its start.
+    fn check_fits(&self, p: &Projections, partition: i32, low: i64, high: i64) -> Result<()> {
+        let applied: Vec<i64> = ProjectionName::ALL
+            .iter()
+            .filter_map(|n| p.offsets.get(n).and_then(|o| o.get(&partition)).copied())
+            .collect();
+        let problem = if let Some(max) = applied.iter().copied().max().filter(|m| *m > high) {
+            Some(format!(
+                "ends at offset {high}, but the projections have applied up to offset {max}"
+            ))
+        } else {
+            applied
+                .iter()
+                .copied()
+                .filter(|o| *o > 0)
+                .min()
+                .filter(|min| *min < low)
+                .map(|min| {
+                    format!("starts at offset {low}, but a projection has applied only up to {min}")
+                })
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(Error::HistoryChanged {
+                topic: self.layout.history.clone(),
+                partition,
+                problem,
+                dir: self.config.dir.clone(),
+            }),
+        }
+    }
+
+    /// Checks that the history topic is the one the checkpoints were written from (see
+    /// [`Error::HistoryChanged`]): `serve` refuses to start otherwise.
+    pub async fn check_history(&self) -> Result<()> {
+        self.consumer().await.map(|_| ())
     }
 
     /// Applies history until every partition reached its end as of the start, reporting

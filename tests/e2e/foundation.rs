@@ -366,3 +366,97 @@ async fn registry_writes_need_the_registry_admin() {
     assert_eq!(st, 200, "{v}");
     server.stop().await;
 }
+
+/// Deletes `topics` and waits until the broker no longer lists them.
+async fn delete_topics(cfg: &fleetledger::Config, topics: &[&str]) {
+    use rdkafka::admin::AdminOptions;
+    let clients = fleetledger_ledger::KafkaClients::new(cfg.kafka.clone());
+    let admin = clients.admin().unwrap();
+    for r in admin
+        .delete_topics(topics, &AdminOptions::new())
+        .await
+        .expect("delete topics")
+    {
+        r.expect("topic deleted");
+    }
+    let layout = fleetledger_ledger::TopicLayout::new(&cfg.kafka);
+    for _ in 0..100 {
+        if !layout.all_exist(&clients).await.unwrap_or(true) {
+            let consumer = clients.consumer("probe").unwrap();
+            let md = rdkafka::consumer::Consumer::fetch_metadata(
+                &consumer,
+                None,
+                std::time::Duration::from_secs(5),
+            )
+            .unwrap();
+            if md.topics().iter().all(|t| !topics.contains(&t.name())) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("topics not deleted: {topics:?}");
+}
+
+/// A deleted history (or state) topic is never silently re-created under the other one,
+/// and projections never go on from checkpoints of a history that was re-created.
+#[tokio::test]
+async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
+    let cfg = config(&unique_prefix("topicgone"));
+    let server = TestServer::start(cfg.clone()).await;
+    let api = crate::append::Api::new(&server);
+    for i in 0..3 {
+        let (st, v) = api
+            .append(
+                &format!("lkc-gone{i}"),
+                "logical",
+                "dev-frontend",
+                &crate::append::logical(1),
+                &[],
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    server.stop().await;
+    let layout = fleetledger_ledger::TopicLayout::new(&cfg.kafka);
+
+    // The history topic alone is deleted: the start stops and names it.
+    delete_topics(&cfg, &[layout.history.as_str()]).await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = fleetledger::server::start(cfg.clone(), token.clone())
+        .await
+        .unwrap();
+    let err = running
+        .wait_ready(std::time::Duration::from_secs(60))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains(&layout.history)
+            && err.contains("is missing")
+            && err.contains("fresh topic prefix"),
+        "{err}"
+    );
+    token.cancel();
+    running.wait().await.ok();
+
+    // Both are deleted and would be created empty: the projections' checkpoints name
+    // offsets the new history does not have.
+    delete_topics(&cfg, &[layout.state.as_str()]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = fleetledger::server::start(cfg.clone(), token.clone())
+        .await
+        .unwrap();
+    let err = running
+        .wait_ready(std::time::Duration::from_secs(60))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("re-created or truncated") && err.contains("rebuild all"),
+        "{err:#}"
+    );
+    token.cancel();
+    running.wait().await.ok();
+}
