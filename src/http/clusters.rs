@@ -36,8 +36,7 @@ pub(crate) async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = principal(&state, &headers)?;
-    cluster(&id)?;
+    let principal = caller(&state, &headers, &id)?;
     let facet: Facet = facet.parse()?;
     let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
@@ -58,8 +57,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let principal = principal(&state, &headers)?;
-    cluster(&id)?;
+    let principal = caller(&state, &headers, &id)?;
     let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
     authorise(ledger, &principal, Facet::Logical)?;
@@ -85,8 +83,7 @@ pub(crate) async fn get_cluster(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
-    cluster(&id)?;
+    caller(&state, &headers, &id)?;
     let current = ledger(&state)?.current(&id).await;
     if current.is_empty() {
         return Err(LedgerError::NotFound(id).into());
@@ -152,8 +149,7 @@ pub(crate) async fn history(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
-    cluster(&id)?;
+    caller(&state, &headers, &id)?;
     let history = cluster_history(&state, &id).await?;
     let items: Vec<Value> = history.entries().iter().map(record_json).collect();
     Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
@@ -167,8 +163,7 @@ pub(crate) async fn state_at(
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
-    cluster(&id)?;
+    caller(&state, &headers, &id)?;
     let q = query_params(pairs, &["as_of", "version"])?;
     let point = point_of(
         q.get("as_of").map(String::as_str),
@@ -200,8 +195,7 @@ pub(crate) async fn audit(
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
-    cluster(&id)?;
+    caller(&state, &headers, &id)?;
     let q = query_params(pairs, &["since", "until", "facet"])?;
     let since = q.get("since").map(|t| parse_time(t)).transpose()?;
     let until = q.get("until").map(|t| parse_time(t)).transpose()?;
@@ -224,8 +218,7 @@ pub(crate) async fn verify(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
-    cluster(&id)?;
+    caller(&state, &headers, &id)?;
     let history = cluster_history(&state, &id).await?;
     let report = history.verify();
     Ok(Json(json!({
@@ -259,8 +252,7 @@ pub(crate) async fn recover(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = principal(&state, &headers)?;
-    cluster(&id)?;
+    let principal = caller(&state, &headers, &id)?;
     Operation::Recover.check(&principal)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await

@@ -41,6 +41,14 @@ pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<String,
         .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
 }
 
+/// The principal of a request about cluster `id`: 401 without a known token, 400 for an
+/// id that is not a cluster id.
+pub(crate) fn caller(state: &AppState, headers: &HeaderMap, id: &str) -> Result<String, AppError> {
+    let p = principal(state, headers)?;
+    cluster(id)?;
+    Ok(p)
+}
+
 pub(crate) fn ledger(state: &AppState) -> Result<&Ledger, AppError> {
     state.ledger.get().ok_or_else(|| {
         AppError::new(
