@@ -26,7 +26,9 @@ pub struct Config {
     pub embedded_registry: bool,
     /// URL of an external schema registry to use instead of the embedded one.
     pub schema_registry_url: Option<String>,
-    /// How long shutdown waits for in-flight requests and tasks, in milliseconds.
+    /// How long shutdown waits for in-flight requests and tasks, in milliseconds; never
+    /// less than a commit may take (three `kafka.request_timeout_ms`, plus 5 s), so a
+    /// SIGTERM never cuts a transaction whose outcome its callers wait for.
     pub shutdown_timeout_ms: u64,
     /// Largest accepted request body, in bytes (larger: 413).
     pub max_body_bytes: usize,

@@ -226,7 +226,10 @@ pub async fn start_with_clock(
         state,
         tracker,
         shutdown,
-        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        // Shutdown never cuts a commit: it waits at least as long as a commit may take
+        // (three request timeouts) and then resolving its outcome may.
+        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms)
+            .max(config.kafka.request_timeout() * 3 + Duration::from_secs(5)),
     })
 }
 
