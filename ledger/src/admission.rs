@@ -148,6 +148,19 @@ struct Current {
     written_by: Option<usize>,
 }
 
+/// The latest `ts` of any facet of `cluster_id`: after the group's admitted changes so
+/// far (`in_group`), else as committed.
+fn latest_ts(
+    in_group: &HashMap<&str, DateTime<Utc>>,
+    index: &Index,
+    cluster_id: &str,
+) -> Option<DateTime<Utc>> {
+    in_group
+        .get(cluster_id)
+        .copied()
+        .or_else(|| index.latest_ts(cluster_id))
+}
+
 /// Decides every proposal of a group, in order: each sees the committed `index` plus the
 /// changes admitted before it in the group. A refused proposal changes nothing for the
 /// proposals after it. The verdicts are in the proposals' order.
@@ -276,10 +289,7 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
                 // The wall clock may step back (or another instance's clock be behind);
                 // a cluster's time never does, across all its facets.
                 _ => {
-                    let floor = cluster_ts
-                        .get(cluster_id)
-                        .copied()
-                        .or_else(|| index.latest_ts(cluster_id))
+                    let floor = latest_ts(&cluster_ts, index, cluster_id)
                         .unwrap_or(DateTime::<Utc>::MIN_UTC);
                     rules.now.max(floor).max(cur.ts)
                 }
@@ -322,11 +332,8 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
                     written_by: Some(i),
                 },
             );
-            let latest = cluster_ts
-                .get(cluster_id)
-                .copied()
-                .or_else(|| index.latest_ts(cluster_id))
-                .map_or(meta.ts, |t| t.max(meta.ts));
+            let latest =
+                latest_ts(&cluster_ts, index, cluster_id).map_or(meta.ts, |t| t.max(meta.ts));
             cluster_ts.insert(cluster_id, latest);
             if let Some(rid) = p.request_id() {
                 keyed.insert((cluster_id, facet, rid.as_str()), (i, a.digest.clone()));

@@ -146,15 +146,17 @@ impl Ledger {
         lines: Vec<ImportLine>,
         allow_live_history: bool,
     ) -> std::result::Result<Vec<(usize, ImportAnswer)>, ImportRefused> {
+        let mut checked = std::collections::BTreeSet::new();
         for l in &lines {
             check_line(self, l).map_err(|error| ImportRefused {
                 line: l.line,
                 error,
             })?;
-            if allow_live_history {
+            let facet = l.request.state.facet();
+            // Each cluster+facet's head once, not once per line.
+            if allow_live_history || !checked.insert((l.request.cluster_id.as_str(), facet)) {
                 continue;
             }
-            let facet = l.request.state.facet();
             let live = self
                 .current(&l.request.cluster_id)
                 .await

@@ -374,45 +374,37 @@ impl Writer {
         let timeout = self.clients.config().request_timeout() * 3;
         let started = std::time::Instant::now();
         let p = self.producer.clone();
-        let mut result = blocking(move || p.begin_transaction())
-            .await
-            .map(|_| Written::default());
-        if result.is_ok() {
-            result = self.produce_all(accepted).await;
-        }
-        let produced = started.elapsed();
-        let mut commit_asked = None;
-        if let Ok(written) = result {
-            let p = self.producer.clone();
-            let offsets = written.offsets.clone();
-            result = blocking(move || {
-                settle_deliveries(&p);
-                p.commit_transaction(timeout)
-            })
-            .await
-            .map(|_| written);
-            commit_asked = Some(offsets);
-        }
-        tracing::debug!(
-            produce_ms = produced.as_secs_f64() * 1e3,
-            commit_ms = (started.elapsed() - produced).as_secs_f64() * 1e3,
-            "transaction written"
-        );
-        let e = match result {
-            Ok(written) => return Ok(written),
+        let produced = match blocking(move || p.begin_transaction()).await {
+            Ok(()) => self.produce_all(accepted).await,
+            Err(e) => Err(e),
+        };
+        let produce_ms = started.elapsed().as_secs_f64() * 1e3;
+        let e = match produced {
+            Ok(written) => {
+                let p = self.producer.clone();
+                let committed = blocking(move || {
+                    settle_deliveries(&p);
+                    p.commit_transaction(timeout)
+                })
+                .await;
+                tracing::debug!(
+                    produce_ms,
+                    commit_ms = started.elapsed().as_secs_f64() * 1e3 - produce_ms,
+                    "transaction written"
+                );
+                return match committed {
+                    Ok(()) => Ok(written),
+                    Err(e) => {
+                        self.classify(&e);
+                        // The coordinator may have committed: only a fresh producer
+                        // learns the outcome.
+                        Err(CommitFailure::Unknown(e, written))
+                    }
+                };
+            }
             Err(e) => e,
         };
         self.classify(&e);
-        if let Some(offsets) = commit_asked {
-            // The coordinator may have committed: only a fresh producer learns the outcome.
-            return Err(CommitFailure::Unknown(
-                e,
-                Written {
-                    offsets,
-                    recents: HashMap::new(),
-                },
-            ));
-        }
         if !self.status.fenced.load(Ordering::Acquire) {
             let p = self.producer.clone();
             if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {

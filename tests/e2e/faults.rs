@@ -225,6 +225,14 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
     kafka("stop");
 }
 
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
 /// A `fleetledger serve` process of the test's own, on a free port.
 struct ServeProcess {
     child: std::process::Child,
@@ -286,10 +294,7 @@ impl ServeProcess {
 #[tokio::test]
 async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a_rebuild() {
     let cfg = config(&unique_prefix("servekill"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let mut serve = ServeProcess::spawn(&cfg, port);
     serve.wait_ready().await;
     let url = serve.url.clone();
@@ -501,10 +506,7 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
 #[tokio::test]
 async fn sigterm_under_load_drains_without_cutting_a_commit() {
     let cfg = config(&unique_prefix("serveterm"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let mut serve = ServeProcess::spawn(&cfg, port);
     serve.wait_ready().await;
     let url = serve.url.clone();

@@ -398,6 +398,23 @@ async fn delete_topics(cfg: &fleetledger::Config, topics: &[&str]) {
     panic!("topics not deleted: {topics:?}");
 }
 
+/// Starts a server on `cfg`, expecting its start-up to fail; the error, once the server
+/// has stopped.
+async fn refused_start(cfg: &fleetledger::Config) -> String {
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = fleetledger::server::start(cfg.clone(), token.clone())
+        .await
+        .unwrap();
+    let err = running
+        .wait_ready(std::time::Duration::from_secs(60))
+        .await
+        .expect_err("refused")
+        .to_string();
+    token.cancel();
+    running.wait().await.ok();
+    err
+}
+
 /// A deleted history (or state) topic is never silently re-created under the other one,
 /// and projections never go on from checkpoints of a history that was re-created.
 #[tokio::test]
@@ -422,41 +439,21 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
 
     // The history topic alone is deleted: the start stops and names it.
     delete_topics(&cfg, &[layout.history.as_str()]).await;
-    let token = tokio_util::sync::CancellationToken::new();
-    let running = fleetledger::server::start(cfg.clone(), token.clone())
-        .await
-        .unwrap();
-    let err = running
-        .wait_ready(std::time::Duration::from_secs(60))
-        .await
-        .expect_err("refused")
-        .to_string();
+    let err = refused_start(&cfg).await;
     assert!(
         err.contains(&layout.history)
             && err.contains("is missing")
             && err.contains("fresh topic prefix"),
         "{err}"
     );
-    token.cancel();
-    running.wait().await.ok();
 
     // Both are deleted and would be created empty: the projections' checkpoints name
     // offsets the new history does not have.
     delete_topics(&cfg, &[layout.state.as_str()]).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let token = tokio_util::sync::CancellationToken::new();
-    let running = fleetledger::server::start(cfg.clone(), token.clone())
-        .await
-        .unwrap();
-    let err = running
-        .wait_ready(std::time::Duration::from_secs(60))
-        .await
-        .expect_err("refused")
-        .to_string();
+    let err = refused_start(&cfg).await;
     assert!(
         err.contains("re-created or truncated") && err.contains("rebuild all"),
         "{err:#}"
     );
-    token.cancel();
-    running.wait().await.ok();
 }
