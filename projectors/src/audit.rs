@@ -2,11 +2,17 @@
 //! the previous version of the same cluster+facet.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
+use arrow_array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::record::HistoryRecord;
+use crate::segments::{Sealed, Segment, SegmentDir, SegmentLayout};
 use fleetledger_schemas::diff::write_state_diff;
 use fleetledger_schemas::{Facet, FacetState, StateRecord};
 
@@ -27,9 +33,7 @@ pub struct AuditRow {
     pub request_id: String,
     /// Reason.
     pub reason: Option<String>,
-    /// Field-level diff from the previous version, JSON text. Read from a JSON string
-    /// or, as [`AuditRow::write_json_line`] writes it, an embedded JSON object.
-    #[serde(deserialize_with = "diff_text")]
+    /// Field-level diff from the previous version, JSON text.
     pub diff: String,
     /// Record hash.
     pub hash: String,
@@ -39,77 +43,44 @@ pub struct AuditRow {
     pub offset: i64,
 }
 
-impl AuditRow {
-    /// Appends the row as one line of JSON (with its newline) to `out`: the fields of its
-    /// `Serialize` form, except that the diff is embedded as the JSON object it is rather
-    /// than as an escaped string, which halves the cost of writing and reading the rows
-    /// file. `Deserialize` reads both forms.
-    pub fn write_json_line(&self, out: &mut Vec<u8>) {
-        fn text(out: &mut Vec<u8>, s: &str) {
-            // Writing a str to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, s);
-        }
-        use std::io::Write;
-        out.extend_from_slice(b"{\"cluster_id\":");
-        text(out, &self.cluster_id);
-        let _ = write!(
-            out,
-            ",\"facet\":\"{}\",\"version\":{},\"ts_ms\":{},\"writer\":",
-            self.facet, self.version, self.ts_ms
-        );
-        text(out, &self.writer);
-        out.extend_from_slice(b",\"request_id\":");
-        text(out, &self.request_id);
-        out.extend_from_slice(b",\"reason\":");
-        match &self.reason {
-            Some(r) => text(out, r),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"diff\":");
-        out.extend_from_slice(self.diff.as_bytes());
-        out.extend_from_slice(b",\"hash\":");
-        text(out, &self.hash);
-        let _ = writeln!(
-            out,
-            ",\"partition\":{},\"offset\":{}}}",
-            self.partition, self.offset
-        );
-    }
-}
-
-/// The diff as JSON text, from a JSON string (its content) or any other JSON value (its
-/// text as written).
-fn diff_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let raw = <Box<serde_json::value::RawValue>>::deserialize(d)?;
-    if raw.get().starts_with('"') {
-        serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)
-    } else {
-        // The raw value's own allocation becomes the string: no copy.
-        Ok(Box::<str>::from(raw).into_string())
-    }
-}
-
-/// What the audit log keeps per cluster: the latest state of each facet (to diff the
-/// next version against) and the indexes of its rows.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct ClusterAudit {
-    /// Indexed by `Facet as usize`.
-    last: [Option<FacetState>; 4],
-    /// Indexes into [`AuditLog::rows`], ascending.
-    rows: Vec<usize>,
-}
-
-/// The audit log and the last state of every cluster+facet (to diff against).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The audit log: rows in Parquet segments plus the rows not yet written, and the last
+/// state of every cluster+facet (to diff the next version against).
+///
+/// Memory holds only the rows applied since the last checkpoint (the `tail`, and while a
+/// checkpoint writes them, `sealed`) and one state per cluster+facet; the rest is on disk,
+/// in the segments the last checkpoint names, each sorted by (cluster, partition, offset)
+/// so that one cluster's rows are a few row groups of each file.
+#[derive(Debug, Clone, Default)]
 pub struct AuditLog {
-    /// Rows in the order the records were applied.
-    pub rows: Vec<AuditRow>,
-    /// Cluster → its latest states and rows: one lookup per record. The states are
-    /// checkpointed ([`AuditLog::last_states`]); the row indexes are derived from `rows`.
-    clusters: HashMap<String, ClusterAudit>,
+    /// Rows applied since the last segment was sealed, in the order applied.
+    pub tail: Vec<AuditRow>,
+    /// Rows being written to a segment by a checkpoint.
+    pub sealed: Option<Sealed<AuditRow>>,
+    /// The segments, oldest first.
+    pub segments: Vec<Segment>,
+    /// Where the segments are.
+    pub files: SegmentDir,
+    /// Cluster → its latest state per facet (indexed by `Facet as usize`).
+    last: HashMap<String, [Option<FacetState>; 4]>,
+}
+
+impl PartialEq for AuditLog {
+    /// Equal latest states and equal rows in memory (segments are compared by their rows,
+    /// see [`AuditLog::all_rows`]).
+    fn eq(&self, other: &Self) -> bool {
+        self.last == other.last && self.tail == other.tail
+    }
 }
 
 impl AuditLog {
+    /// An empty audit log whose segments go to `files`.
+    pub fn new(files: SegmentDir) -> Self {
+        AuditLog {
+            files,
+            ..AuditLog::default()
+        }
+    }
+
     /// Appends the row of `h`, taking its strings over. The diff is written straight from
     /// the typed states ([`write_state_diff`]): no JSON tree per record.
     pub fn apply(&mut self, h: HistoryRecord) {
@@ -120,17 +91,15 @@ impl AuditLog {
             ..
         } = h;
         let facet = state.facet();
-        let row = self.rows.len();
-        let cluster = match self.clusters.get_mut(&meta.cluster_id) {
+        let cluster = match self.last.get_mut(&meta.cluster_id) {
             Some(c) => c,
-            None => self.clusters.entry(meta.cluster_id.clone()).or_default(),
+            None => self.last.entry(meta.cluster_id.clone()).or_default(),
         };
-        let slot = &mut cluster.last[facet as usize];
+        let slot = &mut cluster[facet as usize];
         let mut diff = String::with_capacity(64);
         write_state_diff(&mut diff, slot.as_ref(), &state);
         *slot = Some(state);
-        cluster.rows.push(row);
-        self.rows.push(AuditRow {
+        self.tail.push(AuditRow {
             cluster_id: meta.cluster_id,
             facet,
             version: meta.version,
@@ -145,19 +114,29 @@ impl AuditLog {
         });
     }
 
+    /// The rows in memory (sealed, then tail).
+    pub fn memory_rows(&self) -> impl Iterator<Item = &AuditRow> {
+        self.sealed.iter().flat_map(|s| s.iter()).chain(&self.tail)
+    }
+
     /// The latest state of every cluster+facet, for the checkpoint: it serializes as a
     /// map of `cluster/facet` to the state's JSON, sorted by key.
     pub fn last_states(&self) -> LastStates<'_> {
         LastStates(self)
     }
 
-    /// An audit log of `rows` and the latest states `last` (`cluster/facet` → state JSON,
-    /// from a checkpoint), indexed. An entry that names no facet or whose state does not
-    /// parse is an error that says which.
-    pub fn from_parts(rows: Vec<AuditRow>, last: BTreeMap<String, Value>) -> Result<Self, String> {
+    /// An audit log with the latest states `last` (`cluster/facet` → state JSON, from a
+    /// checkpoint) and the segments `segments` in `files`. An entry that names no facet or
+    /// whose state does not parse is an error that says which.
+    pub fn from_parts(
+        files: SegmentDir,
+        segments: Vec<Segment>,
+        last: BTreeMap<String, Value>,
+    ) -> Result<Self, String> {
         let mut log = AuditLog {
-            rows,
-            clusters: HashMap::new(),
+            segments,
+            files,
+            ..AuditLog::default()
         };
         for (key, state) in last {
             let (cluster_id, facet) = key
@@ -166,44 +145,132 @@ impl AuditLog {
                 .ok_or_else(|| format!("last state {key:?} is not named cluster/facet"))?;
             let state = FacetState::from_stored_json(facet, state)
                 .map_err(|e| format!("last state {key:?} does not parse: {e}"))?;
-            log.clusters.entry(cluster_id.to_owned()).or_default().last[facet as usize] =
-                Some(state);
+            log.last.entry(cluster_id.to_owned()).or_default()[facet as usize] = Some(state);
         }
-        log.reindex();
         Ok(log)
     }
 
-    /// Rebuilds the per-cluster row indexes from `rows` (after loading a checkpoint).
-    pub fn reindex(&mut self) {
-        for c in self.clusters.values_mut() {
-            c.rows.clear();
-        }
-        for (i, row) in self.rows.iter().enumerate() {
-            match self.clusters.get_mut(&row.cluster_id) {
-                Some(c) => c.rows.push(i),
-                None => {
-                    let c = self.clusters.entry(row.cluster_id.clone()).or_default();
-                    c.rows.push(i);
-                }
+    /// Every row, from the segments and memory, in (partition, offset) order. Reads every
+    /// segment: for tests and tools, not for queries.
+    pub fn all_rows(&self) -> crate::Result<Vec<AuditRow>> {
+        let mut rows = Vec::new();
+        for s in &self.segments {
+            for b in self.files.read(s, None, None)? {
+                rows.extend(rows_of(&b).map_err(|message| crate::Error::Checkpoint {
+                    path: self.files.path(s),
+                    projection: "audit_log".into(),
+                    message,
+                })?);
             }
         }
+        rows.extend(self.memory_rows().cloned());
+        rows.sort_by_key(|r| (r.partition, r.offset));
+        Ok(rows)
     }
+}
 
-    /// The history offsets of `cluster_id`'s records in `partition`, ascending, without
-    /// scanning other clusters' rows.
-    pub fn offsets_of(&self, cluster_id: &str, partition: i32) -> Vec<i64> {
-        let mut offsets: Vec<i64> = self
-            .clusters
-            .get(cluster_id)
-            .into_iter()
-            .flat_map(|c| &c.rows)
-            .filter_map(|&i| self.rows.get(i))
-            .filter(|r| r.partition == partition)
-            .map(|r| r.offset)
-            .collect();
-        offsets.sort_unstable();
-        offsets
+/// How audit segments are written: a bloom filter on the columns looked up by equality,
+/// the record time as the key.
+pub const AUDIT_SEGMENTS: SegmentLayout = SegmentLayout {
+    bloom: &["cluster_id", "writer", "request_id"],
+    key: "ts",
+};
+
+/// The columns of `audit_log`, as a table and in its segments.
+pub fn audit_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("cluster_id", DataType::Utf8, false),
+        Field::new("facet", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("ts", ts, false),
+        Field::new("writer", DataType::Utf8, false),
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("diff", DataType::Utf8, false),
+        Field::new("hash", DataType::Utf8, false),
+        Field::new("partition", DataType::Int64, false),
+        Field::new("offset", DataType::Int64, false),
+    ]))
+}
+
+/// `rows` as one batch of [`audit_schema`].
+pub fn audit_batch<'a>(rows: impl ExactSizeIterator<Item = &'a AuditRow> + Clone) -> RecordBatch {
+    fn strings<'a>(
+        rows: impl Iterator<Item = &'a AuditRow>,
+        f: impl Fn(&'a AuditRow) -> Option<&'a str>,
+    ) -> ArrayRef {
+        Arc::new(rows.map(f).collect::<StringArray>())
     }
+    fn ints<'a>(
+        rows: impl Iterator<Item = &'a AuditRow>,
+        f: impl Fn(&AuditRow) -> i64,
+    ) -> ArrayRef {
+        Arc::new(rows.map(f).collect::<Int64Array>())
+    }
+    let r = rows;
+    let columns: Vec<ArrayRef> = vec![
+        strings(r.clone(), |r| Some(&r.cluster_id)),
+        strings(r.clone(), |r| Some(r.facet.as_str())),
+        ints(r.clone(), |r| r.version),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(r.clone().map(|r| r.ts_ms))
+                .with_timezone("UTC"),
+        ),
+        strings(r.clone(), |r| Some(&r.writer)),
+        strings(r.clone(), |r| Some(&r.request_id)),
+        strings(r.clone(), |r| r.reason.as_deref()),
+        strings(r.clone(), |r| Some(&r.diff)),
+        strings(r.clone(), |r| Some(&r.hash)),
+        ints(r.clone(), |r| i64::from(r.partition)),
+        ints(r, |r| r.offset),
+    ];
+    // The columns are built from the schema's own list: it cannot fail.
+    RecordBatch::try_new(audit_schema(), columns).expect("audit batch matches its schema")
+}
+
+/// The rows of a batch of [`audit_schema`] (or of a projection of it that has every
+/// column); a missing or mistyped column is an error that names it.
+pub fn rows_of(b: &RecordBatch) -> Result<Vec<AuditRow>, String> {
+    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .ok_or_else(|| format!("audit segment has no column {name} of the expected type"))
+    }
+    let s = |name| col::<StringArray>(b, name);
+    let i = |name| col::<Int64Array>(b, name);
+    let (cluster, facet, writer, request, reason, diff, hash) = (
+        s("cluster_id")?,
+        s("facet")?,
+        s("writer")?,
+        s("request_id")?,
+        s("reason")?,
+        s("diff")?,
+        s("hash")?,
+    );
+    let (version, partition, offset) = (i("version")?, i("partition")?, i("offset")?);
+    let ts = col::<TimestampMillisecondArray>(b, "ts")?;
+    (0..b.num_rows())
+        .map(|k| {
+            Ok(AuditRow {
+                cluster_id: cluster.value(k).to_owned(),
+                facet: facet
+                    .value(k)
+                    .parse()
+                    .map_err(|_| format!("unknown facet {:?}", facet.value(k)))?,
+                version: version.value(k),
+                ts_ms: ts.value(k),
+                writer: writer.value(k).to_owned(),
+                request_id: request.value(k).to_owned(),
+                reason: reason.is_valid(k).then(|| reason.value(k).to_owned()),
+                diff: diff.value(k).to_owned(),
+                hash: hash.value(k).to_owned(),
+                partition: i32::try_from(partition.value(k))
+                    .map_err(|_| format!("partition {} out of range", partition.value(k)))?,
+                offset: offset.value(k),
+            })
+        })
+        .collect()
 }
 
 /// [`AuditLog::last_states`]: serializes as `{"cluster/facet": state, …}`, sorted by key,
@@ -215,11 +282,10 @@ impl Serialize for LastStates<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut entries: Vec<(String, &FacetState)> = self
             .0
-            .clusters
+            .last
             .iter()
             .flat_map(|(id, c)| {
-                c.last
-                    .iter()
+                c.iter()
                     .flatten()
                     .map(move |s| (format!("{id}/{}", s.facet()), s))
             })
@@ -231,43 +297,72 @@ impl Serialize for LastStates<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    fn row(reason: Option<&str>, diff: &str) -> AuditRow {
+    fn row(i: i64, reason: Option<&str>, diff: &str) -> AuditRow {
         AuditRow {
-            cluster_id: "lkc-1".into(),
-            facet: Facet::Logical,
-            version: 3,
-            ts_ms: 1_700_000_000_123,
+            cluster_id: format!("lkc-{}", i % 7),
+            facet: Facet::ALL[(i % 4) as usize],
+            version: 3 + i,
+            ts_ms: 1_700_000_000_123 + i,
             writer: "svc \"frontend\"\n".into(),
-            request_id: "r\\1\u{1}é".into(),
+            request_id: format!("r\\{i}\u{1}é"),
             reason: reason.map(str::to_owned),
             diff: diff.into(),
             hash: "ab".repeat(32),
-            partition: 2,
-            offset: 41,
+            partition: (i % 3) as i32,
+            offset: 41 + i,
         }
     }
 
     #[test]
-    fn a_json_line_reads_back_as_the_row_and_old_string_diffs_still_read() {
-        for r in [
-            row(Some("resize \"now\""), r#"{"cku":{"from":2,"to":4}}"#),
-            row(None, r#"{"config.a\"b":{"from":null,"to":"\n"}}"#),
-            row(None, "{}"),
-        ] {
-            let mut line = Vec::new();
-            r.write_json_line(&mut line);
-            assert_eq!(line.last(), Some(&b'\n'));
-            let back: AuditRow = serde_json::from_slice(&line).unwrap();
-            assert_eq!(back, r);
-            // The diff is embedded as an object, not as a string.
-            let v: Value = serde_json::from_slice(&line).unwrap();
-            assert!(v["diff"].is_object(), "{v}");
-            // The derived form (the diff as a string) reads back the same.
-            let old = serde_json::to_string(&r).unwrap();
-            assert!(serde_json::from_str::<Value>(&old).unwrap()["diff"].is_string());
-            assert_eq!(serde_json::from_str::<AuditRow>(&old).unwrap(), r);
-        }
+    fn rows_read_back_from_a_segment_and_unnamed_files_are_removed() {
+        let dir = std::env::temp_dir().join(format!("fl-audit-seg-{}", std::process::id()));
+        let files = SegmentDir::new(&dir);
+        let rows: Vec<AuditRow> = (0..40_000)
+            .map(|i| match i % 3 {
+                0 => row(i, Some("resize \"now\""), r#"{"cku":{"from":2,"to":4}}"#),
+                1 => row(i, None, r#"{"config.a\"b":{"from":null,"to":"\n"}}"#),
+                _ => row(i, None, "{}"),
+            })
+            .collect();
+        let seg = files
+            .write(&audit_schema(), &[audit_batch(rows.iter())], AUDIT_SEGMENTS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(seg.rows, 40_000);
+        assert_eq!(
+            (seg.min_key, seg.max_key),
+            (1_700_000_000_123, 1_700_000_040_122)
+        );
+        let log = AuditLog::from_parts(files.clone(), vec![seg.clone()], BTreeMap::new()).unwrap();
+        let mut in_history_order = rows.clone();
+        in_history_order.sort_by_key(|r| (r.partition, r.offset));
+        assert_eq!(log.all_rows().unwrap(), in_history_order);
+        // A lookup of one cluster reads only the row groups that may hold it.
+        let some: Vec<AuditRow> = files
+            .read(&seg, None, Some(("cluster_id", "lkc-3")))
+            .unwrap()
+            .iter()
+            .flat_map(|b| rows_of(b).unwrap())
+            .collect();
+        assert!(some.iter().any(|r| r.cluster_id == "lkc-3"));
+        // A second file no checkpoint names goes at the next open; the named one stays.
+        let orphan = files
+            .write(
+                &audit_schema(),
+                &[audit_batch(rows[..10].iter())],
+                AUDIT_SEGMENTS,
+            )
+            .unwrap()
+            .unwrap();
+        std::fs::write(dir.join("x.parquet.tmp"), b"half").unwrap();
+        let named = BTreeSet::from([seg.name.as_str()]);
+        assert_eq!(files.remove_unnamed(&named).unwrap(), 2);
+        assert!(!files.path(&orphan).exists());
+        assert_eq!(log.all_rows().unwrap().len(), 40_000);
+        files.remove_all().unwrap();
     }
 }

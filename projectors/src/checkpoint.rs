@@ -4,13 +4,14 @@
 //! so no record is applied twice or skipped.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::name::ProjectionName;
+use crate::segments::SegmentDir;
 
 const FORMAT: &str = "fleetledger.checkpoint.v2";
 
@@ -19,20 +20,18 @@ const FORMAT: &str = "fleetledger.checkpoint.v2";
 /// of the topic (projections are derived data; the others keep their checkpoints).
 ///
 /// `billing_hours` 2: the rates as step functions of event time (1 integrated in
-/// arrival order).
+/// arrival order). `audit_log` 2: rows in Parquet segments (1: a JSON-lines rows file).
 pub fn state_model(projection: ProjectionName) -> u32 {
     match projection {
         ProjectionName::BillingHours => 2,
-        ProjectionName::Clusters | ProjectionName::AuditLog => 1,
+        ProjectionName::AuditLog => 2,
+        ProjectionName::Clusters => 1,
     }
 }
 
 fn first_model() -> u32 {
     1
 }
-
-/// Rows encoded per block when appending to a rows file (about 2 MiB of audit rows).
-const ROWS_PER_BLOCK: usize = 8_192;
 
 /// What a checkpoint file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,15 +52,6 @@ pub struct Checkpoint<S> {
     pub offsets: BTreeMap<i32, i64>,
     /// The projection's state after those offsets.
     pub state: S,
-}
-
-/// How much of a rows file a checkpoint counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RowsMark {
-    /// Rows.
-    pub rows: usize,
-    /// Bytes they take in the file.
-    pub bytes: u64,
 }
 
 /// An exclusive lock on the checkpoints of one topic in a directory, held while it lives:
@@ -236,157 +226,42 @@ impl CheckpointStore {
         sync_dir(&self.dir).map_err(io)
     }
 
-    /// The append-only rows file of `projection` (see [`CheckpointStore::append_rows`]).
-    pub fn rows_path(&self, projection: ProjectionName) -> PathBuf {
+    /// The file where `projection` kept its rows before they went into segments (model 1
+    /// of `audit_log`): removed when the projection opens.
+    fn legacy_rows_path(&self, projection: ProjectionName) -> PathBuf {
         self.dir
             .join(format!("{}.{projection}.rows.jsonl", self.topic))
     }
 
-    /// Appends `rows` to `projection`'s rows file, which first is cut back to `mark` (rows
-    /// written after the last checkpoint by a run that crashed do not count), and fsyncs
-    /// it. `write_line` appends one row as a line of JSON ending in a newline, which
-    /// [`CheckpointStore::load_rows`] reads back. Returns the new mark, which the caller
-    /// then records in its checkpoint: the rows a checkpoint counts are durable before the
-    /// checkpoint is, so the two stay atomic.
-    pub fn append_rows<T>(
-        &self,
-        projection: ProjectionName,
-        mark: RowsMark,
-        rows: &[T],
-        write_line: impl Fn(&T, &mut Vec<u8>) + Sync,
-    ) -> Result<RowsMark>
-    where
-        T: Sync,
-    {
-        let path = self.rows_path(projection);
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        file.set_len(mark.bytes).map_err(io)?;
-        let mut w = file;
-        std::io::Seek::seek(&mut w, std::io::SeekFrom::Start(mark.bytes)).map_err(io)?;
-        let mut bytes = mark.bytes;
-        let encode = |rows: &[T], out: &mut Vec<u8>| {
-            out.clear();
-            for row in rows {
-                write_line(row, out);
-                if out.last() != Some(&b'\n') {
-                    out.push(b'\n');
-                }
-            }
-        };
-        // Blocks of rows are encoded two at a time, one on another thread (a rebuild's
-        // final checkpoint writes a million rows; encoding is most of its time), and
-        // written in order. The two buffers are reused from block to block: fresh memory
-        // for every block cost more in page faults than the second thread saved.
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for pair in rows.chunks(2 * ROWS_PER_BLOCK) {
-            let (first, second) = pair.split_at(pair.len().min(ROWS_PER_BLOCK));
-            let other = std::thread::scope(|s| {
-                let other = s.spawn(|| encode(second, &mut b));
-                encode(first, &mut a);
-                other.join()
-            });
-            if other.is_err() {
-                return Err(io(std::io::Error::other("encoding rows panicked")));
-            }
-            for block in [&a, &b] {
-                w.write_all(block).map_err(io)?;
-                bytes += block.len() as u64;
-            }
-        }
-        w.sync_all().map_err(io)?;
-        if mark.bytes == 0 {
-            sync_dir(&self.dir).map_err(io)?;
-        }
-        Ok(RowsMark {
-            rows: mark.rows + rows.len(),
-            bytes,
-        })
+    /// The directory of `projection`'s segment files.
+    pub fn segments(&self, projection: ProjectionName) -> SegmentDir {
+        SegmentDir::new(self.dir.join(format!("{}.{projection}", self.topic)))
     }
 
-    /// The first `mark.rows` rows of `projection`'s rows file (cutting off anything after
-    /// them); a file shorter than the mark, or a row that does not parse, is
-    /// [`Error::Checkpoint`].
-    pub fn load_rows<T: serde::de::DeserializeOwned>(
-        &self,
-        projection: ProjectionName,
-        mark: RowsMark,
-    ) -> Result<Vec<T>> {
-        let path = self.rows_path(projection);
-        let bad = |message: String| Error::Checkpoint {
-            path: path.clone(),
-            projection: projection.to_string(),
-            message,
-        };
-        if mark.rows == 0 {
-            return Ok(Vec::new());
+    /// Removes the rows file of an older model of `projection`, if there is one.
+    pub fn remove_legacy_rows(&self, projection: ProjectionName) -> Result<()> {
+        let path = self.legacy_rows_path(projection);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io { path, source }),
         }
-        // Streamed line by line up to the mark (the file may hold more, written after
-        // the checkpoint): no copy of the whole file in memory, and the rows vector is
-        // sized once.
-        let file =
-            std::fs::File::open(&path).map_err(|e| bad(format!("cannot read the rows: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| bad(format!("cannot read the rows: {e}")))?
-            .len();
-        if len < mark.bytes {
-            return Err(bad(format!(
-                "the rows file has {len} bytes, the checkpoint counts {}",
-                mark.bytes
-            )));
-        }
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file).take(mark.bytes);
-        // A row is at least `{}` and its newline, so a corrupt count cannot make this
-        // allocate more than the file could hold.
-        let mut rows = Vec::with_capacity(mark.rows.min((mark.bytes / 3) as usize));
-        let mut line = Vec::with_capacity(1024);
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| bad(format!("cannot read the rows: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            let row = line.strip_suffix(b"\n").unwrap_or(&line);
-            if row.is_empty() {
-                continue;
-            }
-            rows.push(
-                serde_json::from_slice(row)
-                    .map_err(|e| bad(format!("row {} does not parse: {e}", rows.len() + 1)))?,
-            );
-        }
-        if rows.len() != mark.rows {
-            return Err(bad(format!(
-                "the rows file holds {} rows, the checkpoint counts {}",
-                rows.len(),
-                mark.rows
-            )));
-        }
-        Ok(rows)
     }
 
-    /// Removes `projection`'s checkpoint and rows file (for a rebuild).
+    /// Removes `projection`'s checkpoint and its files (for a rebuild).
     pub fn remove(&self, projection: ProjectionName) -> Result<()> {
-        for path in [self.path(projection), self.rows_path(projection)] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::Io { path, source }),
+        match std::fs::remove_file(self.path(projection)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: self.path(projection),
+                    source,
+                });
             }
         }
-        Ok(())
+        self.remove_legacy_rows(projection)?;
+        self.segments(projection).remove_all()
     }
 }
 
@@ -435,10 +310,6 @@ mod tests {
             .to_string();
         assert!(err.contains("not a readable checkpoint"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    fn json_line(row: &i32, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, row).unwrap();
     }
 
     #[test]
@@ -494,79 +365,6 @@ mod tests {
         let other = DirectoryLock::take(&dir, "u.history.v1").unwrap();
         drop((held, other));
         DirectoryLock::take(&dir, "t.history.v1").expect("free again");
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn rows_after_the_mark_are_cut_off() {
-        let dir = std::env::temp_dir().join(format!("fl-rows-{}-{}", std::process::id(), line!()));
-        let store = CheckpointStore::new(&dir, "t.history.v1", 1);
-        let m1 = store
-            .append_rows(
-                ProjectionName::AuditLog,
-                RowsMark::default(),
-                &[1, 2, 3],
-                json_line,
-            )
-            .unwrap();
-        assert_eq!(m1.rows, 3);
-        // A run appends more rows, then crashes before its checkpoint.
-        store
-            .append_rows(ProjectionName::AuditLog, m1, &[4, 5], json_line)
-            .unwrap();
-        assert_eq!(
-            store
-                .load_rows::<i32>(ProjectionName::AuditLog, m1)
-                .unwrap(),
-            vec![1, 2, 3]
-        );
-        // The next run continues from the checkpoint's mark.
-        let m2 = store
-            .append_rows(ProjectionName::AuditLog, m1, &[40], json_line)
-            .unwrap();
-        assert_eq!(
-            store
-                .load_rows::<i32>(ProjectionName::AuditLog, m2)
-                .unwrap(),
-            vec![1, 2, 3, 40]
-        );
-        let long = RowsMark {
-            rows: 9,
-            bytes: m2.bytes + 10,
-        };
-        assert!(
-            store
-                .load_rows::<i32>(ProjectionName::AuditLog, long)
-                .is_err()
-        );
-        // Many rows, encoded in several blocks, keep their order.
-        let many: Vec<i32> = (0..(2 * ROWS_PER_BLOCK as i32 + 7)).collect();
-        let m3 = store
-            .append_rows(ProjectionName::AuditLog, m2, &many, json_line)
-            .unwrap();
-        let back = store
-            .load_rows::<i32>(ProjectionName::AuditLog, m3)
-            .unwrap();
-        assert_eq!(back.len(), 4 + many.len());
-        assert_eq!(back[4..], many[..]);
-        let miscounted = RowsMark { rows: 9, ..m2 };
-        let err = store
-            .load_rows::<i32>(ProjectionName::AuditLog, miscounted)
-            .unwrap_err();
-        assert!(err.to_string().contains("holds 4 rows"), "{err}");
-        // A garbled row is named by its number.
-        let text = std::fs::read_to_string(store.rows_path(ProjectionName::AuditLog)).unwrap();
-        std::fs::write(
-            store.rows_path(ProjectionName::AuditLog),
-            text.replace("\n2\n", "\nx\n"),
-        )
-        .unwrap();
-        let err = store
-            .load_rows::<i32>(ProjectionName::AuditLog, m2)
-            .unwrap_err();
-        assert!(err.to_string().contains("row 2 does not parse"), "{err}");
-        store.remove(ProjectionName::AuditLog).unwrap();
-        assert!(!store.rows_path(ProjectionName::AuditLog).exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

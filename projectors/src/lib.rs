@@ -13,9 +13,10 @@ mod error;
 mod name;
 mod record;
 pub mod runtime;
+pub mod segments;
 pub mod views;
 
-pub use audit::{AuditLog, AuditRow};
+pub use audit::{AuditLog, AuditRow, audit_batch, audit_schema};
 pub use billing::ClusterBilling;
 pub use billing_hours::{BillingHours, BillingRow};
 pub use clusters::{ClusterRow, Clusters};

@@ -23,13 +23,14 @@ use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, AuditRow, LastStates};
+use crate::audit::{AUDIT_SEGMENTS, AuditLog, AuditRow, audit_batch, audit_schema};
 use crate::billing_hours::BillingHours;
-use crate::checkpoint::{CheckpointStore, DirectoryLock, RowsMark};
+use crate::checkpoint::{CheckpointStore, DirectoryLock};
 use crate::clusters::Clusters;
 use crate::error::{Error, Result};
 use crate::name::ProjectionName;
 use crate::record::HistoryRecord;
+use crate::segments::{Retired, Segment};
 
 /// Settings of the runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct ProjectorConfig {
     pub checkpoint_every_ms: u64,
     /// Most records decoded and applied per batch.
     pub batch_max: usize,
+    /// How long a projection file that no checkpoint names any more is kept for the
+    /// queries that planned with it, in milliseconds (longer than the SQL time limit).
+    pub retired_grace_ms: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -52,6 +56,7 @@ impl Default for ProjectorConfig {
             checkpoint_every_records: 100_000,
             checkpoint_every_ms: 10_000,
             batch_max: 5_000,
+            retired_grace_ms: 120_000,
         }
     }
 }
@@ -125,7 +130,9 @@ impl Projections {
         match name {
             ProjectionName::Clusters => self.clusters = Clusters::default(),
             ProjectionName::BillingHours => self.billing = BillingHours::default(),
-            ProjectionName::AuditLog => self.audit = AuditLog::default(),
+            ProjectionName::AuditLog => {
+                self.audit = AuditLog::new(std::mem::take(&mut self.audit.files));
+            }
         }
         if let Some(o) = self.offsets.get_mut(&name) {
             o.clear();
@@ -154,8 +161,8 @@ pub struct Projector {
     config: ProjectorConfig,
     shared: Arc<RwLock<Projections>>,
     lag: Arc<Mutex<BTreeMap<i32, i64>>>,
-    /// How many `audit_log` rows its rows file holds as of the last checkpoint.
-    audit_mark: Arc<Mutex<RowsMark>>,
+    /// One checkpoint at a time; the files the last ones retired.
+    checkpointing: Arc<Mutex<Retired>>,
     /// Partition → why its projection stopped.
     stopped: Arc<Mutex<BTreeMap<i32, String>>>,
     /// What is wrong with the projections now, and how often the runtime restarted.
@@ -175,21 +182,18 @@ struct Health {
     restarts: u64,
 }
 
-/// The `audit_log` checkpoint: the rows themselves are in its append-only rows file
-/// ([`CheckpointStore::append_rows`]), so a checkpoint writes only the rows new since the
-/// last one, not the whole history.
-#[derive(Debug, Deserialize)]
-struct AuditCheckpoint {
-    last: BTreeMap<String, serde_json::Value>,
-    rows: RowsMark,
+/// The `audit_log` checkpoint: the latest state per cluster+facet and the segments that
+/// hold its rows (a checkpoint writes the rows new since the last one as a new segment).
+#[derive(Debug, Serialize, Deserialize)]
+struct AuditCheckpoint<L> {
+    last: L,
+    segments: Vec<Segment>,
 }
 
-/// [`AuditCheckpoint`] as written, borrowing the states.
-#[derive(Debug, Serialize)]
-struct AuditCheckpointRef<'a> {
-    last: LastStates<'a>,
-    rows: RowsMark,
-}
+/// Audit segments smaller than this are merged, four of a size at a time, into one: a
+/// live service that checkpoints a few rows every few seconds does not end with a file
+/// per checkpoint. Larger ones (a rebuild's) stay as written.
+const AUDIT_MERGE_ROWS: u64 = 65_536;
 
 impl Projector {
     /// A projector whose projections start from their checkpoints in `config.dir`. A
@@ -238,30 +242,51 @@ impl Projector {
             Ok(None) => {}
             Err(e) => usable(ProjectionName::BillingHours, e)?,
         }
-        let mut audit_mark = RowsMark::default();
+        let audit_files = store.segments(ProjectionName::AuditLog);
+        p.audit = AuditLog::new(audit_files.clone());
         let audit = store
-            .load::<AuditCheckpoint>(ProjectionName::AuditLog)
+            .load::<AuditCheckpoint<BTreeMap<String, serde_json::Value>>>(ProjectionName::AuditLog)
             .and_then(|cp| {
                 let Some(cp) = cp else { return Ok(None) };
-                let rows = store.load_rows(ProjectionName::AuditLog, cp.state.rows)?;
-                let log = AuditLog::from_parts(rows, cp.state.last).map_err(|message| {
-                    Error::Checkpoint {
-                        path: store.path(ProjectionName::AuditLog),
-                        projection: ProjectionName::AuditLog.to_string(),
-                        message,
+                let log =
+                    AuditLog::from_parts(audit_files.clone(), cp.state.segments, cp.state.last)
+                        .map_err(|message| Error::Checkpoint {
+                            path: store.path(ProjectionName::AuditLog),
+                            projection: ProjectionName::AuditLog.to_string(),
+                            message,
+                        })?;
+                for s in &log.segments {
+                    let path = audit_files.path(s);
+                    match std::fs::metadata(&path) {
+                        Ok(m) if m.len() == s.bytes => {}
+                        found => {
+                            return Err(Error::Checkpoint {
+                                path: store.path(ProjectionName::AuditLog),
+                                projection: ProjectionName::AuditLog.to_string(),
+                                message: format!(
+                                    "segment {} should have {} bytes, found {}",
+                                    path.display(),
+                                    s.bytes,
+                                    found.map_or_else(|e| e.to_string(), |m| m.len().to_string())
+                                ),
+                            });
+                        }
                     }
-                })?;
-                Ok(Some((log, cp.state.rows, cp.offsets)))
+                }
+                Ok(Some((log, cp.offsets)))
             });
         match audit {
-            Ok(Some((log, mark, offsets))) => {
+            Ok(Some((log, offsets))) => {
                 p.audit = log;
-                audit_mark = mark;
                 p.offsets.insert(ProjectionName::AuditLog, offsets);
             }
             Ok(None) => {}
             Err(e) => usable(ProjectionName::AuditLog, e)?,
         }
+        // Files of checkpoints that never became durable, or retired before a crash.
+        let named = p.audit.segments.iter().map(|s| s.name.as_str()).collect();
+        audit_files.remove_unnamed(&named)?;
+        store.remove_legacy_rows(ProjectionName::AuditLog)?;
         Ok(Projector {
             clients,
             layout,
@@ -270,7 +295,7 @@ impl Projector {
             config,
             shared: Arc::new(RwLock::new(p)),
             lag: Arc::new(Mutex::new(BTreeMap::new())),
-            audit_mark: Arc::new(Mutex::new(audit_mark)),
+            checkpointing: Arc::new(Mutex::new(Retired::default())),
             stopped: Arc::new(Mutex::new(BTreeMap::new())),
             health: Arc::new(Mutex::new(Health {
                 degraded,
@@ -286,19 +311,100 @@ impl Projector {
     }
 
     /// Where `cluster_id`'s records are in `partition` of the history topic, as far as the
-    /// `audit_log` projection has applied it: the offsets of its rows, and the offset from
-    /// which nothing is indexed yet (the caller reads from there to the end).
+    /// `audit_log` projection has applied it: the offsets of its rows (from the row groups
+    /// of its segments that may hold the cluster, and from memory), and the offset from
+    /// which nothing is indexed yet (the caller reads from there to the end). If a segment
+    /// cannot be read, the hint says nothing is indexed (the caller reads the partition)
+    /// and the error is logged.
     pub async fn history_hint(&self, cluster_id: &str, partition: i32) -> HistoryHint {
-        let p = self.shared.read().await;
-        HistoryHint {
-            offsets: p.audit.offsets_of(cluster_id, partition),
-            indexed_to: p
+        let (files, segments, mut offsets, indexed_to) = {
+            let p = self.shared.read().await;
+            let offsets: Vec<i64> = p
+                .audit
+                .memory_rows()
+                .filter(|r| r.partition == partition && r.cluster_id == cluster_id)
+                .map(|r| r.offset)
+                .collect();
+            let indexed_to = p
                 .offsets
                 .get(&ProjectionName::AuditLog)
                 .and_then(|o| o.get(&partition))
                 .copied()
-                .unwrap_or(0),
+                .unwrap_or(0);
+            (
+                p.audit.files.clone(),
+                p.audit.segments.clone(),
+                offsets,
+                indexed_to,
+            )
+        };
+        let id = cluster_id.to_owned();
+        let on_disk = tokio::task::spawn_blocking(move || -> Result<Vec<i64>> {
+            let mut out = Vec::new();
+            for s in &segments {
+                let cols = ["cluster_id", "partition", "offset"];
+                for b in files.read(s, Some(&cols), Some(("cluster_id", &id)))? {
+                    let ids = b
+                        .column_by_name("cluster_id")
+                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>());
+                    let parts = b
+                        .column_by_name("partition")
+                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>());
+                    let offs = b
+                        .column_by_name("offset")
+                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>());
+                    let (Some(ids), Some(parts), Some(offs)) = (ids, parts, offs) else {
+                        return Err(Error::Checkpoint {
+                            path: files.path(s),
+                            projection: ProjectionName::AuditLog.to_string(),
+                            message: "segment lacks cluster_id, partition or offset".into(),
+                        });
+                    };
+                    out.extend(
+                        (0..b.num_rows())
+                            .filter(|&k| {
+                                ids.value(k) == id && parts.value(k) == i64::from(partition)
+                            })
+                            .map(|k| offs.value(k)),
+                    );
+                }
+            }
+            Ok(out)
+        })
+        .await;
+        match on_disk {
+            Ok(Ok(found)) => offsets.extend(found),
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::warn!(cluster_id, partition, %error, "cannot read the audit segments; reading the whole partition instead");
+                return HistoryHint {
+                    offsets: Vec::new(),
+                    indexed_to: 0,
+                };
+            }
         }
+        offsets.sort_unstable();
+        offsets.dedup();
+        HistoryHint {
+            offsets,
+            indexed_to,
+        }
+    }
+
+    /// Every `audit_log` row, from its segments and memory, in (partition, offset) order:
+    /// for tests and tools (it reads every segment).
+    pub async fn audit_rows(&self) -> Result<Vec<AuditRow>> {
+        let log = self.shared.read().await.audit.clone();
+        tokio::task::spawn_blocking(move || log.all_rows())
+            .await
+            .map_err(|e| Error::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Records behind the end of each partition, as of the last measurement.
@@ -310,60 +416,37 @@ impl Projector {
     pub async fn reset(&self, name: ProjectionName) -> Result<()> {
         self.store.remove(name)?;
         self.shared.write().await.reset(name);
-        if name == ProjectionName::AuditLog
-            && let Ok(mut m) = self.audit_mark.lock()
-        {
-            *m = RowsMark::default();
-        }
         Ok(())
     }
 
-    /// Writes every projection's checkpoint atomically.
+    /// Writes every projection's checkpoint atomically. The `audit_log` rows applied since
+    /// the last checkpoint become a new segment, which the checkpoint names; small
+    /// segments are then merged (see [`AUDIT_MERGE_ROWS`]).
     pub async fn checkpoint(&self) -> Result<()> {
         let shared = self.shared.clone();
         let store = self.store.clone();
-        let audit_mark = self.audit_mark.clone();
+        let checkpointing = self.checkpointing.clone();
+        let grace = Duration::from_millis(self.config.retired_grace_ms);
+        // The directory stays locked until the checkpoint ends, even if the projector that
+        // started it is dropped meanwhile: no other projector opens in between and takes
+        // a segment being named for an orphan.
+        let lock = self._lock.clone();
         let span = tracing::info_span!("checkpoint");
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
-            let p = shared.blocking_read();
-            let empty = BTreeMap::new();
-            let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
-            let mut mark = audit_mark.lock().map_err(|_| Error::Io {
-                path: store.rows_path(ProjectionName::AuditLog),
+            let _lock = lock;
+            let mut retired = checkpointing.lock().map_err(|_| Error::Io {
+                path: store.path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
-            let new_rows = p.audit.rows.get(mark.rows..).unwrap_or_default();
-            // The audit rows (most of the work after a rebuild) are written while the
-            // other two checkpoints are, on another thread.
-            let (others, written) = std::thread::scope(|s| {
-                let others = s.spawn(|| -> Result<()> {
-                    use ProjectionName::{BillingHours as B, Clusters as C};
-                    store.save(C, off(C), &p.clusters)?;
-                    store.save(B, off(B), &p.billing)
-                });
-                let written = store.append_rows(
-                    ProjectionName::AuditLog,
-                    *mark,
-                    new_rows,
-                    AuditRow::write_json_line,
-                );
-                (others.join(), written)
-            });
-            others.map_err(|_| Error::Io {
-                path: store.path(ProjectionName::Clusters),
-                source: std::io::Error::other("writing a checkpoint panicked"),
-            })??;
-            let written = written?;
-            store.save(
-                ProjectionName::AuditLog,
-                off(ProjectionName::AuditLog),
-                &AuditCheckpointRef {
-                    last: p.audit.last_states(),
-                    rows: written,
-                },
-            )?;
-            *mark = written;
+            let written = checkpoint_all(&shared, &store);
+            if let Err(e) = &written {
+                unseal(&shared);
+                return Err(clone_error(e));
+            }
+            retired.checkpointed();
+            merge_audit_segments(&shared, &store, &mut retired)?;
+            retired.sweep(grace);
             tracing::debug!("checkpoint written");
             Ok(())
         })
@@ -442,18 +525,11 @@ impl Projector {
     /// undecodable record stops there, the others are applied to their end.
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
         let (consumer, total) = self.consumer().await?;
-        // One allocation for the audit rows to come instead of a doubling series (each
-        // step copies every row and touches fresh pages), when the audit log is rebuilt.
-        {
-            let mut p = self.shared.write().await;
-            if p.audit.rows.is_empty() {
-                p.audit.rows.reserve(usize::try_from(total).unwrap_or(0));
-            }
-        }
         let mut ahead = self.read_ahead(Arc::new(consumer), Duration::from_secs(10));
         let started = Instant::now();
         let mut at_end = vec![false; self.layout.partitions as usize];
         let mut done = 0u64;
+        let mut since_checkpoint = 0u64;
         let mut last_report = Instant::now();
         let mut first_failure = None;
         // Where the rebuild's time goes: waiting for the read-ahead (reading and
@@ -473,8 +549,15 @@ impl Projector {
                 first_failure.get_or_insert(e);
             }
             let t = Instant::now();
-            done += self.apply_decoded(batch).await as u64;
+            let n = self.apply_decoded(batch).await as u64;
+            done += n;
+            since_checkpoint += n;
             applying += t.elapsed();
+            // What is final goes to disk as the rebuild goes: memory stays bounded.
+            if since_checkpoint >= self.config.checkpoint_every_records {
+                self.checkpoint().await?;
+                since_checkpoint = 0;
+            }
             for p in ended {
                 if let Some(e) = at_end.get_mut(p as usize) {
                     *e = true;
@@ -930,5 +1013,164 @@ impl Drop for ReadAhead {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
+/// tail written as a new segment. On error the tail is left sealed: the caller unseals.
+fn checkpoint_all(shared: &RwLock<Projections>, store: &CheckpointStore) -> Result<()> {
+    use ProjectionName::{AuditLog as A, BillingHours as B, Clusters as C};
+    // Seal the audit tail together with the offsets and latest states it matches.
+    let (sealed, audit_offsets, last) = {
+        let mut p = shared.blocking_write();
+        let rows = Arc::new(std::mem::take(&mut p.audit.tail));
+        p.audit.sealed = Some(rows.clone());
+        let last =
+            serde_json::value::to_raw_value(&p.audit.last_states()).map_err(|e| Error::Io {
+                path: store.path(A),
+                source: std::io::Error::other(e),
+            })?;
+        (rows, p.offsets.get(&A).cloned().unwrap_or_default(), last)
+    };
+    let files = shared.blocking_read().audit.files.clone();
+    // The segment is written while the other two checkpoints are, on another thread.
+    let (others, segment) = std::thread::scope(|s| {
+        let others = s.spawn(|| -> Result<()> {
+            let p = shared.blocking_read();
+            let empty = BTreeMap::new();
+            let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
+            store.save(C, off(C), &p.clusters)?;
+            store.save(B, off(B), &p.billing)
+        });
+        let mut rows: Vec<&AuditRow> = sealed.iter().collect();
+        rows.sort_unstable_by(|a, b| {
+            (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
+        });
+        let segment = files.write(
+            &audit_schema(),
+            &[audit_batch(rows.into_iter())],
+            AUDIT_SEGMENTS,
+        );
+        (others.join(), segment)
+    });
+    others.map_err(|_| Error::Io {
+        path: store.path(C),
+        source: std::io::Error::other("writing a checkpoint panicked"),
+    })??;
+    let segment = segment?;
+    let mut segments = shared.blocking_read().audit.segments.clone();
+    segments.extend(segment.clone());
+    let saved = store.save(
+        A,
+        &audit_offsets,
+        &AuditCheckpoint {
+            last: &last,
+            segments: segments.clone(),
+        },
+    );
+    if let Err(e) = saved {
+        if let Some(s) = &segment {
+            let _ = std::fs::remove_file(files.path(s));
+        }
+        return Err(e);
+    }
+    let mut p = shared.blocking_write();
+    p.audit.segments = segments;
+    p.audit.sealed = None;
+    Ok(())
+}
+
+/// Puts sealed audit rows back in front of the tail (their checkpoint failed).
+fn unseal(shared: &RwLock<Projections>) {
+    let mut p = shared.blocking_write();
+    if let Some(sealed) = p.audit.sealed.take() {
+        let mut rows = Arc::try_unwrap(sealed).unwrap_or_else(|a| (*a).clone());
+        rows.append(&mut p.audit.tail);
+        p.audit.tail = rows;
+    }
+}
+
+/// The same error again (a checkpoint error is reported and returned).
+fn clone_error(e: &Error) -> Error {
+    Error::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Which trailing segments to merge: the last four, if each is smaller than
+/// [`AUDIT_MERGE_ROWS`] and of the same size class (a power of four of rows).
+fn audit_merge_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
+    let class = |s: &Segment| s.rows.max(1).ilog(4);
+    let n = segments.len();
+    let last = segments.get(n.checked_sub(4)?..)?;
+    let c = class(&last[3]);
+    last.iter()
+        .all(|s| s.rows < AUDIT_MERGE_ROWS && class(s) == c)
+        .then_some(n - 4..n)
+}
+
+/// Merges small audit segments while [`audit_merge_run`] finds a run: reads them, writes
+/// one sorted segment, saves the checkpoint that names it instead of them (same offsets
+/// and states: the same rows), and retires them.
+fn merge_audit_segments(
+    shared: &RwLock<Projections>,
+    store: &CheckpointStore,
+    retired: &mut Retired,
+) -> Result<()> {
+    loop {
+        let (files, segments) = {
+            let p = shared.blocking_read();
+            (p.audit.files.clone(), p.audit.segments.clone())
+        };
+        let Some(run) = audit_merge_run(&segments) else {
+            return Ok(());
+        };
+        let mut rows = Vec::new();
+        for s in &segments[run.clone()] {
+            for b in files.read(s, None, None)? {
+                rows.extend(
+                    crate::audit::rows_of(&b).map_err(|message| Error::Checkpoint {
+                        path: files.path(s),
+                        projection: ProjectionName::AuditLog.to_string(),
+                        message,
+                    })?,
+                );
+            }
+        }
+        rows.sort_unstable_by(|a, b| {
+            (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
+        });
+        let Some(merged) =
+            files.write(&audit_schema(), &[audit_batch(rows.iter())], AUDIT_SEGMENTS)?
+        else {
+            return Ok(());
+        };
+        let mut next = segments[..run.start].to_vec();
+        next.push(merged.clone());
+        next.extend_from_slice(&segments[run.end..]);
+        // The last audit checkpoint's offsets and states, with the new list.
+        let Some(cp) = store
+            .load::<AuditCheckpoint<Box<serde_json::value::RawValue>>>(ProjectionName::AuditLog)?
+        else {
+            return Ok(());
+        };
+        if let Err(e) = store.save(
+            ProjectionName::AuditLog,
+            &cp.offsets,
+            &AuditCheckpoint {
+                last: &cp.state.last,
+                segments: next.clone(),
+            },
+        ) {
+            let _ = std::fs::remove_file(files.path(&merged));
+            return Err(e);
+        }
+        shared.blocking_write().audit.segments = next;
+        for s in &segments[run] {
+            retired.retire(files.path(s));
+        }
+        retired.checkpointed();
+        tracing::debug!(rows = merged.rows, "merged audit segments");
     }
 }

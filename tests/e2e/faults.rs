@@ -443,7 +443,8 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
             .iter()
             .map(|(id, r)| (id.clone(), r.status.as_ref().map_or(0, |v| v.version)))
             .collect();
-        let audit_rows = s.audit.rows.len();
+        drop(s);
+        let audit_rows = p.audit_rows().await.unwrap().len();
         (versions, audit_rows)
     };
     let sql = |q: &'static str| {

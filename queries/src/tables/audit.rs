@@ -1,28 +1,14 @@
-//! `audit_log`: one row per accepted record, in (partition, offset) order.
+//! `audit_log`: one row per accepted record. Most rows are in the projection's Parquet
+//! segments (each sorted by cluster, so a filter on `cluster_id` reads a few row groups);
+//! the rows applied since the last checkpoint are in memory. Without `ORDER BY` the order
+//! of the rows is not defined; `ORDER BY partition, "offset"` is the order of history.
 
-use std::sync::Arc;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::Field;
+use fleetledger_projectors::segments::{Segment, SegmentDir};
+use fleetledger_projectors::{AuditRow, Projections, audit_batch, audit_schema};
 
-use datafusion::arrow::array::{
-    ArrayRef, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Field};
-use fleetledger_projectors::{AuditRow, Projections};
-
-use super::{AppendIter, FieldSpec, ProjectionTable, Scan, ts_type};
-
-const FIELDS: [FieldSpec; 11] = [
-    ("cluster_id", || DataType::Utf8),
-    ("facet", || DataType::Utf8),
-    ("version", || DataType::Int64),
-    ("ts", ts_type),
-    ("writer", || DataType::Utf8),
-    ("request_id", || DataType::Utf8),
-    ("reason", || DataType::Utf8),
-    ("diff", || DataType::Utf8),
-    ("hash", || DataType::Utf8),
-    ("partition", || DataType::Int64),
-    ("offset", || DataType::Int64),
-];
+use super::{ProjectionTable, Scan};
 
 fn audit_str<'a>(r: &'a AuditRow, col: &str) -> Option<&'a str> {
     Some(match col {
@@ -41,9 +27,10 @@ pub(crate) struct AuditTable;
 
 impl ProjectionTable for AuditTable {
     fn fields(&self) -> Vec<Field> {
-        FIELDS
+        audit_schema()
+            .fields()
             .iter()
-            .map(|(n, t)| Field::new(*n, t(), *n == "reason"))
+            .map(|f| f.as_ref().clone())
             .collect()
     }
 
@@ -52,62 +39,26 @@ impl ProjectionTable for AuditTable {
     }
 
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
-        let mut rows: Vec<&AuditRow> = p
+        let rows: Vec<&AuditRow> = p
             .audit
-            .rows
-            .iter()
+            .memory_rows()
             .filter(|r| {
                 scan.eqs
                     .iter()
                     .all(|(c, v)| audit_str(r, c) == Some(v.as_str()))
             })
+            .take(scan.take)
             .collect();
-        rows.sort_by_key(|r| (r.partition, r.offset));
-        rows.truncate(scan.take);
-        let indices = scan.columns;
-        let arrays = indices
+        let batch = audit_batch(rows.iter().copied());
+        let arrays = scan
+            .columns
             .iter()
-            .map(|i| -> ArrayRef {
-                match FIELDS[*i].0 {
-                    "version" => Arc::new(
-                        Int64Builder::new().append_values_iter(rows.iter().map(|r| r.version)),
-                    ),
-                    "partition" => Arc::new(
-                        Int64Builder::new()
-                            .append_values_iter(rows.iter().map(|r| i64::from(r.partition))),
-                    ),
-                    "offset" => Arc::new(
-                        Int64Builder::new().append_values_iter(rows.iter().map(|r| r.offset)),
-                    ),
-                    "ts" => Arc::new(
-                        TimestampMillisecondBuilder::new()
-                            .with_timezone("UTC")
-                            .append_values_iter(rows.iter().map(|r| r.ts_ms)),
-                    ),
-                    "reason" => {
-                        let mut b = StringBuilder::new();
-                        for r in &rows {
-                            b.append_option(r.reason.as_deref());
-                        }
-                        Arc::new(b.finish())
-                    }
-                    "diff" => {
-                        let mut b = StringBuilder::new();
-                        for r in &rows {
-                            b.append_value(&r.diff);
-                        }
-                        Arc::new(b.finish())
-                    }
-                    name => {
-                        let mut b = StringBuilder::new();
-                        for r in &rows {
-                            b.append_value(audit_str(r, name).unwrap_or(""));
-                        }
-                        Arc::new(b.finish())
-                    }
-                }
-            })
+            .map(|i| batch.column(*i).clone())
             .collect();
         (arrays, rows.len())
+    }
+
+    fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
+        Some((p.audit.files.clone(), p.audit.segments.clone()))
     }
 }

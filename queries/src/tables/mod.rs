@@ -20,13 +20,21 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use fleetledger_projectors::segments::{Segment, SegmentDir};
 use fleetledger_projectors::{ProjectionName, Projections, ServiceView};
 use tokio::sync::RwLock;
 
@@ -59,8 +67,13 @@ pub(crate) trait ProjectionTable: Send + Sync + std::fmt::Debug {
     fn fields(&self) -> Vec<Field>;
     /// Whether `column = 'text'` can be applied while building rows.
     fn pushable(&self, column: &str) -> bool;
-    /// The columns of the rows that pass, and how many rows there are.
+    /// The columns of the rows in memory that pass, and how many rows there are.
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize);
+    /// The Parquet segments that hold the table's other rows, in the table's schema (none
+    /// for a table held whole in memory).
+    fn segments(&self, _p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
+        None
+    }
 }
 
 /// The table of a projection.
@@ -124,7 +137,7 @@ impl SnapshotTable {
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
-    ) -> DfResult<(RecordBatch, SchemaRef)> {
+    ) -> DfResult<(RecordBatch, SchemaRef, Option<(SegmentDir, Vec<Segment>)>)> {
         let indices: Vec<usize> = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
@@ -143,6 +156,7 @@ impl SnapshotTable {
         };
         let p = self.projections.read().await;
         let (arrays, n_rows) = self.table.build(&p, &scan);
+        let segments = self.table.segments(&p);
         drop(p);
         let batch = if arrays.is_empty() {
             RecordBatch::try_new_with_options(
@@ -153,7 +167,42 @@ impl SnapshotTable {
         } else {
             RecordBatch::try_new(schema.clone(), arrays)?
         };
-        Ok((batch, schema))
+        Ok((batch, schema, segments))
+    }
+
+    /// A scan of `segments` with the projection, and the filters as a predicate that
+    /// skips files, row groups and pages by their statistics and bloom filters.
+    fn file_scan(
+        &self,
+        state: &dyn Session,
+        (dir, segments): (SegmentDir, Vec<Segment>),
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);
+        if let Some(expr) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
+        }
+        // Two groups: both cores read.
+        let mut groups = vec![Vec::new(), Vec::new()];
+        for (i, s) in segments.iter().enumerate() {
+            let path = dir.path(s);
+            groups[i % 2].push(PartitionedFile::new(path.to_string_lossy(), s.bytes));
+        }
+        let groups = groups
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .map(FileGroup::new)
+            .collect();
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(if filters.is_empty() { limit } else { None })
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
     }
 }
 
@@ -210,15 +259,21 @@ impl TableProvider for SnapshotTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let (batch, schema) = self.batch(projection, filters, limit).await?;
-        let exec: Arc<dyn ExecutionPlan> =
+        let (batch, schema, segments) = self.batch(projection, filters, limit).await?;
+        let memory: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
-        Ok(exec)
+        match segments.filter(|(_, s)| !s.is_empty()) {
+            None => Ok(memory),
+            Some(segments) => {
+                let files = self.file_scan(state, segments, projection, filters, limit)?;
+                UnionExec::try_new(vec![files, memory])
+            }
+        }
     }
 
     fn supports_filters_pushdown(

@@ -1,0 +1,305 @@
+//! Segments: the Parquet files in which a projection keeps what is final (audit rows,
+//! closed billing hours), so that its memory does not grow with history.
+//!
+//! **A file belongs to a projection only once a durable checkpoint names it.** A segment is
+//! written to a temporary name, fsynced, renamed to its final name and the directory
+//! fsynced; then the checkpoint that lists it is saved. A crash in between leaves a file no
+//! checkpoint names: [`SegmentDir::remove_unnamed`] deletes such files when the projection
+//! opens. A file a newer checkpoint no longer names (merged, rewritten) is *retired*: it is
+//! deleted only once the checkpoint without it is durable and a grace period has passed,
+//! so that a query that planned with it can still read it.
+//!
+//! Files are written with snappy (the one codec we write), row groups of
+//! [`ROW_GROUP_ROWS`] rows, page statistics and a bloom filter on the columns a caller
+//! names, so that DataFusion skips whole files and row groups on `hour`, `org_id`,
+//! `cluster_id` filters.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Rows per row group: small enough that a one-cluster lookup reads little, large enough
+/// that a scan of a year is not dominated by per-group overhead.
+pub const ROW_GROUP_ROWS: usize = 16_384;
+
+/// One segment file as a checkpoint names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// The file's name in its [`SegmentDir`].
+    pub name: String,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The smallest and largest value of the segment's key column (an hour or a time, ms).
+    pub min_key: i64,
+    /// See `min_key`.
+    pub max_key: i64,
+}
+
+/// The directory of one projection's segments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SegmentDir {
+    dir: PathBuf,
+}
+
+/// How a projection writes its segments.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLayout {
+    /// Columns that get a bloom filter (those looked up by equality).
+    pub bloom: &'static [&'static str],
+    /// The key column (Int64 or Timestamp(ms)): its min and max go into [`Segment`].
+    pub key: &'static str,
+}
+
+impl SegmentDir {
+    /// Segments in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SegmentDir { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of `segment`.
+    pub fn path(&self, segment: &Segment) -> PathBuf {
+        self.dir.join(&segment.name)
+    }
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> Error + use<> {
+        let path = path.to_owned();
+        move |source| Error::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Writes `batches` (one schema) as a new segment, durably, under a name no other
+    /// segment of this directory has had. Returns `Ok(None)` for no rows.
+    pub fn write(
+        &self,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        layout: SegmentLayout,
+    ) -> Result<Option<Segment>> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let name = unique_name();
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let io = self.io(&tmp);
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_statistics_enabled(EnabledStatistics::Page);
+        for col in layout.bloom {
+            let c = ColumnPath::from(*col);
+            props = props
+                .set_column_bloom_filter_enabled(c.clone(), true)
+                .set_column_bloom_filter_fpp(c.clone(), 0.01)
+                .set_column_bloom_filter_max_ndv(c, rows.min(ROW_GROUP_ROWS) as u64);
+        }
+        let file = std::fs::File::create(&tmp).map_err(&io)?;
+        let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
+        let mut w =
+            ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(parquet_err)?;
+        for b in batches {
+            w.write(b).map_err(parquet_err)?;
+        }
+        let file = w.into_inner().map_err(parquet_err)?;
+        file.sync_all().map_err(&io)?;
+        let bytes = file.metadata().map_err(&io)?.len();
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(&io)?;
+        sync_dir(&self.dir).map_err(self.io(&self.dir))?;
+        let (min_key, max_key) = key_range(batches, layout.key);
+        Ok(Some(Segment {
+            name,
+            rows: rows as u64,
+            bytes,
+            min_key,
+            max_key,
+        }))
+    }
+
+    /// Reads `segment`'s columns `columns` (all if `None`) from the row groups whose
+    /// statistics of column `stat_column` may hold `stat_value` (all if `None`).
+    pub fn read(
+        &self,
+        segment: &Segment,
+        columns: Option<&[&str]>,
+        only: Option<(&str, &str)>,
+    ) -> Result<Vec<RecordBatch>> {
+        let path = self.path(segment);
+        let io = self.io(&path);
+        let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
+        let file = std::fs::File::open(&path).map_err(&io)?;
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+        let meta = builder.metadata().clone();
+        let schema_descr = meta.file_metadata().schema_descr_ptr();
+        if let Some(cols) = columns {
+            builder = builder
+                .with_projection(ProjectionMask::columns(&schema_descr, cols.iter().copied()));
+        }
+        if let Some((col, value)) = only {
+            let idx = schema_descr.columns().iter().position(|c| c.name() == col);
+            let groups: Vec<usize> = (0..meta.num_row_groups())
+                .filter(|&g| {
+                    let Some(idx) = idx else { return true };
+                    match meta.row_group(g).column(idx).statistics() {
+                        Some(Statistics::ByteArray(s)) => {
+                            let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) else {
+                                return true;
+                            };
+                            lo.data() <= value.as_bytes() && value.as_bytes() <= hi.data()
+                        }
+                        _ => true,
+                    }
+                })
+                .collect();
+            builder = builder.with_row_groups(groups);
+        }
+        let reader = builder.build().map_err(parquet_err)?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| io(std::io::Error::other(e)))
+    }
+
+    /// Deletes every file in the directory that `named` does not list (segments of a
+    /// checkpoint that never became durable, retired segments, temporary files). Returns how
+    /// many it deleted.
+    pub fn remove_unnamed(&self, named: &BTreeSet<&str>) -> Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io(&self.dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(self.io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if named.contains(name) {
+                continue;
+            }
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(self.io(&path))?;
+            tracing::info!(file = %path.display(), "removed a projection file no checkpoint names");
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir).map_err(self.io(&self.dir))?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the whole directory (a projection rebuilt from the start).
+    pub fn remove_all(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(&self.dir)(e)),
+        }
+    }
+}
+
+/// Segments a newer checkpoint no longer names, waiting to be deleted.
+#[derive(Debug, Default)]
+pub struct Retired {
+    /// File path, and when the checkpoint without it became durable (`None`: not yet).
+    files: Vec<(PathBuf, Option<Instant>)>,
+}
+
+impl Retired {
+    /// `path` is no longer part of the projection's next checkpoint.
+    pub fn retire(&mut self, path: PathBuf) {
+        self.files.push((path, None));
+    }
+
+    /// A checkpoint was saved: every file retired before it is no longer named by a
+    /// durable checkpoint, from now.
+    pub fn checkpointed(&mut self) {
+        let now = Instant::now();
+        for (_, at) in &mut self.files {
+            at.get_or_insert(now);
+        }
+    }
+
+    /// Deletes the files whose checkpoint has been durable for `grace` (queries that
+    /// planned with them have finished). A file that cannot be deleted is left for the
+    /// next start ([`SegmentDir::remove_unnamed`]).
+    pub fn sweep(&mut self, grace: Duration) {
+        self.files.retain(|(path, at)| match at {
+            Some(at) if at.elapsed() >= grace => {
+                if let Err(e) = std::fs::remove_file(path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot delete a retired projection file; it goes at the next start");
+                }
+                false
+            }
+            _ => true,
+        });
+    }
+}
+
+/// A name no segment has had: the time in nanoseconds, the process and a counter.
+fn unique_name() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:020}-{}-{seq}.parquet", std::process::id())
+}
+
+/// The min and max of an Int64 or Timestamp(ms) column over `batches` (0, 0 if absent).
+fn key_range(batches: &[RecordBatch], key: &str) -> (i64, i64) {
+    let mut range: Option<(i64, i64)> = None;
+    for b in batches {
+        let Some(col) = b.column_by_name(key) else {
+            continue;
+        };
+        let values: &[i64] = if let Some(a) = col
+            .as_any()
+            .downcast_ref::<arrow_array::TimestampMillisecondArray>()
+        {
+            a.values()
+        } else if let Some(a) = col.as_any().downcast_ref::<arrow_array::Int64Array>() {
+            a.values()
+        } else {
+            continue;
+        };
+        for &v in values {
+            range = Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
+        }
+    }
+    range.unwrap_or((0, 0))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A shared, immutable set of rows being written to a segment: queries read it until the
+/// segment is in the projection's list.
+pub type Sealed<T> = Arc<Vec<T>>;
