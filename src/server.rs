@@ -337,8 +337,10 @@ pub(crate) async fn start_up(
     // start-up takes the longer of the two, not their sum.
     let loading = {
         let (clients, layout, codec) = (state.clients.clone(), state.layout.clone(), codec.clone());
-        let config = deps.projector.clone();
-        tokio::task::spawn_blocking(move || Projector::open(clients, layout, codec, config))
+        let (config, clock) = (deps.projector.clone(), deps.clock.clone());
+        tokio::task::spawn_blocking(move || {
+            Projector::open(clients, layout, codec, config).map(|p| p.with_clock(clock))
+        })
     };
     let ledger = with_retries("opening the ledger", 30, || {
         Ledger::open(

@@ -143,7 +143,7 @@ pub enum Rate {
 /// One cluster's billing: both rates as step functions of event time and the amount of
 /// every hour up to the hour of the latest change point; hours after it are billed at the
 /// final rate (`min(desired, actual)` after every known change).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterBilling {
     /// Billable desired CKU over time.
     pub desired: RateTimeline,
@@ -155,6 +155,32 @@ pub struct ClusterBilling {
     /// Write time (ms) of the record that last changed the final rate: the hours after the
     /// latest change point's hour changed then.
     pub tail_recomputed_at_ms: i64,
+    /// Hours before this instant (ms) are in the projection's files, not in `hours`; a
+    /// change that re-bills one of them is kept in `corrections` until the files are
+    /// rewritten. `i64::MIN`: nothing flushed.
+    #[serde(default = "nothing_flushed")]
+    pub flushed_to_ms: i64,
+    /// Hour start → the new amount of a flushed hour that a late change re-billed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub corrections: BTreeMap<i64, BilledHour>,
+}
+
+impl Default for ClusterBilling {
+    fn default() -> Self {
+        ClusterBilling {
+            desired: RateTimeline::default(),
+            actual: RateTimeline::default(),
+            hours: BTreeMap::new(),
+            tail_recomputed_at_ms: 0,
+            flushed_to_ms: nothing_flushed(),
+            corrections: BTreeMap::new(),
+        }
+    }
+}
+
+/// `flushed_to_ms` of a cluster nothing of which is in files.
+pub fn nothing_flushed() -> i64 {
+    i64::MIN
 }
 
 impl ClusterBilling {
@@ -226,6 +252,10 @@ impl ClusterBilling {
             version,
             cku,
         };
+        // Hours already in files: their old amounts, before the point is added.
+        let deep_from = hour_start(old_last.map_or(ts_ms, |l| l.min(ts_ms)));
+        let deep_old =
+            (deep_from < self.flushed_to_ms).then(|| self.integrate(deep_from, self.flushed_to_ms));
         match rate {
             Rate::Desired => self.desired.insert(point),
             Rate::Actual => self.actual.insert(point),
@@ -233,7 +263,32 @@ impl ClusterBilling {
         let new_last = old_last.map_or(ts_ms, |l| l.max(ts_ms));
         let from_hour = hour_start(old_last.map_or(ts_ms, |l| l.min(ts_ms)));
         let last_hour = hour_start(new_last);
-        let fresh = self.integrate(from_hour, last_hour + HOUR_MS);
+        let flushed = self.flushed_to_ms;
+        if from_hour < flushed {
+            // Hours already in files: the old amounts are the integral without the new
+            // point; every hour whose amount changes becomes a correction.
+            let old = deep_old.unwrap_or_default();
+            let new = self.integrate(from_hour, flushed);
+            let hours: std::collections::BTreeSet<i64> =
+                old.keys().chain(new.keys()).copied().collect();
+            for h in hours {
+                let (o, n) = (
+                    old.get(&h).copied().unwrap_or(0),
+                    new.get(&h).copied().unwrap_or(0),
+                );
+                if o != n {
+                    self.corrections.insert(
+                        h,
+                        BilledHour {
+                            cku_ms: n,
+                            recomputed_at_ms: written_at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        let from_hour = from_hour.max(flushed);
+        let fresh = self.integrate(from_hour, (last_hour + HOUR_MS).max(from_hour));
         let mut h = from_hour;
         while h <= last_hour {
             let new = fresh.get(&h).copied().unwrap_or(0);
@@ -278,8 +333,23 @@ impl ClusterBilling {
         }
     }
 
-    /// Every hour up to `now_ms` with an amount, or whose amount a late record took to
-    /// zero: hours before `now_ms`'s hour are closed, the hour containing `now_ms` is open
+    /// The closed hours in `[from, to)` (`to` an hour start): what a flush writes.
+    pub fn closed_rows(&self, from: i64, to: i64) -> Vec<HourRow> {
+        let mut rows = self.rows(to);
+        rows.retain(|r| r.hour_start_ms >= from && r.hour_start_ms < to);
+        rows
+    }
+
+    /// The hours before `to` are in files now: forget them.
+    pub fn flushed(&mut self, to: i64) {
+        if to > self.flushed_to_ms {
+            self.hours = self.hours.split_off(&to);
+            self.flushed_to_ms = to;
+        }
+    }
+
+    /// Every hour from the flushed instant up to `now_ms` with an amount, or whose amount a
+    /// late record took to zero: hours before `now_ms`'s hour are closed, the hour containing `now_ms` is open
     /// and counts up to `now_ms`. Hours after `now_ms` are not billed yet.
     pub fn rows(&self, now_ms: i64) -> Vec<HourRow> {
         let now_hour = hour_start(now_ms);
@@ -306,7 +376,7 @@ impl ClusterBilling {
         }
         let rate = self.rate();
         if rate > 0 {
-            let mut h = hour_start(last) + HOUR_MS;
+            let mut h = (hour_start(last) + HOUR_MS).max(self.flushed_to_ms);
             while h < now_ms {
                 let end = (h + HOUR_MS).min(now_ms);
                 out.push(HourRow {

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetledger_ledger::{HistoryHint, KafkaClients, LedgerConsumer, TopicLayout};
+use fleetledger_ledger::{
+    Clock, HistoryHint, KafkaClients, LedgerConsumer, SystemClock, TopicLayout,
+};
 use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -129,7 +131,12 @@ impl Projections {
     fn reset(&mut self, name: ProjectionName) {
         match name {
             ProjectionName::Clusters => self.clusters = Clusters::default(),
-            ProjectionName::BillingHours => self.billing = BillingHours::default(),
+            ProjectionName::BillingHours => {
+                self.billing = BillingHours {
+                    files: std::mem::take(&mut self.billing.files),
+                    ..BillingHours::default()
+                };
+            }
             ProjectionName::AuditLog => {
                 self.audit = AuditLog::new(std::mem::take(&mut self.audit.files));
             }
@@ -169,7 +176,15 @@ pub struct Projector {
     health: Arc<Mutex<Health>>,
     /// This process's hold on the checkpoint directory.
     _lock: Arc<DirectoryLock>,
+    /// Now, for the billing hours that close as time passes.
+    clock: Arc<dyn Clock>,
+    /// When the last record was applied: history is quiet after [`QUIET_AFTER`].
+    last_record: Arc<Mutex<Instant>>,
 }
+
+/// History without a record for this long is quiet: billing days close by the clock alone
+/// ([`BillingHours::flush_target`]).
+const QUIET_AFTER: Duration = Duration::from_secs(600);
 
 /// The projector's health as [`Projector::degraded`] and [`Projector::restarts`] report it.
 #[derive(Debug, Default)]
@@ -234,9 +249,26 @@ impl Projector {
             Ok(None) => {}
             Err(e) => usable(ProjectionName::Clusters, e)?,
         }
-        match store.load::<BillingHours>(ProjectionName::BillingHours) {
+        let billing_files = store.segments(ProjectionName::BillingHours);
+        p.billing.files = billing_files.clone();
+        let billing = store
+            .load::<BillingHours>(ProjectionName::BillingHours)
+            .and_then(|cp| {
+                let Some(cp) = cp else { return Ok(None) };
+                check_segments(
+                    &store,
+                    ProjectionName::BillingHours,
+                    &billing_files,
+                    &cp.state.segments,
+                )?;
+                Ok(Some(cp))
+            });
+        match billing {
             Ok(Some(cp)) => {
-                p.billing = cp.state;
+                p.billing = BillingHours {
+                    files: billing_files.clone(),
+                    ..cp.state
+                };
                 p.offsets.insert(ProjectionName::BillingHours, cp.offsets);
             }
             Ok(None) => {}
@@ -255,24 +287,12 @@ impl Projector {
                             projection: ProjectionName::AuditLog.to_string(),
                             message,
                         })?;
-                for s in &log.segments {
-                    let path = audit_files.path(s);
-                    match std::fs::metadata(&path) {
-                        Ok(m) if m.len() == s.bytes => {}
-                        found => {
-                            return Err(Error::Checkpoint {
-                                path: store.path(ProjectionName::AuditLog),
-                                projection: ProjectionName::AuditLog.to_string(),
-                                message: format!(
-                                    "segment {} should have {} bytes, found {}",
-                                    path.display(),
-                                    s.bytes,
-                                    found.map_or_else(|e| e.to_string(), |m| m.len().to_string())
-                                ),
-                            });
-                        }
-                    }
-                }
+                check_segments(
+                    &store,
+                    ProjectionName::AuditLog,
+                    &audit_files,
+                    &log.segments,
+                )?;
                 Ok(Some((log, cp.offsets)))
             });
         match audit {
@@ -286,6 +306,8 @@ impl Projector {
         // Files of checkpoints that never became durable, or retired before a crash.
         let named = p.audit.segments.iter().map(|s| s.name.as_str()).collect();
         audit_files.remove_unnamed(&named)?;
+        let named = p.billing.segments.iter().map(|s| s.name.as_str()).collect();
+        billing_files.remove_unnamed(&named)?;
         store.remove_legacy_rows(ProjectionName::AuditLog)?;
         Ok(Projector {
             clients,
@@ -302,7 +324,23 @@ impl Projector {
                 ..Health::default()
             })),
             _lock: lock,
+            clock: Arc::new(SystemClock),
+            last_record: Arc::new(Mutex::new(Instant::now())),
         })
+    }
+
+    /// Whether history has been quiet for [`QUIET_AFTER`].
+    fn quiet(&self) -> bool {
+        self.last_record
+            .lock()
+            .map(|t| t.elapsed() >= QUIET_AFTER)
+            .unwrap_or(false)
+    }
+
+    /// The same projector with `clock` as now (tests and `serve` inject the ledger's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The projections, for consistent reads (hold the read lock for one snapshot).
@@ -431,6 +469,8 @@ impl Projector {
         // started it is dropped meanwhile: no other projector opens in between and takes
         // a segment being named for an orphan.
         let lock = self._lock.clone();
+        let now_ms = self.clock.now().timestamp_millis();
+        let quiet = self.quiet();
         let span = tracing::info_span!("checkpoint");
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();
@@ -439,7 +479,7 @@ impl Projector {
                 path: store.path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
-            let written = checkpoint_all(&shared, &store);
+            let written = checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired);
             if let Err(e) = &written {
                 unseal(&shared);
                 return Err(clone_error(e));
@@ -620,10 +660,17 @@ impl Projector {
                 }
                 Err(e) => break Err(e),
             }
-            if since_records > 0
-                && (since_records >= self.config.checkpoint_every_records
-                    || since.elapsed() >= every)
-            {
+            // Also without records: billing hours close as time passes.
+            let due = since.elapsed() >= every
+                && (since_records > 0 || {
+                    let now = self.clock.now().timestamp_millis();
+                    self.shared
+                        .read()
+                        .await
+                        .billing
+                        .flush_due(now, self.quiet())
+                });
+            if since_records >= self.config.checkpoint_every_records || due {
                 self.checkpoint().await?;
                 self.measure_lag(&consumer);
                 since_records = 0;
@@ -928,6 +975,9 @@ impl Projector {
             partition,
             offset
         );
+        if let Ok(mut t) = self.last_record.lock() {
+            *t = Instant::now();
+        }
         async {
             let n = records.len();
             let mut p = self.shared.write().await;
@@ -1018,8 +1068,16 @@ impl Drop for ReadAhead {
 
 /// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
 /// tail written as a new segment. On error the tail is left sealed: the caller unseals.
-fn checkpoint_all(shared: &RwLock<Projections>, store: &CheckpointStore) -> Result<()> {
+fn checkpoint_all(
+    shared: &RwLock<Projections>,
+    store: &CheckpointStore,
+    (now_ms, quiet): (i64, bool),
+    retired: &mut Retired,
+) -> Result<()> {
     use ProjectionName::{AuditLog as A, BillingHours as B, Clusters as C};
+    // Closed days of billing go to their files (and corrected days are rewritten) before
+    // the checkpoint that names them.
+    let flushed = shared.blocking_write().billing.flush(now_ms, quiet)?;
     // Seal the audit tail together with the offsets and latest states it matches.
     let (sealed, audit_offsets, last) = {
         let mut p = shared.blocking_write();
@@ -1077,6 +1135,9 @@ fn checkpoint_all(shared: &RwLock<Projections>, store: &CheckpointStore) -> Resu
     let mut p = shared.blocking_write();
     p.audit.segments = segments;
     p.audit.sealed = None;
+    for path in flushed.retired {
+        retired.retire(path);
+    }
     Ok(())
 }
 
@@ -1173,4 +1234,33 @@ fn merge_audit_segments(
         retired.checkpointed();
         tracing::debug!(rows = merged.rows, "merged audit segments");
     }
+}
+
+/// Every segment a checkpoint names is there with its size: else the checkpoint is not
+/// usable ([`Error::Checkpoint`], its projection is rebuilt).
+fn check_segments(
+    store: &CheckpointStore,
+    projection: ProjectionName,
+    files: &crate::segments::SegmentDir,
+    segments: &[Segment],
+) -> Result<()> {
+    for s in segments {
+        let path = files.path(s);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == s.bytes => {}
+            found => {
+                return Err(Error::Checkpoint {
+                    path: store.path(projection),
+                    projection: projection.to_string(),
+                    message: format!(
+                        "segment {} should have {} bytes, found {}",
+                        path.display(),
+                        s.bytes,
+                        found.map_or_else(|e| e.to_string(), |m| m.len().to_string())
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

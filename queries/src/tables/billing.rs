@@ -1,4 +1,7 @@
-//! `billing_hours`: one row per cluster and UTC hour with billable CKU-hours.
+//! `billing_hours`: one row per cluster and UTC hour with billable CKU-hours. Closed days
+//! are in the projection's Parquet segments (one per day, sorted by org and cluster, so
+//! filters on `hour_start`, `org_id` and `cluster_id` skip files and row groups); the
+//! hours since are computed in memory.
 
 use std::sync::Arc;
 
@@ -6,6 +9,9 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field};
+
+use fleetledger_projectors::billing_hours::billing_schema;
+use fleetledger_projectors::segments::{Segment, SegmentDir};
 use fleetledger_projectors::{BillingRow, Projections};
 
 use super::{AppendIter, FieldSpec, ProjectionTable, Scan, ts_type};
@@ -39,10 +45,15 @@ pub(crate) struct BillingTable;
 
 impl ProjectionTable for BillingTable {
     fn fields(&self) -> Vec<Field> {
-        FIELDS
+        billing_schema()
+            .fields()
             .iter()
-            .map(|(n, t)| Field::new(*n, t(), false))
+            .map(|f| f.as_ref().clone())
             .collect()
+    }
+
+    fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
+        Some((p.billing.files.clone(), p.billing.segments.clone()))
     }
 
     fn pushable(&self, column: &str) -> bool {
