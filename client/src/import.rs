@@ -15,7 +15,10 @@
 //! **Lanes.** Batches go out on [`IMPORT_LANES`] lanes at once; every line of a cluster
 //! goes on the same lane (by a hash of its id), and a lane sends its batches one after
 //! another, so each cluster's lines still reach the ledger in time order while the
-//! server commits the lanes' batches together.
+//! server commits the lanes' batches together. A file of at most one batch goes as one
+//! batch: a refusal writes nothing of it. In a larger file, a refused line stops every
+//! lane; batches already committed stay (run the import again after fixing the line:
+//! they are skipped).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -78,10 +81,12 @@ pub async fn import_file(
         })
         .collect();
     let total = items.len();
-    let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); IMPORT_LANES];
+    // A file of one batch stays one batch: refused whole or written whole.
+    let n_lanes = IMPORT_LANES.min(total.div_ceil(batch.max(1))).max(1);
+    let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
     for item in items {
         let cluster = item["cluster_id"].as_str().unwrap_or_default();
-        lanes[lane_of(cluster)].push(item);
+        lanes[lane_of(cluster, n_lanes)].push(item);
     }
     let started = Instant::now();
     let done = AtomicUsize::new(0);
@@ -131,12 +136,13 @@ pub async fn import_file(
 /// Batches an import has in flight at once, one per lane.
 pub const IMPORT_LANES: usize = 4;
 
-/// The lane of `cluster_id`: a stable hash (FNV-1a), so a re-run uses the same lanes.
-fn lane_of(cluster_id: &str) -> usize {
+/// The lane of `cluster_id` among `lanes`: a stable hash (FNV-1a), so a re-run uses the
+/// same lanes.
+fn lane_of(cluster_id: &str, lanes: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in cluster_id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % IMPORT_LANES as u64) as usize
+    (h % lanes as u64) as usize
 }

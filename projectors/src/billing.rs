@@ -80,6 +80,14 @@ impl RateTimeline {
         }
     }
 
+    /// Drops the points before `t` but the last of them (the rate in force at `t`).
+    pub fn keep_from(&mut self, t: i64) {
+        let k = self.points.partition_point(|p| p.ts_ms < t);
+        if k > 1 {
+            self.points.drain(..k - 1);
+        }
+    }
+
     /// Index of the first point after instant `t`.
     fn after(&self, t: i64) -> usize {
         self.points.partition_point(|p| p.ts_ms <= t)
@@ -132,7 +140,8 @@ pub struct HourRow {
 }
 
 /// Which rate a record sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rate {
     /// The billable desired CKU (`logical`).
     Desired,
@@ -163,6 +172,13 @@ pub struct ClusterBilling {
     /// Hour start → the new amount of a flushed hour that a late change re-billed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub corrections: BTreeMap<i64, BilledHour>,
+    /// Points before the flushed instant that are not in the point files yet (late
+    /// changes since the last flush).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsaved: Vec<(Rate, RatePoint)>,
+    /// The timelines hold the points from the point files too (loaded for a late change).
+    #[serde(skip)]
+    pub loaded: bool,
 }
 
 impl Default for ClusterBilling {
@@ -174,6 +190,8 @@ impl Default for ClusterBilling {
             tail_recomputed_at_ms: 0,
             flushed_to_ms: nothing_flushed(),
             corrections: BTreeMap::new(),
+            unsaved: Vec::new(),
+            loaded: false,
         }
     }
 }
@@ -253,9 +271,12 @@ impl ClusterBilling {
             cku,
         };
         // Hours already in files: their old amounts, before the point is added.
-        let deep_from = hour_start(old_last.map_or(ts_ms, |l| l.min(ts_ms)));
-        let deep_old =
-            (deep_from < self.flushed_to_ms).then(|| self.integrate(deep_from, self.flushed_to_ms));
+        // A point changes the integral from its own time on: hours in files change only if
+        // it lies before the flushed instant (the timelines then hold every point from
+        // its hour on: see `BillingHours::apply`).
+        let deep_from = hour_start(ts_ms);
+        let deep = deep_from < self.flushed_to_ms;
+        let deep_old = deep.then(|| self.integrate(deep_from, self.flushed_to_ms));
         match rate {
             Rate::Desired => self.desired.insert(point),
             Rate::Actual => self.actual.insert(point),
@@ -264,11 +285,12 @@ impl ClusterBilling {
         let from_hour = hour_start(old_last.map_or(ts_ms, |l| l.min(ts_ms)));
         let last_hour = hour_start(new_last);
         let flushed = self.flushed_to_ms;
-        if from_hour < flushed {
+        if deep {
+            self.unsaved.push((rate, point));
             // Hours already in files: the old amounts are the integral without the new
             // point; every hour whose amount changes becomes a correction.
             let old = deep_old.unwrap_or_default();
-            let new = self.integrate(from_hour, flushed);
+            let new = self.integrate(deep_from, flushed);
             let hours: std::collections::BTreeSet<i64> =
                 old.keys().chain(new.keys()).copied().collect();
             for h in hours {
@@ -340,12 +362,44 @@ impl ClusterBilling {
         rows
     }
 
-    /// The hours before `to` are in files now: forget them.
+    /// The points a flush to `to` writes to the point files: those in
+    /// `[flushed_to_ms, to)` and the late ones not written yet.
+    pub fn points_to_save(&self, to: i64) -> Vec<(Rate, RatePoint)> {
+        let from = self.flushed_to_ms;
+        let mut out = self.unsaved.clone();
+        for (rate, t) in [(Rate::Desired, &self.desired), (Rate::Actual, &self.actual)] {
+            out.extend(
+                t.points()
+                    .iter()
+                    .filter(|p| p.ts_ms >= from && p.ts_ms < to)
+                    .map(|p| (rate, *p)),
+            );
+        }
+        out
+    }
+
+    /// The hours and points before `to` are in files now: forget them, keeping of each
+    /// rate the last point before `to` (the rate in force at `to`).
     pub fn flushed(&mut self, to: i64) {
         if to > self.flushed_to_ms {
             self.hours = self.hours.split_off(&to);
             self.flushed_to_ms = to;
+            self.desired.keep_from(to);
+            self.actual.keep_from(to);
+            self.unsaved.clear();
+            self.loaded = false;
         }
+    }
+
+    /// Adds points read back from the point files (once per cluster until the next flush).
+    pub fn load(&mut self, points: impl IntoIterator<Item = (Rate, RatePoint)>) {
+        for (rate, p) in points {
+            match rate {
+                Rate::Desired => self.desired.insert(p),
+                Rate::Actual => self.actual.insert(p),
+            }
+        }
+        self.loaded = true;
     }
 
     /// Every hour from the flushed instant up to `now_ms` with an amount, or whose amount a

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use fleetledger_schemas::FacetState;
 use serde::{Deserialize, Serialize};
 
-use crate::billing::{ClusterBilling, HOUR_MS, HourRow, Rate, nothing_flushed};
+use crate::billing::{ClusterBilling, HOUR_MS, HourRow, Rate, RatePoint, nothing_flushed};
 use crate::record::HistoryRecord;
 use crate::segments::{Segment, SegmentDir, SegmentLayout};
 
@@ -83,6 +84,10 @@ pub struct BillingHours {
     /// One segment per UTC day that has billed hours, by day.
     #[serde(default)]
     pub segments: Vec<Segment>,
+    /// The rate change points before the flushed instant, one segment per flush, each
+    /// sorted by cluster: read back only for a late change of a cluster.
+    #[serde(default)]
+    pub point_segments: Vec<Segment>,
     /// Where the segments are.
     #[serde(skip)]
     pub files: SegmentDir,
@@ -95,6 +100,7 @@ impl Default for BillingHours {
             flushed_to_ms: nothing_flushed(),
             max_ts_ms: 0,
             segments: Vec::new(),
+            point_segments: Vec::new(),
             files: SegmentDir::default(),
         }
     }
@@ -119,11 +125,14 @@ pub struct Flushed {
 
 impl BillingHours {
     /// Applies one record: logical changes the desired CKU (0 once deleted), status the
-    /// actual billable CKU, each at the record's `ts`; other facets do not bill.
-    pub fn apply(&mut self, h: &HistoryRecord) {
+    /// actual billable CKU, each at the record's `ts`; other facets do not bill. A record
+    /// from before the flushed instant first reads its cluster's points back from the
+    /// point files (once until the next flush); if they cannot be read the error names
+    /// the file, and nothing is applied.
+    pub fn apply(&mut self, h: &HistoryRecord) -> crate::Result<()> {
         let r = &h.record;
         if matches!(r.state, FacetState::Physical(_) | FacetState::Capacity(_)) {
-            return;
+            return Ok(());
         }
         let (at, version) = (r.meta.ts.timestamp_millis(), r.meta.version);
         // The id is copied only for a new cluster, not for every record.
@@ -136,6 +145,10 @@ impl BillingHours {
                 c
             }
         };
+        if at < c.billing.flushed_to_ms && !c.billing.loaded {
+            let points = read_points(&self.files, &self.point_segments, &r.meta.cluster_id)?;
+            c.billing.load(points);
+        }
         match &r.state {
             FacetState::Logical(l) => {
                 if version >= c.logical_version {
@@ -156,6 +169,7 @@ impl BillingHours {
             }
             FacetState::Physical(_) | FacetState::Capacity(_) => {}
         }
+        Ok(())
     }
 
     /// The instant up to which [`BillingHours::flush`] would write hours at `now_ms`: the
@@ -217,6 +231,19 @@ impl BillingHours {
                 day += DAY_MS;
             }
         }
+        // The points the flushed days no longer need in memory.
+        let mut points = Vec::new();
+        if target > self.flushed_to_ms {
+            for (id, c) in &self.clusters {
+                points.extend(
+                    c.billing
+                        .points_to_save(target)
+                        .into_iter()
+                        .map(|(rate, p)| (id.as_str(), rate, p)),
+                );
+            }
+        }
+        let point_segment = write_points(&self.files, points)?;
         // Corrections of flushed hours, by day.
         let mut by_day: BTreeMap<i64, Vec<BillingRow>> = BTreeMap::new();
         for (id, c) in &self.clusters {
@@ -291,6 +318,7 @@ impl BillingHours {
         }
         self.segments.extend(written);
         self.segments.sort_by_key(|s| s.min_key);
+        self.point_segments.extend(point_segment);
         for c in self.clusters.values_mut() {
             c.billing.corrections.clear();
             if target > self.flushed_to_ms {
@@ -299,6 +327,14 @@ impl BillingHours {
         }
         self.flushed_to_ms = self.flushed_to_ms.max(target);
         Ok(out)
+    }
+
+    /// Every file of the projection, by name (for the removal of unnamed ones).
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.segments
+            .iter()
+            .chain(&self.point_segments)
+            .map(|s| s.name.as_str())
     }
 
     /// Writes one day's rows, sorted by (org, cluster, hour), as a segment.
@@ -447,6 +483,107 @@ pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
             recomputed_at_ms: at.value(k),
         })
         .collect())
+}
+
+/// How point segments are written: a bloom filter on the cluster, the time as the key.
+const POINT_SEGMENTS: SegmentLayout = SegmentLayout {
+    bloom: &["cluster_id"],
+    key: "ts",
+};
+
+/// The columns of a point segment.
+fn points_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("cluster_id", DataType::Utf8, false),
+        Field::new("rate", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("cku", DataType::Int64, false),
+    ]))
+}
+
+fn rate_name(rate: Rate) -> &'static str {
+    match rate {
+        Rate::Desired => "desired",
+        Rate::Actual => "actual",
+    }
+}
+
+/// Writes `points` (sorted here by cluster) as one point segment.
+fn write_points(
+    files: &SegmentDir,
+    mut points: Vec<(&str, Rate, RatePoint)>,
+) -> crate::Result<Option<Segment>> {
+    points.sort_by(|a, b| (a.0, a.2.ts_ms, a.2.version).cmp(&(b.0, b.2.ts_ms, b.2.version)));
+    let column = |f: fn(&(&str, Rate, RatePoint)) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(points.iter().map(f)))
+    };
+    let batch = RecordBatch::try_new(
+        points_schema(),
+        vec![
+            Arc::new(points.iter().map(|p| Some(p.0)).collect::<StringArray>()),
+            Arc::new(
+                points
+                    .iter()
+                    .map(|p| Some(rate_name(p.1)))
+                    .collect::<StringArray>(),
+            ),
+            column(|p| p.2.ts_ms),
+            column(|p| p.2.version),
+            column(|p| p.2.cku),
+        ],
+    )
+    .expect("points batch matches its schema");
+    files.write(&points_schema(), &[batch], POINT_SEGMENTS)
+}
+
+/// `cluster_id`'s points in the point segments.
+fn read_points(
+    files: &SegmentDir,
+    segments: &[Segment],
+    cluster_id: &str,
+) -> crate::Result<Vec<(Rate, RatePoint)>> {
+    let mut out = Vec::new();
+    for s in segments {
+        for b in files.read(s, None, Some(("cluster_id", cluster_id)))? {
+            let bad = |message: String| crate::Error::Checkpoint {
+                path: files.path(s),
+                projection: "billing_hours".into(),
+                message,
+            };
+            let strings = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| bad(format!("point segment has no column {name}")))
+            };
+            let ints = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                    .ok_or_else(|| bad(format!("point segment has no column {name}")))
+            };
+            let (ids, rates) = (strings("cluster_id")?, strings("rate")?);
+            let (ts, version, cku) = (ints("ts")?, ints("version")?, ints("cku")?);
+            for k in 0..b.num_rows() {
+                if ids.value(k) != cluster_id {
+                    continue;
+                }
+                let rate = match rates.value(k) {
+                    "desired" => Rate::Desired,
+                    "actual" => Rate::Actual,
+                    other => return Err(bad(format!("unknown rate {other:?}"))),
+                };
+                out.push((
+                    rate,
+                    RatePoint {
+                        ts_ms: ts.value(k),
+                        version: version.value(k),
+                        cku: cku.value(k),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -648,6 +785,93 @@ mod tests {
             .collect()
     }
 
+    fn record(c: Change, ts: i64, version: i64, offset: i64) -> HistoryRecord {
+        HistoryRecord {
+            record: StateRecord {
+                meta: RecordMeta {
+                    cluster_id: "lkc-a".into(),
+                    version,
+                    writer: "test".into(),
+                    request_id: format!("r{offset}"),
+                    reason: None,
+                    ts: DateTime::from_timestamp_millis(ts).unwrap(),
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                },
+                state: state_of(&c),
+            },
+            partition: 0,
+            offset,
+            written_at_ms: ts,
+        }
+    }
+
+    /// A status back-dated into a written day reads the cluster's points back, rewrites
+    /// the files of the days it re-bills and no other, and goes to the point files itself.
+    #[test]
+    fn a_late_status_rewrites_the_day_it_falls_in() {
+        let dir = std::env::temp_dir().join(format!("fl-billing-late-{}", std::process::id()));
+        let files = crate::segments::SegmentDir::new(&dir);
+        let mut b = BillingHours {
+            files: files.clone(),
+            ..BillingHours::default()
+        };
+        let logical = |cku| Change::Logical {
+            cku,
+            deleted: false,
+        };
+        let running = |cku| Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku,
+        };
+        let life = [
+            record(logical(2), T0, 1, 0),
+            record(running(2), T0 + 30 * MIN, 1, 1),
+            record(logical(4), T0 + 26 * HOUR_MS, 2, 2),
+            record(running(4), T0 + 28 * HOUR_MS, 2, 3),
+            record(logical(3), T0 + 75 * HOUR_MS, 3, 4),
+        ];
+        for h in &life {
+            b.apply(h).unwrap();
+        }
+        let now = T0 + 80 * HOUR_MS;
+        b.flush(now, false).unwrap();
+        assert_eq!(b.flushed_to_ms, T0 + 3 * DAY_MS);
+        assert_eq!(b.segments.len(), 3, "one file per day");
+        assert!(b.clusters["lkc-a"].billing.desired.points().len() <= 2);
+        let (day_two, day_three) = (b.segments[1].clone(), b.segments[2].clone());
+        // The data plane reports, late, that it had shrunk to 1 CKU on day two at 10:00.
+        let late = record(running(1), T0 + DAY_MS + 10 * HOUR_MS, 3, 5);
+        b.apply(&late).unwrap();
+        assert!(b.clusters["lkc-a"].billing.loaded);
+        assert!(!b.clusters["lkc-a"].billing.corrections.is_empty());
+        let flushed = b.flush(now, false).unwrap();
+        // The shrink holds from day two 10:00 on: days two and three are rewritten, day
+        // one is not.
+        assert_eq!(
+            flushed.retired,
+            vec![files.path(&day_two), files.path(&day_three)]
+        );
+        let mut all = life.to_vec();
+        all.push(late);
+        all.sort_by_key(|h| h.record.meta.ts);
+        let rows = b.all_rows(now).unwrap();
+        assert_eq!(billed(&rows), reference(&all, now));
+        // The late point waits in memory (and the checkpoint) for the next day's flush.
+        assert_eq!(b.clusters["lkc-a"].billing.unsaved.len(), 1);
+        b.flush(now + DAY_MS, true).unwrap();
+        assert!(b.clusters["lkc-a"].billing.unsaved.is_empty());
+        assert!(
+            read_points(&files, &b.point_segments, "lkc-a")
+                .unwrap()
+                .iter()
+                .any(|(r, p)| *r == Rate::Actual
+                    && p.ts_ms == T0 + DAY_MS + 10 * HOUR_MS
+                    && p.cku == 1)
+        );
+        files.remove_all().unwrap();
+    }
+
     proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -664,7 +888,7 @@ mod tests {
                 let mut in_time = BillingHours::default();
                 let mut clusters_in_time = Clusters::default();
                 for h in &life {
-                    in_time.apply(h);
+                    in_time.apply(h).unwrap();
                     clusters_in_time.apply(h);
                 }
                 prop_assert_eq!(&billed(&in_time.rows(now)), &want);
@@ -672,7 +896,7 @@ mod tests {
                     let mut b = BillingHours::default();
                     let mut c = Clusters::default();
                     for h in arrival(&life, picks) {
-                        b.apply(&h);
+                        b.apply(&h).unwrap();
                         c.apply(&h);
                     }
                     let rows = b.rows(now);
@@ -710,7 +934,7 @@ mod tests {
                 let want = reference(&life, now);
                 let mut b = BillingHours { files: files.clone(), ..BillingHours::default() };
                 for (i, h) in arrival(&life, &picks).into_iter().enumerate() {
-                    b.apply(&h);
+                    b.apply(&h).unwrap();
                     if flush_at.contains(&i) {
                         b.flush(now, false).unwrap();
                     }
@@ -727,7 +951,18 @@ mod tests {
                 prop_assert_eq!(keys.len(), rows.len(), "one row per hour");
                 prop_assert_eq!(&billed(&rows), &want);
                 prop_assert!(b.flushed_to_ms > T0, "something was flushed");
-                prop_assert!(b.clusters["lkc-a"].billing.hours.keys().all(|h| *h >= b.flushed_to_ms));
+                let c = &b.clusters["lkc-a"].billing;
+            prop_assert!(c.hours.keys().all(|h| *h >= b.flushed_to_ms));
+            // Memory keeps of each rate one point before the flushed instant, no more.
+            for t in [&c.desired, &c.actual] {
+                prop_assert!(t.points().iter().filter(|p| p.ts_ms < b.flushed_to_ms).count() <= 1);
+            }
+            // Every point of the life is in the point files or in memory, once.
+            let mut on_disk = read_points(&files, &b.point_segments, "lkc-a").unwrap();
+            on_disk.sort_by_key(|(r, p)| (*r as u8, p.ts_ms, p.version));
+            let mut keys: Vec<_> = on_disk.iter().map(|(r, p)| (*r as u8, p.ts_ms, p.version)).collect();
+            keys.dedup();
+            prop_assert_eq!(keys.len(), on_disk.len(), "no point written twice");
                 files.remove_all().unwrap();
             }
     }

@@ -344,7 +344,10 @@ mod tests {
             .load::<crate::billing_hours::BillingHours>(ProjectionName::BillingHours)
             .unwrap()
             .unwrap();
-        assert_eq!((cp.model, cp.state), (2, b));
+        assert_eq!(
+            (cp.model, cp.state),
+            (state_model(ProjectionName::BillingHours), b)
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

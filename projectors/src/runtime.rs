@@ -78,17 +78,29 @@ pub struct Projections {
 
 impl Projections {
     /// Applies `h` to every projection that has not applied its offset yet (the audit
-    /// log, last, takes the record over).
-    pub fn apply(&mut self, h: HistoryRecord) {
+    /// log, last, takes the record over). If `billing_hours` cannot apply it (its point
+    /// files cannot be read), neither it nor the audit log counts the record as applied:
+    /// the error stops the runtime, which starts again from there.
+    pub fn apply(&mut self, h: HistoryRecord) -> Result<()> {
         if self.advance(ProjectionName::Clusters, h.partition, h.offset) {
             self.clusters.apply(&h);
         }
-        if self.advance(ProjectionName::BillingHours, h.partition, h.offset) {
-            self.billing.apply(&h);
+        if self.advance(ProjectionName::BillingHours, h.partition, h.offset)
+            && let Err(e) = self.billing.apply(&h)
+        {
+            if let Some(next) = self
+                .offsets
+                .get_mut(&ProjectionName::BillingHours)
+                .and_then(|o| o.get_mut(&h.partition))
+            {
+                *next = h.offset;
+            }
+            return Err(e);
         }
         if self.advance(ProjectionName::AuditLog, h.partition, h.offset) {
             self.audit.apply(h);
         }
+        Ok(())
     }
 
     /// Whether `name` has yet to apply `offset` of `partition`; if so, marks it applied.
@@ -306,7 +318,7 @@ impl Projector {
         // Files of checkpoints that never became durable, or retired before a crash.
         let named = p.audit.segments.iter().map(|s| s.name.as_str()).collect();
         audit_files.remove_unnamed(&named)?;
-        let named = p.billing.segments.iter().map(|s| s.name.as_str()).collect();
+        let named = p.billing.file_names().collect();
         billing_files.remove_unnamed(&named)?;
         store.remove_legacy_rows(ProjectionName::AuditLog)?;
         Ok(Projector {
@@ -589,7 +601,7 @@ impl Projector {
                 first_failure.get_or_insert(e);
             }
             let t = Instant::now();
-            let n = self.apply_decoded(batch).await as u64;
+            let n = self.apply_decoded(batch).await? as u64;
             done += n;
             since_checkpoint += n;
             applying += t.elapsed();
@@ -648,7 +660,7 @@ impl Projector {
                 b = ahead.next() => b,
             };
             let applied = match next {
-                Ok(batch) => Ok(self.apply_decoded(batch).await),
+                Ok(batch) => self.apply_decoded(batch).await,
                 Err(e) => Err(e),
             };
             match applied {
@@ -952,7 +964,7 @@ impl Projector {
 
     /// Applies a decoded batch under one write lock; returns how many records it held. The
     /// partitions it stopped are logged and kept (see [`Projector::stopped`]).
-    async fn apply_decoded(&self, batch: DecodedBatch) -> usize {
+    async fn apply_decoded(&self, batch: DecodedBatch) -> Result<usize> {
         let DecodedBatch {
             records, stopped, ..
         } = batch;
@@ -963,7 +975,7 @@ impl Projector {
             }
         }
         let Some(first) = records.first() else {
-            return 0;
+            return Ok(0);
         };
         let (partition, offset) = match first {
             Ok(h) => (h.partition, h.offset),
@@ -983,11 +995,11 @@ impl Projector {
             let mut p = self.shared.write().await;
             for d in records {
                 match d {
-                    Ok(h) => p.apply(h),
+                    Ok(h) => p.apply(h)?,
                     Err((partition, offset)) => p.skip(partition, offset),
                 }
             }
-            n
+            Ok(n)
         }
         .instrument(span)
         .await

@@ -398,7 +398,7 @@ mod tests {
             ),
         ];
         for r in recs {
-            p.apply(r);
+            p.apply(r).unwrap();
         }
         let now = "2026-01-01T02:00:00Z"
             .parse::<DateTime<Utc>>()
