@@ -88,6 +88,9 @@ pub struct BillingHours {
     /// sorted by cluster: read back only for a late change of a cluster.
     #[serde(default)]
     pub point_segments: Vec<Segment>,
+    /// `billing_daily` of the flushed days: one segment per UTC month.
+    #[serde(default)]
+    pub daily_segments: Vec<Segment>,
     /// Where the segments are.
     #[serde(skip)]
     pub files: SegmentDir,
@@ -101,6 +104,7 @@ impl Default for BillingHours {
             max_ts_ms: 0,
             segments: Vec::new(),
             point_segments: Vec::new(),
+            daily_segments: Vec::new(),
             files: SegmentDir::default(),
         }
     }
@@ -216,6 +220,8 @@ impl BillingHours {
         } else {
             Some(self.flushed_to_ms)
         };
+        // Day start → the day's `billing_daily` rows, for every day written or rewritten.
+        let mut daily: BTreeMap<i64, Vec<DailyRow>> = BTreeMap::new();
         if let Some(start) = start.filter(|s| *s < target) {
             let mut day = start;
             while day < target {
@@ -225,6 +231,7 @@ impl BillingHours {
                         rows.push(c.row(id, &r));
                     }
                 }
+                daily.insert(day, daily_of(&rows));
                 if let Some(seg) = self.write_day(rows)? {
                     written.push(seg);
                 }
@@ -301,10 +308,12 @@ impl BillingHours {
                     }
                 }
             }
+            daily.insert(day, daily_of(&rows));
             if let Some(seg) = self.write_day(rows)? {
                 replaced.push((old, seg));
             }
         }
+        let daily = self.write_daily(daily)?;
         // Every file is written: now the state.
         let mut out = Flushed::default();
         for (old, seg) in replaced {
@@ -319,6 +328,16 @@ impl BillingHours {
         self.segments.extend(written);
         self.segments.sort_by_key(|s| s.min_key);
         self.point_segments.extend(point_segment);
+        for (old, seg) in daily {
+            match old {
+                Some(i) => {
+                    out.retired.push(self.files.path(&self.daily_segments[i]));
+                    self.daily_segments[i] = seg;
+                }
+                None => self.daily_segments.push(seg),
+            }
+        }
+        self.daily_segments.sort_by_key(|s| s.min_key);
         for c in self.clusters.values_mut() {
             c.billing.corrections.clear();
             if target > self.flushed_to_ms {
@@ -334,7 +353,64 @@ impl BillingHours {
         self.segments
             .iter()
             .chain(&self.point_segments)
+            .chain(&self.daily_segments)
             .map(|s| s.name.as_str())
+    }
+
+    /// Writes the `billing_daily` rows of `days` into the segments of their months: a
+    /// month's segment is read, its rows of those days replaced, and written anew.
+    /// Returns (index of the segment it replaces, new segment) per month.
+    fn write_daily(
+        &self,
+        days: BTreeMap<i64, Vec<DailyRow>>,
+    ) -> crate::Result<Vec<(Option<usize>, Segment)>> {
+        let mut by_month: BTreeMap<i64, BTreeMap<i64, Vec<DailyRow>>> = BTreeMap::new();
+        for (day, rows) in days {
+            by_month
+                .entry(month_start(day))
+                .or_default()
+                .insert(day, rows);
+        }
+        let mut out = Vec::new();
+        for (month, days) in by_month {
+            let old = self
+                .daily_segments
+                .iter()
+                .position(|s| month_start(s.min_key) == month);
+            let mut rows = Vec::new();
+            if let Some(i) = old {
+                let seg = &self.daily_segments[i];
+                for b in self.files.read(seg, None, None)? {
+                    rows.extend(
+                        daily_rows_of(&b)
+                            .map_err(|message| crate::Error::Checkpoint {
+                                path: self.files.path(seg),
+                                projection: "billing_hours".into(),
+                                message,
+                            })?
+                            .into_iter()
+                            .filter(|r| !days.contains_key(&r.day_ms)),
+                    );
+                }
+            }
+            rows.extend(days.into_values().flatten());
+            rows.sort_by(|a, b| {
+                (a.day_ms, &a.org_id, &a.sku, &a.cloud, &a.region)
+                    .cmp(&(b.day_ms, &b.org_id, &b.sku, &b.cloud, &b.region))
+            });
+            if let Some(seg) =
+                self.files
+                    .write(&daily_schema(), &[daily_batch(rows.iter())], DAILY_SEGMENTS)?
+            {
+                out.push((old, seg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `billing_daily` rows of the days not flushed yet, as of `now_ms`.
+    pub fn daily(&self, now_ms: i64) -> Vec<DailyRow> {
+        daily_of(&self.rows(now_ms))
     }
 
     /// Writes one day's rows, sorted by (org, cluster, hour), as a segment.
@@ -479,6 +555,156 @@ pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
             cloud: cloud.value(k).to_owned(),
             region: region.value(k).to_owned(),
             cku_hours: cku.value(k),
+            open: open.value(k),
+            recomputed_at_ms: at.value(k),
+        })
+        .collect())
+}
+
+/// One row of `billing_daily`: CKU-hours of one UTC day per org, sku, cloud and region
+/// (what an invoice sums).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyRow {
+    /// Start of the UTC day, ms since the epoch.
+    pub day_ms: i64,
+    /// Organisation.
+    pub org_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Cloud.
+    pub cloud: String,
+    /// Region.
+    pub region: String,
+    /// CKU-hours of the day (its hours' sum).
+    pub cku_hours: f64,
+    /// Clusters with an hour that day.
+    pub clusters: i64,
+    /// The latest `recomputed_at` of the day's hours.
+    pub recomputed_at_ms: i64,
+    /// The day is not over (it holds the open hour).
+    pub open: bool,
+}
+
+/// The `billing_daily` rows of `rows`, by day then dimensions.
+pub fn daily_of(rows: &[BillingRow]) -> Vec<DailyRow> {
+    let mut acc: BTreeMap<(i64, &str, &str, &str, &str), DailyRow> = BTreeMap::new();
+    let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
+    for r in rows {
+        let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
+        let d = acc
+            .entry((day, &r.org_id, &r.sku, &r.cloud, &r.region))
+            .or_insert_with(|| DailyRow {
+                day_ms: day,
+                org_id: r.org_id.clone(),
+                sku: r.sku.clone(),
+                cloud: r.cloud.clone(),
+                region: r.region.clone(),
+                cku_hours: 0.0,
+                clusters: 0,
+                recomputed_at_ms: i64::MIN,
+                open: false,
+            });
+        d.cku_hours += r.cku_hours;
+        d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms);
+        d.open |= r.open;
+        if seen.insert((day, &r.cluster_id)) {
+            d.clusters += 1;
+        }
+    }
+    acc.into_values().collect()
+}
+
+/// The start of the UTC month of `ms`.
+fn month_start(ms: i64) -> i64 {
+    use chrono::Datelike;
+    let d = chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(chrono::NaiveDate::default, |t| t.date_naive());
+    d.with_day(1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(ms, |t| t.and_utc().timestamp_millis())
+}
+
+/// How `billing_daily` segments are written: a bloom filter on the org, the day as key.
+const DAILY_SEGMENTS: SegmentLayout = SegmentLayout {
+    bloom: &["org_id"],
+    key: "day",
+};
+
+/// The columns of `billing_daily`, as a table and in its segments.
+pub fn daily_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("day", ts(), false),
+        Field::new("org_id", DataType::Utf8, false),
+        Field::new("sku", DataType::Utf8, false),
+        Field::new("cloud", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("cku_hours", DataType::Float64, false),
+        Field::new("clusters", DataType::Int64, false),
+        Field::new("open", DataType::Boolean, false),
+        Field::new("recomputed_at", ts(), false),
+    ]))
+}
+
+/// `rows` as one batch of [`daily_schema`].
+pub fn daily_batch<'a>(rows: impl Iterator<Item = &'a DailyRow> + Clone) -> RecordBatch {
+    let strings = |f: fn(&DailyRow) -> &str| -> ArrayRef {
+        Arc::new(rows.clone().map(|r| Some(f(r))).collect::<StringArray>())
+    };
+    let times = |f: fn(&DailyRow) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.clone().map(f)).with_timezone("UTC"),
+        )
+    };
+    let columns: Vec<ArrayRef> = vec![
+        times(|r| r.day_ms),
+        strings(|r| &r.org_id),
+        strings(|r| &r.sku),
+        strings(|r| &r.cloud),
+        strings(|r| &r.region),
+        Arc::new(Float64Array::from_iter_values(
+            rows.clone().map(|r| r.cku_hours),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.clone().map(|r| r.clusters),
+        )),
+        Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
+        times(|r| r.recomputed_at_ms),
+    ];
+    RecordBatch::try_new(daily_schema(), columns).expect("daily batch matches its schema")
+}
+
+/// The rows of a batch of [`daily_schema`].
+fn daily_rows_of(b: &RecordBatch) -> Result<Vec<DailyRow>, String> {
+    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .ok_or_else(|| format!("daily segment has no column {name} of the expected type"))
+    }
+    let s = |name| col::<StringArray>(b, name);
+    let t = |name| col::<TimestampMillisecondArray>(b, name);
+    let (day, org, sku, cloud, region) = (
+        t("day")?,
+        s("org_id")?,
+        s("sku")?,
+        s("cloud")?,
+        s("region")?,
+    );
+    let (cku, clusters, open, at) = (
+        col::<Float64Array>(b, "cku_hours")?,
+        col::<Int64Array>(b, "clusters")?,
+        col::<BooleanArray>(b, "open")?,
+        t("recomputed_at")?,
+    );
+    Ok((0..b.num_rows())
+        .map(|k| DailyRow {
+            day_ms: day.value(k),
+            org_id: org.value(k).to_owned(),
+            sku: sku.value(k).to_owned(),
+            cloud: cloud.value(k).to_owned(),
+            region: region.value(k).to_owned(),
+            cku_hours: cku.value(k),
+            clusters: clusters.value(k),
             open: open.value(k),
             recomputed_at_ms: at.value(k),
         })
@@ -840,6 +1066,8 @@ mod tests {
         assert_eq!(b.segments.len(), 3, "one file per day");
         assert!(b.clusters["lkc-a"].billing.desired.points().len() <= 2);
         let (day_two, day_three) = (b.segments[1].clone(), b.segments[2].clone());
+        assert_eq!(b.daily_segments.len(), 1, "one daily file per month");
+        let month = b.daily_segments[0].clone();
         // The data plane reports, late, that it had shrunk to 1 CKU on day two at 10:00.
         let late = record(running(1), T0 + DAY_MS + 10 * HOUR_MS, 3, 5);
         b.apply(&late).unwrap();
@@ -847,10 +1075,14 @@ mod tests {
         assert!(!b.clusters["lkc-a"].billing.corrections.is_empty());
         let flushed = b.flush(now, false).unwrap();
         // The shrink holds from day two 10:00 on: days two and three are rewritten, day
-        // one is not.
+        // one is not; so is the month's daily rollup.
         assert_eq!(
             flushed.retired,
-            vec![files.path(&day_two), files.path(&day_three)]
+            vec![
+                files.path(&day_two),
+                files.path(&day_three),
+                files.path(&month)
+            ]
         );
         let mut all = life.to_vec();
         all.push(late);
@@ -956,6 +1188,21 @@ mod tests {
             // Memory keeps of each rate one point before the flushed instant, no more.
             for t in [&c.desired, &c.actual] {
                 prop_assert!(t.points().iter().filter(|p| p.ts_ms < b.flushed_to_ms).count() <= 1);
+            }
+            // The daily rollup (files of the flushed days, memory for the others) is the
+            // sum of the hours.
+            let mut daily: Vec<DailyRow> = Vec::new();
+            for seg in &b.daily_segments {
+                for batch in files.read(seg, None, None).unwrap() {
+                    daily.extend(daily_rows_of(&batch).unwrap());
+                }
+            }
+            daily.extend(b.daily(now));
+            let want_daily = daily_of(&rows);
+            prop_assert_eq!(daily.len(), want_daily.len());
+            for (d, w) in daily.iter().zip(&want_daily) {
+                prop_assert_eq!((d.day_ms, d.clusters), (w.day_ms, w.clusters));
+                prop_assert!((d.cku_hours - w.cku_hours).abs() < 1e-9, "{:?} != {:?}", d, w);
             }
             // Every point of the life is in the point files or in memory, once.
             let mut on_disk = read_points(&files, &b.point_segments, "lkc-a").unwrap();

@@ -207,6 +207,7 @@ impl QueryEngine {
             .into_iter()
             .map(|p| (p.to_string(), Source::Projection(p)))
             .collect();
+        sources.push(("billing_daily".to_owned(), Source::BillingDaily));
         for v in &views.views {
             sources.push((v.name.clone(), Source::View(v.clone())));
         }

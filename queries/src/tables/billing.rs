@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field};
 
-use fleetledger_projectors::billing_hours::billing_schema;
+use fleetledger_projectors::billing_hours::{DailyRow, billing_schema, daily_batch, daily_schema};
 use fleetledger_projectors::segments::{Segment, SegmentDir};
 use fleetledger_projectors::{BillingRow, Projections};
 
@@ -103,5 +103,59 @@ impl ProjectionTable for BillingTable {
             })
             .collect();
         (arrays, rows.len())
+    }
+}
+
+fn daily_str<'a>(r: &'a DailyRow, col: &str) -> Option<&'a str> {
+    Some(match col {
+        "org_id" => &r.org_id,
+        "sku" => &r.sku,
+        "cloud" => &r.cloud,
+        "region" => &r.region,
+        _ => return None,
+    })
+}
+
+/// The `billing_daily` table: CKU-hours per UTC day, org, sku, cloud and region. The
+/// flushed days are in the projection's monthly segments; the days since are summed from
+/// the hours in memory (`open` while the day holds the open hour).
+#[derive(Debug)]
+pub(crate) struct DailyTable;
+
+impl ProjectionTable for DailyTable {
+    fn fields(&self) -> Vec<Field> {
+        daily_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect()
+    }
+
+    fn pushable(&self, column: &str) -> bool {
+        ["org_id", "sku", "cloud", "region"].contains(&column)
+    }
+
+    fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
+        let all = p.billing.daily(scan.now_ms);
+        let rows: Vec<&DailyRow> = all
+            .iter()
+            .filter(|r| {
+                scan.eqs
+                    .iter()
+                    .all(|(c, v)| daily_str(r, c) == Some(v.as_str()))
+            })
+            .take(scan.take)
+            .collect();
+        let batch = daily_batch(rows.iter().copied());
+        let arrays = scan
+            .columns
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
+        (arrays, rows.len())
+    }
+
+    fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
+        Some((p.billing.files.clone(), p.billing.daily_segments.clone()))
     }
 }

@@ -92,6 +92,8 @@ pub(crate) enum Source {
     Projection(ProjectionName),
     /// A per-service view of `clusters`.
     View(ServiceView),
+    /// `billing_daily`, the daily rollup of `billing_hours`.
+    BillingDaily,
 }
 
 /// A projection as a DataFusion table.
@@ -119,6 +121,7 @@ impl SnapshotTable {
         let table: Box<dyn ProjectionTable> = match source {
             Source::Projection(name) => table_of(name),
             Source::View(v) => Box::new(clusters::ClustersTable::view(v)),
+            Source::BillingDaily => Box::new(billing::DailyTable),
         };
         SnapshotTable {
             schema: Arc::new(Schema::new(table.fields())),
