@@ -53,6 +53,11 @@ pub(crate) enum Proposal {
 }
 
 impl Proposal {
+    /// A line of an import (it carries its original time).
+    fn imported(&self) -> bool {
+        matches!(self, Proposal::Put(r) if r.ts.is_some())
+    }
+
     fn cluster_id(&self) -> &str {
         match self {
             Proposal::Put(r) => &r.cluster_id,
@@ -314,7 +319,9 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
             meta.hash = record_hash_of_canonical(&meta, facet, &canonical);
             Verdict::Write(Admitted {
                 record: StateRecord { meta, state },
-                keyed: p.request_id().is_some(),
+                // An imported line is resumed by its version and content (see
+                // `crate::import`), not by the idempotency window: it takes no place there.
+                keyed: p.request_id().is_some() && !p.imported(),
                 request_id,
                 digest,
                 partition: partition_for(cluster_id, rules.partitions),
@@ -512,6 +519,31 @@ mod tests {
         let w = written(&v);
         assert_eq!(w[0].record.meta.ts, t0(), "another facet of the cluster");
         assert_eq!(w[1].record.meta.ts, back, "another cluster");
+    }
+
+    /// A live keyed change takes a place in the idempotency window; an imported line
+    /// (resumed by version, not by key) does not.
+    #[test]
+    fn imported_lines_take_no_place_in_the_idempotency_window() {
+        let o = Ownership::default();
+        let index = Index::default();
+        let mut live = put("lkc-a", logical(2));
+        live.request_id = Some("k-1".into());
+        let mut imported = put("lkc-b", logical(2));
+        imported.request_id = Some("import:lkc-b/logical/v1".into());
+        imported.ts = Some(t0() - TimeDelta::days(30));
+        let v = admit(
+            &index,
+            &[Proposal::Put(live), Proposal::Put(imported)],
+            &rules(&o, t0()),
+        );
+        let w = written(&v);
+        assert!(w[0].keyed);
+        assert!(!w[1].keyed);
+        assert_eq!(
+            w[1].request_id, "import:lkc-b/logical/v1",
+            "the id is still recorded"
+        );
     }
 
     /// A random group: changes to two clusters' logical and status facets, some keyed

@@ -7,8 +7,10 @@
 //! transaction with the rest of its group, and answers only after the commit.
 //!
 //! Idempotency window: the last `idempotency_window` request ids per cluster+facet (default
-//! 32). They travel in the `fleetledger.recent` header of each state record, so they
-//! survive a restart: the index is rebuilt from the compacted state topic alone.
+//! 32), none more than `idempotency_window_ms` (an hour) older than the latest. They
+//! travel in the `fleetledger.recent` header of each state record, so they survive a
+//! restart: the index is rebuilt from the compacted state topic alone. Imported lines take
+//! no place in it: a resumed import recognises them by version and content.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,8 +42,12 @@ pub struct LedgerConfig {
     pub batch_max: usize,
     /// Longest wait for more changes before a transaction starts, in milliseconds.
     pub linger_ms: u64,
-    /// Request ids remembered per cluster+facet for idempotency.
+    /// Request ids remembered per cluster+facet for idempotency: at most this many.
     pub idempotency_window: usize,
+    /// ... and none older than this, in milliseconds before the latest one (a retry comes
+    /// within minutes; a window of a day's changes would make every state record, which
+    /// carries it, and the index, which holds it, large for nothing).
+    pub idempotency_window_ms: u64,
     /// Largest encoded record the writer sends, in bytes. A change whose record is larger
     /// is refused on its own ([`Error::TooLarge`]) before its transaction, and the rest of
     /// its group commits. Below the producer's and the topics' limits (librdkafka's
@@ -62,6 +68,7 @@ impl Default for LedgerConfig {
             batch_max: 1000,
             linger_ms: 2,
             idempotency_window: 32,
+            idempotency_window_ms: 3_600_000,
             max_record_bytes: 900_000,
             import_earliest: DateTime::from_timestamp(946_684_800, 0).unwrap_or_default(),
             import_max_skew_ms: 300_000,

@@ -25,6 +25,23 @@ pub(crate) struct RecentRequest {
     pub(crate) result: Appended,
 }
 
+/// Keeps of `recent` (oldest first) at most the last `max` requests, and none whose
+/// record is more than `window_ms` older than the latest one's.
+pub(crate) fn trim_window(recent: &mut VecDeque<RecentRequest>, max: usize, window_ms: u64) {
+    while recent.len() > max.max(1) {
+        recent.pop_front();
+    }
+    let window = chrono::TimeDelta::milliseconds(i64::try_from(window_ms).unwrap_or(i64::MAX));
+    if let Some(newest) = recent.back().map(|r| r.result.ts) {
+        while recent
+            .front()
+            .is_some_and(|r| r.result.ts < newest - window)
+        {
+            recent.pop_front();
+        }
+    }
+}
+
 /// The latest accepted record of one cluster+facet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
@@ -178,4 +195,40 @@ pub(crate) async fn rebuild_index(
         "index rebuilt from the state topic"
     );
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(n: i64, minutes: i64) -> RecentRequest {
+        RecentRequest {
+            request_id: format!("k-{n}"),
+            digest: String::new(),
+            result: Appended {
+                cluster_id: "lkc-a".into(),
+                facet: fleetledger_schemas::Facet::Logical,
+                version: n,
+                hash: String::new(),
+                partition: 0,
+                offset: n,
+                ts: chrono::DateTime::from_timestamp(1_767_225_600 + minutes * 60, 0).unwrap(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_requests_of_the_last_hour() {
+        let ids = |r: &VecDeque<RecentRequest>| -> Vec<String> {
+            r.iter().map(|r| r.request_id.clone()).collect()
+        };
+        // By count.
+        let mut r: VecDeque<_> = (1..=5).map(|n| request(n, n)).collect();
+        trim_window(&mut r, 3, 3_600_000);
+        assert_eq!(ids(&r), ["k-3", "k-4", "k-5"]);
+        // By age: a request of 2 hours before the latest goes, one of 59 minutes stays.
+        let mut r: VecDeque<_> = [request(1, 0), request(2, 61), request(3, 120)].into();
+        trim_window(&mut r, 32, 3_600_000);
+        assert_eq!(ids(&r), ["k-2", "k-3"]);
+    }
 }

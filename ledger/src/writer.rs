@@ -27,7 +27,7 @@ use crate::admission::{Admitted, Outcome, Proposal, Rules, Verdict, admit};
 use crate::append::{Appended, LedgerConfig};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index};
+use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
 use crate::kafka::KafkaClients;
 use crate::keys::{HistoryKey, StateKey};
 use crate::principals::Ownership;
@@ -467,9 +467,11 @@ impl Writer {
                     digest: a.digest.clone(),
                     result: appended_of(a, offsets[i]),
                 });
-                while recent.len() > self.config.idempotency_window.max(1) {
-                    recent.pop_front();
-                }
+                trim_window(
+                    recent,
+                    self.config.idempotency_window,
+                    self.config.idempotency_window_ms,
+                );
             }
             let header = if recent.is_empty() {
                 None

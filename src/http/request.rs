@@ -54,7 +54,7 @@ pub(crate) fn ledger(state: &AppState) -> Result<&Ledger, AppError> {
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the ledger is still starting (waiting for Kafka and the index rebuild)",
+            "the ledger is still starting (waiting for Kafka and the index rebuild): this request did nothing; retry it (with the same Idempotency-Key) after Retry-After",
         )
     })
 }
