@@ -408,9 +408,56 @@ impl BillingHours {
         Ok(out)
     }
 
-    /// The `billing_daily` rows of the days not flushed yet, as of `now_ms`.
+    /// The `billing_daily` rows of the days not flushed yet, as of `now_ms`, summed
+    /// straight from the clusters' hours (no row of `billing_hours` is built).
     pub fn daily(&self, now_ms: i64) -> Vec<DailyRow> {
-        daily_of(&self.rows(now_ms))
+        let mut acc: BTreeMap<(i64, &str, &str, &str, &str), DailyRow> = BTreeMap::new();
+        for c in self.clusters.values() {
+            // A cluster's hours come in order: it counts once per day.
+            let mut last_day = None;
+            for r in c.billing.rows(now_ms) {
+                let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
+                let d = acc
+                    .entry((day, &c.org_id, &c.sku, &c.cloud, &c.region))
+                    .or_insert_with(|| DailyRow {
+                        day_ms: day,
+                        org_id: c.org_id.clone(),
+                        sku: c.sku.clone(),
+                        cloud: c.cloud.clone(),
+                        region: c.region.clone(),
+                        cku_hours: 0.0,
+                        clusters: 0,
+                        recomputed_at_ms: i64::MIN,
+                        open: false,
+                    });
+                d.cku_hours += r.cku_hours;
+                d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms);
+                d.open |= r.open;
+                if last_day != Some(day) {
+                    d.clusters += 1;
+                    last_day = Some(day);
+                }
+            }
+        }
+        acc.into_values().collect()
+    }
+
+    /// The rows in memory as of `now_ms` of the clusters `keep` accepts (by id and
+    /// dimensions), by cluster then hour: a filter on a dimension builds no other rows.
+    pub fn rows_where(
+        &self,
+        now_ms: i64,
+        keep: impl Fn(&str, &BilledCluster) -> bool,
+    ) -> Vec<BillingRow> {
+        let mut out = Vec::new();
+        for (id, c) in &self.clusters {
+            if keep(id, c) {
+                for r in c.billing.rows(now_ms) {
+                    out.push(c.row(id, &r));
+                }
+            }
+        }
+        out
     }
 
     /// Writes one day's rows, sorted by (org, cluster, hour), as a segment.

@@ -61,16 +61,22 @@ impl ProjectionTable for BillingTable {
     }
 
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
-        let all = p.billing.rows(scan.now_ms);
-        let rows: Vec<&BillingRow> = all
-            .iter()
-            .filter(|r| {
-                scan.eqs
-                    .iter()
-                    .all(|(c, v)| billing_str(r, c) == Some(v.as_str()))
+        // Every pushable column is a cluster's: the filter picks clusters before any
+        // of their hours is built.
+        let all = p.billing.rows_where(scan.now_ms, |id, c| {
+            scan.eqs.iter().all(|(col, v)| {
+                let have = match col.as_str() {
+                    "cluster_id" => id,
+                    "org_id" => &c.org_id,
+                    "sku" => &c.sku,
+                    "cloud" => &c.cloud,
+                    "region" => &c.region,
+                    _ => return true,
+                };
+                have == v
             })
-            .take(scan.take)
-            .collect();
+        });
+        let rows: Vec<&BillingRow> = all.iter().take(scan.take).collect();
         let indices = scan.columns;
         let arrays = indices
             .iter()
