@@ -12,10 +12,11 @@
 //! after an interruption, say — skips what is already in the ledger and never writes a
 //! line twice. Import is meant for clusters the ledger does not have yet.
 //!
-//! **Lanes.** Batches go out on [`IMPORT_LANES`] lanes at once; every line of a cluster
-//! goes on the same lane (by a hash of its id), and a lane sends its batches one after
-//! another, so each cluster's lines still reach the ledger in time order while the
-//! server commits the lanes' batches together. A file of at most one batch goes as one
+//! **Lanes.** Batches go out [`IMPORT_LANES`] at once, in rounds: a round takes the next
+//! lanes × batch lines in time order and gives each lane the lines of its clusters (by a
+//! hash of the id), so each cluster's lines still reach the ledger in time order while
+//! the server commits the lanes' batches together, and no lane runs ahead of the others
+//! in time by more than a round. A file of at most one batch goes as one
 //! batch: a refusal writes nothing of it. In a larger file, a refused line stops every
 //! lane; batches already committed stay (run the import again after fixing the line:
 //! they are skipped).
@@ -23,8 +24,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -83,54 +82,58 @@ pub async fn import_file(
     let total = items.len();
     // A file of one batch stays one batch: refused whole or written whole.
     let n_lanes = IMPORT_LANES.min(total.div_ceil(batch.max(1))).max(1);
-    let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
-    for item in items {
-        let cluster = item["cluster_id"].as_str().unwrap_or_default();
-        lanes[lane_of(cluster, n_lanes)].push(item);
-    }
     let started = Instant::now();
-    let done = AtomicUsize::new(0);
-    let summary = Mutex::new(ImportSummary::default());
-    let send_lane = |lane: Vec<Value>| {
-        let (done, summary) = (&done, &summary);
-        async move {
-            for chunk in lane.chunks(batch.max(1)) {
-                let answer = client.import_with(chunk, allow_live_history).await?;
-                let mut s = ImportSummary::default();
-                for r in answer.results {
-                    match r.status {
-                        201 => s.imported += 1,
-                        200 => s.already += 1,
-                        status => {
-                            let body = r.body.unwrap_or(Value::Null);
-                            return Err(ClientError::from(ApiError {
-                                status,
-                                body: json!({
-                                    "error": body["error"],
-                                    "message": format!("line {}: {}", r.line, body["message"].as_str().unwrap_or("")),
-                                }),
-                            }));
-                        }
-                    }
+    let mut summary = ImportSummary::default();
+    let mut done = 0;
+    let send = |lines: Vec<Value>| async move {
+        let answer = client.import_with(&lines, allow_live_history).await?;
+        let mut s = ImportSummary::default();
+        for r in answer.results {
+            match r.status {
+                201 => s.imported += 1,
+                200 => s.already += 1,
+                status => {
+                    let body = r.body.unwrap_or(Value::Null);
+                    return Err(ClientError::from(ApiError {
+                        status,
+                        body: json!({
+                            "error": body["error"],
+                            "message": format!("line {}: {}", r.line, body["message"].as_str().unwrap_or("")),
+                        }),
+                    }));
                 }
-                if let Ok(mut sum) = summary.lock() {
-                    sum.imported += s.imported;
-                    sum.already += s.already;
-                }
-                let d = done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
-                eprint!(
-                    "\rimported {d}/{total} lines ({:.0} lines/s)   ",
-                    d as f64 / started.elapsed().as_secs_f64().max(1e-3)
-                );
-                let _ = std::io::stderr().flush();
             }
-            Ok(())
         }
+        Ok(s)
     };
-    // The first refusal stops every lane (the others' batches in flight finish).
-    futures::future::try_join_all(lanes.into_iter().map(send_lane)).await?;
+    // Rounds of `n_lanes` batches in time order; in a round each lane takes its clusters'
+    // lines and the lanes go at once. The next round starts when the round is done, so
+    // no lane runs ahead in time of the others by more than a round.
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
+        for item in items.by_ref().take(batch.max(1) * n_lanes) {
+            let cluster = item["cluster_id"].as_str().unwrap_or_default();
+            lanes[lane_of(cluster, n_lanes)].push(item);
+        }
+        let n: usize = lanes.iter().map(Vec::len).sum();
+        // The first refusal stops the import (the other batches of its round finish).
+        let answers =
+            futures::future::try_join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(send))
+                .await?;
+        for s in answers {
+            summary.imported += s.imported;
+            summary.already += s.already;
+        }
+        done += n;
+        eprint!(
+            "\rimported {done}/{total} lines ({:.0} lines/s)   ",
+            done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+        );
+        let _ = std::io::stderr().flush();
+    }
     eprintln!();
-    Ok(summary.into_inner().unwrap_or_default())
+    Ok(summary)
 }
 
 /// Batches an import has in flight at once, one per lane.

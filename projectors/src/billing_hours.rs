@@ -113,6 +113,12 @@ impl Default for BillingHours {
 /// Milliseconds in a day.
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// How far history must have moved past a day's end before the day is written (while
+/// records flow): a record older than that re-bills a written hour and costs a rewrite
+/// of its day's file, so the margin covers clusters whose records run a few hours behind
+/// the others (an import's lanes, a slow controller).
+pub const SETTLE_MS: i64 = 12 * HOUR_MS;
+
 /// How billing segments are written: bloom filters on the columns looked up by equality,
 /// the hour as the key.
 pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
@@ -176,18 +182,18 @@ impl BillingHours {
         Ok(())
     }
 
-    /// The instant up to which [`BillingHours::flush`] would write hours at `now_ms`: the
-    /// start of the UTC day of the hour before `now_ms` and, unless history is `quiet`
-    /// (no record for a while), before the latest event time too. So a day is written
-    /// once it has ended and history has moved an hour past it (an import of old history
-    /// writes each day once, as it passes), or once it has ended on a quiet fleet.
+    /// The instant up to which [`BillingHours::flush`] would write hours at `now_ms`: a
+    /// UTC day start. Unless history is `quiet` (no record for a while), a day is written
+    /// once both the clock and the latest event time are [`SETTLE_MS`] past its end: an
+    /// import of old history writes each day once, as it passes, even if its lanes are
+    /// hours apart. On a quiet fleet a day is written an hour after it ends.
     pub fn flush_target(&self, now_ms: i64, quiet: bool) -> i64 {
         let upto = if quiet {
-            now_ms
+            now_ms - HOUR_MS
         } else {
-            now_ms.min(self.max_ts_ms)
+            now_ms.min(self.max_ts_ms) - SETTLE_MS
         };
-        (upto - HOUR_MS).div_euclid(DAY_MS) * DAY_MS
+        upto.div_euclid(DAY_MS) * DAY_MS
     }
 
     /// Whether a flush at `now_ms` has anything to write.
@@ -1108,7 +1114,10 @@ mod tests {
             b.apply(h).unwrap();
         }
         let now = T0 + 80 * HOUR_MS;
+        // While records flow, day three is not written yet: history is not 12 h past it.
         b.flush(now, false).unwrap();
+        assert_eq!(b.flushed_to_ms, T0 + 2 * DAY_MS);
+        b.flush(now, true).unwrap();
         assert_eq!(b.flushed_to_ms, T0 + 3 * DAY_MS);
         assert_eq!(b.segments.len(), 3, "one file per day");
         assert!(b.clusters["lkc-a"].billing.desired.points().len() <= 2);

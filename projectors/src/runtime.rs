@@ -491,10 +491,9 @@ impl Projector {
                 path: store.path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
-            let written = checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired);
-            if let Err(e) = &written {
+            if let Err(e) = checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired) {
                 unseal(&shared);
-                return Err(clone_error(e));
+                return Err(e);
             }
             retired.checkpointed();
             merge_audit_segments(&shared, &store, &mut retired)?;
@@ -1160,14 +1159,6 @@ fn unseal(shared: &RwLock<Projections>) {
         let mut rows = Arc::try_unwrap(sealed).unwrap_or_else(|a| (*a).clone());
         rows.append(&mut p.audit.tail);
         p.audit.tail = rows;
-    }
-}
-
-/// The same error again (a checkpoint error is reported and returned).
-fn clone_error(e: &Error) -> Error {
-    Error::Io {
-        path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
 
