@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::record::HistoryRecord;
-use crate::segments::{Sealed, Segment, SegmentDir, SegmentLayout};
+use crate::segments::{Sealed, Segment, SegmentDir, SegmentLayout, column};
 use fleetledger_schemas::diff::write_state_diff;
 use fleetledger_schemas::{Facet, FacetState, StateRecord};
 
@@ -232,13 +232,8 @@ pub fn audit_batch<'a>(rows: impl ExactSizeIterator<Item = &'a AuditRow> + Clone
 /// The rows of a batch of [`audit_schema`] (or of a projection of it that has every
 /// column); a missing or mistyped column is an error that names it.
 pub fn rows_of(b: &RecordBatch) -> Result<Vec<AuditRow>, String> {
-    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| format!("audit segment has no column {name} of the expected type"))
-    }
-    let s = |name| col::<StringArray>(b, name);
-    let i = |name| col::<Int64Array>(b, name);
+    let s = |name| column::<StringArray>(b, name);
+    let i = |name| column::<Int64Array>(b, name);
     let (cluster, facet, writer, request, reason, diff, hash) = (
         s("cluster_id")?,
         s("facet")?,
@@ -249,7 +244,7 @@ pub fn rows_of(b: &RecordBatch) -> Result<Vec<AuditRow>, String> {
         s("hash")?,
     );
     let (version, partition, offset) = (i("version")?, i("partition")?, i("offset")?);
-    let ts = col::<TimestampMillisecondArray>(b, "ts")?;
+    let ts = column::<TimestampMillisecondArray>(b, "ts")?;
     (0..b.num_rows())
         .map(|k| {
             Ok(AuditRow {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::{ClusterBilling, HOUR_MS, HourRow, Rate, RatePoint, nothing_flushed};
 use crate::record::HistoryRecord;
-use crate::segments::{Segment, SegmentDir, SegmentLayout};
+use crate::segments::{Segment, SegmentDir, SegmentLayout, column, time_column, utf8_column};
 
 /// Billing of one cluster and its dimensions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,14 +551,8 @@ pub fn billing_schema() -> SchemaRef {
 
 /// `rows` as one batch of [`billing_schema`].
 pub fn billing_batch<'a>(rows: impl Iterator<Item = &'a BillingRow> + Clone) -> RecordBatch {
-    let strings = |f: fn(&BillingRow) -> &str| -> ArrayRef {
-        Arc::new(rows.clone().map(|r| Some(f(r))).collect::<StringArray>())
-    };
-    let times = |f: fn(&BillingRow) -> i64| -> ArrayRef {
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.clone().map(f)).with_timezone("UTC"),
-        )
-    };
+    let strings = |f: fn(&BillingRow) -> &str| utf8_column(rows.clone(), f);
+    let times = |f: fn(&BillingRow) -> i64| time_column(rows.clone(), f);
     let columns: Vec<ArrayRef> = vec![
         times(|r| r.hour_start_ms),
         strings(|r| &r.cluster_id),
@@ -579,13 +573,8 @@ pub fn billing_batch<'a>(rows: impl Iterator<Item = &'a BillingRow> + Clone) -> 
 /// The rows of a batch of [`billing_schema`]; a missing or mistyped column is an error
 /// that names it.
 pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
-    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| format!("billing segment has no column {name} of the expected type"))
-    }
-    let s = |name| col::<StringArray>(b, name);
-    let t = |name| col::<TimestampMillisecondArray>(b, name);
+    let s = |name| column::<StringArray>(b, name);
+    let t = |name| column::<TimestampMillisecondArray>(b, name);
     let (hour, cluster, org, sku, cloud, region) = (
         t("hour_start")?,
         s("cluster_id")?,
@@ -595,8 +584,8 @@ pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
         s("region")?,
     );
     let (cku, open, at) = (
-        col::<Float64Array>(b, "cku_hours")?,
-        col::<BooleanArray>(b, "open")?,
+        column::<Float64Array>(b, "cku_hours")?,
+        column::<BooleanArray>(b, "open")?,
         t("recomputed_at")?,
     );
     Ok((0..b.num_rows())
@@ -701,14 +690,8 @@ pub fn daily_schema() -> SchemaRef {
 
 /// `rows` as one batch of [`daily_schema`].
 pub fn daily_batch<'a>(rows: impl Iterator<Item = &'a DailyRow> + Clone) -> RecordBatch {
-    let strings = |f: fn(&DailyRow) -> &str| -> ArrayRef {
-        Arc::new(rows.clone().map(|r| Some(f(r))).collect::<StringArray>())
-    };
-    let times = |f: fn(&DailyRow) -> i64| -> ArrayRef {
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.clone().map(f)).with_timezone("UTC"),
-        )
-    };
+    let strings = |f: fn(&DailyRow) -> &str| utf8_column(rows.clone(), f);
+    let times = |f: fn(&DailyRow) -> i64| time_column(rows.clone(), f);
     let columns: Vec<ArrayRef> = vec![
         times(|r| r.day_ms),
         strings(|r| &r.org_id),
@@ -729,13 +712,8 @@ pub fn daily_batch<'a>(rows: impl Iterator<Item = &'a DailyRow> + Clone) -> Reco
 
 /// The rows of a batch of [`daily_schema`].
 fn daily_rows_of(b: &RecordBatch) -> Result<Vec<DailyRow>, String> {
-    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| format!("daily segment has no column {name} of the expected type"))
-    }
-    let s = |name| col::<StringArray>(b, name);
-    let t = |name| col::<TimestampMillisecondArray>(b, name);
+    let s = |name| column::<StringArray>(b, name);
+    let t = |name| column::<TimestampMillisecondArray>(b, name);
     let (day, org, sku, cloud, region) = (
         t("day")?,
         s("org_id")?,
@@ -744,9 +722,9 @@ fn daily_rows_of(b: &RecordBatch) -> Result<Vec<DailyRow>, String> {
         s("region")?,
     );
     let (cku, clusters, open, at) = (
-        col::<Float64Array>(b, "cku_hours")?,
-        col::<Int64Array>(b, "clusters")?,
-        col::<BooleanArray>(b, "open")?,
+        column::<Float64Array>(b, "cku_hours")?,
+        column::<Int64Array>(b, "clusters")?,
+        column::<BooleanArray>(b, "open")?,
         t("recomputed_at")?,
     );
     Ok((0..b.num_rows())
@@ -830,16 +808,8 @@ fn read_points(
                 projection: "billing_hours".into(),
                 message,
             };
-            let strings = |name: &str| {
-                b.column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .ok_or_else(|| bad(format!("point segment has no column {name}")))
-            };
-            let ints = |name: &str| {
-                b.column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                    .ok_or_else(|| bad(format!("point segment has no column {name}")))
-            };
+            let strings = |name: &str| column::<StringArray>(&b, name).map_err(bad);
+            let ints = |name: &str| column::<Int64Array>(&b, name).map_err(bad);
             let (ids, rates) = (strings("cluster_id")?, strings("rate")?);
             let (ts, version, cku) = (ints("ts")?, ints("version")?, ints("cku")?);
             for k in 0..b.num_rows() {

@@ -303,3 +303,32 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// A shared, immutable set of rows being written to a segment: queries read it until the
 /// segment is in the projection's list.
 pub type Sealed<T> = Arc<Vec<T>>;
+
+/// Column `name` of a segment's batch as array type `T`; an error that names the column
+/// if it is missing or of another type.
+pub fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| format!("segment has no column {name} of the expected type"))
+}
+
+/// A Utf8 column of `f` over `rows`.
+pub fn utf8_column<'a, R: 'a>(
+    rows: impl Iterator<Item = &'a R>,
+    f: impl Fn(&'a R) -> &'a str,
+) -> arrow_array::ArrayRef {
+    Arc::new(
+        rows.map(|r| Some(f(r)))
+            .collect::<arrow_array::StringArray>(),
+    )
+}
+
+/// A UTC millisecond timestamp column of `f` over `rows`.
+pub fn time_column<'a, R: 'a>(
+    rows: impl Iterator<Item = &'a R>,
+    f: impl Fn(&'a R) -> i64,
+) -> arrow_array::ArrayRef {
+    Arc::new(
+        arrow_array::TimestampMillisecondArray::from_iter_values(rows.map(f)).with_timezone("UTC"),
+    )
+}
