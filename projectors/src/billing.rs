@@ -270,10 +270,9 @@ impl ClusterBilling {
             version,
             cku,
         };
-        // Hours already in files: their old amounts, before the point is added.
         // A point changes the integral from its own time on: hours in files change only if
         // it lies before the flushed instant (the timelines then hold every point from
-        // its hour on: see `BillingHours::apply`).
+        // its hour on: see `BillingHours::apply`). Their old amounts, before the point:
         let deep_from = hour_start(ts_ms);
         let deep = deep_from < self.flushed_to_ms;
         let deep_old = deep.then(|| self.integrate(deep_from, self.flushed_to_ms));
@@ -403,8 +402,9 @@ impl ClusterBilling {
     }
 
     /// Every hour from the flushed instant up to `now_ms` with an amount, or whose amount a
-    /// late record took to zero: hours before `now_ms`'s hour are closed, the hour containing `now_ms` is open
-    /// and counts up to `now_ms`. Hours after `now_ms` are not billed yet.
+    /// late record took to zero: hours before `now_ms`'s hour are closed, the hour
+    /// containing `now_ms` is open and counts up to `now_ms`. Hours after `now_ms` are not
+    /// billed yet.
     pub fn rows(&self, now_ms: i64) -> Vec<HourRow> {
         let now_hour = hour_start(now_ms);
         let to_hours = |v: i128| v as f64 / HOUR_MS as f64;

@@ -1,7 +1,11 @@
 //! Projections as DataFusion tables. A scan takes one read lock on the projections (a
-//! consistent snapshot), builds only the projected columns, and keeps only rows that pass
-//! the pushed-down string equality filters (`col = 'text'`), which are inexact:
-//! DataFusion applies every filter again.
+//! consistent snapshot): it builds the projected columns of the rows in memory, keeping
+//! only rows that pass the pushed-down string equality filters (`col = 'text'`), and takes
+//! the list of the projection's Parquet segments, which it scans with the projection and
+//! every filter as a pruning predicate (files, row groups, pages, bloom filters). Segment
+//! files never change, and one the projection has dropped is kept for a grace period, so
+//! the snapshot holds while the query runs. Filters are inexact: DataFusion applies every
+//! filter again.
 //!
 //! One seam: a table over a projection is a [`ProjectionTable`] in a file of its own, and
 //! [`table_of`] names it for its [`ProjectionName`] variant (the compiler asks for the arm
