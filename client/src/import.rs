@@ -85,22 +85,26 @@ pub async fn import_file(
     let started = Instant::now();
     let mut summary = ImportSummary::default();
     let mut done = 0;
+    // One lane's lines of a round, in requests of at most `batch` lines (a lane may get
+    // more than its share when a few clusters have many lines in the round).
     let send = |lines: Vec<Value>| async move {
-        let answer = client.import_with(&lines, allow_live_history).await?;
         let mut s = ImportSummary::default();
-        for r in answer.results {
-            match r.status {
-                201 => s.imported += 1,
-                200 => s.already += 1,
-                status => {
-                    let body = r.body.unwrap_or(Value::Null);
-                    return Err(ClientError::from(ApiError {
-                        status,
-                        body: json!({
-                            "error": body["error"],
-                            "message": format!("line {}: {}", r.line, body["message"].as_str().unwrap_or("")),
-                        }),
-                    }));
+        for chunk in lines.chunks(batch.max(1)) {
+            let answer = client.import_with(chunk, allow_live_history).await?;
+            for r in answer.results {
+                match r.status {
+                    201 => s.imported += 1,
+                    200 => s.already += 1,
+                    status => {
+                        let body = r.body.unwrap_or(Value::Null);
+                        return Err(ClientError::from(ApiError {
+                            status,
+                            body: json!({
+                                "error": body["error"],
+                                "message": format!("line {}: {}", r.line, body["message"].as_str().unwrap_or("")),
+                            }),
+                        }));
+                    }
                 }
             }
         }
@@ -117,7 +121,8 @@ pub async fn import_file(
             lanes[lane_of(cluster, n_lanes)].push(item);
         }
         let n: usize = lanes.iter().map(Vec::len).sum();
-        // The first refusal stops the import (the other batches of its round finish).
+        // The first refusal stops the import: the other lanes' requests of the round are
+        // dropped (what they had written stays; a re-run skips it).
         let answers =
             futures::future::try_join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(send))
                 .await?;
