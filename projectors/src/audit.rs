@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::record::HistoryRecord;
-use crate::segments::{Sealed, Segment, SegmentDir, SegmentLayout, column};
+use crate::segments::{
+    Sealed, Segment, SegmentDir, SegmentLayout, column, time_column, utf8_column,
+};
 use fleetledger_schemas::diff::write_state_diff;
 use fleetledger_schemas::{Facet, FacetState, StateRecord};
 
@@ -194,39 +196,45 @@ pub fn audit_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns of [`audit_schema`] at `columns` (indexes into it) over `rows`: the
+/// segment writer builds all of them, a table scan only those it projects.
+pub fn audit_columns<'a>(
+    rows: impl Iterator<Item = &'a AuditRow> + Clone,
+    columns: &[usize],
+) -> Vec<ArrayRef> {
+    let strings = |f: fn(&AuditRow) -> &str| utf8_column(rows.clone(), f);
+    let ints = |f: fn(&AuditRow) -> i64| -> ArrayRef {
+        Arc::new(rows.clone().map(f).collect::<Int64Array>())
+    };
+    columns
+        .iter()
+        .map(|&i| match i {
+            0 => strings(|r| &r.cluster_id),
+            1 => strings(|r| r.facet.as_str()),
+            2 => ints(|r| r.version),
+            3 => time_column(rows.clone(), |r| r.ts_ms),
+            4 => strings(|r| &r.writer),
+            5 => strings(|r| &r.request_id),
+            6 => Arc::new(
+                rows.clone()
+                    .map(|r| r.reason.as_deref())
+                    .collect::<StringArray>(),
+            ),
+            7 => strings(|r| &r.diff),
+            8 => strings(|r| &r.hash),
+            9 => ints(|r| i64::from(r.partition)),
+            10 => ints(|r| r.offset),
+            other => panic!("audit_log has 11 columns, not a column {other}"),
+        })
+        .collect()
+}
+
 /// `rows` as one batch of [`audit_schema`].
-pub fn audit_batch<'a>(rows: impl ExactSizeIterator<Item = &'a AuditRow> + Clone) -> RecordBatch {
-    fn strings<'a>(
-        rows: impl Iterator<Item = &'a AuditRow>,
-        f: impl Fn(&'a AuditRow) -> Option<&'a str>,
-    ) -> ArrayRef {
-        Arc::new(rows.map(f).collect::<StringArray>())
-    }
-    fn ints<'a>(
-        rows: impl Iterator<Item = &'a AuditRow>,
-        f: impl Fn(&AuditRow) -> i64,
-    ) -> ArrayRef {
-        Arc::new(rows.map(f).collect::<Int64Array>())
-    }
-    let r = rows;
-    let columns: Vec<ArrayRef> = vec![
-        strings(r.clone(), |r| Some(&r.cluster_id)),
-        strings(r.clone(), |r| Some(r.facet.as_str())),
-        ints(r.clone(), |r| r.version),
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(r.clone().map(|r| r.ts_ms))
-                .with_timezone("UTC"),
-        ),
-        strings(r.clone(), |r| Some(&r.writer)),
-        strings(r.clone(), |r| Some(&r.request_id)),
-        strings(r.clone(), |r| r.reason.as_deref()),
-        strings(r.clone(), |r| Some(&r.diff)),
-        strings(r.clone(), |r| Some(&r.hash)),
-        ints(r.clone(), |r| i64::from(r.partition)),
-        ints(r, |r| r.offset),
-    ];
+pub fn audit_batch<'a>(rows: impl Iterator<Item = &'a AuditRow> + Clone) -> RecordBatch {
+    let all: Vec<usize> = (0..audit_schema().fields().len()).collect();
     // The columns are built from the schema's own list: it cannot fail.
-    RecordBatch::try_new(audit_schema(), columns).expect("audit batch matches its schema")
+    RecordBatch::try_new(audit_schema(), audit_columns(rows, &all))
+        .expect("audit batch matches its schema")
 }
 
 /// The rows of a batch of [`audit_schema`] (or of a projection of it that has every

@@ -549,25 +549,39 @@ pub fn billing_schema() -> SchemaRef {
     ]))
 }
 
-/// `rows` as one batch of [`billing_schema`].
-pub fn billing_batch<'a>(rows: impl Iterator<Item = &'a BillingRow> + Clone) -> RecordBatch {
+/// The columns of [`billing_schema`] at `columns` (indexes into it) over `rows`: the
+/// segment writer builds all of them, a table scan only those it projects.
+pub fn billing_columns<'a>(
+    rows: impl Iterator<Item = &'a BillingRow> + Clone,
+    columns: &[usize],
+) -> Vec<ArrayRef> {
     let strings = |f: fn(&BillingRow) -> &str| utf8_column(rows.clone(), f);
     let times = |f: fn(&BillingRow) -> i64| time_column(rows.clone(), f);
-    let columns: Vec<ArrayRef> = vec![
-        times(|r| r.hour_start_ms),
-        strings(|r| &r.cluster_id),
-        strings(|r| &r.org_id),
-        strings(|r| &r.sku),
-        strings(|r| &r.cloud),
-        strings(|r| &r.region),
-        Arc::new(Float64Array::from_iter_values(
-            rows.clone().map(|r| r.cku_hours),
-        )),
-        Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
-        times(|r| r.recomputed_at_ms),
-    ];
+    columns
+        .iter()
+        .map(|&i| match i {
+            0 => times(|r| r.hour_start_ms),
+            1 => strings(|r| &r.cluster_id),
+            2 => strings(|r| &r.org_id),
+            3 => strings(|r| &r.sku),
+            4 => strings(|r| &r.cloud),
+            5 => strings(|r| &r.region),
+            6 => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|r| r.cku_hours),
+            )) as ArrayRef,
+            7 => Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
+            8 => times(|r| r.recomputed_at_ms),
+            other => panic!("billing_hours has 9 columns, not a column {other}"),
+        })
+        .collect()
+}
+
+/// `rows` as one batch of [`billing_schema`].
+pub fn billing_batch<'a>(rows: impl Iterator<Item = &'a BillingRow> + Clone) -> RecordBatch {
+    let all: Vec<usize> = (0..billing_schema().fields().len()).collect();
     // The columns are built from the schema's own list: it cannot fail.
-    RecordBatch::try_new(billing_schema(), columns).expect("billing batch matches its schema")
+    RecordBatch::try_new(billing_schema(), billing_columns(rows, &all))
+        .expect("billing batch matches its schema")
 }
 
 /// The rows of a batch of [`billing_schema`]; a missing or mistyped column is an error
@@ -688,26 +702,39 @@ pub fn daily_schema() -> SchemaRef {
     ]))
 }
 
-/// `rows` as one batch of [`daily_schema`].
-pub fn daily_batch<'a>(rows: impl Iterator<Item = &'a DailyRow> + Clone) -> RecordBatch {
+/// The columns of [`daily_schema`] at `columns` (indexes into it) over `rows`.
+pub fn daily_columns<'a>(
+    rows: impl Iterator<Item = &'a DailyRow> + Clone,
+    columns: &[usize],
+) -> Vec<ArrayRef> {
     let strings = |f: fn(&DailyRow) -> &str| utf8_column(rows.clone(), f);
     let times = |f: fn(&DailyRow) -> i64| time_column(rows.clone(), f);
-    let columns: Vec<ArrayRef> = vec![
-        times(|r| r.day_ms),
-        strings(|r| &r.org_id),
-        strings(|r| &r.sku),
-        strings(|r| &r.cloud),
-        strings(|r| &r.region),
-        Arc::new(Float64Array::from_iter_values(
-            rows.clone().map(|r| r.cku_hours),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            rows.clone().map(|r| r.clusters),
-        )),
-        Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
-        times(|r| r.recomputed_at_ms),
-    ];
-    RecordBatch::try_new(daily_schema(), columns).expect("daily batch matches its schema")
+    columns
+        .iter()
+        .map(|&i| match i {
+            0 => times(|r| r.day_ms),
+            1 => strings(|r| &r.org_id),
+            2 => strings(|r| &r.sku),
+            3 => strings(|r| &r.cloud),
+            4 => strings(|r| &r.region),
+            5 => Arc::new(Float64Array::from_iter_values(
+                rows.clone().map(|r| r.cku_hours),
+            )) as ArrayRef,
+            6 => Arc::new(Int64Array::from_iter_values(
+                rows.clone().map(|r| r.clusters),
+            )),
+            7 => Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
+            8 => times(|r| r.recomputed_at_ms),
+            other => panic!("billing_daily has 9 columns, not a column {other}"),
+        })
+        .collect()
+}
+
+/// `rows` as one batch of [`daily_schema`].
+pub fn daily_batch<'a>(rows: impl Iterator<Item = &'a DailyRow> + Clone) -> RecordBatch {
+    let all: Vec<usize> = (0..daily_schema().fields().len()).collect();
+    RecordBatch::try_new(daily_schema(), daily_columns(rows, &all))
+        .expect("daily batch matches its schema")
 }
 
 /// The rows of a batch of [`daily_schema`].

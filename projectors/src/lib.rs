@@ -16,7 +16,7 @@ pub mod runtime;
 pub mod segments;
 pub mod views;
 
-pub use audit::{AuditLog, AuditRow, audit_batch, audit_schema};
+pub use audit::{AuditLog, AuditRow, audit_batch, audit_columns, audit_schema};
 pub use billing::ClusterBilling;
 pub use billing_hours::{BillingHours, BillingRow};
 pub use clusters::{ClusterRow, Clusters};

@@ -6,9 +6,9 @@
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::Field;
 use fleetledger_projectors::segments::{Segment, SegmentDir};
-use fleetledger_projectors::{AuditRow, Projections, audit_batch, audit_schema};
+use fleetledger_projectors::{AuditRow, Projections, audit_columns, audit_schema};
 
-use super::{ProjectionTable, Scan};
+use super::{ProjectionTable, Scan, fields_of};
 
 fn audit_str<'a>(r: &'a AuditRow, col: &str) -> Option<&'a str> {
     Some(match col {
@@ -27,11 +27,7 @@ pub(crate) struct AuditTable;
 
 impl ProjectionTable for AuditTable {
     fn fields(&self) -> Vec<Field> {
-        audit_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect()
+        fields_of(&audit_schema())
     }
 
     fn pushable(&self, column: &str) -> bool {
@@ -49,13 +45,10 @@ impl ProjectionTable for AuditTable {
             })
             .take(scan.take)
             .collect();
-        let batch = audit_batch(rows.iter().copied());
-        let arrays = scan
-            .columns
-            .iter()
-            .map(|i| batch.column(*i).clone())
-            .collect();
-        (arrays, rows.len())
+        (
+            audit_columns(rows.iter().copied(), scan.columns),
+            rows.len(),
+        )
     }
 
     fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {

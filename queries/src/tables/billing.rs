@@ -3,40 +3,25 @@
 //! filters on `hour_start`, `org_id` and `cluster_id` skip files and row groups); the
 //! hours since are computed in memory.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder,
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::Field;
+use fleetledger_projectors::billing_hours::{
+    DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
 };
-use datafusion::arrow::datatypes::{DataType, Field};
-
-use fleetledger_projectors::billing_hours::{DailyRow, billing_schema, daily_batch, daily_schema};
 use fleetledger_projectors::segments::{Segment, SegmentDir};
 use fleetledger_projectors::{BillingRow, Projections};
 
-use super::{AppendIter, FieldSpec, ProjectionTable, Scan, ts_type};
+use super::{ProjectionTable, Scan, fields_of};
 
-const FIELDS: [FieldSpec; 9] = [
-    ("hour_start", ts_type),
-    ("cluster_id", || DataType::Utf8),
-    ("org_id", || DataType::Utf8),
-    ("sku", || DataType::Utf8),
-    ("cloud", || DataType::Utf8),
-    ("region", || DataType::Utf8),
-    ("cku_hours", || DataType::Float64),
-    ("open", || DataType::Boolean),
-    ("recomputed_at", ts_type),
-];
-
-fn billing_str<'a>(r: &'a BillingRow, col: &str) -> Option<&'a str> {
-    Some(match col {
-        "cluster_id" => &r.cluster_id,
-        "org_id" => &r.org_id,
-        "sku" => &r.sku,
-        "cloud" => &r.cloud,
-        "region" => &r.region,
-        _ => return None,
-    })
+/// Dimension column `col` of a row with these dimensions; `None` for another column.
+fn dimension<'a>(col: &str, [org, sku, cloud, region]: [&'a str; 4]) -> Option<&'a str> {
+    match col {
+        "org_id" => Some(org),
+        "sku" => Some(sku),
+        "cloud" => Some(cloud),
+        "region" => Some(region),
+        _ => None,
+    }
 }
 
 /// The `billing_hours` table.
@@ -45,11 +30,7 @@ pub(crate) struct BillingTable;
 
 impl ProjectionTable for BillingTable {
     fn fields(&self) -> Vec<Field> {
-        billing_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect()
+        fields_of(&billing_schema())
     }
 
     fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
@@ -65,61 +46,20 @@ impl ProjectionTable for BillingTable {
         // of their hours is built.
         let all = p.billing.rows_where(scan.now_ms, |id, c| {
             scan.eqs.iter().all(|(col, v)| {
-                let have = match col.as_str() {
-                    "cluster_id" => id,
-                    "org_id" => &c.org_id,
-                    "sku" => &c.sku,
-                    "cloud" => &c.cloud,
-                    "region" => &c.region,
-                    _ => return true,
+                let have = if col == "cluster_id" {
+                    Some(id)
+                } else {
+                    dimension(col, [&c.org_id, &c.sku, &c.cloud, &c.region])
                 };
-                have == v
+                have.is_none_or(|h| h == v)
             })
         });
         let rows: Vec<&BillingRow> = all.iter().take(scan.take).collect();
-        let indices = scan.columns;
-        let arrays = indices
-            .iter()
-            .map(|i| -> ArrayRef {
-                match FIELDS[*i].0 {
-                    "hour_start" => Arc::new(
-                        TimestampMillisecondBuilder::new()
-                            .with_timezone("UTC")
-                            .append_values_iter(rows.iter().map(|r| r.hour_start_ms)),
-                    ),
-                    "cku_hours" => Arc::new(
-                        Float64Builder::new().append_values_iter(rows.iter().map(|r| r.cku_hours)),
-                    ),
-                    "open" => Arc::new(
-                        BooleanBuilder::new().append_values_iter(rows.iter().map(|r| r.open)),
-                    ),
-                    "recomputed_at" => Arc::new(
-                        TimestampMillisecondBuilder::new()
-                            .with_timezone("UTC")
-                            .append_values_iter(rows.iter().map(|r| r.recomputed_at_ms)),
-                    ),
-                    name => {
-                        let mut b = StringBuilder::new();
-                        for r in &rows {
-                            b.append_value(billing_str(r, name).unwrap_or(""));
-                        }
-                        Arc::new(b.finish())
-                    }
-                }
-            })
-            .collect();
-        (arrays, rows.len())
+        (
+            billing_columns(rows.iter().copied(), scan.columns),
+            rows.len(),
+        )
     }
-}
-
-fn daily_str<'a>(r: &'a DailyRow, col: &str) -> Option<&'a str> {
-    Some(match col {
-        "org_id" => &r.org_id,
-        "sku" => &r.sku,
-        "cloud" => &r.cloud,
-        "region" => &r.region,
-        _ => return None,
-    })
 }
 
 /// The `billing_daily` table: CKU-hours per UTC day, org, sku, cloud and region. The
@@ -130,11 +70,7 @@ pub(crate) struct DailyTable;
 
 impl ProjectionTable for DailyTable {
     fn fields(&self) -> Vec<Field> {
-        daily_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect()
+        fields_of(&daily_schema())
     }
 
     fn pushable(&self, column: &str) -> bool {
@@ -146,19 +82,16 @@ impl ProjectionTable for DailyTable {
         let rows: Vec<&DailyRow> = all
             .iter()
             .filter(|r| {
-                scan.eqs
-                    .iter()
-                    .all(|(c, v)| daily_str(r, c) == Some(v.as_str()))
+                scan.eqs.iter().all(|(c, v)| {
+                    dimension(c, [&r.org_id, &r.sku, &r.cloud, &r.region]) == Some(v.as_str())
+                })
             })
             .take(scan.take)
             .collect();
-        let batch = daily_batch(rows.iter().copied());
-        let arrays = scan
-            .columns
-            .iter()
-            .map(|i| batch.column(*i).clone())
-            .collect();
-        (arrays, rows.len())
+        (
+            daily_columns(rows.iter().copied(), scan.columns),
+            rows.len(),
+        )
     }
 
     fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {

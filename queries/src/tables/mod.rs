@@ -18,10 +18,7 @@ mod clusters;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
-    TimestampMillisecondBuilder,
-};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
@@ -48,9 +45,6 @@ pub(crate) type NowMs = Arc<dyn Fn() -> i64 + Send + Sync>;
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
-
-/// A fixed column: its name and how to make its type.
-type FieldSpec = (&'static str, fn() -> DataType);
 
 /// What one scan asks of a table.
 #[derive(Debug)]
@@ -232,27 +226,10 @@ fn string_eq(e: &Expr) -> Option<(String, String)> {
     pair(left, right).or_else(|| pair(right, left))
 }
 
-/// Builders that take an iterator of plain values.
-pub(crate) trait AppendIter<T> {
-    fn append_values_iter(self, it: impl Iterator<Item = T>) -> datafusion::arrow::array::ArrayRef;
+/// The fields of `schema`, as [`ProjectionTable::fields`] gives them.
+pub(crate) fn fields_of(schema: &SchemaRef) -> Vec<Field> {
+    schema.fields().iter().map(|f| f.as_ref().clone()).collect()
 }
-
-macro_rules! append_iter {
-    ($builder:ty, $t:ty) => {
-        impl AppendIter<$t> for $builder {
-            fn append_values_iter(mut self, it: impl Iterator<Item = $t>) -> ArrayRef {
-                for v in it {
-                    self.append_value(v);
-                }
-                Arc::new(self.finish())
-            }
-        }
-    };
-}
-append_iter!(Int64Builder, i64);
-append_iter!(Float64Builder, f64);
-append_iter!(BooleanBuilder, bool);
-append_iter!(TimestampMillisecondBuilder, i64);
 
 #[async_trait]
 impl TableProvider for SnapshotTable {
