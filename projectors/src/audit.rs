@@ -157,13 +157,7 @@ impl AuditLog {
     pub fn all_rows(&self) -> crate::Result<Vec<AuditRow>> {
         let mut rows = Vec::new();
         for s in &self.segments {
-            for b in self.files.read(s, None, None)? {
-                rows.extend(rows_of(&b).map_err(|message| crate::Error::Checkpoint {
-                    path: self.files.path(s),
-                    projection: "audit_log".into(),
-                    message,
-                })?);
-            }
+            rows.extend(read_rows(&self.files, s)?);
         }
         rows.extend(self.memory_rows().cloned());
         rows.sort_by_key(|r| (r.partition, r.offset));
@@ -235,6 +229,11 @@ pub fn audit_batch<'a>(rows: impl Iterator<Item = &'a AuditRow> + Clone) -> Reco
     // The columns are built from the schema's own list: it cannot fail.
     RecordBatch::try_new(audit_schema(), audit_columns(rows, &all))
         .expect("audit batch matches its schema")
+}
+
+/// Every row of audit segment `s` in `files`.
+pub fn read_rows(files: &SegmentDir, s: &Segment) -> crate::Result<Vec<AuditRow>> {
+    files.read_rows(s, "audit_log", rows_of)
 }
 
 /// The rows of a batch of [`audit_schema`] (or of a projection of it that has every

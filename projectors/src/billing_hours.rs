@@ -283,17 +283,8 @@ impl BillingHours {
                 .position(|s| s.min_key.div_euclid(DAY_MS) * DAY_MS == day);
             let mut rows = match old {
                 Some(i) => {
-                    let mut rows = Vec::new();
-                    for b in self.files.read(&self.segments[i], None, None)? {
-                        rows.extend(billing_rows_of(&b).map_err(|message| {
-                            crate::Error::Checkpoint {
-                                path: self.files.path(&self.segments[i]),
-                                projection: "billing_hours".into(),
-                                message,
-                            }
-                        })?);
-                    }
-                    rows
+                    self.files
+                        .read_rows(&self.segments[i], "billing_hours", billing_rows_of)?
                 }
                 None => Vec::new(),
             };
@@ -386,18 +377,12 @@ impl BillingHours {
             let mut rows = Vec::new();
             if let Some(i) = old {
                 let seg = &self.daily_segments[i];
-                for b in self.files.read(seg, None, None)? {
-                    rows.extend(
-                        daily_rows_of(&b)
-                            .map_err(|message| crate::Error::Checkpoint {
-                                path: self.files.path(seg),
-                                projection: "billing_hours".into(),
-                                message,
-                            })?
-                            .into_iter()
-                            .filter(|r| !days.contains_key(&r.day_ms)),
-                    );
-                }
+                rows.extend(
+                    self.files
+                        .read_rows(seg, "billing_hours", daily_rows_of)?
+                        .into_iter()
+                        .filter(|r| !days.contains_key(&r.day_ms)),
+                );
             }
             rows.extend(days.into_values().flatten());
             rows.sort_by(|a, b| {
@@ -487,15 +472,7 @@ impl BillingHours {
     pub fn all_rows(&self, now_ms: i64) -> crate::Result<Vec<BillingRow>> {
         let mut rows = Vec::new();
         for s in &self.segments {
-            for b in self.files.read(s, None, None)? {
-                rows.extend(
-                    billing_rows_of(&b).map_err(|message| crate::Error::Checkpoint {
-                        path: self.files.path(s),
-                        projection: "billing_hours".into(),
-                        message,
-                    })?,
-                );
-            }
+            rows.extend(self.files.read_rows(s, "billing_hours", billing_rows_of)?);
         }
         rows.extend(self.rows(now_ms));
         rows.sort_by(|a, b| {
@@ -1246,9 +1223,7 @@ mod tests {
             // sum of the hours.
             let mut daily: Vec<DailyRow> = Vec::new();
             for seg in &b.daily_segments {
-                for batch in files.read(seg, None, None).unwrap() {
-                    daily.extend(daily_rows_of(&batch).unwrap());
-                }
+                daily.extend(files.read_rows(seg, "billing_hours", daily_rows_of).unwrap());
             }
             daily.extend(b.daily(now));
             let want_daily = daily_of(&rows);

@@ -491,12 +491,15 @@ impl Projector {
                 path: store.path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
-            if let Err(e) = checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired) {
-                unseal(&shared);
-                return Err(e);
-            }
+            let saved = match checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    unseal(&shared);
+                    return Err(e);
+                }
+            };
             retired.checkpointed();
-            merge_audit_segments(&shared, &store, &mut retired)?;
+            merge_audit_segments(&shared, &store, &saved, &mut retired)?;
             retired.sweep(grace);
             tracing::debug!("checkpoint written");
             Ok(())
@@ -1077,6 +1080,13 @@ impl Drop for ReadAhead {
     }
 }
 
+/// What the `audit_log` checkpoint just saved holds besides its segments: a merge of
+/// segments saves them again with the new list (the same rows).
+struct AuditSaved {
+    offsets: BTreeMap<i32, i64>,
+    last: Box<serde_json::value::RawValue>,
+}
+
 /// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
 /// tail written as a new segment. On error the tail is left sealed: the caller unseals.
 fn checkpoint_all(
@@ -1084,7 +1094,7 @@ fn checkpoint_all(
     store: &CheckpointStore,
     (now_ms, quiet): (i64, bool),
     retired: &mut Retired,
-) -> Result<()> {
+) -> Result<AuditSaved> {
     use ProjectionName::{AuditLog as A, BillingHours as B, Clusters as C};
     // Closed days of billing go to their files (and corrected days are rewritten) before
     // the checkpoint that names them.
@@ -1149,7 +1159,10 @@ fn checkpoint_all(
     for path in flushed.retired {
         retired.retire(path);
     }
-    Ok(())
+    Ok(AuditSaved {
+        offsets: audit_offsets,
+        last,
+    })
 }
 
 /// Puts sealed audit rows back in front of the tail (their checkpoint failed).
@@ -1180,6 +1193,7 @@ fn audit_merge_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
 fn merge_audit_segments(
     shared: &RwLock<Projections>,
     store: &CheckpointStore,
+    saved: &AuditSaved,
     retired: &mut Retired,
 ) -> Result<()> {
     loop {
@@ -1192,15 +1206,7 @@ fn merge_audit_segments(
         };
         let mut rows = Vec::new();
         for s in &segments[run.clone()] {
-            for b in files.read(s, None, None)? {
-                rows.extend(
-                    crate::audit::rows_of(&b).map_err(|message| Error::Checkpoint {
-                        path: files.path(s),
-                        projection: ProjectionName::AuditLog.to_string(),
-                        message,
-                    })?,
-                );
-            }
+            rows.extend(crate::audit::read_rows(&files, s)?);
         }
         rows.sort_unstable_by(|a, b| {
             (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
@@ -1213,17 +1219,12 @@ fn merge_audit_segments(
         let mut next = segments[..run.start].to_vec();
         next.push(merged.clone());
         next.extend_from_slice(&segments[run.end..]);
-        // The last audit checkpoint's offsets and states, with the new list.
-        let Some(cp) = store
-            .load::<AuditCheckpoint<Box<serde_json::value::RawValue>>>(ProjectionName::AuditLog)?
-        else {
-            return Ok(());
-        };
+        // The offsets and states the checkpoint just saved, with the new list.
         if let Err(e) = store.save(
             ProjectionName::AuditLog,
-            &cp.offsets,
+            &saved.offsets,
             &AuditCheckpoint {
-                last: &cp.state.last,
+                last: &saved.last,
                 segments: next.clone(),
             },
         ) {

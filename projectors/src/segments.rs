@@ -184,6 +184,25 @@ impl SegmentDir {
             .map_err(|e| io(std::io::Error::other(e)))
     }
 
+    /// Every row of `segment`, parsed by `rows_of` from its batches; a batch it cannot
+    /// parse is [`Error::Checkpoint`] of `projection`, naming the file.
+    pub fn read_rows<T>(
+        &self,
+        segment: &Segment,
+        projection: &str,
+        rows_of: impl Fn(&RecordBatch) -> std::result::Result<Vec<T>, String>,
+    ) -> Result<Vec<T>> {
+        let mut rows = Vec::new();
+        for b in self.read(segment, None, None)? {
+            rows.extend(rows_of(&b).map_err(|message| Error::Checkpoint {
+                path: self.path(segment),
+                projection: projection.to_owned(),
+                message,
+            })?);
+        }
+        Ok(rows)
+    }
+
     /// Deletes every file in the directory that `named` does not list (segments of a
     /// checkpoint that never became durable, retired segments, temporary files). Returns how
     /// many it deleted.
