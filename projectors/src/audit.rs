@@ -231,6 +231,38 @@ pub fn audit_batch<'a>(rows: impl Iterator<Item = &'a AuditRow> + Clone) -> Reco
         .expect("audit batch matches its schema")
 }
 
+/// The history offsets of `cluster_id`'s rows in `partition` held by `segments`, read from
+/// the row groups whose statistics may hold the cluster.
+pub fn segment_offsets(
+    files: &SegmentDir,
+    segments: &[Segment],
+    cluster_id: &str,
+    partition: i32,
+) -> crate::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for s in segments {
+        let cols = ["cluster_id", "partition", "offset"];
+        for b in files.read(s, Some(&cols), Some(("cluster_id", cluster_id)))? {
+            let bad = |message| crate::Error::Checkpoint {
+                path: files.path(s),
+                projection: "audit_log".into(),
+                message,
+            };
+            let ids = column::<StringArray>(&b, "cluster_id").map_err(bad)?;
+            let parts = column::<Int64Array>(&b, "partition").map_err(bad)?;
+            let offsets = column::<Int64Array>(&b, "offset").map_err(bad)?;
+            out.extend(
+                (0..b.num_rows())
+                    .filter(|&k| {
+                        ids.value(k) == cluster_id && parts.value(k) == i64::from(partition)
+                    })
+                    .map(|k| offsets.value(k)),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Every row of audit segment `s` in `files`.
 pub fn read_rows(files: &SegmentDir, s: &Segment) -> crate::Result<Vec<AuditRow>> {
     files.read_rows(s, "audit_log", rows_of)

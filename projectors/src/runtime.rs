@@ -389,47 +389,15 @@ impl Projector {
             )
         };
         let id = cluster_id.to_owned();
-        let on_disk = tokio::task::spawn_blocking(move || -> Result<Vec<i64>> {
-            let mut out = Vec::new();
-            for s in &segments {
-                let cols = ["cluster_id", "partition", "offset"];
-                for b in files.read(s, Some(&cols), Some(("cluster_id", &id)))? {
-                    let ids = b
-                        .column_by_name("cluster_id")
-                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>());
-                    let parts = b
-                        .column_by_name("partition")
-                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>());
-                    let offs = b
-                        .column_by_name("offset")
-                        .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>());
-                    let (Some(ids), Some(parts), Some(offs)) = (ids, parts, offs) else {
-                        return Err(Error::Checkpoint {
-                            path: files.path(s),
-                            projection: ProjectionName::AuditLog.to_string(),
-                            message: "segment lacks cluster_id, partition or offset".into(),
-                        });
-                    };
-                    out.extend(
-                        (0..b.num_rows())
-                            .filter(|&k| {
-                                ids.value(k) == id && parts.value(k) == i64::from(partition)
-                            })
-                            .map(|k| offs.value(k)),
-                    );
-                }
-            }
-            Ok(out)
+        let on_disk = tokio::task::spawn_blocking(move || {
+            crate::audit::segment_offsets(&files, &segments, &id, partition)
         })
-        .await;
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|found| found.map_err(|e| e.to_string()));
         match on_disk {
-            Ok(Ok(found)) => offsets.extend(found),
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => String::new(),
-                };
+            Ok(found) => offsets.extend(found),
+            Err(error) => {
                 tracing::warn!(cluster_id, partition, %error, "cannot read the audit segments; reading the whole partition instead");
                 return HistoryHint {
                     offsets: Vec::new(),
