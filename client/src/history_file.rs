@@ -2,7 +2,7 @@
 //! JSON object per line, `{"ts": RFC 3339, "cluster_id", "facet", "writer", "state",
 //! "reason"?}` (`principal` is read for `writer`, the name older files used).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,45 +29,64 @@ pub struct HistoryLine {
     pub state: Value,
 }
 
-/// `lines` in the order of their times (ties keep their order): the order a live ledger
-/// would have written them in. Each cluster+facet's lines keep their order, since
-/// [`parse_lines`] refuses times that go backwards within one.
-pub fn in_time_order(mut lines: Vec<(usize, HistoryLine)>) -> Vec<(usize, HistoryLine)> {
-    lines.sort_by_cached_key(|(no, l)| {
-        let ts = DateTime::parse_from_rfc3339(&l.ts).map(|t| t.timestamp_millis());
-        (ts.unwrap_or(i64::MIN), *no)
-    });
-    lines
+/// Checks a history file one line at a time, holding only the last time of each
+/// cluster+facet: the one rule for what a good line is, whether the file is read whole
+/// ([`parse_lines`]) or streamed (`fleetledger import`).
+#[derive(Debug, Default)]
+pub struct LineChecker {
+    last: HashMap<(String, String), i64>,
 }
 
-/// Parses a history file's lines, refusing the first malformed one with its (1-based)
-/// number, and times that go backwards for a cluster+facet.
-pub fn parse_lines(text: &str) -> Result<Vec<(usize, HistoryLine)>, String> {
-    let mut out = Vec::new();
-    let mut last: BTreeMap<(String, String), DateTime<Utc>> = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let no = i + 1;
+impl LineChecker {
+    /// Parses line `no` (1-based). `Ok(None)` for a blank line; an error names the line and
+    /// says what a good one looks like, or which earlier time it goes back from. Returns
+    /// the line with its time in Unix milliseconds.
+    pub fn check(&mut self, no: usize, raw: &str) -> Result<Option<(i64, HistoryLine)>, String> {
         if raw.trim().is_empty() {
-            continue;
+            return Ok(None);
         }
         let line: HistoryLine = serde_json::from_str(raw).map_err(|e| {
             format!("line {no}: not a history line ({e}); expected {{\"ts\", \"cluster_id\", \"facet\", \"writer\", \"reason\"?, \"state\"}}")
         })?;
         let ts = DateTime::parse_from_rfc3339(&line.ts)
             .map_err(|e| format!("line {no}: ts {:?} is not RFC 3339 ({e})", line.ts))?
-            .with_timezone(&Utc);
+            .timestamp_millis();
         let key = (line.cluster_id.clone(), line.facet.clone());
-        if let Some(prev) = last.get(&key).filter(|p| **p > ts) {
-            return Err(format!(
-                "line {no}: ts {} of {}/{} goes backwards (an earlier line has {}); times must not decrease per cluster and facet",
-                line.ts,
-                key.0,
-                key.1,
-                prev.to_rfc3339_opts(SecondsFormat::Millis, true)
-            ));
+        match self.last.get_mut(&key) {
+            Some(prev) if *prev > ts => {
+                return Err(format!(
+                    "line {no}: ts {} of {}/{} goes backwards (an earlier line has {}); times must not decrease per cluster and facet",
+                    line.ts,
+                    key.0,
+                    key.1,
+                    millis_rfc3339(*prev)
+                ));
+            }
+            Some(prev) => *prev = ts,
+            None => {
+                self.last.insert(key, ts);
+            }
         }
-        last.insert(key, ts);
-        out.push((no, line));
+        Ok(Some((ts, line)))
+    }
+}
+
+/// `ms` (Unix milliseconds) as RFC 3339 with milliseconds, UTC.
+pub fn millis_rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// Parses a history file's lines, refusing the first malformed one with its (1-based)
+/// number, and times that go backwards for a cluster+facet.
+pub fn parse_lines(text: &str) -> Result<Vec<(usize, HistoryLine)>, String> {
+    let mut checker = LineChecker::default();
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        if let Some((_, line)) = checker.check(i + 1, raw)? {
+            out.push((i + 1, line));
+        }
     }
     Ok(out)
 }
@@ -77,13 +96,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn older_files_name_the_writer_principal_and_lines_go_in_time_order() {
+    fn older_files_name_the_writer_principal_and_facets_may_interleave_in_time() {
         let ok = r#"{"ts":"2026-01-01T00:10:00Z","cluster_id":"lkc-1","facet":"status","writer":"sync","state":{}}"#;
         let other = r#"{"ts":"2026-01-01T00:01:00Z","cluster_id":"lkc-1","facet":"logical","principal":"frontend","state":{}}"#;
         let lines = parse_lines(&format!("{ok}\n{other}\n")).unwrap();
         assert_eq!(lines[1].1.writer, "frontend", "principal is read as writer");
-        let ordered: Vec<usize> = in_time_order(lines).into_iter().map(|(n, _)| n).collect();
-        assert_eq!(ordered, vec![2, 1]);
+        let mut checker = LineChecker::default();
+        let (ts, _) = checker.check(7, other).unwrap().unwrap();
+        assert_eq!(millis_rfc3339(ts), "2026-01-01T00:01:00.000Z");
+        assert!(
+            checker.check(8, "  ").unwrap().is_none(),
+            "blank lines are skipped"
+        );
     }
 
     #[test]

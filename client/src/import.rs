@@ -3,32 +3,40 @@
 //! existing control plane) through `POST /v1/import` with its
 //! original times and writers.
 //!
-//! The whole file is checked before anything is sent (a malformed line, or a time that goes
-//! backwards for a cluster+facet, is refused with its line number). Lines are sent in the
-//! order of their times (ties in file order), whatever order the file lists them in, so
-//! each cluster's records reach the topics in time order across its facets. The n-th line of a
-//! cluster+facet becomes its version n: it is sent with `If-Match: n-1` and the
-//! idempotency key `import:{cluster}/{facet}/v{n}`, so running the same import again —
-//! after an interruption, say — skips what is already in the ledger and never writes a
-//! line twice. Import is meant for clusters the ledger does not have yet.
+//! **Checked first, streamed.** A file is read twice and never held in memory: the first
+//! pass checks every line (a malformed line, or a time that goes backwards for a
+//! cluster+facet, is refused with its line number before anything is sent); the second
+//! sends. Lines are sent in the order of their times (ties in file order), whatever order
+//! the file lists them in, so each cluster's records reach the topics in time order across
+//! its facets: a file already in time order (the simulator's, an export's) is sent as it
+//! is read; any other file is sent through an index of its lines' times and offsets
+//! (16 bytes a line). `-` reads standard input in one pass: it must be in time order, and a
+//! bad line stops the import there (the rounds before it stay imported).
+//!
+//! **Resumable.** The n-th line of a cluster+facet becomes its version n: it is sent with
+//! `If-Match: n-1` and the idempotency key `import:{cluster}/{facet}/v{n}`, so running the
+//! same import again — after an interruption, say — skips what is already in the ledger
+//! and never writes a line twice. Import is meant for clusters the ledger does not have
+//! yet.
 //!
 //! **Lanes.** Batches go out [`IMPORT_LANES`] at once, in rounds: a round takes the next
 //! lanes × batch lines in time order and gives each lane the lines of its clusters (by a
 //! hash of the id), so each cluster's lines still reach the ledger in time order while
 //! the server commits the lanes' batches together, and no lane runs ahead of the others
-//! in time by more than a round. A file of at most one batch goes as one
+//! in time by more than a round. A round of at most one batch (a small file) goes as one
 //! batch: a refusal writes nothing of it. In a larger file, a refused line stops every
 //! lane; batches already committed stay (run the import again after fixing the line:
 //! they are skipped).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::history_file::{in_time_order, parse_lines};
+use crate::history_file::{HistoryLine, LineChecker, millis_rfc3339};
 use crate::{ApiClient, ApiError, ClientError, Result};
 
 /// What an import did.
@@ -40,56 +48,259 @@ pub struct ImportSummary {
     pub already: u64,
 }
 
-/// Imports `file` in batches of `batch` lines, with progress on stderr. A refused line
-/// stops the import with an error naming it; batches before it stay written (run the
-/// import again after fixing the line: they are skipped).
+/// Imports `file` (`-`: standard input) in batches of `batch` lines, with progress on
+/// stderr. A refused line stops the import with an error naming it; batches before it
+/// stay written (run the import again after fixing the line: they are skipped).
 pub async fn import_file(
     client: &ApiClient,
     file: &Path,
     batch: usize,
     allow_live_history: bool,
 ) -> Result<ImportSummary> {
-    let text = std::fs::read_to_string(file).map_err(|source| ClientError::Io {
+    let batch = batch.max(1);
+    if file == Path::new("-") {
+        let stdin = BufReader::new(std::io::stdin());
+        return send_rounds(client, stdin_lines(stdin), None, batch, allow_live_history).await;
+    }
+    let io = |source| ClientError::Io {
         path: file.to_owned(),
         source,
-    })?;
-    let lines =
-        parse_lines(&text).map_err(|e| ClientError::Invalid(format!("{}: {e}", file.display())))?;
-    // A cluster's lines reach the ledger in the order of their times across facets, so
-    // the topics read as a live history does (a history file may list facets apart).
-    let lines = in_time_order(lines);
-    let mut versions: HashMap<(String, String), i64> = HashMap::new();
-    let items: Vec<Value> = lines
-        .into_iter()
-        .map(|(no, l)| {
-            let v = versions
-                .entry((l.cluster_id.clone(), l.facet.clone()))
-                .or_insert(0);
-            *v += 1;
-            json!({
-                "line": no,
-                "ts": l.ts,
-                "cluster_id": l.cluster_id,
-                "facet": l.facet,
-                "writer": l.writer,
-                "reason": l.reason,
-                "state": l.state,
-                "expected_version": *v - 1,
-                "idempotency_key": format!("import:{}/{}/v{}", l.cluster_id, l.facet, v),
-            })
+    };
+    let invalid = |e: String| ClientError::Invalid(format!("{}: {e}", file.display()));
+    let scan =
+        scan_file(&mut BufReader::new(File::open(file).map_err(io)?)).map_err(|e| match e {
+            ScanError::Io(source) => io(source),
+            ScanError::Line(e) => invalid(e),
+        })?;
+    let reader = BufReader::new(File::open(file).map_err(io)?);
+    let lines: Box<dyn Iterator<Item = Result<(usize, HistoryLine)>> + Send> = if scan.in_order {
+        Box::new(file_lines(reader, file.to_owned()))
+    } else {
+        let index = time_index(BufReader::new(File::open(file).map_err(io)?)).map_err(io)?;
+        Box::new(indexed_lines(reader, index, file.to_owned()))
+    };
+    send_rounds(client, lines, Some(scan.lines), batch, allow_live_history).await
+}
+
+/// What the checking pass learned of a file.
+struct Scan {
+    /// Non-blank lines.
+    lines: usize,
+    /// Whether the lines are in the order of their times already.
+    in_order: bool,
+}
+
+enum ScanError {
+    Io(std::io::Error),
+    Line(String),
+}
+
+/// The checking pass: every line parsed and checked, nothing kept but the last time per
+/// cluster+facet.
+fn scan_file(reader: &mut impl BufRead) -> std::result::Result<Scan, ScanError> {
+    let mut checker = LineChecker::default();
+    let mut scan = Scan {
+        lines: 0,
+        in_order: true,
+    };
+    let mut prev = i64::MIN;
+    let mut raw = String::new();
+    let mut no = 0;
+    loop {
+        raw.clear();
+        if reader.read_line(&mut raw).map_err(ScanError::Io)? == 0 {
+            return Ok(scan);
+        }
+        no += 1;
+        if let Some((ts, _)) = checker.check(no, &raw).map_err(ScanError::Line)? {
+            scan.lines += 1;
+            scan.in_order &= ts >= prev;
+            prev = ts;
+        }
+    }
+}
+
+/// The lines of a checked file in file order, numbered.
+fn file_lines(
+    mut reader: impl BufRead,
+    path: std::path::PathBuf,
+) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+    let mut no = 0;
+    let mut raw = String::new();
+    std::iter::from_fn(move || {
+        loop {
+            raw.clear();
+            match reader.read_line(&mut raw) {
+                Ok(0) => return None,
+                Ok(_) => no += 1,
+                Err(source) => {
+                    return Some(Err(ClientError::Io {
+                        path: path.clone(),
+                        source,
+                    }));
+                }
+            }
+            if raw.trim().is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_str(&raw)
+                    .map(|l| (no, l))
+                    .map_err(|e| changed_under_us(&path, no, &e.to_string())),
+            );
+        }
+    })
+}
+
+/// A checked line that no longer reads: the file changed between the passes.
+fn changed_under_us(path: &Path, no: usize, e: &str) -> ClientError {
+    ClientError::Invalid(format!(
+        "{}: line {no} no longer reads ({e}): the file changed during the import",
+        path.display()
+    ))
+}
+
+/// (time, line number, byte offset) of every non-blank line, in time order (ties in file
+/// order).
+fn time_index(mut reader: impl BufRead) -> std::io::Result<Vec<(i64, usize, u64)>> {
+    let mut index = Vec::new();
+    let mut raw = String::new();
+    let (mut no, mut offset) = (0usize, 0u64);
+    loop {
+        raw.clear();
+        let n = reader.read_line(&mut raw)?;
+        if n == 0 {
+            break;
+        }
+        no += 1;
+        #[derive(serde::Deserialize)]
+        struct Ts {
+            ts: String,
+        }
+        if !raw.trim().is_empty() {
+            // Checked by the first pass: a line that no longer reads sorts first and fails
+            // when it is sent.
+            let ts = serde_json::from_str::<Ts>(&raw)
+                .ok()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.ts).ok())
+                .map_or(i64::MIN, |t| t.timestamp_millis());
+            index.push((ts, no, offset));
+        }
+        offset += n as u64;
+    }
+    index.sort_unstable();
+    Ok(index)
+}
+
+/// The lines of a checked file in the order of `index`, read by offset.
+fn indexed_lines(
+    mut reader: impl BufRead + Seek,
+    index: Vec<(i64, usize, u64)>,
+    path: std::path::PathBuf,
+) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+    let mut raw = String::new();
+    index.into_iter().map(move |(_, no, offset)| {
+        raw.clear();
+        let io = |source| ClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+        reader.read_line(&mut raw).map_err(io)?;
+        serde_json::from_str(&raw)
+            .map(|l| (no, l))
+            .map_err(|e| changed_under_us(&path, no, &e.to_string()))
+    })
+}
+
+/// Standard input's lines, checked as they come; they must be in time order, since a
+/// stream cannot be sorted without holding it.
+fn stdin_lines(mut reader: impl BufRead) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+    let mut checker = LineChecker::default();
+    let mut prev: Option<(usize, i64)> = None;
+    let mut raw = String::new();
+    let mut no = 0;
+    std::iter::from_fn(move || {
+        loop {
+            raw.clear();
+            match reader.read_line(&mut raw) {
+                Ok(0) => return None,
+                Ok(_) => no += 1,
+                Err(source) => {
+                    return Some(Err(ClientError::Io {
+                        path: "-".into(),
+                        source,
+                    }));
+                }
+            }
+            let checked = checker
+                .check(no, &raw)
+                .map_err(|e| ClientError::Invalid(format!("standard input: {e}")));
+            match checked {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => continue,
+                Ok(Some((ts, line))) => {
+                    if let Some((prev_no, prev_ts)) = prev.filter(|(_, p)| *p > ts) {
+                        return Some(Err(ClientError::Invalid(format!(
+                            "standard input: line {no}: ts {} is before line {prev_no}'s {}; a history read from standard input must be in time order (import it from a file to have it sorted)",
+                            line.ts,
+                            millis_rfc3339(prev_ts)
+                        ))));
+                    }
+                    prev = Some((no, ts));
+                    return Some(Ok((no, line)));
+                }
+            }
+        }
+    })
+}
+
+/// Numbers each cluster+facet's lines as versions 1, 2, … and makes the import items.
+#[derive(Default)]
+struct Numbering {
+    versions: HashMap<(String, String), i64>,
+}
+
+impl Numbering {
+    fn item(&mut self, no: usize, l: HistoryLine) -> Value {
+        let v = self
+            .versions
+            .entry((l.cluster_id.clone(), l.facet.clone()))
+            .or_insert(0);
+        *v += 1;
+        json!({
+            "line": no,
+            "ts": l.ts,
+            "idempotency_key": format!("import:{}/{}/v{}", l.cluster_id, l.facet, v),
+            "cluster_id": l.cluster_id,
+            "facet": l.facet,
+            "writer": l.writer,
+            "reason": l.reason,
+            "state": l.state,
+            "expected_version": *v - 1,
         })
-        .collect();
-    let total = items.len();
-    // A file of one batch stays one batch: refused whole or written whole.
-    let n_lanes = IMPORT_LANES.min(total.div_ceil(batch.max(1))).max(1);
+    }
+}
+
+/// Sends `lines` (in time order) in rounds of [`IMPORT_LANES`] batches. `total` is for
+/// the progress line.
+async fn send_rounds(
+    client: &ApiClient,
+    lines: impl Iterator<Item = Result<(usize, HistoryLine)>>,
+    total: Option<usize>,
+    batch: usize,
+    allow_live_history: bool,
+) -> Result<ImportSummary> {
     let started = Instant::now();
     let mut summary = ImportSummary::default();
     let mut done = 0;
+    let mut numbering = Numbering::default();
+    let mut lines = lines.peekable();
     // One lane's lines of a round, in requests of at most `batch` lines (a lane may get
     // more than its share when a few clusters have many lines in the round).
     let send = |lines: Vec<Value>| async move {
         let mut s = ImportSummary::default();
-        for chunk in lines.chunks(batch.max(1)) {
+        for chunk in lines.chunks(batch) {
             let answer = client.import_with(chunk, allow_live_history).await?;
             for r in answer.results {
                 match r.status {
@@ -110,17 +321,24 @@ pub async fn import_file(
         }
         Ok(s)
     };
-    // Rounds of `n_lanes` batches in time order; in a round each lane takes its clusters'
-    // lines and the lanes go at once. The next round starts when the round is done, so
-    // no lane runs ahead in time of the others by more than a round.
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
+    // Rounds in time order; in a round each lane takes its clusters' lines and the lanes
+    // go at once. The next round starts when the round is done, so no lane runs ahead in
+    // time of the others by more than a round. A bad line stops the import before its
+    // round is sent.
+    while lines.peek().is_some() {
+        let mut round = Vec::with_capacity(batch * IMPORT_LANES);
+        for line in lines.by_ref().take(batch * IMPORT_LANES) {
+            let (no, line) = line?;
+            round.push(numbering.item(no, line));
+        }
+        let n = round.len();
+        // A round of one batch (a small file, the tail of a stream) is one request.
+        let n_lanes = IMPORT_LANES.min(n.div_ceil(batch)).max(1);
         let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
-        for item in items.by_ref().take(batch.max(1) * n_lanes) {
+        for item in round {
             let cluster = item["cluster_id"].as_str().unwrap_or_default();
             lanes[lane_of(cluster, n_lanes)].push(item);
         }
-        let n: usize = lanes.iter().map(Vec::len).sum();
         // The first refusal stops the import: the other lanes' requests of the round are
         // dropped (what they had written stays; a re-run skips it).
         let answers =
@@ -131,8 +349,9 @@ pub async fn import_file(
             summary.already += s.already;
         }
         done += n;
+        let of = total.map(|t| format!("/{t}")).unwrap_or_default();
         eprint!(
-            "\rimported {done}/{total} lines ({:.0} lines/s)   ",
+            "\rimported {done}{of} lines ({:.0} lines/s)   ",
             done as f64 / started.elapsed().as_secs_f64().max(1e-3)
         );
         let _ = std::io::stderr().flush();
@@ -153,4 +372,93 @@ fn lane_of(cluster_id: &str, lanes: usize) -> usize {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % lanes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn line(minute: u32, cluster: &str, facet: &str) -> String {
+        format!(
+            r#"{{"ts":"2026-01-01T00:{minute:02}:00Z","cluster_id":"{cluster}","facet":"{facet}","writer":"w","state":{{}}}}"#
+        )
+    }
+
+    fn order(lines: impl Iterator<Item = Result<(usize, HistoryLine)>>) -> Vec<usize> {
+        lines.map(|l| l.unwrap().0).collect()
+    }
+
+    #[test]
+    fn a_file_out_of_time_order_is_sent_in_time_order_through_its_index() {
+        let text = [
+            line(5, "a", "status"),
+            String::new(),
+            line(1, "a", "logical"),
+            line(5, "b", "logical"),
+            line(3, "b", "status"),
+        ]
+        .join("\n");
+        let scan = scan_file(&mut Cursor::new(&text)).ok().unwrap();
+        assert_eq!((scan.lines, scan.in_order), (4, false));
+        let index = time_index(Cursor::new(&text)).unwrap();
+        let sent = order(indexed_lines(Cursor::new(&text), index, "f".into()));
+        assert_eq!(sent, vec![3, 5, 1, 4], "by time, ties in file order");
+    }
+
+    #[test]
+    fn a_file_in_time_order_streams_as_it_is() {
+        let text = [
+            line(1, "a", "logical"),
+            line(1, "b", "logical"),
+            line(2, "a", "status"),
+        ]
+        .join("\n")
+            + "\n";
+        let scan = scan_file(&mut Cursor::new(&text)).ok().unwrap();
+        assert_eq!((scan.lines, scan.in_order), (3, true));
+        assert_eq!(
+            order(file_lines(Cursor::new(&text), "f".into())),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn the_checking_pass_names_the_bad_line() {
+        let text = format!("{}\n{{\"ts\": 1}}\n", line(1, "a", "logical"));
+        match scan_file(&mut Cursor::new(&text)) {
+            Err(ScanError::Line(e)) => assert!(e.starts_with("line 2:"), "{e}"),
+            _ => panic!("line 2 is malformed"),
+        }
+    }
+
+    #[test]
+    fn standard_input_must_be_in_time_order_and_stops_at_a_bad_line() {
+        let text = [
+            line(1, "a", "logical"),
+            line(3, "b", "logical"),
+            line(2, "c", "logical"),
+        ]
+        .join("\n");
+        let mut lines = stdin_lines(Cursor::new(text));
+        assert_eq!(lines.next().unwrap().unwrap().0, 1);
+        assert_eq!(lines.next().unwrap().unwrap().0, 2);
+        let err = lines.next().unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("line 3") && err.contains("line 2's") && err.contains("time order"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn versions_count_per_cluster_and_facet() {
+        let mut n = Numbering::default();
+        let l = |m, c: &str, f: &str| serde_json::from_str::<HistoryLine>(&line(m, c, f)).unwrap();
+        assert_eq!(n.item(1, l(1, "a", "logical"))["expected_version"], 0);
+        assert_eq!(n.item(2, l(2, "a", "status"))["expected_version"], 0);
+        let third = n.item(3, l(3, "a", "logical"));
+        assert_eq!(third["expected_version"], 1);
+        assert_eq!(third["idempotency_key"], "import:a/logical/v2");
+    }
 }

@@ -143,7 +143,8 @@ pub(crate) enum Command {
     Import {
         #[command(flatten)]
         api: ApiArgs,
-        /// JSON lines: {ts, cluster_id, facet, writer, reason?, state}.
+        /// JSON lines: {ts, cluster_id, facet, writer, reason?, state}; `-` reads standard
+        /// input, which must then be in time order.
         file: PathBuf,
         /// Lines per request.
         #[arg(long, default_value_t = 1000)]
