@@ -21,24 +21,29 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
     path: Option<PathBuf>,
+    /// Put before every name: the scale of a run that measures several
+    /// (`FLEETLEDGER_BENCH_FIGURE_PREFIX`, e.g. `fleet.10m.`).
+    prefix: String,
 }
 
 impl Figures {
-    /// Figures that also go to `$FLEETLEDGER_BENCH_RESULTS`, if set.
+    /// Figures that also go to `$FLEETLEDGER_BENCH_RESULTS`, if set, named with
+    /// `$FLEETLEDGER_BENCH_FIGURE_PREFIX` first, if set.
     pub fn from_env() -> Self {
         Figures {
             path: std::env::var_os("FLEETLEDGER_BENCH_RESULTS").map(PathBuf::from),
+            prefix: std::env::var("FLEETLEDGER_BENCH_FIGURE_PREFIX").unwrap_or_default(),
         }
     }
 
     /// Names what the figures under `prefix` measure (shown in the report).
     pub fn describe(&self, prefix: &str, label: &str) -> anyhow::Result<()> {
-        self.write(json!({"name": prefix, "label": label}))
+        self.write(json!({"name": format!("{}{prefix}", self.prefix), "label": label}))
     }
 
     /// Records one measurement `name` (e.g. `append.batch`) of `value` in `unit`.
     pub fn record(&self, name: &str, value: f64, unit: &str) -> anyhow::Result<()> {
-        self.write(json!({"name": name, "value": value, "unit": unit}))
+        self.write(json!({"name": format!("{}{name}", self.prefix), "value": value, "unit": unit}))
     }
 
     fn write(&self, line: Value) -> anyhow::Result<()> {
@@ -329,34 +334,26 @@ pub async fn raw_produce(
     Ok(rate)
 }
 
-/// Recovery of one cluster among many, `runs` times over HTTP: deletes `{prefix}-{i}` (as
+/// Recovery of one cluster among many, once for each of `ids` over HTTP: deletes it (as
 /// the frontend), then times the audit timeline, a dry run and the real recovery (as the
-/// recovery principal). The clusters must exist (e.g. written by `bench-append`).
-pub async fn recovery_latency(
-    url: &str,
-    prefix: &str,
-    clusters: usize,
-    runs: usize,
-    figures: &Figures,
-) -> anyhow::Result<()> {
+/// recovery principal). The clusters must exist and be live (e.g. written by
+/// `bench-append` or imported from a simulated fleet).
+pub async fn recovery_latency(url: &str, ids: &[String], figures: &Figures) -> anyhow::Result<()> {
     let frontend = fleetledger_client::ApiClient::new(url, Some("dev-frontend".into()));
     let recovery = fleetledger_client::ApiClient::new(url, Some("dev-recovery".into()));
     let (mut audit, mut dry, mut real) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
-        // Spread over the id space, away from the clusters of earlier rounds.
-        let i = (run * 7919 + std::process::id() as usize) % clusters.max(1);
-        let cluster = format!("{prefix}-{i}");
+    for (run, cluster) in ids.iter().enumerate() {
         frontend
-            .delete(&cluster, Some("bench: delete before recovery"))
+            .delete(cluster, Some("bench: delete before recovery"))
             .await?;
         let t = Instant::now();
-        let timeline = frontend.audit(&cluster, None, None, None).await?;
+        let timeline = frontend.audit(cluster, None, None, None).await?;
         audit.push(t.elapsed());
         let t = Instant::now();
-        recovery.recover(&cluster, None, None, true, false).await?;
+        recovery.recover(cluster, None, None, true, false).await?;
         dry.push(t.elapsed());
         let t = Instant::now();
-        recovery.recover(&cluster, None, None, false, false).await?;
+        recovery.recover(cluster, None, None, false, false).await?;
         real.push(t.elapsed());
         if run == 0 {
             let entries = timeline["entries"].as_array().map_or(0, Vec::len);

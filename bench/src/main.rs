@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleetledger_bench::drivers::{self, AppendBench, Figures};
-use fleetledger_bench::simulate::Simulation;
+use fleetledger_bench::simulate::{Simulated, Simulation};
 use fleetledger_ledger::KafkaConfig;
 
 #[global_allocator]
@@ -96,14 +96,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         per_txn: usize,
     },
-    /// Measure recovery of one cluster among many: delete `{prefix}-{i}`, then time its
-    /// audit timeline, a dry run and the recovery.
+    /// Measure recovery of one cluster among many: delete `{prefix}-{i}` (or each of
+    /// `--ids`), then time its audit timeline, a dry run and the recovery.
     Recover {
         #[command(flatten)]
         api: ApiArgs,
         /// Prefix of the existing clusters (as given to `append --prefix`).
-        #[arg(long)]
-        prefix: String,
+        #[arg(long, required_unless_present = "ids")]
+        prefix: Option<String>,
+        /// The clusters to delete and recover, comma-separated (instead of --prefix).
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
         /// How many clusters exist under the prefix.
         #[arg(long, default_value_t = 10_000)]
         clusters: usize,
@@ -134,7 +137,7 @@ fn kafka_config() -> anyhow::Result<KafkaConfig> {
         .context("the FLEETLEDGER_KAFKA__* settings")
 }
 
-fn simulate(sim: Simulation, out: Option<PathBuf>) -> anyhow::Result<u64> {
+fn simulate(sim: Simulation, out: Option<PathBuf>) -> anyhow::Result<Simulated> {
     let mut w: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(
             std::fs::File::create(&path)
@@ -175,8 +178,11 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 start,
             };
-            let lines = simulate(sim, out)?;
-            eprintln!("simulated {lines} changes of {clusters} clusters over {days} days");
+            let done = simulate(sim, out)?;
+            eprintln!(
+                "simulated {} changes of {} clusters ({clusters} at a time) over {days} days: {:.2} records per live cluster and day",
+                done.lines, done.clusters, done.per_cluster_day
+            );
             Ok(())
         }
         Command::Sql { api, runs } => {
@@ -193,10 +199,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Recover {
             api,
             prefix,
+            ids,
             clusters,
             runs,
         } => {
-            drivers::recovery_latency(&api.url, &prefix, clusters, runs, &Figures::from_env()).await
+            let ids = match prefix {
+                // Spread over the id space, away from the clusters of earlier rounds.
+                Some(prefix) if ids.is_empty() => (0..runs)
+                    .map(|run| {
+                        let i = (run * 7919 + std::process::id() as usize) % clusters.max(1);
+                        format!("{prefix}-{i}")
+                    })
+                    .collect(),
+                _ => ids,
+            };
+            drivers::recovery_latency(&api.url, &ids, &Figures::from_env()).await
         }
         Command::Report { results, out } => fleetledger_bench::report::write_report(&results, &out),
         Command::Append {
