@@ -74,12 +74,18 @@ impl TopicLayout {
         };
         // The state topic is read whole at every start (the index rebuild); the cleaner
         // only compacts rolled segments, and the default roll is a week or 1 GiB, so
-        // without this a restart reads every state record of the last week. An hour,
-        // unless `kafka.topic_configs` says otherwise.
+        // without this a restart reads every state record of the last week, or of a bulk
+        // import (10M records: 2.6 GB). A segment rolls after an hour or 16 MiB, and is
+        // cleanable once a fifth of the log is dirty, unless `kafka.topic_configs` says
+        // otherwise.
         let mut state = data();
-        state
-            .entry("segment.ms".to_owned())
-            .or_insert_with(|| STATE_SEGMENT_MS.to_string());
+        for (k, v) in [
+            ("segment.ms", STATE_SEGMENT_MS.to_string()),
+            ("segment.bytes", STATE_SEGMENT_BYTES.to_string()),
+            ("min.cleanable.dirty.ratio", "0.2".to_owned()),
+        ] {
+            state.entry(k.to_owned()).or_insert(v);
+        }
         vec![
             (self.state.clone(), self.partitions, state),
             (self.history.clone(), self.partitions, data()),
@@ -252,6 +258,10 @@ const PROTECTED_CONFIGS: [&str; 4] = [
 /// can grow before the cleaner may remove it.
 const STATE_SEGMENT_MS: i64 = 3_600_000;
 
+/// The state topic's default `segment.bytes` (16 MiB): how much a bulk write (an import)
+/// leaves uncompacted per partition before the cleaner may catch up with it.
+const STATE_SEGMENT_BYTES: i64 = 16 << 20;
+
 /// The configs whose values decide whether history is safe; others may differ.
 const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.timestamp.type"];
 
@@ -307,6 +317,8 @@ mod tests {
         let l = layout(&[]);
         let state = configs_of(&l, "p.state.v1");
         assert_eq!(state["segment.ms"], "3600000");
+        assert_eq!(state["segment.bytes"], "16777216");
+        assert!(!configs_of(&l, "p.history.v1").contains_key("segment.bytes"));
         assert_eq!(state["cleanup.policy"], "compact");
         assert!(!configs_of(&l, "p.history.v1").contains_key("segment.ms"));
 

@@ -5,7 +5,7 @@
 //! they arrive in: the rates are step functions of `ts` (see [`crate::billing`]), and the
 //! dimensions come from the highest logical version seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow_array::{
@@ -61,6 +61,79 @@ pub struct BillingRow {
     pub recomputed_at_ms: i64,
 }
 
+/// The fields of a `billing_hours` row, whether owned ([`BillingRow`]) or borrowed from a
+/// cluster's state while its day is written ([`ClusterHour`]): one column builder
+/// ([`billing_columns`]) and one rollup ([`daily_of`]) serve both.
+pub trait BillingFields {
+    /// Start of the UTC hour (ms).
+    fn hour_start_ms(&self) -> i64;
+    /// Cluster.
+    fn cluster_id(&self) -> &str;
+    /// Organisation, SKU, cloud, region.
+    fn dimensions(&self) -> [&str; 4];
+    /// Billable CKU-hours in the hour.
+    fn cku_hours(&self) -> f64;
+    /// The hour is still running.
+    fn open(&self) -> bool;
+    /// When the hour's amount last changed (ms).
+    fn recomputed_at_ms(&self) -> i64;
+}
+
+impl BillingFields for BillingRow {
+    fn hour_start_ms(&self) -> i64 {
+        self.hour_start_ms
+    }
+    fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+    fn dimensions(&self) -> [&str; 4] {
+        [&self.org_id, &self.sku, &self.cloud, &self.region]
+    }
+    fn cku_hours(&self) -> f64 {
+        self.cku_hours
+    }
+    fn open(&self) -> bool {
+        self.open
+    }
+    fn recomputed_at_ms(&self) -> i64 {
+        self.recomputed_at_ms
+    }
+}
+
+/// One hour of a cluster as a `billing_hours` row, borrowing the cluster's id and
+/// dimensions: a day of every cluster's hours is written without a string copied per row.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterHour<'a> {
+    /// Cluster.
+    pub id: &'a str,
+    /// Its dimensions.
+    pub cluster: &'a BilledCluster,
+    /// The hour.
+    pub hour: HourRow,
+}
+
+impl BillingFields for ClusterHour<'_> {
+    fn hour_start_ms(&self) -> i64 {
+        self.hour.hour_start_ms
+    }
+    fn cluster_id(&self) -> &str {
+        self.id
+    }
+    fn dimensions(&self) -> [&str; 4] {
+        let c = self.cluster;
+        [&c.org_id, &c.sku, &c.cloud, &c.region]
+    }
+    fn cku_hours(&self) -> f64 {
+        self.hour.cku_hours
+    }
+    fn open(&self) -> bool {
+        self.hour.open
+    }
+    fn recomputed_at_ms(&self) -> i64 {
+        self.hour.recomputed_at_ms
+    }
+}
+
 /// Cluster id → billing, and the closed hours in files.
 ///
 /// **Closed hours are stored, not re-derived.** Once a UTC day has ended by the clock and
@@ -81,6 +154,15 @@ pub struct BillingHours {
     /// The latest event time applied (ms).
     #[serde(default)]
     pub max_ts_ms: i64,
+    /// The latest event time applied per history partition (ms): history is read
+    /// partition by partition, and a catch-up may read one partition days of event time
+    /// ahead of another; [`BillingHours::watermark`] is what all of them have reached.
+    #[serde(default)]
+    pub partition_ts_ms: BTreeMap<i32, i64>,
+    /// Partitions read to their end (their next records are new writes): they do not hold
+    /// the watermark back. Not saved: after a start every partition counts until it ends.
+    #[serde(skip)]
+    pub at_end: BTreeSet<i32>,
     /// One segment per UTC day that has billed hours, by day.
     #[serde(default)]
     pub segments: Vec<Segment>,
@@ -102,6 +184,8 @@ impl Default for BillingHours {
             clusters: BTreeMap::new(),
             flushed_to_ms: nothing_flushed(),
             max_ts_ms: 0,
+            partition_ts_ms: BTreeMap::new(),
+            at_end: BTreeSet::new(),
             segments: Vec::new(),
             point_segments: Vec::new(),
             daily_segments: Vec::new(),
@@ -147,6 +231,9 @@ impl BillingHours {
         let (at, version) = (r.meta.ts.timestamp_millis(), r.meta.version);
         // The id is copied only for a new cluster, not for every record.
         self.max_ts_ms = self.max_ts_ms.max(at);
+        let p = self.partition_ts_ms.entry(h.partition).or_insert(at);
+        *p = (*p).max(at);
+        self.at_end.remove(&h.partition);
         let c = match self.clusters.get_mut(&r.meta.cluster_id) {
             Some(c) => c,
             None => {
@@ -182,16 +269,36 @@ impl BillingHours {
         Ok(())
     }
 
+    /// Marks `partition` as read to its end: until its next record it does not hold the
+    /// watermark back.
+    pub fn partition_at_end(&mut self, partition: i32) {
+        self.at_end.insert(partition);
+    }
+
+    /// The event time every partition still being read has reached: the least of their
+    /// latest event times, ignoring partitions read to their end; when all are at their
+    /// end, the latest event time of all. A catch-up that reads one partition ahead of the
+    /// others so closes a day only when the slowest has passed it, and does not find the
+    /// others' records of that day late.
+    pub fn watermark(&self) -> i64 {
+        self.partition_ts_ms
+            .iter()
+            .filter(|(p, _)| !self.at_end.contains(p))
+            .map(|(_, ts)| *ts)
+            .min()
+            .unwrap_or(self.max_ts_ms)
+    }
+
     /// The instant up to which [`BillingHours::flush`] would write hours at `now_ms`: a
     /// UTC day start. Unless history is `quiet` (no record for a while), a day is written
-    /// once both the clock and the latest event time are [`SETTLE_MS`] past its end: an
-    /// import of old history writes each day once, as it passes, even if its lanes are
-    /// hours apart. On a quiet fleet a day is written an hour after it ends.
+    /// once both the clock and the [`BillingHours::watermark`] are [`SETTLE_MS`] past its
+    /// end: an import of old history writes each day once, as it passes, even if its lanes
+    /// are hours apart. On a quiet fleet a day is written an hour after it ends.
     pub fn flush_target(&self, now_ms: i64, quiet: bool) -> i64 {
         let upto = if quiet {
             now_ms - HOUR_MS
         } else {
-            now_ms.min(self.max_ts_ms) - SETTLE_MS
+            now_ms.min(self.watermark()) - SETTLE_MS
         };
         upto.div_euclid(DAY_MS) * DAY_MS
     }
@@ -229,16 +336,27 @@ impl BillingHours {
         // Day start → the day's `billing_daily` rows, for every day written or rewritten.
         let mut daily: BTreeMap<i64, Vec<DailyRow>> = BTreeMap::new();
         if let Some(start) = start.filter(|s| *s < target) {
+            // The clusters in the files' order, (org, cluster): each one's hours come in
+            // hour order, so a day's rows are written as gathered, without a sort.
+            let mut order: Vec<(&String, &BilledCluster)> = self.clusters.iter().collect();
+            order.sort_by(|a, b| (&a.1.org_id, a.0).cmp(&(&b.1.org_id, b.0)));
             let mut day = start;
             while day < target {
-                let mut rows = Vec::new();
-                for (id, c) in &self.clusters {
-                    for r in c.billing.closed_rows(day, day + DAY_MS) {
-                        rows.push(c.row(id, &r));
-                    }
-                }
+                let rows: Vec<ClusterHour> = order
+                    .iter()
+                    .flat_map(|(id, c)| {
+                        c.billing
+                            .closed_rows(day, day + DAY_MS)
+                            .into_iter()
+                            .map(move |hour| ClusterHour {
+                                id,
+                                cluster: c,
+                                hour,
+                            })
+                    })
+                    .collect();
                 daily.insert(day, daily_of(&rows));
-                if let Some(seg) = self.write_day(rows)? {
+                if let Some(seg) = self.write_day(&rows)? {
                     written.push(seg);
                 }
                 day += DAY_MS;
@@ -305,8 +423,15 @@ impl BillingHours {
                     }
                 }
             }
+            rows.sort_by(|a, b| {
+                (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(
+                    &b.org_id,
+                    &b.cluster_id,
+                    b.hour_start_ms,
+                ))
+            });
             daily.insert(day, daily_of(&rows));
-            if let Some(seg) = self.write_day(rows)? {
+            if let Some(seg) = self.write_day(&rows)? {
                 replaced.push((old, seg));
             }
         }
@@ -404,10 +529,10 @@ impl BillingHours {
     pub fn daily(&self, now_ms: i64) -> Vec<DailyRow> {
         let mut acc: BTreeMap<(i64, &str, &str, &str, &str), DailyRow> = BTreeMap::new();
         for c in self.clusters.values() {
-            // A cluster's hours come in order: it counts once per day.
-            let mut last_day = None;
-            for r in c.billing.rows(now_ms) {
-                let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
+            // A cluster's hours come in order: its day is summed first, then added to the
+            // map once (one lookup per cluster and day, not per hour).
+            let mut day_sum: Option<(i64, f64, i64, bool)> = None;
+            let mut add = |(day, cku_hours, recomputed_at_ms, open): (i64, f64, i64, bool)| {
                 let d = acc
                     .entry((day, &c.org_id, &c.sku, &c.cloud, &c.region))
                     .or_insert_with(|| DailyRow {
@@ -421,13 +546,29 @@ impl BillingHours {
                         recomputed_at_ms: i64::MIN,
                         open: false,
                     });
-                d.cku_hours += r.cku_hours;
-                d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms);
-                d.open |= r.open;
-                if last_day != Some(day) {
-                    d.clusters += 1;
-                    last_day = Some(day);
+                d.cku_hours += cku_hours;
+                d.recomputed_at_ms = d.recomputed_at_ms.max(recomputed_at_ms);
+                d.open |= open;
+                d.clusters += 1;
+            };
+            for r in c.billing.rows(now_ms) {
+                let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
+                match &mut day_sum {
+                    Some(s) if s.0 == day => {
+                        s.1 += r.cku_hours;
+                        s.2 = s.2.max(r.recomputed_at_ms);
+                        s.3 |= r.open;
+                    }
+                    _ => {
+                        if let Some(done) = day_sum.take() {
+                            add(done);
+                        }
+                        day_sum = Some((day, r.cku_hours, r.recomputed_at_ms, r.open));
+                    }
                 }
+            }
+            if let Some(done) = day_sum {
+                add(done);
             }
         }
         acc.into_values().collect()
@@ -451,15 +592,8 @@ impl BillingHours {
         out
     }
 
-    /// Writes one day's rows, sorted by (org, cluster, hour), as a segment.
-    fn write_day(&self, mut rows: Vec<BillingRow>) -> crate::Result<Option<Segment>> {
-        rows.sort_by(|a, b| {
-            (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(
-                &b.org_id,
-                &b.cluster_id,
-                b.hour_start_ms,
-            ))
-        });
+    /// Writes one day's rows, which are sorted by (org, cluster, hour), as a segment.
+    fn write_day<R: BillingFields>(&self, rows: &[R]) -> crate::Result<Option<Segment>> {
         self.files.write(
             &billing_schema(),
             &[billing_batch(rows.iter())],
@@ -528,33 +662,36 @@ pub fn billing_schema() -> SchemaRef {
 
 /// The columns of [`billing_schema`] at `columns` (indexes into it) over `rows`: the
 /// segment writer builds all of them, a table scan only those it projects.
-pub fn billing_columns<'a>(
-    rows: impl Iterator<Item = &'a BillingRow> + Clone,
+pub fn billing_columns<'a, R: BillingFields + 'a>(
+    rows: impl Iterator<Item = &'a R> + Clone,
     columns: &[usize],
 ) -> Vec<ArrayRef> {
-    let strings = |f: fn(&BillingRow) -> &str| utf8_column(rows.clone(), f);
-    let times = |f: fn(&BillingRow) -> i64| time_column(rows.clone(), f);
+    let dimension = |k: usize| utf8_column(rows.clone(), move |r: &'a R| r.dimensions()[k]);
+    let times = |f: fn(&R) -> i64| time_column(rows.clone(), f);
     columns
         .iter()
         .map(|&i| match i {
-            0 => times(|r| r.hour_start_ms),
-            1 => strings(|r| &r.cluster_id),
-            2 => strings(|r| &r.org_id),
-            3 => strings(|r| &r.sku),
-            4 => strings(|r| &r.cloud),
-            5 => strings(|r| &r.region),
+            0 => times(R::hour_start_ms),
+            1 => utf8_column(rows.clone(), |r: &'a R| r.cluster_id()),
+            2..=5 => dimension(i - 2),
             6 => Arc::new(Float64Array::from_iter_values(
-                rows.clone().map(|r| r.cku_hours),
+                rows.clone().map(R::cku_hours),
             )) as ArrayRef,
-            7 => Arc::new(rows.clone().map(|r| Some(r.open)).collect::<BooleanArray>()),
-            8 => times(|r| r.recomputed_at_ms),
+            7 => Arc::new(
+                rows.clone()
+                    .map(|r| Some(r.open()))
+                    .collect::<BooleanArray>(),
+            ),
+            8 => times(R::recomputed_at_ms),
             other => panic!("billing_hours has 9 columns, not a column {other}"),
         })
         .collect()
 }
 
 /// `rows` as one batch of [`billing_schema`].
-pub fn billing_batch<'a>(rows: impl Iterator<Item = &'a BillingRow> + Clone) -> RecordBatch {
+pub fn billing_batch<'a, R: BillingFields + 'a>(
+    rows: impl Iterator<Item = &'a R> + Clone,
+) -> RecordBatch {
     let all: Vec<usize> = (0..billing_schema().fields().len()).collect();
     // The columns are built from the schema's own list: it cannot fail.
     RecordBatch::try_new(billing_schema(), billing_columns(rows, &all))
@@ -619,28 +756,27 @@ pub struct DailyRow {
 }
 
 /// The `billing_daily` rows of `rows`, by day then dimensions.
-pub fn daily_of(rows: &[BillingRow]) -> Vec<DailyRow> {
-    let mut acc: BTreeMap<(i64, &str, &str, &str, &str), DailyRow> = BTreeMap::new();
+pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
+    let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
     let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
     for r in rows {
-        let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
-        let d = acc
-            .entry((day, &r.org_id, &r.sku, &r.cloud, &r.region))
-            .or_insert_with(|| DailyRow {
-                day_ms: day,
-                org_id: r.org_id.clone(),
-                sku: r.sku.clone(),
-                cloud: r.cloud.clone(),
-                region: r.region.clone(),
-                cku_hours: 0.0,
-                clusters: 0,
-                recomputed_at_ms: i64::MIN,
-                open: false,
-            });
-        d.cku_hours += r.cku_hours;
-        d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms);
-        d.open |= r.open;
-        if seen.insert((day, &r.cluster_id)) {
+        let day = r.hour_start_ms().div_euclid(DAY_MS) * DAY_MS;
+        let dims = r.dimensions();
+        let d = acc.entry((day, dims)).or_insert_with(|| DailyRow {
+            day_ms: day,
+            org_id: dims[0].to_owned(),
+            sku: dims[1].to_owned(),
+            cloud: dims[2].to_owned(),
+            region: dims[3].to_owned(),
+            cku_hours: 0.0,
+            clusters: 0,
+            recomputed_at_ms: i64::MIN,
+            open: false,
+        });
+        d.cku_hours += r.cku_hours();
+        d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms());
+        d.open |= r.open();
+        if seen.insert((day, r.cluster_id())) {
             d.clusters += 1;
         }
     }
@@ -1057,6 +1193,59 @@ mod tests {
             offset,
             written_at_ms: ts,
         }
+    }
+
+    /// A catch-up that reads one partition days ahead of another closes a day only once
+    /// the slower partition has passed it (so its records of that day are not late); a
+    /// partition read to its end stops holding the days back until its next record.
+    #[test]
+    fn days_close_at_the_slowest_partition_still_being_read() {
+        let mut b = BillingHours::default();
+        let on = |p: i32, mut h: HistoryRecord| {
+            h.partition = p;
+            h.record.meta.cluster_id = format!("lkc-p{p}");
+            h
+        };
+        let logical = Change::Logical {
+            cku: 1,
+            deleted: false,
+        };
+        b.apply(&on(0, record(logical.clone(), T0, 1, 0))).unwrap();
+        b.apply(&on(0, record(logical.clone(), T0 + 5 * DAY_MS, 2, 1)))
+            .unwrap();
+        b.apply(&on(1, record(logical.clone(), T0 + HOUR_MS, 1, 0)))
+            .unwrap();
+        let now = T0 + 30 * DAY_MS;
+        assert_eq!(b.watermark(), T0 + HOUR_MS, "partition 1 is behind");
+        assert_eq!(
+            b.flush_target(now, false),
+            T0 - DAY_MS,
+            "no day has closed for both"
+        );
+        b.flush(now, false).unwrap();
+        // Partition 1 goes on with day one: not late, nothing read back or corrected.
+        b.apply(&on(1, record(logical.clone(), T0 + 20 * HOUR_MS, 2, 1)))
+            .unwrap();
+        assert!(!b.clusters["lkc-p1"].billing.loaded);
+        assert!(
+            b.clusters
+                .values()
+                .all(|c| c.billing.corrections.is_empty())
+        );
+        // Read to its end, partition 1 no longer holds the days back; its next record does.
+        b.partition_at_end(1);
+        assert_eq!(b.watermark(), T0 + 5 * DAY_MS);
+        assert_eq!(b.flush_target(now, false), T0 + 4 * DAY_MS);
+        b.apply(&on(1, record(logical, T0 + 2 * DAY_MS, 3, 2)))
+            .unwrap();
+        assert_eq!(b.watermark(), T0 + 2 * DAY_MS);
+        b.partition_at_end(0);
+        b.partition_at_end(1);
+        assert_eq!(
+            b.watermark(),
+            T0 + 5 * DAY_MS,
+            "all at their end: the latest"
+        );
     }
 
     /// A status back-dated into a written day reads the cluster's points back, rewrites

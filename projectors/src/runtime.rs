@@ -936,8 +936,16 @@ impl Projector {
     /// partitions it stopped are logged and kept (see [`Projector::stopped`]).
     async fn apply_decoded(&self, batch: DecodedBatch) -> Result<usize> {
         let DecodedBatch {
-            records, stopped, ..
+            records,
+            stopped,
+            eofs,
         } = batch;
+        // Partitions read to their end, or stopped, no longer hold billing's watermark
+        // back (after this batch's records).
+        let ended: Vec<i32> = eofs
+            .into_iter()
+            .chain(stopped.iter().map(|(p, _)| *p))
+            .collect();
         for (partition, e) in stopped {
             tracing::error!(partition, error = %e, "projection of this partition stopped at an undecodable record; other partitions go on");
             if let Ok(mut s) = self.stopped.lock() {
@@ -945,6 +953,12 @@ impl Projector {
             }
         }
         let Some(first) = records.first() else {
+            if !ended.is_empty() {
+                let mut p = self.shared.write().await;
+                for e in ended {
+                    p.billing.partition_at_end(e);
+                }
+            }
             return Ok(0);
         };
         let (partition, offset) = match first {
@@ -968,6 +982,9 @@ impl Projector {
                     Ok(h) => p.apply(h)?,
                     Err((partition, offset)) => p.skip(partition, offset),
                 }
+            }
+            for e in ended {
+                p.billing.partition_at_end(e);
             }
             Ok(n)
         }
