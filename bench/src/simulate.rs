@@ -20,8 +20,8 @@
 //! - a deleted cluster's slot is taken by a new cluster (a new id, org and shape) 1 h –
 //!   7 days later, so the fleet keeps its size;
 //! - every writer takes part: per live cluster and day this makes about 3 records (the
-//!   simulator prints the figure), so 10,000 clusters write ≈1M records in 34 days and
-//!   ≈10M in 340 days, a year of such a fleet.
+//!   simulator prints the figure), so 10,000 clusters write ≈1M records in 42 days and
+//!   ≈10M in 360 days, a year of such a fleet.
 //!
 //! **Streaming.** Each slot's story is generated one step at a time and the slots' events
 //! are merged by (time, slot, sequence) through a heap, so memory holds a few events per

@@ -170,6 +170,17 @@ impl KafkaClients {
             .map_err(|e| Error::kafka("create consumer", e))
     }
 
+    /// A [`KafkaClients::consumer`] for a long-running reader that applies what it reads
+    /// (the projector): the reader, not the fetch, is its bottleneck, so its prefetch
+    /// queue is bounded at 16 MiB (librdkafka's default, 64 MiB, sits in the process's
+    /// memory during every catch-up).
+    pub fn applying_consumer(&self, role: &str) -> Result<LedgerConsumer> {
+        self.consumer_config(role)
+            .set("queued.max.messages.kbytes", "16384")
+            .create_with_context(LedgerContext)
+            .map_err(|e| Error::kafka("create consumer", e))
+    }
+
     /// A [`KafkaClients::consumer`] for reading a few scattered offsets of one partition
     /// (one cluster's history): small fetches (64 KiB per partition, about one
     /// transaction's record batch) and a shallow prefetch queue, so a seek does not pull

@@ -575,18 +575,21 @@ impl BillingHours {
     }
 
     /// The rows in memory as of `now_ms` of the clusters `keep` accepts (by id and
-    /// dimensions), by cluster then hour: a filter on a dimension builds no other rows.
+    /// dimensions), by cluster then hour: a filter on a dimension builds no other rows,
+    /// and a row borrows its cluster's strings.
     pub fn rows_where(
         &self,
         now_ms: i64,
         keep: impl Fn(&str, &BilledCluster) -> bool,
-    ) -> Vec<BillingRow> {
+    ) -> Vec<ClusterHour<'_>> {
         let mut out = Vec::new();
         for (id, c) in &self.clusters {
             if keep(id, c) {
-                for r in c.billing.rows(now_ms) {
-                    out.push(c.row(id, &r));
-                }
+                out.extend(c.billing.rows(now_ms).into_iter().map(|hour| ClusterHour {
+                    id,
+                    cluster: c,
+                    hour,
+                }));
             }
         }
         out

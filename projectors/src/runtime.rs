@@ -480,7 +480,7 @@ impl Projector {
     }
 
     async fn consumer(&self) -> Result<(fleetledger_ledger::kafka::LedgerConsumer, u64)> {
-        let consumer = self.clients.consumer("projector")?;
+        let consumer = self.clients.applying_consumer("projector")?;
         let p = self.shared.read().await;
         let mut tpl = TopicPartitionList::new();
         let mut total = 0u64;

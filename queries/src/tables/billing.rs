@@ -5,11 +5,11 @@
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::Field;
+use fleetledger_projectors::Projections;
 use fleetledger_projectors::billing_hours::{
     DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
 };
 use fleetledger_projectors::segments::{Segment, SegmentDir};
-use fleetledger_projectors::{BillingRow, Projections};
 
 use super::{ProjectionTable, Scan, fields_of};
 
@@ -54,11 +54,8 @@ impl ProjectionTable for BillingTable {
                 have.is_none_or(|h| h == v)
             })
         });
-        let rows: Vec<&BillingRow> = all.iter().take(scan.take).collect();
-        (
-            billing_columns(rows.iter().copied(), scan.columns),
-            rows.len(),
-        )
+        let rows = &all[..all.len().min(scan.take)];
+        (billing_columns(rows.iter(), scan.columns), rows.len())
     }
 }
 

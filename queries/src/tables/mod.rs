@@ -25,6 +25,7 @@ use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
@@ -173,15 +174,30 @@ impl SnapshotTable {
 
     /// A scan of `segments` with the projection, and the filters as a predicate that
     /// skips files, row groups and pages by their statistics and bloom filters.
+    ///
+    /// Files are read newest first (by their key, a time): a query for the latest rows
+    /// (`ORDER BY ts DESC LIMIT n`) fills its top n from the first files, and its dynamic
+    /// filter then skips the older files by their statistics. Their footers are read
+    /// once and kept in the session's metadata cache (segment files never change: a
+    /// rewrite is a new name).
     fn file_scan(
         &self,
         state: &dyn Session,
-        (dir, segments): (SegmentDir, Vec<Segment>),
+        (dir, mut segments): (SegmentDir, Vec<Segment>),
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut source = ParquetSource::new(self.schema.clone()).with_pushdown_filters(true);
+        let runtime = state.runtime_env();
+        let store_url = ObjectStoreUrl::local_filesystem();
+        let readers = CachedParquetFileReaderFactory::new(
+            runtime.object_store(&store_url)?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_pushdown_filters(true)
+            .with_parquet_file_reader_factory(Arc::new(readers));
+        segments.sort_by_key(|s| std::cmp::Reverse(s.max_key));
         if let Some(expr) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
@@ -197,12 +213,11 @@ impl SnapshotTable {
             .filter(|g| !g.is_empty())
             .map(FileGroup::new)
             .collect();
-        let config =
-            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(groups)
-                .with_projection_indices(projection.cloned())?
-                .with_limit(if filters.is_empty() { limit } else { None })
-                .build();
+        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(if filters.is_empty() { limit } else { None })
+            .build();
         Ok(DataSourceExec::from_data_source(config))
     }
 }
