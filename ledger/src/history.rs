@@ -60,20 +60,17 @@ impl Ledger {
         let partition = partition_for(cluster_id, self.layout.partitions);
         let ranges = hint.map_or_else(|| vec![(0, i64::MAX)], HistoryHint::ranges);
         let prefix = HistoryKey::cluster_prefix(cluster_id);
-        let mut out = Vec::new();
-        let fetched = read_partition_ranges(
+        let (fetched, out) = read_partition_ranges(
             &self.clients,
             &self.layout.history,
             partition,
             "history-reader",
             &ranges,
-            |m| {
-                if let (Some(key), Some(payload)) = (m.key(), m.payload())
-                    && key.starts_with(prefix.as_bytes())
-                {
-                    out.push((payload.to_vec(), m.offset()));
+            |m| match (m.key(), m.payload()) {
+                (Some(key), Some(payload)) if key.starts_with(prefix.as_bytes()) => {
+                    Some(payload.to_vec())
                 }
-                Ok(())
+                _ => None,
             },
         )
         .await?;
@@ -86,7 +83,7 @@ impl Ledger {
             "history read"
         );
         let mut entries = Vec::with_capacity(out.len());
-        for (bytes, offset) in out {
+        for (offset, bytes) in out {
             let record = self
                 .codec
                 .decode(&bytes)

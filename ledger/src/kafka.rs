@@ -3,6 +3,7 @@
 //! `read_committed` and never commits offsets on its own. Nothing else in the workspace
 //! builds a `ClientConfig`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -88,16 +89,82 @@ impl ConsumerContext for LedgerContext {}
 /// The consumer every reader of ours uses.
 pub type LedgerConsumer = StreamConsumer<LedgerContext>;
 
-/// Builds Kafka clients from one [`KafkaConfig`].
+/// Builds Kafka clients from one [`KafkaConfig`]. Clones share one pool of idle seeking
+/// consumers ([`KafkaClients::pooled_seeker`]).
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
     config: KafkaConfig,
+    seekers: Arc<SeekerPool>,
+}
+
+/// Idle seeking consumers, unassigned, kept for the next history read: starting a
+/// consumer (threads, connection, metadata) costs about 100 ms, more than the reads of a
+/// small cluster's history.
+#[derive(Default)]
+struct SeekerPool(std::sync::Mutex<Vec<LedgerConsumer>>);
+
+impl std::fmt::Debug for SeekerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.0.lock().map(|p| p.len()).unwrap_or(0);
+        f.debug_struct("SeekerPool").field("idle", &idle).finish()
+    }
+}
+
+/// Idle seeking consumers kept at most.
+const IDLE_SEEKERS: usize = RANGE_READERS;
+
+/// A seeking consumer taken from the pool; [`PooledSeeker::release`] gives it back, and
+/// dropping it without (after an error) closes it.
+pub(crate) struct PooledSeeker<'a> {
+    consumer: Option<LedgerConsumer>,
+    pool: &'a SeekerPool,
+}
+
+impl PooledSeeker<'_> {
+    /// Unassigns the consumer (its prefetched messages are dropped) and keeps it for the
+    /// next read, unless the pool is full.
+    pub(crate) fn release(mut self) {
+        if let Some(c) = self.consumer.take()
+            && c.unassign().is_ok()
+            && let Ok(mut idle) = self.pool.0.lock()
+            && idle.len() < IDLE_SEEKERS
+        {
+            idle.push(c);
+        }
+    }
+}
+
+impl std::ops::Deref for PooledSeeker<'_> {
+    type Target = LedgerConsumer;
+    fn deref(&self) -> &LedgerConsumer {
+        // Only `release` takes the consumer, and it consumes the guard.
+        self.consumer
+            .as_ref()
+            .expect("a pooled seeker holds its consumer")
+    }
 }
 
 impl KafkaClients {
     /// Clients for `config`.
     pub fn new(config: KafkaConfig) -> Self {
-        KafkaClients { config }
+        KafkaClients {
+            config,
+            seekers: Arc::default(),
+        }
+    }
+
+    /// A [`KafkaClients::seeking_consumer`] of `role` from the pool of idle ones, or a new
+    /// one. One role uses the pool (the history reader).
+    pub(crate) fn pooled_seeker(&self, role: &str) -> Result<PooledSeeker<'_>> {
+        let idle = self.seekers.0.lock().ok().and_then(|mut p| p.pop());
+        let consumer = match idle {
+            Some(c) => c,
+            None => self.seeking_consumer(role)?,
+        };
+        Ok(PooledSeeker {
+            consumer: Some(consumer),
+            pool: &self.seekers,
+        })
     }
 
     /// The configuration.
@@ -243,27 +310,64 @@ pub(crate) async fn read_partition_to_end(
 }
 
 /// Reads the offset ranges `[start, end)` (ascending, not overlapping; `end = i64::MAX`
-/// reads to the partition's end) of one partition, seeking from range to range, and calls
-/// `f` with every message inside a range, in order. Offsets without a committed record
-/// (transaction markers, aborted or compacted records) are simply not seen. Returns how
-/// many messages were fetched in all (inside and between ranges' wanted offsets).
-pub(crate) async fn read_partition_ranges(
+/// reads to the partition's end) of one partition, seeking from range to range, and keeps
+/// what `keep` makes of each message inside a range, with its offset, in offset order.
+/// Offsets without a committed record (transaction markers, aborted or compacted records)
+/// are simply not seen. Returns how many messages were fetched in all (inside and between
+/// ranges' wanted offsets), and what was kept.
+///
+/// Each range costs a fetch round trip; a cluster whose records are spread over a long
+/// history has hundreds. Many ranges are split into up to [`RANGE_READERS`] contiguous
+/// shares, each read by a consumer of its own at the same time.
+pub(crate) async fn read_partition_ranges<T>(
     clients: &KafkaClients,
     topic: &str,
     partition: i32,
     role: &str,
     ranges: &[(i64, i64)],
-    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
-) -> Result<u64> {
+    keep: impl Fn(&BorrowedMessage<'_>) -> Option<T> + Sync,
+) -> Result<(u64, Vec<(i64, T)>)> {
     if ranges.is_empty() {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
-    let consumer = clients.seeking_consumer(role)?;
+    let readers = RANGE_READERS.min(ranges.len().div_ceil(RANGES_PER_READER));
+    let share = ranges.len().div_ceil(readers.max(1));
+    let reads = ranges
+        .chunks(share)
+        .map(|chunk| read_ranges(clients, topic, partition, role, chunk, &keep));
+    let mut seen = 0;
+    let mut kept = Vec::new();
+    // The shares are in offset order: so is their concatenation.
+    for (n, share) in futures::future::try_join_all(reads).await? {
+        seen += n;
+        kept.extend(share);
+    }
+    Ok((seen, kept))
+}
+
+/// Consumers [`read_partition_ranges`] uses at most for one read.
+pub const RANGE_READERS: usize = 4;
+
+/// Ranges a reader of [`read_partition_ranges`] takes at least before another is added:
+/// a consumer costs more to start than a few round trips.
+const RANGES_PER_READER: usize = 16;
+
+/// One consumer's share of [`read_partition_ranges`].
+async fn read_ranges<T>(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    role: &str,
+    ranges: &[(i64, i64)],
+    keep: &(impl Fn(&BorrowedMessage<'_>) -> Option<T> + Sync),
+) -> Result<(u64, Vec<(i64, T)>)> {
+    let consumer = clients.pooled_seeker(role)?;
     let timeout = clients.config().request_timeout();
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
         .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
     let mut seen = 0u64;
+    let mut kept = Vec::new();
     for &(start, end) in ranges {
         let (start, end) = (start.max(low), end.min(high));
         if start >= end {
@@ -285,15 +389,18 @@ pub(crate) async fn read_partition_ranges(
                 Ok(Err(KafkaError::PartitionEOF(_))) => break,
                 Ok(Err(e)) => return Err(Error::kafka(format!("read {topic}/{partition}"), e)),
                 Ok(Ok(m)) => {
-                    // A message fetched before the seek: not ours.
-                    if m.offset() < start {
+                    // A message fetched before the seek (or, by a pooled consumer, for
+                    // an earlier read): not ours.
+                    if m.offset() < start || m.partition() != partition || m.topic() != topic {
                         continue;
                     }
                     seen += 1;
                     if m.offset() >= end {
                         break;
                     }
-                    f(&m)?;
+                    if let Some(t) = keep(&m) {
+                        kept.push((m.offset(), t));
+                    }
                     if m.offset() + 1 >= end {
                         break;
                     }
@@ -301,5 +408,6 @@ pub(crate) async fn read_partition_ranges(
             }
         }
     }
-    Ok(seen)
+    consumer.release();
+    Ok((seen, kept))
 }

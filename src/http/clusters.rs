@@ -114,11 +114,18 @@ pub(crate) async fn cluster_history(
     id: &str,
 ) -> Result<ClusterHistory, AppError> {
     let ledger = ledger(state)?;
+    let started = std::time::Instant::now();
     let hint = match state.projector.get() {
         Some(p) => Some(p.history_hint(id, ledger.partition_of(id)).await),
         None => None,
     };
+    let hinted = started.elapsed();
     let history = ledger.history(id, hint.as_ref()).await?;
+    tracing::debug!(
+        hint_ms = hinted.as_secs_f64() * 1e3,
+        read_ms = (started.elapsed() - hinted).as_secs_f64() * 1e3,
+        "cluster history"
+    );
     if history.is_empty() {
         return Err(LedgerError::NotFound(id.to_owned()).into());
     }

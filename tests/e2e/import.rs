@@ -96,7 +96,8 @@ async fn a_simulated_history_years_old_imports_once_and_bills_plausibly() {
         start,
     }
     .write(&mut text)
-    .unwrap();
+    .unwrap()
+    .lines;
     let text = String::from_utf8(text).unwrap();
     let path = write_file("history.jsonl", &text);
     let client = ApiClient::new(&server.url(), Some("dev-import".into()));
