@@ -169,25 +169,8 @@ impl Report {
             },
             met: (!sql.is_empty()).then_some(worst <= 50.0),
         });
-        let limit_goal = |goal: &str, names: &[&str], limit: f64, unit: &str| {
-            let values: Vec<(String, f64)> = names
-                .iter()
-                .filter_map(|n| self.get(n).map(|v| ((*n).to_owned(), v)))
-                .collect();
-            Goal {
-                goal: goal.to_owned(),
-                measured: if values.is_empty() {
-                    "not measured".into()
-                } else {
-                    values
-                        .iter()
-                        .map(|(n, v)| format!("{n} {v:.1} {unit}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                met: (!values.is_empty()).then(|| values.iter().all(|(_, v)| *v <= limit)),
-            }
-        };
+        let limit_goal =
+            |goal: &str, names: &[&str], max: f64, unit: &str| self.at_most(goal, names, max, unit);
         goals.push(limit_goal(
             "one-cluster recovery ≤ 1 s",
             &["recover.apply", "recover.dry_run"],
@@ -208,6 +191,28 @@ impl Report {
         ));
         goals.extend(self.fleet_goals());
         goals
+    }
+
+    /// The goal that every figure of `names` that was measured is at most `max` (not
+    /// measured if none was).
+    fn at_most(&self, goal: &str, names: &[impl AsRef<str>], max: f64, unit: &str) -> Goal {
+        let values: Vec<(&str, f64)> = names
+            .iter()
+            .filter_map(|n| self.get(n.as_ref()).map(|v| (n.as_ref(), v)))
+            .collect();
+        Goal {
+            goal: goal.to_owned(),
+            measured: if values.is_empty() {
+                "not measured".into()
+            } else {
+                values
+                    .iter()
+                    .map(|(n, v)| format!("{n} {v:.1} {unit}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            met: (!values.is_empty()).then(|| values.iter().all(|(_, v)| *v <= max)),
+        }
     }
 
     /// The scales of the realistic-fleet figures (`fleet.NAME.*`), smallest history first.
@@ -232,23 +237,7 @@ impl Report {
     fn fleet_goals(&self) -> Vec<Goal> {
         let (small, large) = ("fleet.1m", "fleet.10m");
         let limit = |goal: &str, names: Vec<String>, max: f64, unit: &str| {
-            let values: Vec<(String, f64)> = names
-                .iter()
-                .filter_map(|n| self.get(n).map(|v| (n.clone(), v)))
-                .collect();
-            Goal {
-                goal: goal.to_owned(),
-                measured: if values.is_empty() {
-                    "not measured".into()
-                } else {
-                    values
-                        .iter()
-                        .map(|(n, v)| format!("{n} {v:.1} {unit}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                met: (!values.is_empty()).then(|| values.iter().all(|(_, v)| *v <= max)),
-            }
+            self.at_most(goal, &names, max, unit)
         };
         let sql: Vec<String> = self
             .figures

@@ -120,16 +120,15 @@ fn scan_file(reader: &mut impl BufRead) -> std::result::Result<Scan, ScanError> 
     }
 }
 
-/// The lines of a checked file in file order, numbered.
-fn file_lines(
+/// The lines of `reader`, numbered from 1, blank ones skipped; a read error names `path`.
+fn numbered_lines(
     mut reader: impl BufRead,
     path: std::path::PathBuf,
-) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+) -> impl Iterator<Item = Result<(usize, String)>> {
     let mut no = 0;
-    let mut raw = String::new();
     std::iter::from_fn(move || {
         loop {
-            raw.clear();
+            let mut raw = String::new();
             match reader.read_line(&mut raw) {
                 Ok(0) => return None,
                 Ok(_) => no += 1,
@@ -140,15 +139,23 @@ fn file_lines(
                     }));
                 }
             }
-            if raw.trim().is_empty() {
-                continue;
+            if !raw.trim().is_empty() {
+                return Some(Ok((no, raw)));
             }
-            return Some(
-                serde_json::from_str(&raw)
-                    .map(|l| (no, l))
-                    .map_err(|e| changed_under_us(&path, no, &e.to_string())),
-            );
         }
+    })
+}
+
+/// The lines of a checked file in file order, numbered.
+fn file_lines(
+    reader: impl BufRead,
+    path: std::path::PathBuf,
+) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+    numbered_lines(reader, path.clone()).map(move |line| {
+        let (no, raw) = line?;
+        serde_json::from_str(&raw)
+            .map(|l| (no, l))
+            .map_err(|e| changed_under_us(&path, no, &e.to_string()))
     })
 }
 
@@ -215,43 +222,28 @@ fn indexed_lines(
 
 /// Standard input's lines, checked as they come; they must be in time order, since a
 /// stream cannot be sorted without holding it.
-fn stdin_lines(mut reader: impl BufRead) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
+fn stdin_lines(reader: impl BufRead) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
     let mut checker = LineChecker::default();
     let mut prev: Option<(usize, i64)> = None;
-    let mut raw = String::new();
-    let mut no = 0;
-    std::iter::from_fn(move || {
-        loop {
-            raw.clear();
-            match reader.read_line(&mut raw) {
-                Ok(0) => return None,
-                Ok(_) => no += 1,
-                Err(source) => {
-                    return Some(Err(ClientError::Io {
-                        path: "-".into(),
-                        source,
-                    }));
-                }
-            }
-            let checked = checker
-                .check(no, &raw)
-                .map_err(|e| ClientError::Invalid(format!("standard input: {e}")));
-            match checked {
-                Err(e) => return Some(Err(e)),
-                Ok(None) => continue,
-                Ok(Some((ts, line))) => {
-                    if let Some((prev_no, prev_ts)) = prev.filter(|(_, p)| *p > ts) {
-                        return Some(Err(ClientError::Invalid(format!(
-                            "standard input: line {no}: ts {} is before line {prev_no}'s {}; a history read from standard input must be in time order (import it from a file to have it sorted)",
-                            line.ts,
-                            millis_rfc3339(prev_ts)
-                        ))));
-                    }
-                    prev = Some((no, ts));
-                    return Some(Ok((no, line)));
-                }
-            }
+    numbered_lines(reader, "-".into()).filter_map(move |line| {
+        let (no, raw) = match line {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let (ts, line) = match checker.check(no, &raw) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(ClientError::Invalid(format!("standard input: {e}")))),
+        };
+        if let Some((prev_no, prev_ts)) = prev.filter(|(_, p)| *p > ts) {
+            return Some(Err(ClientError::Invalid(format!(
+                "standard input: line {no}: ts {} is before line {prev_no}'s {}; a history read from standard input must be in time order (import it from a file to have it sorted)",
+                line.ts,
+                millis_rfc3339(prev_ts)
+            ))));
         }
+        prev = Some((no, ts));
+        Some(Ok((no, line)))
     })
 }
 
