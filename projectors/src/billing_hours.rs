@@ -514,10 +514,12 @@ impl BillingHours {
                 (a.day_ms, &a.org_id, &a.sku, &a.cloud, &a.region)
                     .cmp(&(b.day_ms, &b.org_id, &b.sku, &b.cloud, &b.region))
             });
-            if let Some(seg) =
-                self.files
-                    .write(&daily_schema(), &[daily_batch(rows.iter())], DAILY_SEGMENTS)?
-            {
+            if let Some(seg) = self.files.write_rows(
+                &daily_schema(),
+                &rows,
+                |chunk| daily_batch(chunk.iter()),
+                DAILY_SEGMENTS,
+            )? {
                 out.push((old, seg));
             }
         }
@@ -597,9 +599,10 @@ impl BillingHours {
 
     /// Writes one day's rows, which are sorted by (org, cluster, hour), as a segment.
     fn write_day<R: BillingFields>(&self, rows: &[R]) -> crate::Result<Option<Segment>> {
-        self.files.write(
+        self.files.write_rows(
             &billing_schema(),
-            &[billing_batch(rows.iter())],
+            rows,
+            |chunk| billing_batch(chunk.iter()),
             BILLING_SEGMENTS,
         )
     }

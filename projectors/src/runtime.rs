@@ -1110,9 +1110,10 @@ fn checkpoint_all(
         rows.sort_unstable_by(|a, b| {
             (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
         });
-        let segment = files.write(
+        let segment = files.write_rows(
             &audit_schema(),
-            &[audit_batch(rows.into_iter())],
+            &rows,
+            |chunk| audit_batch(chunk.iter().copied()),
             AUDIT_SEGMENTS,
         );
         (others.join(), segment)
@@ -1196,8 +1197,12 @@ fn merge_audit_segments(
         rows.sort_unstable_by(|a, b| {
             (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
         });
-        let Some(merged) =
-            files.write(&audit_schema(), &[audit_batch(rows.iter())], AUDIT_SEGMENTS)?
+        let Some(merged) = files.write_rows(
+            &audit_schema(),
+            &rows,
+            |chunk| audit_batch(chunk.iter()),
+            AUDIT_SEGMENTS,
+        )?
         else {
             return Ok(());
         };

@@ -99,6 +99,31 @@ impl SegmentDir {
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.write_batches(schema, rows, batches.iter().cloned(), layout)
+    }
+
+    /// [`SegmentDir::write`] of `rows`, made into batches of one row group each as they
+    /// are written (`to_batch` of each chunk): the rows' Arrow copy never exists whole,
+    /// only one row group of it at a time.
+    pub fn write_rows<R>(
+        &self,
+        schema: &SchemaRef,
+        rows: &[R],
+        to_batch: impl Fn(&[R]) -> RecordBatch,
+        layout: SegmentLayout,
+    ) -> Result<Option<Segment>> {
+        let batches = rows.chunks(ROW_GROUP_ROWS).map(to_batch);
+        self.write_batches(schema, rows.len(), batches, layout)
+    }
+
+    /// Writes `batches` (`rows` rows in all) as one segment.
+    fn write_batches(
+        &self,
+        schema: &SchemaRef,
+        rows: usize,
+        batches: impl Iterator<Item = RecordBatch>,
+        layout: SegmentLayout,
+    ) -> Result<Option<Segment>> {
         if rows == 0 {
             return Ok(None);
         }
@@ -122,16 +147,18 @@ impl SegmentDir {
         let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
         let mut w =
             ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(parquet_err)?;
+        let mut range = None;
         for b in batches {
-            w.write(b).map_err(parquet_err)?;
+            key_range(&b, layout.key, &mut range);
+            w.write(&b).map_err(parquet_err)?;
         }
+        let (min_key, max_key) = range.unwrap_or((0, 0));
         let file = w.into_inner().map_err(parquet_err)?;
         file.sync_all().map_err(&io)?;
         let bytes = file.metadata().map_err(&io)?.len();
         drop(file);
         std::fs::rename(&tmp, &path).map_err(&io)?;
         sync_dir(&self.dir).map_err(self.io(&self.dir))?;
-        let (min_key, max_key) = key_range(batches, layout.key);
         Ok(Some(Segment {
             name,
             rows: rows as u64,
@@ -292,27 +319,24 @@ fn unique_name() -> String {
 }
 
 /// The min and max of an Int64 or Timestamp(ms) column over `batches` (0, 0 if absent).
-fn key_range(batches: &[RecordBatch], key: &str) -> (i64, i64) {
-    let mut range: Option<(i64, i64)> = None;
-    for b in batches {
-        let Some(col) = b.column_by_name(key) else {
-            continue;
-        };
-        let values: &[i64] = if let Some(a) = col
-            .as_any()
-            .downcast_ref::<arrow_array::TimestampMillisecondArray>()
-        {
-            a.values()
-        } else if let Some(a) = col.as_any().downcast_ref::<arrow_array::Int64Array>() {
-            a.values()
-        } else {
-            continue;
-        };
-        for &v in values {
-            range = Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
-        }
+/// Widens `range` by the values of column `key` (a timestamp or an Int64) of `b`.
+fn key_range(b: &RecordBatch, key: &str, range: &mut Option<(i64, i64)>) {
+    let Some(col) = b.column_by_name(key) else {
+        return;
+    };
+    let values: &[i64] = if let Some(a) = col
+        .as_any()
+        .downcast_ref::<arrow_array::TimestampMillisecondArray>()
+    {
+        a.values()
+    } else if let Some(a) = col.as_any().downcast_ref::<arrow_array::Int64Array>() {
+        a.values()
+    } else {
+        return;
+    };
+    for &v in values {
+        *range = Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
     }
-    range.unwrap_or((0, 0))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
