@@ -564,6 +564,9 @@ impl Projector {
             let mut ended = batch.eofs.clone();
             for (p, e) in std::mem::take(&mut batch.stopped) {
                 ended.push(p);
+                // A stopped partition no longer holds billing's watermark back:
+                // `apply_decoded` marks it with the batch's ended partitions.
+                batch.eofs.push(p);
                 tracing::error!(partition = p, error = %e, "projection of this partition stopped at an undecodable record");
                 if let Ok(mut s) = self.stopped.lock() {
                     s.entry(p).or_insert_with(|| e.to_string());
