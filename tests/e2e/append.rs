@@ -885,4 +885,5 @@ async fn a_history_spread_over_a_long_partition_reads_back_whole() {
         .map(|r| r["version"].as_i64().unwrap())
         .collect();
     assert_eq!(versions, (1..=rounds).collect::<Vec<_>>());
+    server.stop().await;
 }
