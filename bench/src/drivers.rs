@@ -242,6 +242,37 @@ pub async fn raw_consume(config: &KafkaConfig, figures: &Figures) -> anyhow::Res
     Ok((records, secs))
 }
 
+/// Deletes the topics of the service under test (`FLEETLEDGER_KAFKA__TOPIC_PREFIX`'s state,
+/// history and registry topics, and the raw produce's scratch topics under
+/// `{prefix}.bench-raw`), so that a benchmark leaves no data in the broker. A topic that
+/// does not exist is skipped; any other refusal is an error naming the topic.
+pub async fn drop_topics(config: &KafkaConfig) -> anyhow::Result<()> {
+    use rdkafka::admin::AdminOptions;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let clients = fleetledger_ledger::KafkaClients::new(config.clone());
+    let mut scratch = config.clone();
+    scratch.topic_prefix = format!("{}.bench-raw", config.topic_prefix);
+    scratch.schemas_topic = format!("{}.bench-raw._schemas", config.topic_prefix);
+    let mut topics = Vec::new();
+    for c in [config, &scratch] {
+        let l = fleetledger_ledger::TopicLayout::new(c);
+        topics.extend([l.state, l.history, l.schemas]);
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let admin = clients.admin()?;
+    let mut dropped = 0;
+    for r in admin.delete_topics(&names, &AdminOptions::new()).await? {
+        match r {
+            Ok(_) => dropped += 1,
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot delete topic {topic}: {code}"),
+        }
+    }
+    println!("dropped {dropped} topics of {}", config.topic_prefix);
+    Ok(())
+}
+
 /// The raw transactional produce rate of the same records the ledger wrote: reads the
 /// first `changes` history records (key, value, partition) and writes each one twice, as
 /// the ledger does (history and state topic), to scratch topics of the same layout under

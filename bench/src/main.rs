@@ -60,6 +60,9 @@ enum Command {
     },
     /// Measure the raw consume rate of the history topic (plain consumer, no decoding).
     Consume,
+    /// Delete the topics of the service under test (its topic prefix's, and the raw
+    /// produce's scratch topics) so that a benchmark leaves no data in the broker.
+    DropTopics,
     /// Measure a running server: batch throughput and single-append latency.
     Append {
         #[command(flatten)]
@@ -188,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sql { api, runs } => {
             drivers::sql_latency(&api.url, &token(&api), runs, &Figures::from_env()).await
         }
+        Command::DropTopics => drivers::drop_topics(&kafka_config()?).await,
         Command::Consume => drivers::raw_consume(&kafka_config()?, &Figures::from_env())
             .await
             .map(|_| ()),
