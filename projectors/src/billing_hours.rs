@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::{ClusterBilling, HOUR_MS, HourRow, Rate, RatePoint, nothing_flushed};
 use crate::record::HistoryRecord;
-use crate::segments::{
-    ROW_GROUP_ROWS, Segment, SegmentDir, SegmentLayout, column, time_column, utf8_column,
-};
+use crate::segments::{Segment, SegmentDir, SegmentLayout, column, time_column, utf8_column};
 
 /// Billing of one cluster and its dimensions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,8 +480,7 @@ impl BillingHours {
     }
 
     /// Writes the `billing_daily` rows of `days` into the segments of their months: a
-    /// month's segment is written anew with its rows of those days replaced (streamed
-    /// through when the days all come after it, read whole otherwise).
+    /// month's segment is read, its rows of those days replaced, and written anew.
     /// Returns (index of the segment it replaces, new segment) per month.
     fn write_daily(
         &self,
@@ -502,34 +499,6 @@ impl BillingHours {
                 .daily_segments
                 .iter()
                 .position(|s| month_start(s.min_key) == month);
-            let sorted = |rows: &mut Vec<DailyRow>| {
-                rows.sort_by(|a, b| {
-                    (a.day_ms, &a.org_id, &a.sku, &a.cloud, &a.region)
-                        .cmp(&(b.day_ms, &b.org_id, &b.sku, &b.cloud, &b.region))
-                });
-            };
-            // The usual flush adds days after the month's file: its rows are copied
-            // through a row group at a time, then the new days follow.
-            if let Some(i) = old.filter(|&i| {
-                days.keys()
-                    .next()
-                    .is_some_and(|first| *first > self.daily_segments[i].max_key)
-            }) {
-                let mut rows: Vec<DailyRow> = days.into_values().flatten().collect();
-                sorted(&mut rows);
-                let more = rows.chunks(ROW_GROUP_ROWS).map(|c| daily_batch(c.iter()));
-                if let Some(seg) = self.files.append(
-                    &daily_schema(),
-                    &self.daily_segments[i],
-                    rows.len(),
-                    more,
-                    DAILY_SEGMENTS,
-                )? {
-                    out.push((old, seg));
-                }
-                continue;
-            }
-            // A day rewritten within the month (a late record): the month is read whole.
             let mut rows = Vec::new();
             if let Some(i) = old {
                 let seg = &self.daily_segments[i];
@@ -541,7 +510,10 @@ impl BillingHours {
                 );
             }
             rows.extend(days.into_values().flatten());
-            sorted(&mut rows);
+            rows.sort_by(|a, b| {
+                (a.day_ms, &a.org_id, &a.sku, &a.cloud, &a.region)
+                    .cmp(&(b.day_ms, &b.org_id, &b.sku, &b.cloud, &b.region))
+            });
             if let Some(seg) = self.files.write_rows(
                 &daily_schema(),
                 &rows,

@@ -99,7 +99,7 @@ impl SegmentDir {
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        self.write_batches(schema, rows, batches.iter().cloned().map(Ok), layout)
+        self.write_batches(schema, rows, batches.iter().cloned(), layout)
     }
 
     /// [`SegmentDir::write`] of `rows`, made into batches of one row group each as they
@@ -112,39 +112,8 @@ impl SegmentDir {
         to_batch: impl Fn(&[R]) -> RecordBatch,
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
-        let batches = rows.chunks(ROW_GROUP_ROWS).map(to_batch).map(Ok);
+        let batches = rows.chunks(ROW_GROUP_ROWS).map(to_batch);
         self.write_batches(schema, rows.len(), batches, layout)
-    }
-
-    /// A new segment of `old`'s rows followed by `more` (`more_rows` rows in all), which
-    /// must sort after them. The old file is read one row group at a time, never whole:
-    /// a month's rollup grows by a day without being held in memory.
-    pub fn append(
-        &self,
-        schema: &SchemaRef,
-        old: &Segment,
-        more_rows: usize,
-        more: impl Iterator<Item = RecordBatch>,
-        layout: SegmentLayout,
-    ) -> Result<Option<Segment>> {
-        let path = self.path(old);
-        let io = self.io(&path);
-        let file = std::fs::File::open(&path).map_err(&io)?;
-        let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(parquet_err)?
-            .with_batch_size(ROW_GROUP_ROWS)
-            .build()
-            .map_err(parquet_err)?;
-        let read_err = self.io(&path);
-        // The file's batches carry the schema it was written with; they are written
-        // under `schema` (the same columns), which the writer checks.
-        let old_batches = reader.map(move |b| {
-            b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
-                .map_err(|e| read_err(std::io::Error::other(e)))
-        });
-        let rows = old.rows as usize + more_rows;
-        self.write_batches(schema, rows, old_batches.chain(more.map(Ok)), layout)
     }
 
     /// Writes `batches` (`rows` rows in all) as one segment.
@@ -152,7 +121,7 @@ impl SegmentDir {
         &self,
         schema: &SchemaRef,
         rows: usize,
-        batches: impl Iterator<Item = Result<RecordBatch>>,
+        batches: impl Iterator<Item = RecordBatch>,
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         if rows == 0 {
@@ -180,7 +149,6 @@ impl SegmentDir {
             ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(parquet_err)?;
         let mut range = None;
         for b in batches {
-            let b = b?;
             key_range(&b, layout.key, &mut range);
             w.write(&b).map_err(parquet_err)?;
         }
@@ -406,69 +374,4 @@ pub fn time_column<'a, R: 'a>(
     Arc::new(
         arrow_array::TimestampMillisecondArray::from_iter_values(rows.map(f)).with_timezone("UTC"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KEYED: SegmentLayout = SegmentLayout {
-        bloom: &["name"],
-        key: "k",
-    };
-
-    fn schema() -> SchemaRef {
-        Arc::new(arrow_schema::Schema::new(vec![
-            arrow_schema::Field::new("k", arrow_schema::DataType::Int64, false),
-            arrow_schema::Field::new("name", arrow_schema::DataType::Utf8, false),
-        ]))
-    }
-
-    fn batch(keys: std::ops::Range<i64>) -> RecordBatch {
-        let names: Vec<String> = keys.clone().map(|k| format!("n{k}")).collect();
-        RecordBatch::try_new(
-            schema(),
-            vec![
-                Arc::new(arrow_array::Int64Array::from_iter_values(keys)),
-                Arc::new(arrow_array::StringArray::from_iter_values(names)),
-            ],
-        )
-        .unwrap()
-    }
-
-    /// An append streams the old file through (more than one row group of it) and adds
-    /// the new rows after it, with the key range and row count of both.
-    #[test]
-    fn an_append_keeps_the_old_rows_and_adds_the_new_after_them() {
-        let dir = std::env::temp_dir().join(format!("fl-segments-{}", std::process::id()));
-        let files = SegmentDir::new(&dir);
-        let n = ROW_GROUP_ROWS as i64 + 10;
-        let old = files
-            .write(&schema(), &[batch(0..n)], KEYED)
-            .unwrap()
-            .unwrap();
-        let more = [batch(n..n + 5)];
-        let new = files
-            .append(&schema(), &old, 5, more.into_iter(), KEYED)
-            .unwrap()
-            .unwrap();
-        assert_ne!(new.name, old.name, "a new file");
-        assert_eq!(
-            (new.rows, new.min_key, new.max_key),
-            (n as u64 + 5, 0, n + 4)
-        );
-        let keys: Vec<i64> = files
-            .read(&new, None, None)
-            .unwrap()
-            .iter()
-            .flat_map(|b| {
-                column::<arrow_array::Int64Array>(b, "k")
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(keys, (0..n + 5).collect::<Vec<_>>());
-        files.remove_all().unwrap();
-    }
 }
