@@ -10,7 +10,7 @@
 //! the file lists them in, so each cluster's records reach the topics in time order across
 //! its facets: a file already in time order (the simulator's, an export's) is sent as it
 //! is read; any other file is sent through an index of its lines' times and offsets
-//! (16 bytes a line). `-` reads standard input in one pass: it must be in time order, and a
+//! (24 bytes a line). `-` reads standard input in one pass: it must be in time order, and a
 //! bad line stops the import there (the rounds before it stay imported).
 //!
 //! **Resumable.** The n-th line of a cluster+facet becomes its version n: it is sent with
