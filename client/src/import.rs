@@ -10,7 +10,7 @@
 //! the file lists them in, so each cluster's records reach the topics in time order across
 //! its facets: a file already in time order (the simulator's, an export's) is sent as it
 //! is read; any other file is sent through an index of its lines' times and offsets
-//! (24 bytes a line). `-` reads standard input in one pass: it must be in time order, and a
+//! (24 bytes a line, built in a pass of its own). `-` reads standard input in one pass: it must be in time order, and a
 //! bad line stops the import there (the rounds before it stay imported).
 //!
 //! **Resumable.** The n-th line of a cluster+facet becomes its version n: it is sent with
@@ -62,22 +62,20 @@ pub async fn import_file(
         let stdin = BufReader::new(std::io::stdin());
         return send_rounds(client, stdin_lines(stdin), None, batch, allow_live_history).await;
     }
-    let io = |source| ClientError::Io {
-        path: file.to_owned(),
-        source,
+    let open = || {
+        File::open(file)
+            .map(BufReader::new)
+            .map_err(|source| ClientError::Io {
+                path: file.to_owned(),
+                source,
+            })
     };
-    let invalid = |e: String| ClientError::Invalid(format!("{}: {e}", file.display()));
-    let scan =
-        scan_file(&mut BufReader::new(File::open(file).map_err(io)?)).map_err(|e| match e {
-            ScanError::Io(source) => io(source),
-            ScanError::Line(e) => invalid(e),
-        })?;
-    let reader = BufReader::new(File::open(file).map_err(io)?);
+    let scan = scan_file(open()?, file)?;
     let lines: Box<dyn Iterator<Item = Result<(usize, HistoryLine)>> + Send> = if scan.in_order {
-        Box::new(file_lines(reader, file.to_owned()))
+        Box::new(file_lines(open()?, file.to_owned()))
     } else {
-        let index = time_index(BufReader::new(File::open(file).map_err(io)?)).map_err(io)?;
-        Box::new(indexed_lines(reader, index, file.to_owned()))
+        let index = time_index(open()?, file)?;
+        Box::new(indexed_lines(open()?, index, file.to_owned()))
     };
     send_rounds(client, lines, Some(scan.lines), batch, allow_live_history).await
 }
@@ -90,48 +88,46 @@ struct Scan {
     in_order: bool,
 }
 
-enum ScanError {
-    Io(std::io::Error),
-    Line(String),
-}
-
 /// The checking pass: every line parsed and checked, nothing kept but the last time per
-/// cluster+facet.
-fn scan_file(reader: &mut impl BufRead) -> std::result::Result<Scan, ScanError> {
+/// cluster+facet. A bad line is an error naming `path` and the line.
+fn scan_file(reader: impl BufRead, path: &Path) -> Result<Scan> {
     let mut checker = LineChecker::default();
     let mut scan = Scan {
         lines: 0,
         in_order: true,
     };
     let mut prev = i64::MIN;
-    let mut raw = String::new();
-    let mut no = 0;
-    loop {
-        raw.clear();
-        if reader.read_line(&mut raw).map_err(ScanError::Io)? == 0 {
-            return Ok(scan);
-        }
-        no += 1;
-        if let Some((ts, _)) = checker.check(no, &raw).map_err(ScanError::Line)? {
+    for line in numbered_lines(reader, path.to_owned()) {
+        let (no, _, raw) = line?;
+        let checked = checker
+            .check(no, &raw)
+            .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
+        if let Some((ts, _)) = checked {
             scan.lines += 1;
             scan.in_order &= ts >= prev;
             prev = ts;
         }
     }
+    Ok(scan)
 }
 
-/// The lines of `reader`, numbered from 1, blank ones skipped; a read error names `path`.
+/// The lines of `reader` with their number (from 1) and byte offset, blank ones skipped;
+/// a read error names `path`. Every pass over a history reads through it.
 fn numbered_lines(
     mut reader: impl BufRead,
     path: std::path::PathBuf,
-) -> impl Iterator<Item = Result<(usize, String)>> {
-    let mut no = 0;
+) -> impl Iterator<Item = Result<(usize, u64, String)>> {
+    let (mut no, mut offset) = (0usize, 0u64);
     std::iter::from_fn(move || {
         loop {
             let mut raw = String::new();
+            let at = offset;
             match reader.read_line(&mut raw) {
                 Ok(0) => return None,
-                Ok(_) => no += 1,
+                Ok(n) => {
+                    no += 1;
+                    offset += n as u64;
+                }
                 Err(source) => {
                     return Some(Err(ClientError::Io {
                         path: path.clone(),
@@ -140,7 +136,7 @@ fn numbered_lines(
                 }
             }
             if !raw.trim().is_empty() {
-                return Some(Ok((no, raw)));
+                return Some(Ok((no, at, raw)));
             }
         }
     })
@@ -152,7 +148,7 @@ fn file_lines(
     path: std::path::PathBuf,
 ) -> impl Iterator<Item = Result<(usize, HistoryLine)>> {
     numbered_lines(reader, path.clone()).map(move |line| {
-        let (no, raw) = line?;
+        let (no, _, raw) = line?;
         serde_json::from_str(&raw)
             .map(|l| (no, l))
             .map_err(|e| changed_under_us(&path, no, &e.to_string()))
@@ -168,32 +164,23 @@ fn changed_under_us(path: &Path, no: usize, e: &str) -> ClientError {
 }
 
 /// (time, line number, byte offset) of every non-blank line, in time order (ties in file
-/// order).
-fn time_index(mut reader: impl BufRead) -> std::io::Result<Vec<(i64, usize, u64)>> {
+/// order): a third pass, for a file out of time order only, so that a file in order costs
+/// no memory per line.
+fn time_index(reader: impl BufRead, path: &Path) -> Result<Vec<(i64, usize, u64)>> {
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts: String,
+    }
     let mut index = Vec::new();
-    let mut raw = String::new();
-    let (mut no, mut offset) = (0usize, 0u64);
-    loop {
-        raw.clear();
-        let n = reader.read_line(&mut raw)?;
-        if n == 0 {
-            break;
-        }
-        no += 1;
-        #[derive(serde::Deserialize)]
-        struct Ts {
-            ts: String,
-        }
-        if !raw.trim().is_empty() {
-            // Checked by the first pass: a line that no longer reads sorts first and fails
-            // when it is sent.
-            let ts = serde_json::from_str::<Ts>(&raw)
-                .ok()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.ts).ok())
-                .map_or(i64::MIN, |t| t.timestamp_millis());
-            index.push((ts, no, offset));
-        }
-        offset += n as u64;
+    for line in numbered_lines(reader, path.to_owned()) {
+        let (no, offset, raw) = line?;
+        // Checked by the first pass: a line that no longer reads sorts first and fails
+        // when it is sent.
+        let ts = serde_json::from_str::<Ts>(&raw)
+            .ok()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.ts).ok())
+            .map_or(i64::MIN, |t| t.timestamp_millis());
+        index.push((ts, no, offset));
     }
     index.sort_unstable();
     Ok(index)
@@ -227,7 +214,7 @@ fn stdin_lines(reader: impl BufRead) -> impl Iterator<Item = Result<(usize, Hist
     let mut prev: Option<(usize, i64)> = None;
     numbered_lines(reader, "-".into()).filter_map(move |line| {
         let (no, raw) = match line {
-            Ok(l) => l,
+            Ok((no, _, raw)) => (no, raw),
             Err(e) => return Some(Err(e)),
         };
         let (ts, line) = match checker.check(no, &raw) {
@@ -392,9 +379,9 @@ mod tests {
             line(3, "b", "status"),
         ]
         .join("\n");
-        let scan = scan_file(&mut Cursor::new(&text)).ok().unwrap();
+        let scan = scan_file(Cursor::new(&text), Path::new("f")).unwrap();
         assert_eq!((scan.lines, scan.in_order), (4, false));
-        let index = time_index(Cursor::new(&text)).unwrap();
+        let index = time_index(Cursor::new(&text), Path::new("f")).unwrap();
         let sent = order(indexed_lines(Cursor::new(&text), index, "f".into()));
         assert_eq!(sent, vec![3, 5, 1, 4], "by time, ties in file order");
     }
@@ -408,7 +395,7 @@ mod tests {
         ]
         .join("\n")
             + "\n";
-        let scan = scan_file(&mut Cursor::new(&text)).ok().unwrap();
+        let scan = scan_file(Cursor::new(&text), Path::new("f")).unwrap();
         assert_eq!((scan.lines, scan.in_order), (3, true));
         assert_eq!(
             order(file_lines(Cursor::new(&text), "f".into())),
@@ -419,8 +406,8 @@ mod tests {
     #[test]
     fn the_checking_pass_names_the_bad_line() {
         let text = format!("{}\n{{\"ts\": 1}}\n", line(1, "a", "logical"));
-        match scan_file(&mut Cursor::new(&text)) {
-            Err(ScanError::Line(e)) => assert!(e.starts_with("line 2:"), "{e}"),
+        match scan_file(Cursor::new(&text), Path::new("f")) {
+            Err(ClientError::Invalid(e)) => assert!(e.starts_with("f: line 2:"), "{e}"),
             _ => panic!("line 2 is malformed"),
         }
     }
