@@ -529,28 +529,20 @@ impl BillingHours {
     /// The `billing_daily` rows of the days not flushed yet, as of `now_ms`, summed
     /// straight from the clusters' hours (no row of `billing_hours` is built).
     pub fn daily(&self, now_ms: i64) -> Vec<DailyRow> {
-        let mut acc: BTreeMap<(i64, &str, &str, &str, &str), DailyRow> = BTreeMap::new();
+        let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
         for c in self.clusters.values() {
             // A cluster's hours come in order: its day is summed first, then added to the
             // map once (one lookup per cluster and day, not per hour).
             let mut day_sum: Option<(i64, f64, i64, bool)> = None;
+            let dims = [
+                c.org_id.as_str(),
+                c.sku.as_str(),
+                c.cloud.as_str(),
+                c.region.as_str(),
+            ];
             let mut add = |(day, cku_hours, recomputed_at_ms, open): (i64, f64, i64, bool)| {
-                let d = acc
-                    .entry((day, &c.org_id, &c.sku, &c.cloud, &c.region))
-                    .or_insert_with(|| DailyRow {
-                        day_ms: day,
-                        org_id: c.org_id.clone(),
-                        sku: c.sku.clone(),
-                        cloud: c.cloud.clone(),
-                        region: c.region.clone(),
-                        cku_hours: 0.0,
-                        clusters: 0,
-                        recomputed_at_ms: i64::MIN,
-                        open: false,
-                    });
-                d.cku_hours += cku_hours;
-                d.recomputed_at_ms = d.recomputed_at_ms.max(recomputed_at_ms);
-                d.open |= open;
+                let d = daily_entry(&mut acc, day, dims);
+                d.add_hours(cku_hours, recomputed_at_ms, open);
                 d.clusters += 1;
             };
             for r in c.billing.rows(now_ms) {
@@ -623,13 +615,10 @@ impl BillingHours {
 
     /// The rows in memory as of `now_ms` (hours not yet flushed), by cluster then hour.
     pub fn rows(&self, now_ms: i64) -> Vec<BillingRow> {
-        let mut out = Vec::new();
-        for (id, c) in &self.clusters {
-            for r in c.billing.rows(now_ms) {
-                out.push(c.row(id, &r));
-            }
-        }
-        out
+        self.rows_where(now_ms, |_, _| true)
+            .iter()
+            .map(|h| h.cluster.row(h.id, &h.hour))
+            .collect()
     }
 }
 
@@ -761,27 +750,43 @@ pub struct DailyRow {
     pub open: bool,
 }
 
+impl DailyRow {
+    /// Adds billed hours of this day and dimensions: their amount, their latest recompute
+    /// time, and whether one of them is open. The caller counts the cluster.
+    fn add_hours(&mut self, cku_hours: f64, recomputed_at_ms: i64, open: bool) {
+        self.cku_hours += cku_hours;
+        self.recomputed_at_ms = self.recomputed_at_ms.max(recomputed_at_ms);
+        self.open |= open;
+    }
+}
+
+/// The row of `day` and dimensions `dims` (org, sku, cloud, region) in `acc`, empty if new.
+fn daily_entry<'a, 'm>(
+    acc: &'m mut BTreeMap<(i64, [&'a str; 4]), DailyRow>,
+    day: i64,
+    dims: [&'a str; 4],
+) -> &'m mut DailyRow {
+    acc.entry((day, dims)).or_insert_with(|| DailyRow {
+        day_ms: day,
+        org_id: dims[0].to_owned(),
+        sku: dims[1].to_owned(),
+        cloud: dims[2].to_owned(),
+        region: dims[3].to_owned(),
+        cku_hours: 0.0,
+        clusters: 0,
+        recomputed_at_ms: i64::MIN,
+        open: false,
+    })
+}
+
 /// The `billing_daily` rows of `rows`, by day then dimensions.
 pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
     let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
     let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
     for r in rows {
         let day = r.hour_start_ms().div_euclid(DAY_MS) * DAY_MS;
-        let dims = r.dimensions();
-        let d = acc.entry((day, dims)).or_insert_with(|| DailyRow {
-            day_ms: day,
-            org_id: dims[0].to_owned(),
-            sku: dims[1].to_owned(),
-            cloud: dims[2].to_owned(),
-            region: dims[3].to_owned(),
-            cku_hours: 0.0,
-            clusters: 0,
-            recomputed_at_ms: i64::MIN,
-            open: false,
-        });
-        d.cku_hours += r.cku_hours();
-        d.recomputed_at_ms = d.recomputed_at_ms.max(r.recomputed_at_ms());
-        d.open |= r.open();
+        let d = daily_entry(&mut acc, day, r.dimensions());
+        d.add_hours(r.cku_hours(), r.recomputed_at_ms(), r.open());
         if seen.insert((day, r.cluster_id())) {
             d.clusters += 1;
         }
