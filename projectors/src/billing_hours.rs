@@ -269,10 +269,10 @@ impl BillingHours {
         Ok(())
     }
 
-    /// Marks `partition` as read to its end: until its next record it does not hold the
-    /// watermark back.
-    pub fn partition_at_end(&mut self, partition: i32) {
-        self.at_end.insert(partition);
+    /// Marks `partitions` as read to their end: until its next record none of them holds
+    /// the watermark back.
+    pub fn partitions_at_end(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        self.at_end.extend(partitions);
     }
 
     /// The event time every partition still being read has reached: the least of their
@@ -1244,14 +1244,13 @@ mod tests {
                 .all(|c| c.billing.corrections.is_empty())
         );
         // Read to its end, partition 1 no longer holds the days back; its next record does.
-        b.partition_at_end(1);
+        b.partitions_at_end([1]);
         assert_eq!(b.watermark(), T0 + 5 * DAY_MS);
         assert_eq!(b.flush_target(now, false), T0 + 4 * DAY_MS);
         b.apply(&on(1, record(logical, T0 + 2 * DAY_MS, 3, 2)))
             .unwrap();
         assert_eq!(b.watermark(), T0 + 2 * DAY_MS);
-        b.partition_at_end(0);
-        b.partition_at_end(1);
+        b.partitions_at_end([0, 1]);
         assert_eq!(
             b.watermark(),
             T0 + 5 * DAY_MS,

@@ -957,10 +957,7 @@ impl Projector {
         }
         let Some(first) = records.first() else {
             if !ended.is_empty() {
-                let mut p = self.shared.write().await;
-                for e in ended {
-                    p.billing.partition_at_end(e);
-                }
+                self.shared.write().await.billing.partitions_at_end(ended);
             }
             return Ok(0);
         };
@@ -986,9 +983,7 @@ impl Projector {
                     Err((partition, offset)) => p.skip(partition, offset),
                 }
             }
-            for e in ended {
-                p.billing.partition_at_end(e);
-            }
+            p.billing.partitions_at_end(ended);
             Ok(n)
         }
         .instrument(span)

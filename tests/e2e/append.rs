@@ -14,6 +14,16 @@ use serde_json::{Value, json};
 
 use crate::support::{TestServer, config, unique_prefix};
 
+/// The versions of a `GET /v1/clusters/{id}/history` answer's records, in its order.
+fn history_versions(h: &Value) -> Vec<i64> {
+    h["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_i64().unwrap())
+        .collect()
+}
+
 /// A status state as the sync service reports it.
 pub(crate) fn status(phase: &str, cku: i64, observed: i64) -> Value {
     json!({"phase": phase, "cku": cku, "brokers_ready": 3, "observed_version": observed})
@@ -324,13 +334,10 @@ async fn fifty_racing_writers_win_one_version_each() {
         .get(&format!("/v1/clusters/{c}/history"), "dev-frontend")
         .await;
     assert_eq!(st, 200);
-    let versions: Vec<i64> = h["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["version"].as_i64().unwrap())
-        .collect();
-    assert_eq!(versions, (1..=rounds as i64).collect::<Vec<_>>());
+    assert_eq!(
+        history_versions(&h),
+        (1..=rounds as i64).collect::<Vec<_>>()
+    );
     // Each record links to the one before.
     let recs = h["records"].as_array().unwrap();
     for pair in recs.windows(2) {
@@ -878,12 +885,6 @@ async fn a_history_spread_over_a_long_partition_reads_back_whole() {
         .get("/v1/clusters/lkc-spread/history", "dev-frontend")
         .await;
     assert_eq!(st, 200, "{h}");
-    let versions: Vec<i64> = h["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["version"].as_i64().unwrap())
-        .collect();
-    assert_eq!(versions, (1..=rounds).collect::<Vec<_>>());
+    assert_eq!(history_versions(&h), (1..=rounds).collect::<Vec<_>>());
     server.stop().await;
 }
