@@ -1,7 +1,9 @@
 //! fleetledger's benchmarks, outside the service binary: the fleet simulator (the history
 //! every benchmark and the import tests load), the drivers that load a running server and
-//! measure the raw Kafka baselines beside it, and the report writer.
+//! measure the raw Kafka baselines beside it, the report writer, and the fault suite's
+//! report writer.
 
 pub mod drivers;
+pub mod faults;
 pub mod report;
 pub mod simulate;

@@ -127,6 +127,15 @@ enum Command {
         #[arg(long, default_value = "bench")]
         out: PathBuf,
     },
+    /// Write the fault suite's report from its scenarios' JSON lines (deploy/local/faults).
+    FaultReport {
+        /// The scenarios' JSON lines.
+        #[arg(long)]
+        results: PathBuf,
+        /// The Markdown report to write.
+        #[arg(long, default_value = "faults/REPORT.md")]
+        out: PathBuf,
+    },
 }
 
 /// The Kafka settings of the service under test, from the same `FLEETLEDGER_KAFKA__*`
@@ -220,6 +229,9 @@ async fn main() -> anyhow::Result<()> {
             drivers::recovery_latency(&api.url, &ids, &Figures::from_env()).await
         }
         Command::Report { results, out } => fleetledger_bench::report::write_report(&results, &out),
+        Command::FaultReport { results, out } => {
+            fleetledger_bench::faults::write_fault_report(&results, &out)
+        }
         Command::Append {
             api,
             clusters,

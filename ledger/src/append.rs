@@ -266,10 +266,8 @@ impl Ledger {
         if self.status.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);
         }
-        if self.status.recovering.load(Ordering::Acquire) {
-            return Err(Error::Unavailable(
-                "the writer is re-connecting to Kafka".into(),
-            ));
+        if let Some(why) = self.not_writable() {
+            return Err(Error::Unavailable(why));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -299,10 +297,32 @@ impl Ledger {
         self.status.fenced.load(Ordering::Acquire)
     }
 
-    /// Whether writes can be accepted now: not fenced, and not re-connecting to Kafka after
-    /// a failed transaction.
+    /// Whether writes can be accepted now: [`Ledger::not_writable`] has nothing to say.
     pub fn is_writable(&self) -> bool {
-        !self.is_fenced() && !self.status.recovering.load(Ordering::Acquire)
+        self.not_writable().is_none()
+    }
+
+    /// Why a write would not be accepted now, if it would not: this instance was fenced,
+    /// the writer is re-connecting to Kafka after a failed transaction, or the transaction
+    /// in flight has gone unanswered for longer than Kafka's request timeout (the broker is
+    /// away; the writer will learn so when the commit's own time limit ends). A change
+    /// submitted meanwhile is refused before it is queued: truly not written.
+    pub fn not_writable(&self) -> Option<String> {
+        if self.is_fenced() {
+            return Some("fenced: another writer with the same transactional id took over".into());
+        }
+        if self.status.recovering.load(Ordering::Acquire) {
+            return Some("the writer is re-connecting to Kafka after a failed transaction".into());
+        }
+        let limit = self.clients.config().request_timeout();
+        match self.status.in_flight_for() {
+            Some(t) if t > limit => Some(format!(
+                "the transaction in flight has waited {} ms for Kafka (more than the {} ms request timeout)",
+                t.as_millis(),
+                limit.as_millis()
+            )),
+            _ => None,
+        }
     }
 
     /// Appends the restored states of `plan` through the normal path as the `recovery`

@@ -148,6 +148,13 @@ impl TopicLayout {
             }
             _ => {}
         }
+        if existing.contains_key(&self.history) && !existing.contains_key(&self.schemas) {
+            return Err(Error::TopicMissing {
+                missing: self.schemas.clone(),
+                present: self.history.clone(),
+                advice: "the schema registry's topic was deleted while history exists. Re-created empty, it would give schemas ids that history's records do not carry (and Kafka tools would decode them with the wrong schema); restore it from a backup, or start the ledger on a fresh topic prefix on purpose",
+            });
+        }
         let missing: Vec<_> = specs
             .iter()
             .filter(|(name, _, _)| !existing.contains_key(name))

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleetledger_schemas::{Facet, RecordCodec, StateRecord};
@@ -54,6 +54,39 @@ pub(crate) struct WriterStatus {
     pub(crate) fenced: Arc<AtomicBool>,
     /// The producer is being re-created (the broker is away): writes answer 503 meanwhile.
     pub(crate) recovering: Arc<AtomicBool>,
+    /// When the transaction in flight began, in milliseconds of [`monotonic_ms`] plus one;
+    /// 0 when none is.
+    committing_since: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the first call in this process, never going backwards.
+fn monotonic_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl WriterStatus {
+    /// How long the transaction in flight has been going, if one is.
+    pub(crate) fn in_flight_for(&self) -> Option<Duration> {
+        match self.committing_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_millis(
+                monotonic_ms().saturating_sub(since - 1),
+            )),
+        }
+    }
+
+    fn transaction_started(&self) {
+        self.committing_since
+            .store(monotonic_ms() + 1, Ordering::Release);
+    }
+
+    fn transaction_ended(&self) {
+        self.committing_since.store(0, Ordering::Release);
+    }
 }
 
 pub(crate) struct Writer {
@@ -147,7 +180,7 @@ impl Writer {
                     _ => break,
                 }
             }
-            self.process(batch, &shutdown).await;
+            self.process(batch, &mut rx, &shutdown).await;
         }
         // Finish what callers already queued, then stop.
         rx.close();
@@ -156,12 +189,19 @@ impl Writer {
             rest.push(p);
         }
         if !rest.is_empty() {
-            self.process(rest, &shutdown).await;
+            self.process(rest, &mut rx, &shutdown).await;
         }
         tracing::info!("ledger writer stopped");
     }
 
-    async fn process(&mut self, batch: Vec<Pending>, shutdown: &CancellationToken) {
+    /// Decides, writes and answers one group. `queue` is only read while the producer is
+    /// being re-created, to refuse what arrives meanwhile.
+    async fn process(
+        &mut self,
+        batch: Vec<Pending>,
+        queue: &mut mpsc::Receiver<Pending>,
+        shutdown: &CancellationToken,
+    ) {
         let span = tracing::info_span!("transaction", changes = batch.len());
         async {
             if self.status.fenced.load(Ordering::Acquire) {
@@ -174,7 +214,14 @@ impl Writer {
             if accepted.is_empty() {
                 return;
             }
-            match self.commit(&accepted).await {
+            self.status.transaction_started();
+            let result = self.commit(&accepted).await;
+            if result.is_err() {
+                // Not writable from this instant until the producer is back.
+                self.status.recovering.store(true, Ordering::Release);
+            }
+            self.status.transaction_ended();
+            match result {
                 Ok(written) => self.publish(accepted, written).await,
                 Err(CommitFailure::NotCommitted(e)) => {
                     let text = e.to_string();
@@ -188,11 +235,11 @@ impl Writer {
                         }
                     });
                     if !fenced {
-                        self.recover_producer(shutdown).await;
+                        self.recover_producer(queue, shutdown).await;
                     }
                 }
                 Err(CommitFailure::Unknown(e, written)) => {
-                    self.resolve(accepted, written, e, shutdown).await;
+                    self.resolve(accepted, written, e, queue, shutdown).await;
                 }
             }
         }
@@ -204,31 +251,41 @@ impl Writer {
     /// transaction coordinator finish the transaction one way or the other) and rebuilds
     /// the index from the state topic, then answers each caller with what really happened
     /// ([`committed`]). If that cannot be learned within [`OUTCOME_DEADLINE`], the callers
-    /// get [`Error::OutcomeUnknown`] (never "not written") and the writer goes on
-    /// recovering. A fence aborts the transaction: not written.
+    /// get [`Error::OutcomeUnknown`] (never "not written") while the recovery goes on: it
+    /// is never cut short, since a producer left initialising in the background could
+    /// fence the one that replaces it. A fence is an unknown outcome too: the commit may
+    /// have landed before the other writer took over.
     async fn resolve(
         &mut self,
         accepted: Vec<Accepted>,
         written: Written,
         e: Error,
+        queue: &mut mpsc::Receiver<Pending>,
         shutdown: &CancellationToken,
     ) {
         let text = e.to_string();
         tracing::warn!(error = %text, "commit outcome unknown; resolving it before answering");
+        let unknown = |accepted| answer_all(accepted, || Error::OutcomeUnknown(text.clone()));
         if self.status.fenced.load(Ordering::Acquire) {
-            answer_all(accepted, || Error::Fenced);
+            unknown(accepted);
             return;
         }
-        let recovered = tokio::time::timeout(OUTCOME_DEADLINE, self.recover_producer(shutdown))
-            .await
-            .is_ok()
-            && !self.status.recovering.load(Ordering::Acquire)
-            && !self.status.fenced.load(Ordering::Acquire);
-        if !recovered {
-            answer_all(accepted, || Error::OutcomeUnknown(text.clone()));
-            if !self.status.fenced.load(Ordering::Acquire) {
-                self.recover_producer(shutdown).await;
+        let in_time = {
+            let recovery = self.recover_producer(queue, shutdown);
+            tokio::pin!(recovery);
+            tokio::select! {
+                () = &mut recovery => true,
+                () = tokio::time::sleep(OUTCOME_DEADLINE) => {
+                    recovery.await;
+                    false
+                }
             }
+        };
+        if !in_time
+            || self.status.recovering.load(Ordering::Acquire)
+            || self.status.fenced.load(Ordering::Acquire)
+        {
+            unknown(accepted);
             return;
         }
         let changes: Vec<(&str, Facet, i64, &str)> = accepted
@@ -532,17 +589,29 @@ impl Writer {
     /// version. Retried with capped back-off (0.4 s doubling to 5 s) for as long as it
     /// takes, or until shutdown; writes answer [`Error::Unavailable`] meanwhile. Only a
     /// fence ends it for good.
-    async fn recover_producer(&mut self, shutdown: &CancellationToken) {
+    async fn recover_producer(
+        &mut self,
+        queue: &mut mpsc::Receiver<Pending>,
+        shutdown: &CancellationToken,
+    ) {
         self.status.recovering.store(true, Ordering::Release);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = async {
-                let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
-                let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
-                Ok::<_, Error>((producer, index))
-            }
-            .await;
+            let result = {
+                let attempt = async {
+                    let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
+                    let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
+                    Ok::<_, Error>((producer, index))
+                };
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        r = &mut attempt => break r,
+                        Some(p) = queue.recv() => refuse_while_recovering(p),
+                    }
+                }
+            };
             match result {
                 Ok((producer, index)) => {
                     self.producer = producer;
@@ -562,9 +631,17 @@ impl Writer {
                         .min(Duration::from_secs(5));
                     tracing::warn!(attempt, error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "re-creating the producer failed; writes answer 503 until it succeeds");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    let sleep = tokio::time::sleep(backoff);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = &mut sleep => break,
+                            Some(p) = queue.recv() => refuse_while_recovering(p),
+                        }
+                    }
+                    if shutdown.is_cancelled() {
+                        break;
                     }
                 }
             }
@@ -596,6 +673,15 @@ impl Writer {
             }
         }
     }
+}
+
+/// Answers a change that reached the queue while the producer is being re-created: it was
+/// never admitted, so it is truly not written. (A change submitted while recovering is
+/// refused before it is queued; these were queued just before.)
+fn refuse_while_recovering(p: Pending) {
+    let _ = p.reply.send(Err(Error::Unavailable(
+        "the writer is re-connecting to Kafka after a failed transaction".into(),
+    )));
 }
 
 /// Waits (at most 50 ms) until librdkafka has released every delivered message.

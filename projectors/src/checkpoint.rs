@@ -54,6 +54,23 @@ pub struct Checkpoint<S> {
     pub state: S,
 }
 
+/// One history record the projections applied, as Kafka holds it: where it is, its key and
+/// its Kafka timestamp (the ledger's write time). A history topic that holds another record
+/// at that offset is not the one the checkpoints were written from (see
+/// [`CheckpointStore::save_marks`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordMark {
+    /// Its offset.
+    pub offset: i64,
+    /// Its key (`cluster/facet/version`).
+    pub key: String,
+    /// Its Kafka timestamp, ms since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Partition → the last record applied there.
+pub type HistoryMarks = BTreeMap<i32, RecordMark>;
+
 /// An exclusive lock on the checkpoints of one topic in a directory, held while it lives:
 /// two processes never write the same projections (their checkpoints would interleave).
 /// The operating system releases it when the process ends, however it ends.
@@ -224,6 +241,45 @@ impl CheckpointStore {
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
         sync_dir(&self.dir).map_err(io)
+    }
+
+    fn marks_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.marks.json", self.topic))
+    }
+
+    /// Writes (atomically) the last record applied in each partition, after the checkpoints
+    /// that applied it: the checkpoints name offsets, the marks say what stood there, so a
+    /// history topic deleted and re-created since (a new incarnation, perhaps grown past
+    /// those offsets) is told apart from the one they were written from.
+    pub fn save_marks(&self, marks: &HistoryMarks) -> Result<()> {
+        let path = self.marks_path();
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec(marks).map_err(|e| io(std::io::Error::other(e)))?;
+        {
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// The marks [`CheckpointStore::save_marks`] wrote; none if there are none. A mark file
+    /// that cannot be read only weakens the start's check of the topic, so it is logged and
+    /// taken as none.
+    pub fn load_marks(&self) -> HistoryMarks {
+        let path = self.marks_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "history marks unreadable; the topic's incarnation is not checked at this start");
+                HistoryMarks::new()
+            }),
+            Err(_) => HistoryMarks::new(),
+        }
     }
 
     /// The file where `projection` kept its rows before they went into segments (model 1

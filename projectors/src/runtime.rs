@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetledger_ledger::{
-    Clock, HistoryHint, KafkaClients, LedgerConsumer, SystemClock, TopicLayout,
+    Clock, HistoryHint, HistoryKey, KafkaClients, LedgerConsumer, SystemClock, TopicLayout,
 };
 use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::audit::{AUDIT_SEGMENTS, AuditLog, AuditRow, audit_batch, audit_schema};
 use crate::billing_hours::BillingHours;
-use crate::checkpoint::{CheckpointStore, DirectoryLock};
+use crate::checkpoint::{CheckpointStore, DirectoryLock, HistoryMarks, RecordMark};
 use crate::clusters::Clusters;
 use crate::error::{Error, Result};
 use crate::name::ProjectionName;
@@ -74,6 +74,8 @@ pub struct Projections {
     pub audit: AuditLog,
     /// Projection name → partition → next offset to apply.
     pub offsets: BTreeMap<ProjectionName, BTreeMap<i32, i64>>,
+    /// The last record applied in each partition (saved with the checkpoints).
+    pub marks: HistoryMarks,
 }
 
 impl Projections {
@@ -82,6 +84,7 @@ impl Projections {
     /// files cannot be read), neither it nor the audit log counts the record as applied:
     /// the error stops the runtime, which starts again from there.
     pub fn apply(&mut self, h: HistoryRecord) -> Result<()> {
+        self.mark(&h);
         if self.advance(ProjectionName::Clusters, h.partition, h.offset) {
             self.clusters.apply(&h);
         }
@@ -101,6 +104,26 @@ impl Projections {
             self.audit.apply(h);
         }
         Ok(())
+    }
+
+    /// Remembers `h` as the last record read from its partition.
+    fn mark(&mut self, h: &HistoryRecord) {
+        let key = HistoryKey::new(
+            &h.record.meta.cluster_id,
+            h.record.facet(),
+            h.record.meta.version,
+        );
+        let mark = self.marks.entry(h.partition).or_insert_with(|| RecordMark {
+            offset: -1,
+            key: String::new(),
+            timestamp_ms: 0,
+        });
+        if h.offset > mark.offset {
+            mark.offset = h.offset;
+            mark.key.clear();
+            std::fmt::Write::write_fmt(&mut mark.key, format_args!("{key}")).ok();
+            mark.timestamp_ms = h.written_at_ms;
+        }
     }
 
     /// Whether `name` has yet to apply `offset` of `partition`; if so, marks it applied.
@@ -237,7 +260,10 @@ impl Projector {
     ) -> Result<Self> {
         let store = CheckpointStore::new(&config.dir, &layout.history, layout.partitions);
         let lock = Arc::new(DirectoryLock::take(&config.dir, &layout.history)?);
-        let mut p = Projections::default();
+        let mut p = Projections {
+            marks: store.load_marks(),
+            ..Projections::default()
+        };
         let mut degraded = BTreeMap::new();
         // A bad checkpoint costs its projection a rebuild, never the others their state.
         let mut usable = |name: ProjectionName, e: Error| -> Result<()> {
@@ -536,9 +562,127 @@ impl Projector {
     }
 
     /// Checks that the history topic is the one the checkpoints were written from (see
-    /// [`Error::HistoryChanged`]): `serve` refuses to start otherwise.
+    /// [`Error::HistoryChanged`]): `serve` refuses to start otherwise. Its offsets must fit
+    /// the checkpoints', and the last record applied in each partition must still stand at
+    /// its offset with its key and write time (a topic deleted and re-created since may
+    /// have grown past those offsets, with other records).
     pub async fn check_history(&self) -> Result<()> {
-        self.consumer().await.map(|_| ())
+        drop(self.consumer().await?);
+        self.check_marks().await
+    }
+
+    /// The record-level half of [`Projector::check_history`]: reads the record at each
+    /// partition's mark that some projection has applied (a projection rebuilt from the
+    /// start has applied nothing, so `project rebuild all` starts afresh), and compares.
+    async fn check_marks(&self) -> Result<()> {
+        let marks: Vec<(i32, RecordMark)> = {
+            let p = self.shared.read().await;
+            p.marks
+                .iter()
+                .filter(|(partition, mark)| {
+                    ProjectionName::ALL.iter().any(|n| {
+                        p.offsets
+                            .get(n)
+                            .and_then(|o| o.get(partition))
+                            .is_some_and(|next| *next > mark.offset)
+                    })
+                })
+                .map(|(partition, mark)| (*partition, mark.clone()))
+                .collect()
+        };
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let unavailable = |what: &str, e: KafkaError| {
+            Error::Ledger(fleetledger_ledger::Error::Unavailable(format!(
+                "checking the history's records ({what}): {e}"
+            )))
+        };
+        let consumer = self.clients.consumer("projector-check")?;
+        let timeout = self.clients.config().request_timeout();
+        let mut tpl = TopicPartitionList::new();
+        let mut waiting: BTreeMap<i32, RecordMark> = BTreeMap::new();
+        for (partition, mark) in marks {
+            let (low, _) = consumer
+                .fetch_watermarks(&self.layout.history, partition, timeout)
+                .map_err(|e| unavailable("watermarks", e))?;
+            if mark.offset < low {
+                // Retention removed it: nothing left to compare with.
+                tracing::warn!(
+                    partition,
+                    offset = mark.offset,
+                    low,
+                    "the last applied record is no longer in the history topic; its incarnation is not checked"
+                );
+                continue;
+            }
+            tpl.add_partition_offset(&self.layout.history, partition, Offset::Offset(mark.offset))
+                .map_err(|e| unavailable("assign", e))?;
+            waiting.insert(partition, mark);
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| unavailable("assign", e))?;
+        let changed = |partition: i32, problem: String| Error::HistoryChanged {
+            topic: self.layout.history.clone(),
+            partition,
+            problem,
+            dir: self.config.dir.clone(),
+        };
+        let deadline = Instant::now() + timeout * 3;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match tokio::time::timeout(left, consumer.recv()).await {
+                Err(_) => {
+                    return Err(Error::Ledger(fleetledger_ledger::Error::Unavailable(
+                        format!(
+                            "checking the history's records: partitions {:?} did not answer within {} s",
+                            waiting.keys().collect::<Vec<_>>(),
+                            (timeout * 3).as_secs()
+                        ),
+                    )));
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(mark) = waiting.remove(&partition) {
+                        return Err(changed(
+                            partition,
+                            format!(
+                                "holds no committed record at offset {} where the projections applied {}",
+                                mark.offset, mark.key
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => return Err(unavailable("read", e)),
+                Ok(Ok(msg)) => msg,
+            };
+            let Some(mark) = waiting.remove(&msg.partition()) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(msg.key().unwrap_or_default());
+            let timestamp = msg.timestamp().to_millis();
+            if msg.offset() != mark.offset
+                || key != mark.key
+                || timestamp.is_some_and(|t| t != mark.timestamp_ms)
+            {
+                return Err(changed(
+                    msg.partition(),
+                    format!(
+                        "holds {key} (written at {}) at offset {}, but the projections applied {} (written at {}) at offset {}",
+                        timestamp.unwrap_or(-1),
+                        msg.offset(),
+                        mark.key,
+                        mark.timestamp_ms,
+                        mark.offset
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Applies history until every partition reached its end as of the start, reporting
@@ -1083,7 +1227,7 @@ fn checkpoint_all(
     // the checkpoint that names them.
     let flushed = shared.blocking_write().billing.flush(now_ms, quiet)?;
     // Seal the audit tail together with the offsets and latest states it matches.
-    let (sealed, audit_offsets, last) = {
+    let (sealed, audit_offsets, last, marks) = {
         let mut p = shared.blocking_write();
         let rows = Arc::new(std::mem::take(&mut p.audit.tail));
         p.audit.sealed = Some(rows.clone());
@@ -1092,7 +1236,12 @@ fn checkpoint_all(
                 path: store.path(A),
                 source: std::io::Error::other(e),
             })?;
-        (rows, p.offsets.get(&A).cloned().unwrap_or_default(), last)
+        (
+            rows,
+            p.offsets.get(&A).cloned().unwrap_or_default(),
+            last,
+            p.marks.clone(),
+        )
     };
     let files = shared.blocking_read().audit.files.clone();
     // The segment is written while the other two checkpoints are, on another thread.
@@ -1137,6 +1286,9 @@ fn checkpoint_all(
         }
         return Err(e);
     }
+    // Records every checkpoint just written has applied (taken with the audit offsets,
+    // the lowest of the three).
+    store.save_marks(&marks)?;
     let mut p = shared.blocking_write();
     p.audit.segments = segments;
     p.audit.sealed = None;

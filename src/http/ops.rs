@@ -85,16 +85,11 @@ pub(crate) async fn readyz(
             "starting: waiting for Kafka, the topics and the schema registry",
         ));
     }
-    if let Some(l) = state.ledger.get().filter(|l| !l.is_writable()) {
-        let why = if l.is_fenced() {
-            "fenced: another writer with the same transactional id took over"
-        } else {
-            "the writer is re-connecting to Kafka after a failed transaction; writes answer 503 until it has"
-        };
+    if let Some(why) = state.ledger.get().and_then(|l| l.not_writable()) {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            why,
+            format!("{why}; writes answer 503 meanwhile"),
         ));
     }
     match state.layout.all_exist(&state.clients).await {

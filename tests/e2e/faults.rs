@@ -61,8 +61,57 @@ fn kill_broker() {
 /// it sent.
 type Answer = (String, String, u16, Value, Value);
 
+/// How a scenario takes the broker away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outage {
+    /// SIGKILL: no goodbye, connections simply stop answering.
+    Kill,
+    /// `deploy/local/kafka stop`: a controlled shutdown (SIGTERM).
+    Stop,
+}
+
+/// A number from the environment, or `default`: `deploy/local/faults` runs the long
+/// versions of these scenarios through it.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Appends a scenario's figures as one JSON line to `FLEETLEDGER_FAULT_RESULTS`, when set
+/// (`deploy/local/faults` writes `faults/REPORT.md` from them). Written before the test's
+/// assertions, so a failing scenario is in the report too.
+fn record_result(figures: Value) {
+    eprintln!("faults: {figures}");
+    if let Ok(path) = std::env::var("FLEETLEDGER_FAULT_RESULTS") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("the results file opens");
+        writeln!(f, "{figures}").expect("the results file takes a line");
+    }
+}
+
+/// The broker taken away for a while under six keyed writers, then back: nothing
+/// acknowledged is lost or duplicated, nothing answered "not written" is in history, an
+/// unknown outcome resolves to the original answer on a keyed retry, `/readyz` says not
+/// ready while writes cannot commit, and writes come back within 10 s of the broker's
+/// return without a restart of `serve`. The normal suite takes the broker away for 15 s
+/// (`FLEETLEDGER_FAULT_OUTAGE_S`, `FLEETLEDGER_FAULT_OUTAGE=kill|stop`).
 #[tokio::test]
 async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
+    let how = match std::env::var("FLEETLEDGER_FAULT_OUTAGE").as_deref() {
+        Ok("stop") => Outage::Stop,
+        _ => Outage::Kill,
+    };
+    let outage = Duration::from_secs(env_u64("FLEETLEDGER_FAULT_OUTAGE_S", 15));
+    broker_outage(outage, how).await;
+}
+
+async fn broker_outage(outage: Duration, how: Outage) {
     kafka("start");
     let mut cfg = config(&unique_prefix("faultkill"));
     cfg.kafka.bootstrap_servers = format!("127.0.0.1:{PORT}");
@@ -99,14 +148,30 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    kill_broker();
-    // Longer than a commit may take (3 × the 3 s request timeout): commits in flight
-    // fail, and their outcome must be learned before anyone is answered.
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    match how {
+        Outage::Kill => kill_broker(),
+        Outage::Stop => kafka("stop"),
+    }
+    let down = Instant::now();
+    // While the broker is away, /readyz must come to say so (once the writer has seen a
+    // write fail to commit: within a commit's time limit, 3 × the request timeout).
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut not_ready_after = None;
+    while down.elapsed() < outage {
+        if not_ready_after.is_none()
+            && let Ok(r) = http.get(format!("{}/readyz", server.url())).send().await
+            && r.status().as_u16() == 503
+        {
+            not_ready_after = Some(down.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     kafka("start");
     let back = Instant::now();
     // Writes come back without a restart of serve: wait for a 201 answered after this point.
-    let url = server.url();
     let probe = Api::new(&server);
     let mut recovered_after = None;
     while back.elapsed() < Duration::from_secs(120) {
@@ -125,10 +190,6 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let recovered_after = recovered_after.expect("writes succeed again after the broker is back");
-    eprintln!(
-        "faults: writes succeeded again {recovered_after:?} after the broker was back ({url})"
-    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Release);
     let mut answers: Vec<Answer> = Vec::new();
@@ -167,13 +228,10 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
         .filter(|a| a.2 == 503 && a.3["error"] == "unavailable")
         .map(|a| a.0.as_str())
         .collect();
-    assert!(
-        acknowledged.len() > 10,
-        "the load wrote: {}",
-        acknowledged.len()
-    );
-    // What history holds, per cluster: request id → versions.
+    let fenced = answers.iter().filter(|a| a.3["error"] == "fenced").count();
+    // What history holds, per cluster: request id → versions; and whether it is gapless.
     let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut gaps = 0;
     for w in 0..6 {
         let (st, h) = api
             .get(&format!("/v1/clusters/lkc-fault{w}/history"), "dev-sync")
@@ -181,11 +239,9 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
         assert_eq!(st, 200, "{h}");
         let records = h["records"].as_array().unwrap();
         for (i, r) in records.iter().enumerate() {
-            assert_eq!(
-                r["version"].as_i64(),
-                Some(i as i64 + 1),
-                "versions are gapless"
-            );
+            if r["version"].as_i64() != Some(i as i64 + 1) {
+                gaps += 1;
+            }
             in_history
                 .entry(r["request_id"].as_str().unwrap().to_owned())
                 .or_default()
@@ -194,32 +250,77 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
     }
     let lost: Vec<&&str> = acknowledged
         .keys()
-        .filter(|k| in_history.get(**k).is_none_or(|v| v.len() != 1))
+        .filter(|k| in_history.get(**k).is_none_or(|v| v.is_empty()))
         .collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but not in history exactly once: {lost:?}"
-    );
-    for (k, (_, version)) in &acknowledged {
-        assert_eq!(
-            in_history[*k],
-            vec![*version],
-            "{k} has the answered version"
-        );
-    }
+    let duplicated: Vec<&&str> = acknowledged
+        .keys()
+        .filter(|k| in_history.get(**k).is_some_and(|v| v.len() > 1))
+        .collect();
+    let wrong_version: Vec<&&str> = acknowledged
+        .iter()
+        .filter(|(k, (_, version))| in_history.get(**k).is_some_and(|v| v != &vec![*version]))
+        .map(|(k, _)| k)
+        .collect();
     let lies: Vec<&&str> = not_written
         .iter()
         .filter(|k| in_history.contains_key(**k))
         .collect();
+    let rebuilt = projections_match_a_rebuild(&cfg, &server.url(), "lkc-fault").await;
+    let scenario = match how {
+        Outage::Kill => "broker SIGKILLed",
+        Outage::Stop => "broker stopped (SIGTERM)",
+    };
+    record_result(serde_json::json!({
+        "scenario": format!("{scenario} for {} s under 6 keyed writers", outage.as_secs()),
+        "kind": "broker_outage",
+        "outage_s": outage.as_secs(),
+        "faults": 1,
+        "answers": answers.len(),
+        "acknowledged": acknowledged.len(),
+        "lost": lost.len(),
+        "duplicated": duplicated.len(),
+        "wrong_version": wrong_version.len(),
+        "gaps": gaps,
+        "not_written": not_written.len(),
+        "not_written_but_written": lies.len(),
+        "outcome_unknown": unknown,
+        "fenced": fenced,
+        "not_ready_after_s": not_ready_after.map(|d| d.as_secs_f64()),
+        "recovery_s": recovered_after.map(|d| d.as_secs_f64()),
+        "projections_equal_rebuild": rebuilt.as_ref().is_ok_and(|r| r.audit_rows == acknowledged.len()),
+        "projections_detail": rebuilt.as_ref().err(),
+    }));
+    let recovered_after = recovered_after.expect("writes succeed again after the broker is back");
+    assert!(
+        acknowledged.len() > 10,
+        "the load wrote: {}",
+        acknowledged.len()
+    );
+    assert_eq!(gaps, 0, "versions are gapless");
+    assert!(lost.is_empty(), "acknowledged but not in history: {lost:?}");
+    assert!(duplicated.is_empty(), "written twice: {duplicated:?}");
+    assert!(
+        wrong_version.is_empty(),
+        "in history under another version than answered: {wrong_version:?}"
+    );
     assert!(
         lies.is_empty(),
         "answered 'not written' but written: {lies:?}"
     );
-    eprintln!(
-        "faults: {} acknowledged, 0 lost, 0 duplicated, {} answered not written (none in history), {unknown} outcomes unknown (resolved by keyed retries), {} answers in all",
+    assert_eq!(fenced, 0, "no writer but this one: nothing is fenced");
+    let rebuilt = rebuilt.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rebuilt.audit_rows,
         acknowledged.len(),
-        not_written.len(),
-        answers.len()
+        "one audit row per acknowledged change"
+    );
+    assert!(
+        not_ready_after.is_some(),
+        "/readyz said not ready during the {outage:?} outage"
+    );
+    assert!(
+        recovered_after < Duration::from_secs(10),
+        "writes came back {recovered_after:?} after the broker did (at most 10 s)"
     );
     server.stop().await;
     kafka("stop");
@@ -287,12 +388,13 @@ impl ServeProcess {
     }
 }
 
-/// `fleetledger serve` SIGKILLed at random points under a keyed write load, three times,
-/// restarted each time: every change answered 201 (or learned by a keyed retry) is in
-/// history exactly once with its version, versions are gapless, and the projections after
-/// catch-up equal a clean rebuild.
+/// `fleetledger serve` SIGKILLed at random points under a keyed write load, three times
+/// (`FLEETLEDGER_FAULT_KILLS`), restarted each time: every change answered 201 (or learned
+/// by a keyed retry) is in history exactly once with its version, versions are gapless,
+/// and the projections after catch-up equal a clean rebuild.
 #[tokio::test]
 async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a_rebuild() {
+    let kills = env_u64("FLEETLEDGER_FAULT_KILLS", 3);
     let cfg = config(&unique_prefix("servekill"));
     let port = free_port();
     let mut serve = ServeProcess::spawn(&cfg, port);
@@ -366,11 +468,28 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
             .unwrap_or(0);
         Duration::from_millis(500 + u64::from(nanos % 1500))
     };
-    for _ in 0..3 {
+    // Seconds from each restart to the first write answered 201 after it.
+    let mut recovery = Vec::new();
+    for _ in 0..kills {
         tokio::time::sleep(jitter()).await;
         serve.kill();
+        let restarted = Instant::now();
         serve = ServeProcess::spawn(&cfg, port);
         serve.wait_ready().await;
+        let probe = reqwest::Client::new();
+        while restarted.elapsed() < Duration::from_secs(120) {
+            let r = probe
+                .post(format!("{url}/v1/clusters/lkc-probe/status"))
+                .bearer_auth("dev-sync")
+                .json(&status("running", 1, 1))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().as_u16() == 201) {
+                recovery.push(restarted.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Release);
@@ -393,6 +512,7 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
         }
     }
     let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut gaps = 0;
     for w in 0..4 {
         let r = http
             .get(format!("{url}/v1/clusters/lkc-kill{w}/history"))
@@ -402,13 +522,48 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
             .unwrap();
         let h: Value = r.json().await.unwrap();
         for (i, rec) in h["records"].as_array().unwrap().iter().enumerate() {
-            assert_eq!(rec["version"].as_i64(), Some(i as i64 + 1), "gapless");
+            if rec["version"].as_i64() != Some(i as i64 + 1) {
+                gaps += 1;
+            }
             in_history
                 .entry(rec["request_id"].as_str().unwrap().to_owned())
                 .or_default()
                 .push(rec["version"].as_i64().unwrap());
         }
     }
+    let rebuilt = projections_match_a_rebuild(&cfg, &url, "lkc-kill").await;
+    let lost = answered
+        .iter()
+        .filter(|(k, _)| !in_history.contains_key(*k))
+        .count();
+    let duplicated = in_history.values().filter(|v| v.len() > 1).count();
+    let wrong_version = answered
+        .iter()
+        .filter(|(k, v)| in_history.get(*k).is_some_and(|h| h != &vec![**v]))
+        .count();
+    let lies = not_written
+        .iter()
+        .filter(|(k, _, _)| in_history.contains_key(k))
+        .count();
+    let unacknowledged_written = in_history.len().saturating_sub(answered.len());
+    record_result(serde_json::json!({
+        "scenario": format!("serve SIGKILLed {kills} times at random points under 4 keyed writers, restarted each time"),
+        "kind": "serve_kill",
+        "faults": kills,
+        "answers": answers.len(),
+        "acknowledged": answered.len(),
+        "lost": lost,
+        "duplicated": duplicated,
+        "wrong_version": wrong_version,
+        "gaps": gaps,
+        "not_written": not_written.len(),
+        "not_written_but_written": lies,
+        "written_unacknowledged": unacknowledged_written,
+        "recovery_s": recovery.iter().copied().fold(0.0, f64::max),
+        "projections_equal_rebuild": rebuilt.as_ref().map(|r| r.audit_rows == answered.len()).unwrap_or(false),
+        "projections_detail": rebuilt.as_ref().err(),
+    }));
+    assert_eq!(gaps, 0, "versions are gapless");
     for (key, version) in &answered {
         assert_eq!(in_history.get(key), Some(&vec![*version]), "{key}");
     }
@@ -423,34 +578,62 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
         answered.len(),
         "nothing written that was not acknowledged"
     );
-    // The service's projections, once caught up, equal a clean rebuild.
-    let (clean_versions, clean_audit_rows) = {
-        let codec = fleetledger_registry::http_codec(&format!("{url}/registry")).unwrap();
-        let p = fleetledger_projectors::Projector::open(
-            fleetledger_ledger::KafkaClients::new(cfg.kafka.clone()),
-            fleetledger_ledger::TopicLayout::new(&cfg.kafka),
-            Arc::new(codec),
-            fleetledger_projectors::ProjectorConfig {
-                dir: cfg.projector.dir.join("clean"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        p.catch_up(|_| {}).await.unwrap();
+    let rebuilt = rebuilt.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rebuilt.audit_rows,
+        answered.len(),
+        "one audit row per acknowledged change"
+    );
+    serve.kill();
+}
+
+/// A clean rebuild of a prefix's topics, next to what a service serves.
+struct Rebuilt {
+    /// The clean rebuild's `audit_log` rows of clusters whose id starts with the prefix
+    /// asked for.
+    audit_rows: usize,
+}
+
+/// Rebuilds the projections of `cfg`'s topics from scratch (in a directory of its own) and
+/// waits (up to 20 s) until the service at `url` serves the same `clusters` versions and
+/// `audit_log` row count: `Err` says what differs.
+async fn projections_match_a_rebuild(
+    cfg: &fleetledger::Config,
+    url: &str,
+    clusters_prefix: &str,
+) -> Result<Rebuilt, String> {
+    let codec = fleetledger_registry::http_codec(&format!("{url}/registry")).unwrap();
+    let p = fleetledger_projectors::Projector::open(
+        fleetledger_ledger::KafkaClients::new(cfg.kafka.clone()),
+        fleetledger_ledger::TopicLayout::new(&cfg.kafka),
+        Arc::new(codec),
+        fleetledger_projectors::ProjectorConfig {
+            dir: cfg.projector.dir.join("clean"),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    p.catch_up(|_| {}).await.map_err(|e| e.to_string())?;
+    let clean_versions: Vec<(String, i64)> = {
         let s = p.projections();
         let s = s.read().await;
-        let versions: Vec<(String, i64)> = s
-            .clusters
+        s.clusters
             .rows
             .iter()
             .map(|(id, r)| (id.clone(), r.status.as_ref().map_or(0, |v| v.version)))
-            .collect();
-        drop(s);
-        let audit_rows = p.audit_rows().await.unwrap().len();
-        (versions, audit_rows)
+            .collect()
     };
+    let audit = p.audit_rows().await.map_err(|e| e.to_string())?;
+    let clean_audit_rows = audit.len();
+    let rebuilt = Rebuilt {
+        audit_rows: audit
+            .iter()
+            .filter(|r| r.cluster_id.starts_with(clusters_prefix))
+            .count(),
+    };
+    let http = reqwest::Client::new();
     let sql = |q: &'static str| {
-        let (http, url) = (http.clone(), url.clone());
+        let http = http.clone();
         async move {
             let r = http
                 .post(format!("{url}/v1/sql"))
@@ -458,50 +641,44 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
                 .json(&serde_json::json!({ "sql": q }))
                 .send()
                 .await
-                .unwrap();
-            r.json::<Value>().await.unwrap()
+                .map_err(|e| e.to_string())?;
+            r.json::<Value>().await.map_err(|e| e.to_string())
         }
     };
-    let mut served = Vec::new();
+    let mut served = (Vec::new(), None);
     for _ in 0..100 {
-        let v = sql("SELECT cluster_id, status_version FROM clusters ORDER BY cluster_id").await;
-        served = v["rows"]
+        let v = sql("SELECT cluster_id, status_version FROM clusters ORDER BY cluster_id").await?;
+        let versions = v["rows"]
             .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["cluster_id"].as_str().unwrap().to_owned(),
-                    r["status_version"].as_i64().unwrap_or(0),
-                )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r["cluster_id"].as_str().unwrap_or_default().to_owned(),
+                            r["status_version"].as_i64().unwrap_or(0),
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
-            .collect::<Vec<_>>();
-        if served == clean_versions {
-            break;
+            .unwrap_or_default();
+        let n = sql("SELECT count(*) AS n FROM audit_log").await?["rows"][0]["n"].as_u64();
+        served = (versions, n);
+        if served.0 == clean_versions && served.1 == Some(clean_audit_rows as u64) {
+            return Ok(rebuilt);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        served, clean_versions,
-        "the service's clusters equal a clean rebuild"
-    );
-    let v = sql("SELECT count(*) AS n FROM audit_log").await;
-    assert_eq!(
-        v["rows"][0]["n"].as_u64(),
-        Some(clean_audit_rows as u64),
-        "audit rows, exactly once: {v}"
-    );
-    assert_eq!(
-        clean_audit_rows,
-        answered.len(),
-        "one audit row per acknowledged change"
-    );
-    eprintln!(
-        "faults: serve SIGKILLed 3 times: {} changes acknowledged, 0 lost, 0 duplicated, {} answered not written (none in history)",
-        answered.len(),
-        not_written.len()
-    );
-    serve.kill();
+    Err(format!(
+        "after 20 s the service serves {} clusters rows and {:?} audit rows; a clean rebuild has {} and {clean_audit_rows}{}",
+        served.0.len(),
+        served.1,
+        clean_versions.len(),
+        if served.0 == clean_versions {
+            ""
+        } else {
+            " (the clusters' versions differ)"
+        }
+    ))
 }
 
 /// SIGTERM under a write load never cuts a commit: the service drains, every change it
@@ -547,11 +724,12 @@ async fn sigterm_under_load_drains_without_cutting_a_commit() {
     let pid = serve.child.id().to_string();
     let status_of_kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status_of_kill.success());
+    let termed = Instant::now();
     let exit = tokio::task::spawn_blocking(move || serve.child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(exit.success(), "serve exits cleanly on SIGTERM: {exit}");
+    let drained_in = termed.elapsed();
     let mut answers = Vec::new();
     for w in writers {
         answers.extend(w.await.unwrap());
@@ -559,8 +737,10 @@ async fn sigterm_under_load_drains_without_cutting_a_commit() {
     // Read what history holds through a fresh service.
     let serve = ServeProcess::spawn(&cfg, port);
     serve.wait_ready().await;
+    let back_after = termed.elapsed();
     let http = reqwest::Client::new();
-    let mut in_history: BTreeMap<String, i64> = BTreeMap::new();
+    let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut gaps = 0;
     for w in 0..4 {
         let h: Value = http
             .get(format!("{url}/v1/clusters/lkc-term{w}/history"))
@@ -572,33 +752,62 @@ async fn sigterm_under_load_drains_without_cutting_a_commit() {
             .await
             .unwrap();
         for (i, r) in h["records"].as_array().unwrap().iter().enumerate() {
-            assert_eq!(r["version"].as_i64(), Some(i as i64 + 1), "gapless");
+            if r["version"].as_i64() != Some(i as i64 + 1) {
+                gaps += 1;
+            }
             let id = r["request_id"].as_str().unwrap().to_owned();
-            assert!(
-                in_history.insert(id.clone(), i as i64 + 1).is_none(),
-                "{id} written twice"
-            );
+            in_history.entry(id).or_default().push(i as i64 + 1);
         }
     }
-    let mut acknowledged = 0;
-    for (key, st, v) in &answers {
-        match st {
-            Some(201) => {
-                acknowledged += 1;
-                assert_eq!(in_history.get(key), v["version"].as_i64().as_ref(), "{key}");
-            }
-            Some(503) if v["error"] == "unavailable" => {
-                assert!(
-                    !in_history.contains_key(key),
-                    "{key} answered not written: {v}"
-                );
-            }
-            _ => {}
-        }
-    }
-    assert!(acknowledged > 10, "the load wrote: {acknowledged}");
-    eprintln!(
-        "faults: SIGTERM under load: {acknowledged} acknowledged, all in history once, clean exit"
+    let acknowledged: Vec<(&String, Option<i64>)> = answers
+        .iter()
+        .filter(|a| a.1 == Some(201))
+        .map(|(k, _, v)| (k, v["version"].as_i64()))
+        .collect();
+    let lost = acknowledged
+        .iter()
+        .filter(|(k, _)| !in_history.contains_key(*k))
+        .count();
+    let wrong_version = acknowledged
+        .iter()
+        .filter(|(k, v)| in_history.get(*k).is_some_and(|h| h.first().copied() != *v))
+        .count();
+    let duplicated = in_history.values().filter(|v| v.len() > 1).count();
+    let not_written: Vec<&String> = answers
+        .iter()
+        .filter(|(_, st, v)| *st == Some(503) && v["error"] == "unavailable")
+        .map(|a| &a.0)
+        .collect();
+    let lies = not_written
+        .iter()
+        .filter(|k| in_history.contains_key(**k))
+        .count();
+    record_result(serde_json::json!({
+        "scenario": "serve sent SIGTERM under 4 keyed writers",
+        "kind": "serve_term",
+        "faults": 1,
+        "answers": answers.len(),
+        "acknowledged": acknowledged.len(),
+        "lost": lost,
+        "duplicated": duplicated,
+        "wrong_version": wrong_version,
+        "gaps": gaps,
+        "not_written": not_written.len(),
+        "not_written_but_written": lies,
+        "exit": exit.code(),
+        "drain_s": drained_in.as_secs_f64(),
+        "recovery_s": back_after.as_secs_f64(),
+    }));
+    assert!(exit.success(), "serve exits cleanly on SIGTERM: {exit}");
+    assert!(
+        acknowledged.len() > 10,
+        "the load wrote: {}",
+        acknowledged.len()
+    );
+    assert_eq!(
+        (lost, duplicated, wrong_version, gaps, lies),
+        (0, 0, 0, 0, 0),
+        "lost, duplicated, wrong version, gaps, answered not written but written"
     );
     serve.kill();
 }

@@ -415,8 +415,9 @@ async fn refused_start(cfg: &fleetledger::Config) -> String {
     err
 }
 
-/// A deleted history (or state) topic is never silently re-created under the other one,
-/// and projections never go on from checkpoints of a history that was re-created.
+/// A deleted history (or state, or schemas) topic is never silently re-created under the
+/// others, and projections never go on from checkpoints of a history that was re-created,
+/// even once the new one has grown past their offsets.
 #[tokio::test]
 async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
     let cfg = config(&unique_prefix("topicgone"));
@@ -455,5 +456,41 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
     assert!(
         err.contains("re-created or truncated") && err.contains("rebuild all"),
         "{err:#}"
+    );
+
+    // The re-created topics grow past the checkpoints' offsets (another instance, with
+    // projections of its own, writes to them): the offsets fit again, but the records
+    // standing there are not the ones the checkpoints applied.
+    let mut elsewhere = cfg.clone();
+    elsewhere.projector.dir = cfg.projector.dir.join("elsewhere");
+    let other = TestServer::start(elsewhere).await;
+    let api = crate::append::Api::new(&other);
+    for i in 0..30 {
+        let (st, v) = api
+            .append(
+                &format!("lkc-new{i}"),
+                "logical",
+                "dev-frontend",
+                &crate::append::logical(2),
+                &[],
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    other.stop().await;
+    let err = refused_start(&cfg).await;
+    assert!(
+        err.contains("re-created or truncated")
+            && err.contains("but the projections applied")
+            && err.contains("lkc-gone"),
+        "{err:#}"
+    );
+
+    // The schema registry's topic is deleted while history exists: named, not re-created.
+    delete_topics(&cfg, &[layout.schemas.as_str()]).await;
+    let err = refused_start(&cfg).await;
+    assert!(
+        err.contains(&layout.schemas) && err.contains("is missing") && err.contains("ids"),
+        "{err}"
     );
 }
