@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::hash_chain::{body_digest, canonical_state, record_hash_of_canonical};
 use crate::index::Index;
 use crate::partitioner::partition_for;
-use crate::principals::Ownership;
+use crate::principals::{Ownership, Scope};
 
 /// The body a keyed delete's digest covers: a delete has no state of its own.
 const DELETE_BODY: &str = "{\"delete\":true}";
@@ -41,6 +41,8 @@ pub struct DeleteRequest {
     pub request_id: Option<String>,
     /// Why (default `deleted`).
     pub reason: Option<String>,
+    /// The orgs the caller may change (see [`Scope`]).
+    pub scope: Scope,
 }
 
 /// One proposed change.
@@ -76,6 +78,13 @@ impl Proposal {
         match self {
             Proposal::Put(r) => &r.principal,
             Proposal::Delete(d) => &d.principal,
+        }
+    }
+
+    fn scope(&self) -> &Scope {
+        match self {
+            Proposal::Put(r) => &r.scope,
+            Proposal::Delete(d) => &d.scope,
         }
     }
 
@@ -166,6 +175,52 @@ fn latest_ts(
         .or_else(|| index.latest_ts(cluster_id))
 }
 
+/// Why a caller of `p`'s scope may not make `p`, if it may not: a cluster whose org (its
+/// logical state `org_now`, after the group's changes so far) lies outside the scope is
+/// not found for it, and so is a cluster without a logical state unless `p` creates it;
+/// a logical state naming an org outside the scope is [`Error::OutOfScope`].
+fn scope_refusal(p: &Proposal, org_now: Option<&str>) -> Option<Error> {
+    let orgs = p.scope().orgs()?;
+    let not_found = || Some(Error::NotFound(p.cluster_id().to_owned()));
+    let proposed_org = match p {
+        Proposal::Put(AppendRequest {
+            state: FacetState::Logical(l),
+            ..
+        }) => Some(l.org_id.as_str()),
+        _ => None,
+    };
+    // A cluster no logical state names yet is reached only by the change that names it.
+    if !p.scope().sees(org_now) && !(org_now.is_none() && proposed_org.is_some()) {
+        return not_found();
+    }
+    match proposed_org {
+        Some(org) if !orgs.contains(org) => Some(Error::OutOfScope {
+            org: org.to_owned(),
+            allowed: orgs.iter().cloned().collect::<Vec<_>>().join(", "),
+        }),
+        _ => None,
+    }
+}
+
+/// The org of `cluster_id` now: its logical state after the group's admitted changes so
+/// far (`current`), else as committed.
+fn org_of<'a, 'k>(
+    current: &'a HashMap<(&'k str, Facet), Current>,
+    index: &'a Index,
+    cluster_id: &'k str,
+) -> Option<&'a str> {
+    let state = match current.get(&(cluster_id, Facet::Logical)) {
+        Some(c) => c.state.as_ref(),
+        None => index
+            .head(cluster_id, Facet::Logical)
+            .map(|h| &h.record.state),
+    };
+    match state {
+        Some(FacetState::Logical(l)) => Some(l.org_id.as_str()),
+        _ => None,
+    }
+}
+
 /// Decides every proposal of a group, in order: each sees the committed `index` plus the
 /// changes admitted before it in the group. A refused proposal changes nothing for the
 /// proposals after it. The verdicts are in the proposals' order.
@@ -185,6 +240,9 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
                     facet,
                     owner: rules.ownership.owner(facet).to_owned(),
                 }));
+            }
+            if let Some(e) = scope_refusal(p, org_of(&current, index, cluster_id)) {
+                return Verdict::Answer(Err(e));
             }
             let head = index.head(cluster_id, facet);
             let (canonical, reason) = match p {
@@ -408,6 +466,7 @@ mod tests {
             request_id: None,
             reason: None,
             ts: None,
+            scope: Scope::All,
         }
     }
 
@@ -449,6 +508,83 @@ mod tests {
             .collect()
     }
 
+    fn scoped(mut r: AppendRequest, orgs: &[&str]) -> AppendRequest {
+        r.scope = Scope::Orgs(Arc::new(orgs.iter().map(|o| o.to_string()).collect()));
+        r
+    }
+
+    fn in_org(cku: i32, org: &str) -> FacetState {
+        let FacetState::Logical(mut l) = logical(cku) else {
+            unreachable!()
+        };
+        Arc::make_mut(&mut l).org_id = org.into();
+        FacetState::Logical(l)
+    }
+
+    fn refusal(v: &Verdict) -> Option<&Error> {
+        match v {
+            Verdict::Answer(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_scoped_caller_reaches_only_its_orgs_clusters() {
+        let o = Ownership::default();
+        let mut index = Index::default();
+        // lkc-a is of org-1 (committed); lkc-b of org-2.
+        let first = admit(
+            &index,
+            &[
+                Proposal::Put(put("lkc-a", logical(2))),
+                Proposal::Put(put("lkc-b", in_org(2, "org-2"))),
+            ],
+            &rules(&o, t0()),
+        );
+        for (i, a) in written(&first).into_iter().enumerate() {
+            commit(&mut index, a, i as i64);
+        }
+        let org1 = ["org-1"];
+        let group = [
+            // Its own cluster: written.
+            Proposal::Put(scoped(put("lkc-a", status(2)), &org1)),
+            // Another org's cluster: not found (its existence does not leak).
+            Proposal::Put(scoped(put("lkc-b", status(2)), &org1)),
+            // Moving its own cluster into another org: out of scope.
+            Proposal::Put(scoped(put("lkc-a", in_org(3, "org-2")), &org1)),
+            // Creating a cluster in its org, then its status in the same group: written.
+            Proposal::Put(scoped(put("lkc-c", logical(1)), &org1)),
+            Proposal::Put(scoped(put("lkc-c", status(1)), &org1)),
+            // Creating one in another org: out of scope.
+            Proposal::Put(scoped(put("lkc-d", in_org(1, "org-2")), &org1)),
+            // A status for a cluster no logical state names: not found.
+            Proposal::Put(scoped(put("lkc-e", status(1)), &org1)),
+            // Deleting another org's cluster: not found.
+            Proposal::Delete(DeleteRequest {
+                cluster_id: "lkc-b".into(),
+                principal: "frontend".into(),
+                expected_version: None,
+                request_id: None,
+                reason: None,
+                scope: Scope::Orgs(Arc::new(["org-1".to_owned()].into())),
+            }),
+            // An unscoped caller reaches every org.
+            Proposal::Put(put("lkc-b", status(3))),
+        ];
+        let v = admit(&index, &group, &rules(&o, t0()));
+        assert!(matches!(v[0], Verdict::Write(_)));
+        assert!(matches!(refusal(&v[1]), Some(Error::NotFound(c)) if c == "lkc-b"));
+        assert!(
+            matches!(refusal(&v[2]), Some(Error::OutOfScope { org, allowed }) if org == "org-2" && allowed == "org-1")
+        );
+        assert!(matches!(v[3], Verdict::Write(_)));
+        assert!(matches!(v[4], Verdict::Write(_)), "{:?}", v[4]);
+        assert!(matches!(refusal(&v[5]), Some(Error::OutOfScope { .. })));
+        assert!(matches!(refusal(&v[6]), Some(Error::NotFound(_))));
+        assert!(matches!(refusal(&v[7]), Some(Error::NotFound(_))));
+        assert!(matches!(v[8], Verdict::Write(_)));
+    }
+
     #[test]
     fn a_delete_is_decided_against_the_state_current_at_admission() {
         let o = Ownership::default();
@@ -468,6 +604,7 @@ mod tests {
                 expected_version: None,
                 request_id: None,
                 reason: None,
+                scope: Scope::All,
             }),
         ];
         let v = admit(&index, &group, &rules(&o, t0()));
@@ -567,6 +704,7 @@ mod tests {
                         expected_version: expected,
                         request_id: key.map(|k| format!("del-{k}")),
                         reason: None,
+                        scope: Scope::All,
                     });
                 }
                 let mut r = put(cluster, if is_status { status(cku) } else { logical(cku) });

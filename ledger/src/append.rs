@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::index::{Head, Index, rebuild_index};
 use crate::kafka::KafkaClients;
 use crate::partitioner::partition_for;
+use crate::principals::Scope;
 use crate::principals::{IMPORT, Ownership, RECOVERY};
 use crate::topics::TopicLayout;
 use crate::writer::{Pending, Writer, WriterStatus, new_transactional_producer};
@@ -93,6 +94,8 @@ pub struct AppendRequest {
     pub reason: Option<String>,
     /// Original time, only for the `import` principal.
     pub ts: Option<DateTime<Utc>>,
+    /// The orgs the caller may change (see [`crate::Scope`]).
+    pub scope: Scope,
 }
 
 /// The answer to an accepted change.
@@ -287,6 +290,27 @@ impl Ledger {
             .collect()
     }
 
+    /// Whether a caller of `scope` may see `cluster_id`: [`Error::NotFound`] unless the
+    /// cluster's current logical state names one of its orgs (the rule admission applies
+    /// to writes, [`Scope::sees`]). An unscoped caller sees every cluster.
+    pub async fn visible(&self, cluster_id: &str, scope: &Scope) -> Result<()> {
+        if scope.orgs().is_none() {
+            return Ok(());
+        }
+        let idx = self.index.read().await;
+        let org = idx
+            .head(cluster_id, Facet::Logical)
+            .and_then(|h| match &h.record.state {
+                FacetState::Logical(l) => Some(l.org_id.as_str()),
+                _ => None,
+            });
+        if scope.sees(org) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(cluster_id.to_owned()))
+        }
+    }
+
     /// The partition of `cluster_id` in both topics.
     pub fn partition_of(&self, cluster_id: &str) -> i32 {
         partition_for(cluster_id, self.layout.partitions)
@@ -330,8 +354,8 @@ impl Ledger {
     /// makes it a [`Error::Conflict`]) and the plan's reason. Facets whose state already
     /// equals the restored one are skipped; the logical facet is written last. The request
     /// ids name the source and the current version, so a retried recovery cannot write
-    /// twice.
-    pub async fn recover(&self, plan: &RecoveryPlan) -> Result<Vec<Appended>> {
+    /// twice. A caller limited to some orgs (`scope`) recovers only their clusters.
+    pub async fn recover(&self, plan: &RecoveryPlan, scope: &Scope) -> Result<Vec<Appended>> {
         let mut written = Vec::new();
         for f in plan.facets.iter().filter(|f| !f.unchanged) {
             let appended = self
@@ -346,6 +370,7 @@ impl Ledger {
                     )),
                     reason: Some(plan.reason.clone()),
                     ts: None,
+                    scope: scope.clone(),
                 })
                 .await?;
             written.push(appended);

@@ -181,9 +181,20 @@ pub enum Error {
     /// A history whose hash chain does not verify, used where it must.
     #[error("{0}")]
     BrokenChain(String),
-    /// Nothing is known about the cluster.
+    /// Nothing is known about the cluster (or nothing the caller's scope lets it see: a
+    /// cluster of another org is not found, so that its existence does not leak).
     #[error("cluster {0} not found")]
     NotFound(String),
+    /// A token limited to some orgs tried to create or move a cluster into another org.
+    #[error(
+        "this token may write only clusters of {allowed}, not of org {org}; use a token of that org"
+    )]
+    OutOfScope {
+        /// The org the change names.
+        org: String,
+        /// The orgs the token may reach, comma-separated.
+        allowed: String,
+    },
     /// The change was not written (transaction aborted, Kafka unreachable); retry later.
     #[error("not written: {0}; retry later")]
     Unavailable(String),

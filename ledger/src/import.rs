@@ -277,6 +277,7 @@ mod tests {
                 request_id: None,
                 reason: None,
                 ts: Some(ts.parse::<DateTime<Utc>>().unwrap()),
+                scope: crate::Scope::All,
             },
         }
     }

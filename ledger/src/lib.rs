@@ -32,7 +32,7 @@ pub use history::HistoryHint;
 pub use index::Head;
 pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
 pub use keys::{HistoryKey, StateKey};
-pub use principals::{Ownership, Tokens};
+pub use principals::{Caller, Ownership, Scope, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};
 pub use verify::{VerifyProgress, verify_history};

@@ -2,8 +2,9 @@
 //! owning principal (single-writer principle). Both are configuration files, with the
 //! defaults of DESIGN.md built in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use fleetledger_schemas::{Facet, Side};
 use serde::Deserialize;
@@ -130,11 +131,59 @@ fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Bearer token → principal. Only the tokens' SHA-256 digests are kept (a tokens file
-/// holds no token), and a presented token is compared with every digest in constant time.
+/// Which orgs a caller may see and change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every org: the services and operators.
+    #[default]
+    All,
+    /// Only these orgs (never empty): a tenant's token. It sees only their clusters,
+    /// history, audit and billing, and cannot write outside them.
+    Orgs(Arc<BTreeSet<String>>),
+}
+
+impl Scope {
+    /// Whether `org` is within the scope.
+    pub fn allows(&self, org: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Orgs(orgs) => orgs.contains(org),
+        }
+    }
+
+    /// Whether a caller of this scope sees a cluster whose current logical state names
+    /// `org` (`None`: no logical state yet, seen only by unscoped callers).
+    pub fn sees(&self, org: Option<&str>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Orgs(orgs) => org.is_some_and(|o| orgs.contains(o)),
+        }
+    }
+
+    /// The orgs, if the scope is limited.
+    pub fn orgs(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            Scope::All => None,
+            Scope::Orgs(orgs) => Some(orgs),
+        }
+    }
+}
+
+/// Who presented a token: its principal and the orgs it may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal (owner of facets, `recovery`, `import`, `registry-admin`, or any
+    /// reader).
+    pub principal: String,
+    /// The orgs it may see and change.
+    pub scope: Scope,
+}
+
+/// Bearer token → caller. Only the tokens' SHA-256 digests are kept (a tokens file holds
+/// no token), and a presented token is compared with every digest in constant time.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    digests: Vec<([u8; 32], String)>,
+    digests: Vec<([u8; 32], Caller)>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -148,7 +197,22 @@ impl std::fmt::Debug for Tokens {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensFile {
-    tokens: BTreeMap<String, String>,
+    tokens: BTreeMap<String, TokenEntry>,
+}
+
+/// A tokens file's value: a principal, or a principal limited to some orgs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenEntry {
+    Principal(String),
+    Scoped(ScopedEntry),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopedEntry {
+    principal: String,
+    orgs: Vec<String>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -165,20 +229,40 @@ impl Tokens {
         Tokens {
             digests: principals
                 .into_iter()
-                .map(|p| (digest(&format!("dev-{p}")), p))
+                .map(|p| {
+                    let caller = Caller {
+                        principal: p.clone(),
+                        scope: Scope::All,
+                    };
+                    (digest(&format!("dev-{p}")), caller)
+                })
                 .collect(),
         }
     }
 
     /// Reads a TOML file with a `[tokens]` table of `"sha256:<hex>" = "principal"` (the
     /// hashes [`token_hash`] makes; `fleetledger token create` prints a new token and its
-    /// line). A key that is not such a hash (a token in the clear) is refused.
+    /// line), or `"sha256:<hex>" = { principal = "p", orgs = ["org-1", …] }` for a token
+    /// limited to those orgs. A key that is not such a hash (a token in the clear), or a
+    /// scope without orgs, is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         let file: TokensFile = parse_toml(&text, path)?;
         let mut digests = Vec::with_capacity(file.tokens.len());
-        for (key, principal) in file.tokens {
+        for (key, entry) in file.tokens {
+            let (principal, scope) = match entry {
+                TokenEntry::Principal(p) => (p, Scope::All),
+                TokenEntry::Scoped(ScopedEntry { principal, orgs }) => {
+                    if orgs.is_empty() || orgs.iter().any(|o| o.trim().is_empty()) {
+                        return Err(Error::Config(format!(
+                            "{}: the token of principal {principal} has an empty orgs list or org; give the orgs it may reach, or a plain \"principal\" for every org",
+                            path.display()
+                        )));
+                    }
+                    (principal, Scope::Orgs(Arc::new(orgs.into_iter().collect())))
+                }
+            };
             let hex_part = key.strip_prefix(HASH_PREFIX).unwrap_or("");
             let mut d = [0u8; 32];
             if hex::decode_to_slice(hex_part, &mut d).is_err() {
@@ -187,22 +271,27 @@ impl Tokens {
                     path.display()
                 )));
             }
-            digests.push((d, principal));
+            digests.push((d, Caller { principal, scope }));
         }
         Ok(Tokens { digests })
     }
 
-    /// The principal of `token`, if it is known.
-    pub fn principal(&self, token: &str) -> Option<&str> {
+    /// Who `token` is, if it is known.
+    pub fn caller(&self, token: &str) -> Option<&Caller> {
         let presented = digest(token);
         let mut found = None;
         // Every digest is compared, whatever matches: the time says nothing of which.
-        for (d, p) in &self.digests {
+        for (d, c) in &self.digests {
             if digests_equal(d, &presented) {
-                found = Some(p.as_str());
+                found = Some(c);
             }
         }
         found
+    }
+
+    /// The principal of `token`, if it is known.
+    pub fn principal(&self, token: &str) -> Option<&str> {
+        self.caller(token).map(|c| c.principal.as_str())
     }
 }
 
@@ -243,6 +332,25 @@ mod tests {
             None,
             "the hash is no token"
         );
+        let scoped = format!(
+            "[tokens]\n\"{}\" = {{ principal = \"frontend\", orgs = [\"org-a\", \"org-b\"] }}\n",
+            token_hash("tenant")
+        );
+        std::fs::write(&f, scoped).unwrap();
+        let t = Tokens::from_file(&f).unwrap();
+        let c = t.caller("tenant").unwrap();
+        assert_eq!(c.principal, "frontend");
+        assert!(c.scope.allows("org-a") && c.scope.allows("org-b") && !c.scope.allows("org-c"));
+        std::fs::write(
+            &f,
+            format!(
+                "[tokens]\n\"{}\" = {{ principal = \"frontend\", orgs = [] }}\n",
+                token_hash("tenant")
+            ),
+        )
+        .unwrap();
+        let err = Tokens::from_file(&f).unwrap_err().to_string();
+        assert!(err.contains("empty orgs"), "{err}");
         std::fs::write(&f, "[tokens]\n\"s3cret\" = \"sync\"\n").unwrap();
         let err = Tokens::from_file(&f).unwrap_err().to_string();
         assert!(

@@ -16,7 +16,9 @@ use futures::StreamExt;
 use tokio::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::tables::{NowMs, SnapshotTable, Source};
+use crate::tables::{NowMs, ScopedTable, SnapshotTable, Source};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use fleetledger_ledger::Scope;
 
 /// Limits that end runaway queries, so that no query can starve the process that is also
 /// the ledger's writer.
@@ -74,6 +76,12 @@ const METADATA_CACHE_BYTES: usize = 32 << 20;
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
+    /// What a scoped caller's session is made of: the same configuration, runtime
+    /// (memory pool, metadata cache) and tables, each limited to the caller's orgs.
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    sources: Vec<(String, Arc<SnapshotTable>)>,
+    projections: Arc<RwLock<Projections>>,
     limits: QueryLimits,
     tables: Vec<String>,
     now_ms: NowMs,
@@ -207,7 +215,7 @@ impl QueryEngine {
             )
             .build_arc()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
         let now: NowMs = now_ms;
         let mut sources: Vec<(String, Source)> = ProjectionName::ALL
             .into_iter()
@@ -218,15 +226,21 @@ impl QueryEngine {
             sources.push((v.name.clone(), Source::View(v.clone())));
         }
         let mut tables = Vec::new();
+        let mut snapshots = Vec::new();
         for (name, source) in sources {
-            let table = SnapshotTable::new(source, projections.clone(), now.clone());
-            ctx.register_table(name.as_str(), Arc::new(table))
+            let table = Arc::new(SnapshotTable::new(source, projections.clone(), now.clone()));
+            ctx.register_table(name.as_str(), table.clone())
                 .map_err(|e| Error::Internal(e.to_string()))?;
+            snapshots.push((name.clone(), table));
             tables.push(name);
         }
         tables.sort();
         Ok(QueryEngine {
             ctx,
+            config,
+            runtime,
+            sources: snapshots,
+            projections,
             turns: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             limits,
             tables,
@@ -239,10 +253,36 @@ impl QueryEngine {
         &self.tables
     }
 
-    /// Runs one read-only statement. Anything that would create, change or drop something,
-    /// or read files, is [`Error::NotReadOnly`]; a query over the time or row limit stops
-    /// with [`Error::Timeout`] or [`Error::TooManyRows`].
+    /// Runs one read-only statement over every row (an unscoped caller's query).
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        self.query_as(sql, &Scope::All).await
+    }
+
+    /// The session a caller of `scope` queries: the shared one, or for a caller limited to
+    /// some orgs a session of its own whose every table keeps only those orgs' rows
+    /// ([`ScopedTable`]); `information_schema` then lists only those tables.
+    fn session_for(&self, scope: &Scope) -> Result<SessionContext> {
+        let Some(orgs) = scope.orgs() else {
+            return Ok(self.ctx.clone());
+        };
+        let orgs = Arc::new(orgs.clone());
+        let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+        for (name, table) in &self.sources {
+            if let Some(scoped) =
+                ScopedTable::new(table.clone(), orgs.clone(), self.projections.clone())
+            {
+                ctx.register_table(name.as_str(), Arc::new(scoped))
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// Runs one read-only statement for a caller of `scope`, seeing only its orgs' rows.
+    /// Anything that would create, change or drop something, or read files, is
+    /// [`Error::NotReadOnly`]; a query over the time or row limit stops with
+    /// [`Error::Timeout`] or [`Error::TooManyRows`].
+    pub async fn query_as(&self, sql: &str, scope: &Scope) -> Result<QueryOutput> {
         let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
         if sql.len() > self.limits.max_sql_bytes {
             return Err(Error::TooComplex(format!(
@@ -271,8 +311,9 @@ impl QueryEngine {
             .ok_or(Error::Busy {
                 limit: self.limits.max_concurrent,
             })?;
+        let ctx = self.session_for(scope)?;
         let run = async {
-            let mut state = self.ctx.state();
+            let mut state = ctx.state();
             // SQL's now() (and current_date, …) is the injected clock's time, the same
             // "now" the open billing hour extends to.
             state.execution_props_mut().query_execution_start_time =
@@ -425,6 +466,96 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_scoped_caller_sees_only_its_orgs_rows_in_every_table() {
+        let of_org = |cku: i32, org: &str| {
+            let FacetState::Logical(mut l) = logical(cku, "us-east-1") else {
+                unreachable!()
+            };
+            Arc::make_mut(&mut l).org_id = org.into();
+            FacetState::Logical(l)
+        };
+        let mut p = Projections::default();
+        let t = "2026-01-01T00:00:00Z";
+        for r in [
+            rec("lkc-a", 1, t, "frontend", of_org(2, "org-1"), 0),
+            rec("lkc-a", 1, t, "sync", running(2, 1), 1),
+            rec("lkc-b", 1, t, "frontend", of_org(4, "org-2"), 2),
+            rec("lkc-b", 1, t, "sync", running(4, 1), 3),
+            // A status of a cluster no logical state names: no org sees it.
+            rec("lkc-c", 1, t, "sync", running(1, 1), 4),
+        ] {
+            p.apply(r).unwrap();
+        }
+        let now = "2026-01-01T03:00:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp_millis();
+        let e = QueryEngine::new(
+            Arc::new(RwLock::new(p)),
+            &ServiceViews::default(),
+            Arc::new(move || now),
+            QueryLimits::default(),
+        )
+        .unwrap();
+        let org1 = Scope::Orgs(Arc::new(["org-1".to_owned()].into()));
+        let rows = |sql: &'static str, scope: Scope| {
+            let e = e.clone();
+            async move {
+                let out = e.query_as(sql, &scope).await.unwrap();
+                crate::to_json_rows(&out.schema, &out.batches).unwrap()["rows"].clone()
+            }
+        };
+        for (sql, all, scoped) in [
+            ("SELECT count(*) AS n FROM clusters", 3, 1),
+            ("SELECT count(*) AS n FROM audit_log", 5, 2),
+            (
+                "SELECT count(DISTINCT cluster_id) AS n FROM billing_hours",
+                2,
+                1,
+            ),
+            (
+                "SELECT count(*) AS n FROM billing_daily WHERE org_id = 'org-2'",
+                1,
+                0,
+            ),
+            (
+                "SELECT count(*) AS n FROM audit_log a JOIN clusters c ON a.cluster_id = c.cluster_id",
+                5,
+                2,
+            ),
+            (
+                "SELECT count(*) AS n FROM (SELECT cluster_id FROM clusters UNION ALL SELECT cluster_id FROM audit_log WHERE facet = 'status')",
+                6,
+                2,
+            ),
+            (
+                "SELECT count(*) AS n FROM (SELECT diff FROM audit_log WHERE writer = 'sync')",
+                3,
+                1,
+            ),
+        ] {
+            assert_eq!(rows(sql, Scope::All).await[0]["n"], all, "{sql}");
+            assert_eq!(rows(sql, org1.clone()).await[0]["n"], scoped, "{sql}");
+        }
+        // Rows without the scoping column asked for: still only the org's.
+        let diffs = rows(
+            "SELECT version, writer FROM audit_log ORDER BY writer",
+            org1.clone(),
+        )
+        .await;
+        assert_eq!(diffs.as_array().unwrap().len(), 2, "{diffs}");
+        let ids = rows("SELECT DISTINCT org_id FROM billing_hours", org1.clone()).await;
+        assert_eq!(ids, serde_json::json!([{"org_id": "org-1"}]));
+        // The catalog names the same tables (no tenant's names are in it).
+        let tables =
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'";
+        assert_eq!(
+            rows(tables, org1.clone()).await,
+            rows(tables, Scope::All).await
+        );
     }
 
     #[tokio::test]

@@ -55,7 +55,7 @@ pub(crate) async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = principal(&state, &headers)?;
+    let who = authenticated(&state, &headers)?;
     let bytes = json_body(&state, &headers, body).await?;
     let batch: Batch = serde_json::from_slice(&bytes)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
@@ -88,11 +88,12 @@ pub(crate) async fn batch(
             Ok(AppendRequest {
                 cluster_id: item.cluster_id,
                 state: st,
-                principal: principal.clone(),
+                principal: who.principal.clone(),
                 expected_version: item.expected_version,
                 request_id: item.idempotency_key,
                 reason: item.reason,
                 ts: None,
+                scope: who.scope.clone(),
             })
         })
         .collect();
@@ -168,8 +169,8 @@ pub(crate) async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = principal(&state, &headers)?;
-    Operation::Import.check(&principal)?;
+    let who = authenticated(&state, &headers)?;
+    Operation::Import.check(&who.principal)?;
     let bytes = json_body(&state, &headers, body).await?;
     let batch: ImportBatch = serde_json::from_slice(&bytes)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
@@ -203,6 +204,7 @@ pub(crate) async fn import(
                 request_id: Some(item.idempotency_key),
                 reason: item.reason,
                 ts: Some(ts),
+                scope: who.scope.clone(),
             })
         })()
         .map_err(|e| at_line(line, e))?;

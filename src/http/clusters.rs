@@ -19,6 +19,7 @@ use fleetledger_ledger::DeleteRequest;
 use fleetledger_ledger::Error as LedgerError;
 use fleetledger_ledger::HistoryEntry;
 use fleetledger_ledger::Point;
+use fleetledger_ledger::Scope;
 use fleetledger_ledger::parse_time;
 use fleetledger_ledger::principals::Operation;
 use fleetledger_schemas::Facet;
@@ -36,16 +37,14 @@ pub(crate) async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = caller(&state, &headers, &id)?;
+    let who = caller(&state, &headers, &id)?;
     let facet: Facet = facet.parse()?;
     let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
-    authorise(ledger, &principal, facet)?;
+    authorise(ledger, &who.principal, facet)?;
     let bytes = json_body(&state, &headers, body).await?;
     let facet_state = FacetState::from_json(facet, &bytes)?;
-    let appended = ledger
-        .append(change.request(id, facet_state, principal))
-        .await?;
+    let appended = ledger.append(change.request(id, facet_state, who)).await?;
     Ok(created(&appended))
 }
 
@@ -57,17 +56,18 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let principal = caller(&state, &headers, &id)?;
+    let who = caller(&state, &headers, &id)?;
     let change = ChangeHeaders::read(&headers)?;
     let ledger = ledger(&state)?;
-    authorise(ledger, &principal, Facet::Logical)?;
+    authorise(ledger, &who.principal, Facet::Logical)?;
     let outcome = ledger
         .delete(DeleteRequest {
             cluster_id: id,
-            principal,
+            principal: who.principal,
             expected_version: change.expected,
             request_id: change.key,
             reason: change.reason,
+            scope: who.scope,
         })
         .await?;
     if outcome.written {
@@ -83,8 +83,10 @@ pub(crate) async fn get_cluster(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    caller(&state, &headers, &id)?;
-    let current = ledger(&state)?.current(&id).await;
+    let who = caller(&state, &headers, &id)?;
+    let ledger = ledger(&state)?;
+    ledger.visible(&id, &who.scope).await?;
+    let current = ledger.current(&id).await;
     if current.is_empty() {
         return Err(LedgerError::NotFound(id).into());
     }
@@ -108,12 +110,15 @@ pub(crate) async fn get_cluster(
 
 /// The cluster's history, fetched with the `audit_log` projection as index when it runs
 /// (only the cluster's offsets and the unindexed tail are read), or by reading its whole
-/// partition before the projections started. 404 when nothing is known about it.
+/// partition before the projections started. 404 when nothing is known about it, or
+/// when `scope` does not see it.
 pub(crate) async fn cluster_history(
     state: &AppState,
     id: &str,
+    scope: &Scope,
 ) -> Result<ClusterHistory, AppError> {
     let ledger = ledger(state)?;
+    ledger.visible(id, scope).await?;
     let started = std::time::Instant::now();
     let hint = match state.projector.get() {
         Some(p) => Some(p.history_hint(id, ledger.partition_of(id)).await),
@@ -156,8 +161,8 @@ pub(crate) async fn history(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    caller(&state, &headers, &id)?;
-    let history = cluster_history(&state, &id).await?;
+    let who = caller(&state, &headers, &id)?;
+    let history = cluster_history(&state, &id, &who.scope).await?;
     let items: Vec<Value> = history.entries().iter().map(record_json).collect();
     Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
 }
@@ -170,14 +175,14 @@ pub(crate) async fn state_at(
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
-    caller(&state, &headers, &id)?;
+    let who = caller(&state, &headers, &id)?;
     let q = query_params(pairs, &["as_of", "version"])?;
     let point = point_of(
         q.get("as_of").map(String::as_str),
         q.get("version").map(String::as_str),
         Point::Latest,
     )?;
-    let history = cluster_history(&state, &id).await?;
+    let history = cluster_history(&state, &id, &who.scope).await?;
     let at = history.state_at(point)?;
     let facets: serde_json::Map<String, Value> = at
         .facets
@@ -202,12 +207,12 @@ pub(crate) async fn audit(
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
-    caller(&state, &headers, &id)?;
+    let who = caller(&state, &headers, &id)?;
     let q = query_params(pairs, &["since", "until", "facet"])?;
     let since = q.get("since").map(|t| parse_time(t)).transpose()?;
     let until = q.get("until").map(|t| parse_time(t)).transpose()?;
     let facet: Option<Facet> = q.get("facet").map(|f| f.parse()).transpose()?;
-    let history = cluster_history(&state, &id).await?;
+    let history = cluster_history(&state, &id, &who.scope).await?;
     let entries: Vec<_> = history
         .timeline()
         .into_iter()
@@ -225,8 +230,8 @@ pub(crate) async fn verify(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    caller(&state, &headers, &id)?;
-    let history = cluster_history(&state, &id).await?;
+    let who = caller(&state, &headers, &id)?;
+    let history = cluster_history(&state, &id, &who.scope).await?;
     let report = history.verify();
     Ok(Json(json!({
         "cluster_id": id,
@@ -259,8 +264,8 @@ pub(crate) async fn recover(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let principal = caller(&state, &headers, &id)?;
-    Operation::Recover.check(&principal)?;
+    let who = caller(&state, &headers, &id)?;
+    Operation::Recover.check(&who.principal)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|_| {
@@ -288,7 +293,7 @@ pub(crate) async fn recover(
         req.version.as_deref(),
         Point::BeforeDeletion,
     )?;
-    let history = cluster_history(&state, &id).await?;
+    let history = cluster_history(&state, &id, &who.scope).await?;
     let plan = history.plan_recovery(point, req.force)?;
     let facets: Vec<Value> = plan
         .facets
@@ -317,7 +322,7 @@ pub(crate) async fn recover(
     if req.dry_run {
         return Ok(Json(answer).into_response());
     }
-    let appended = ledger(&state)?.recover(&plan).await?;
+    let appended = ledger(&state)?.recover(&plan, &who.scope).await?;
     answer["appended"] = json!(appended);
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }

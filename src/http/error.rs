@@ -70,6 +70,7 @@ impl From<LedgerError> for AppError {
             LedgerError::Forbidden { .. } | LedgerError::OperationForbidden { .. } => {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
+            LedgerError::OutOfScope { .. } => (StatusCode::FORBIDDEN, "out_of_scope"),
             LedgerError::Conflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             LedgerError::IdempotencyMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")

@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use fleetledger_ledger::AppendRequest;
 use fleetledger_ledger::Appended;
+use fleetledger_ledger::Caller;
 use fleetledger_ledger::Error as LedgerError;
 use fleetledger_ledger::Ledger;
 use fleetledger_ledger::Point;
@@ -21,8 +22,8 @@ use fleetledger_schemas::FacetState;
 use fleetledger_schemas::validate_cluster_id;
 use serde_json::json;
 
-/// The principal of the request's bearer token, or 401.
-pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
+/// Who the request's bearer token is (principal and scope), or 401.
+pub(crate) fn authenticated(state: &AppState, headers: &HeaderMap) -> Result<Caller, AppError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -36,17 +37,22 @@ pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<String,
         })?;
     state
         .tokens
-        .principal(token.trim())
-        .map(str::to_owned)
+        .caller(token.trim())
+        .cloned()
         .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
 }
 
-/// The principal of a request about cluster `id`: 401 without a known token, 400 for an
-/// id that is not a cluster id.
-pub(crate) fn caller(state: &AppState, headers: &HeaderMap, id: &str) -> Result<String, AppError> {
-    let p = principal(state, headers)?;
+/// The principal of the request's bearer token, or 401.
+pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
+    authenticated(state, headers).map(|c| c.principal)
+}
+
+/// Who asks about cluster `id`: 401 without a known token, 400 for an id that is not a
+/// cluster id.
+pub(crate) fn caller(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Caller, AppError> {
+    let c = authenticated(state, headers)?;
     cluster(id)?;
-    Ok(p)
+    Ok(c)
 }
 
 pub(crate) fn ledger(state: &AppState) -> Result<&Ledger, AppError> {
@@ -161,21 +167,22 @@ impl ChangeHeaders {
         })
     }
 
-    /// The request that appends `state` for `principal` with these headers.
+    /// The request that appends `state` for `caller` with these headers.
     pub(crate) fn request(
         self,
         cluster_id: String,
         state: FacetState,
-        principal: String,
+        caller: Caller,
     ) -> AppendRequest {
         AppendRequest {
             cluster_id,
             state,
-            principal,
+            principal: caller.principal,
             expected_version: self.expected,
             request_id: self.key,
             reason: self.reason,
             ts: None,
+            scope: caller.scope,
         }
     }
 }

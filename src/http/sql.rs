@@ -31,7 +31,7 @@ pub(crate) async fn sql(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    principal(&state, &headers)?;
+    let who = authenticated(&state, &headers)?;
     let bytes = json_body(&state, &headers, body).await?;
     let req: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
         AppError::new(
@@ -47,7 +47,7 @@ pub(crate) async fn sql(
             "the projections are still starting",
         )
     })?;
-    let out = engine.query(&req.sql).await?;
+    let out = engine.query_as(&req.sql, &who.scope).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -14,6 +14,9 @@
 mod audit;
 mod billing;
 mod clusters;
+mod scoped;
+
+pub(crate) use scoped::ScopedTable;
 
 use std::sync::Arc;
 
