@@ -178,6 +178,10 @@ pub(crate) enum TokenCommand {
     Create {
         /// The principal the token authenticates (e.g. frontend, sync, registry-admin).
         principal: String,
+        /// Limit the token to this org (repeat for several): it then sees and changes only
+        /// their clusters, history, audit and billing. Without it, every org.
+        #[arg(long = "org")]
+        orgs: Vec<String>,
     },
     /// Read a token on standard input and print its hash (the tokens file's key).
     Hash,
@@ -420,7 +424,7 @@ impl Cli {
             }
             Command::Token { command } => {
                 match command {
-                    TokenCommand::Create { principal } => token::create(&principal)?,
+                    TokenCommand::Create { principal, orgs } => token::create(&principal, &orgs)?,
                     TokenCommand::Hash => token::hash()?,
                 }
                 Ok(ExitCode::SUCCESS)

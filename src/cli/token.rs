@@ -6,8 +6,9 @@ use std::io::Read;
 use fleetledger_ledger::principals::token_hash;
 
 /// A new token for `principal`: 32 random bytes from the operating system, hex, prefixed
-/// `flt_`. Prints the token once (stdout) and the tokens-file line (stderr tells where).
-pub(crate) fn create(principal: &str) -> anyhow::Result<()> {
+/// `flt_`. Prints the token once (stdout) and the tokens-file line (stderr tells where);
+/// with `orgs`, the line limits the token to them.
+pub(crate) fn create(principal: &str, orgs: &[String]) -> anyhow::Result<()> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -20,7 +21,16 @@ pub(crate) fn create(principal: &str) -> anyhow::Result<()> {
     eprintln!(
         "give the token above to {principal} (it is shown only now); add this line under [tokens] in the tokens file:"
     );
-    eprintln!("\"{}\" = \"{principal}\"", token_hash(&token));
+    if orgs.is_empty() {
+        eprintln!("\"{}\" = \"{principal}\"", token_hash(&token));
+    } else {
+        let list: Vec<String> = orgs.iter().map(|o| format!("{o:?}")).collect();
+        eprintln!(
+            "\"{}\" = {{ principal = \"{principal}\", orgs = [{}] }}",
+            token_hash(&token),
+            list.join(", ")
+        );
+    }
     Ok(())
 }
 
