@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetledger_schemas::{Facet, FacetState, RecordCodec};
@@ -61,6 +62,11 @@ pub struct LedgerConfig {
     /// How far past the ledger's clock an imported line's time may be, in milliseconds
     /// (clock skew between the source and us); later ones are refused.
     pub import_max_skew_ms: u64,
+    /// Longest a caller waits for its change's answer once queued, in milliseconds. Past
+    /// it the answer is [`Error::OutcomeUnknown`] (the change may still commit: retry with
+    /// the same Idempotency-Key), never "not written". Longer than a commit and the
+    /// resolution of its outcome take, so those answer first.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -73,6 +79,7 @@ impl Default for LedgerConfig {
             max_record_bytes: 900_000,
             import_earliest: DateTime::from_timestamp(946_684_800, 0).unwrap_or_default(),
             import_max_skew_ms: 300_000,
+            answer_timeout_ms: 120_000,
         }
     }
 }
@@ -277,8 +284,16 @@ impl Ledger {
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| Error::Unavailable("the writer is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+        // Once queued, a change may be written whatever happens to this caller: no answer
+        // here is "not written".
+        match tokio::time::timeout(Duration::from_millis(self.config.answer_timeout_ms), rx).await {
+            Ok(answer) => answer
+                .map_err(|_| Error::OutcomeUnknown("the writer stopped before answering".into()))?,
+            Err(_) => Err(Error::OutcomeUnknown(format!(
+                "no answer within {} ms (ledger.answer_timeout_ms)",
+                self.config.answer_timeout_ms
+            ))),
+        }
     }
 
     /// The latest record of every facet of `cluster_id` (read-your-writes: an append that
