@@ -32,6 +32,12 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Largest accepted request body, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// API requests served at once; one more is answered 503 `overloaded` with
+    /// `Retry-After` at once, so that one caller's flood cannot queue the others out.
+    pub max_concurrent_requests: usize,
+    /// Longest a read (a GET, or SQL) may take, in milliseconds (longer: 504; a write's
+    /// limit is `ledger.answer_timeout_ms`, since a write cut short may have committed).
+    pub read_timeout_ms: u64,
     /// Tokens and facet ownership.
     pub auth: AuthConfig,
     /// The append path.
@@ -107,6 +113,8 @@ impl Default for Config {
             schema_registry_url: None,
             shutdown_timeout_ms: 10_000,
             max_body_bytes: 1 << 20,
+            max_concurrent_requests: 512,
+            read_timeout_ms: 30_000,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
             projector: ProjectorConfig::default(),
@@ -124,6 +132,8 @@ const KEYS: &[&str] = &[
     "schema_registry_url",
     "shutdown_timeout_ms",
     "max_body_bytes",
+    "max_concurrent_requests",
+    "read_timeout_ms",
     "auth",
     "ledger",
     "projector",

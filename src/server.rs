@@ -152,6 +152,11 @@ pub async fn start_with_clock(
         projector: OnceLock::new(),
         queries: OnceLock::new(),
         max_body_bytes: config.max_body_bytes,
+        requests: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_requests.max(1),
+        )),
+        max_requests: config.max_concurrent_requests.max(1),
+        read_timeout: std::time::Duration::from_millis(config.read_timeout_ms),
         started: AtomicBool::new(false),
         registry: OnceLock::new(),
         startup_error: Mutex::new(None),

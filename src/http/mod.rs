@@ -64,6 +64,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/batch", post(batch::batch))
         .route("/v1/import", post(batch::import))
         .route("/v1/sql", post(sql::sql))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bound_request,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
         .nest_service("/registry", registry)
         .with_state(state)
@@ -99,6 +103,56 @@ fn registry_write_allowed(state: &AppState, req: &Request<Body>) -> Result<(), A
     }
     tracing::info!(principal, method = %req.method(), path = %req.uri().path(), "schema registry write");
     Ok(())
+}
+
+/// Bounds every API request but the operational ones (`/healthz`, `/readyz`,
+/// `/metrics`): at most `max_concurrent_requests` at once, more answered 503 `overloaded`
+/// with `Retry-After` at once (never queued, so a flood from one caller cannot hold the
+/// others' requests); and a read (GET, or SQL) at most `read_timeout_ms`, past which its
+/// work is dropped and it is answered 504 `timeout` (it changed nothing). A write is not
+/// cut here: one cut short may have committed; its limit is the ledger's
+/// (`ledger.answer_timeout_ms`, answered `outcome_unknown`).
+async fn bound_request(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let Ok(_turn) = state.requests.clone().try_acquire_owned() else {
+        let mut r = AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "more than {} requests at once (max_concurrent_requests): this one did nothing; retry after a second",
+                state.max_requests
+            ),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    let read = req.method() == axum::http::Method::GET || path == "/v1/sql";
+    if !read {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.read_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => AppError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the read took longer than {} ms (read_timeout_ms) and was stopped; it changed nothing",
+                state.read_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// One `tracing` span per request, with method, path and, at the end, status and time.

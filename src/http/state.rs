@@ -22,6 +22,11 @@ pub struct AppState {
     pub(crate) projector: OnceLock<Projector>,
     pub(crate) queries: OnceLock<QueryEngine>,
     pub(crate) max_body_bytes: usize,
+    /// Turns of the API's requests, `max_requests` of them (`max_concurrent_requests`).
+    pub(crate) requests: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(crate) max_requests: usize,
+    /// Longest a read may take (`read_timeout_ms`).
+    pub(crate) read_timeout: std::time::Duration,
     pub(crate) started: AtomicBool,
     pub(crate) registry: OnceLock<Router>,
     pub(crate) startup_error: Mutex<Option<String>>,
