@@ -226,6 +226,19 @@ impl LogicalState {
                 format!("at most 1000 entries, got {}", self.config.len()),
             ));
         }
+        for (k, v) in &self.config {
+            non_empty("config key", k, 256)?;
+            if v.len() > 4096 {
+                return Err(Error::invalid(
+                    "config",
+                    format!(
+                        "the value of {:?} must be at most 4096 characters, got {}",
+                        k.chars().take(64).collect::<String>(),
+                        v.len()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }

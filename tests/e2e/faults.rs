@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::append::{Api, status};
-use crate::support::{TestServer, config, unique_prefix};
+use crate::support::{ServeProcess, TestServer, config, free_port, unique_prefix};
 
 /// The port of the fault tests' own broker (its controller uses the next one).
 const PORT: u16 = 19392;
@@ -324,68 +324,6 @@ async fn broker_outage(outage: Duration, how: Outage) {
     );
     server.stop().await;
     kafka("stop");
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// A `fleetledger serve` process of the test's own, on a free port.
-struct ServeProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ServeProcess {
-    fn spawn(cfg: &fleetledger::Config, port: u16) -> ServeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-            .arg("serve")
-            .env("FLEETLEDGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
-                &cfg.kafka.bootstrap_servers,
-            )
-            .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
-            .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
-            .env(
-                "FLEETLEDGER_KAFKA__PARTITIONS",
-                cfg.kafka.partitions.to_string(),
-            )
-            .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
-            .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
-            .env("FLEETLEDGER_AUTH__DEVELOPMENT_TOKENS", "true")
-            .env("FLEETLEDGER_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("fleetledger serve starts");
-        ServeProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
-                && r.status().as_u16() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("serve not ready after 60 s");
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `fleetledger serve` SIGKILLed at random points under a keyed write load, three times

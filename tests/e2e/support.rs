@@ -91,3 +91,88 @@ impl Drop for TestServer {
         self.token.cancel();
     }
 }
+
+/// A port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A `fleetledger serve` process of the test's own, on a free port.
+pub(crate) struct ServeProcess {
+    pub(crate) child: std::process::Child,
+    pub(crate) url: String,
+}
+
+impl ServeProcess {
+    pub(crate) fn spawn(cfg: &fleetledger::Config, port: u16) -> ServeProcess {
+        Self::spawn_with(cfg, port, &[])
+    }
+
+    /// [`ServeProcess::spawn`] with more `FLEETLEDGER_*` settings in `env`.
+    pub(crate) fn spawn_with(
+        cfg: &fleetledger::Config,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+            .arg("serve")
+            .env("FLEETLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
+                &cfg.kafka.bootstrap_servers,
+            )
+            .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
+            .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
+            .env(
+                "FLEETLEDGER_KAFKA__PARTITIONS",
+                cfg.kafka.partitions.to_string(),
+            )
+            .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
+            .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
+            .env("FLEETLEDGER_AUTH__DEVELOPMENT_TOKENS", "true")
+            .env("FLEETLEDGER_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("fleetledger serve starts");
+        ServeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub(crate) async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("serve not ready after 60 s");
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
