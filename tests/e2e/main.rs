@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 mod faults;
 mod foundation;
+mod hostile;
 mod import;
 mod projections;
 mod recovery;
