@@ -10,7 +10,7 @@ use crate::append::Ledger;
 use crate::cluster_history::{ClusterHistory, HistoryEntry};
 use crate::error::{Error, Result};
 use crate::kafka::read_partition_ranges;
-use crate::keys::HistoryKey;
+use crate::keys::{HistoryKey, facet_of_key};
 use crate::partitioner::partition_for;
 
 impl Ledger {
@@ -68,7 +68,7 @@ impl Ledger {
             &ranges,
             |m| match (m.key(), m.payload()) {
                 (Some(key), Some(payload)) if key.starts_with(prefix.as_bytes()) => {
-                    Some(payload.to_vec())
+                    Some((facet_of_key(key), payload.to_vec()))
                 }
                 _ => None,
             },
@@ -83,10 +83,10 @@ impl Ledger {
             "history read"
         );
         let mut entries = Vec::with_capacity(out.len());
-        for (offset, bytes) in out {
+        for (offset, (facet, bytes)) in out {
             let record = self
                 .codec
-                .decode(&bytes)
+                .decode_as(&bytes, facet)
                 .await
                 .map_err(|e| Error::Corrupt {
                     topic: self.layout.history.clone(),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::append::Appended;
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaClients, read_partition_to_end};
+use crate::keys::facet_of_key;
 use crate::topics::TopicLayout;
 
 /// The state record header that carries a cluster+facet's idempotency window.
@@ -165,15 +166,22 @@ pub(crate) async fn rebuild_index(
             Ok(())
         })
         .await?;
-        let mut raw: Vec<_> = latest.into_values().chain(unkeyed).collect();
-        raw.sort_unstable_by_key(|(_, _, offset)| *offset);
-        for (payload, recent, offset) in raw {
-            let record = codec.decode(&payload).await.map_err(|e| Error::Corrupt {
-                topic: layout.state.clone(),
-                partition,
-                offset,
-                message: e.to_string(),
-            })?;
+        let mut raw: Vec<_> = latest
+            .into_iter()
+            .map(|(key, (payload, recent, offset))| (facet_of_key(&key), payload, recent, offset))
+            .chain(unkeyed.into_iter().map(|(p, r, o)| (None, p, r, o)))
+            .collect();
+        raw.sort_unstable_by_key(|(_, _, _, offset)| *offset);
+        for (facet, payload, recent, offset) in raw {
+            let record = codec
+                .decode_as(&payload, facet)
+                .await
+                .map_err(|e| Error::Corrupt {
+                    topic: layout.state.clone(),
+                    partition,
+                    offset,
+                    message: e.to_string(),
+                })?;
             let recent: VecDeque<RecentRequest> = recent
                 .and_then(|r| serde_json::from_slice(&r).ok())
                 .unwrap_or_default();

@@ -74,6 +74,19 @@ impl HistoryKey {
     }
 }
 
+/// The facet a history or state key names (`{cluster}/{facet}[/{version}]`), if it names one.
+pub fn facet_of_key(key: &[u8]) -> Option<Facet> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.rsplitn(3, '/');
+    let last = parts.next()?;
+    match parts.next() {
+        Some(facet) if last.len() == 20 && last.bytes().all(|b| b.is_ascii_digit()) => {
+            facet.parse().ok()
+        }
+        _ => last.parse().ok(),
+    }
+}
+
 impl StateKey {
     /// Parses a state key; `None` for anything that is not `{cluster}/{facet}`.
     pub fn parse(key: &str) -> Option<StateKey> {
@@ -100,6 +113,9 @@ mod tests {
         };
         assert_eq!(s.to_string(), "lkc-7x2k9/logical");
         assert_eq!(StateKey::parse("lkc-7x2k9/logical"), Some(s));
+        assert_eq!(facet_of_key(k.to_string().as_bytes()), Some(Facet::Status));
+        assert_eq!(facet_of_key(b"lkc-7x2k9/logical"), Some(Facet::Logical));
+        assert_eq!(facet_of_key(b"lkc-7x2k9/nope"), None);
         for bad in [
             "lkc/logical/42",
             "lkc/nope/00000000000000000042",

@@ -31,7 +31,7 @@ pub use hash_chain::{BrokenLink, ChainReport, ChainVerifier};
 pub use history::HistoryHint;
 pub use index::Head;
 pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
-pub use keys::{HistoryKey, StateKey};
+pub use keys::{HistoryKey, StateKey, facet_of_key};
 pub use principals::{Caller, Ownership, Scope, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};

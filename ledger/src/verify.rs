@@ -51,7 +51,10 @@ pub async fn verify_history(
                 verifier.undecodable(&key, partition, offset, "tombstone: the record was erased");
                 continue;
             };
-            match codec.decode(&payload).await {
+            match codec
+                .decode_as(&payload, crate::keys::facet_of_key(key.as_bytes()))
+                .await
+            {
                 Ok(record) => {
                     verifier.check(&record, partition, offset);
                 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use fleetledger_ledger::{
     Clock, HistoryHint, HistoryKey, KafkaClients, LedgerConsumer, SystemClock, TopicLayout,
+    facet_of_key,
 };
 use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
@@ -939,6 +940,7 @@ impl Projector {
                 partition: msg.partition(),
                 offset: msg.offset(),
                 written_at_ms,
+                facet: msg.key().and_then(facet_of_key),
                 payload,
             });
         }
@@ -1041,6 +1043,7 @@ impl Projector {
             partition,
             offset,
             written_at_ms,
+            facet,
             payload,
         } in raw
         {
@@ -1049,7 +1052,7 @@ impl Projector {
             }
             match payload {
                 None => records.push(Err((partition, offset))),
-                Some(range) => match self.codec.decode(&bytes[range]).await {
+                Some(range) => match self.codec.decode_as(&bytes[range], facet).await {
                     Ok(record) => records.push(Ok(HistoryRecord {
                         written_at_ms: written_at_ms
                             .unwrap_or_else(|| record.meta.ts.timestamp_millis()),
@@ -1183,6 +1186,8 @@ struct RawRecord {
     offset: i64,
     /// The Kafka record timestamp, if the record has one.
     written_at_ms: Option<i64>,
+    /// The facet its key names: its writer schema must be that facet's record.
+    facet: Option<fleetledger_schemas::Facet>,
     payload: Option<std::ops::Range<usize>>,
 }
 

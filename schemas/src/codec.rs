@@ -280,6 +280,23 @@ impl RecordCodec {
         self.writer_schema(header.schema_id).await?.decode(avro)
     }
 
+    /// [`RecordCodec::decode`] of a record keyed under `facet` (when its key names one):
+    /// a record whose writer schema is another facet's record is [`Error::Decode`], not
+    /// read as that other facet — a schema registered under our names cannot move a record
+    /// from one facet to another.
+    pub async fn decode_as(&self, bytes: &[u8], facet: Option<Facet>) -> Result<StateRecord> {
+        let (header, avro) = decode_wire_header(bytes)?;
+        let writer = self.writer_schema(header.schema_id).await?;
+        if let Some(keyed) = facet.filter(|f| *f != writer.facet()) {
+            return Err(Error::Decode(format!(
+                "the record is keyed under facet {keyed} but its writer schema (id {}) is the {} record; refused",
+                header.schema_id,
+                writer.facet()
+            )));
+        }
+        writer.decode(avro)
+    }
+
     /// The decoder of schema `id`: from the cache, or fetched from the source and parsed
     /// once (an unknown id is [`Error::Registry`] and is not cached).
     pub async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>> {
@@ -408,6 +425,31 @@ mod tests {
                 let (header, _) = decode_wire_header(&bytes).unwrap();
                 assert_eq!(header.schema_id, ids[&record.facet()]);
                 assert_eq!(codec.decode(&bytes).await.unwrap(), record);
+            }
+        });
+    }
+
+    #[test]
+    fn a_record_keyed_under_another_facet_than_its_schema_is_refused() {
+        futures::executor::block_on(async {
+            let codec = RecordCodec::with_source(Arc::new(CountingSource::default()));
+            codec.register_subjects().await.unwrap();
+            for record in samples() {
+                let bytes = codec.encode(&record).await.unwrap();
+                let facet = record.facet();
+                assert_eq!(codec.decode_as(&bytes, Some(facet)).await.unwrap(), record);
+                assert_eq!(codec.decode_as(&bytes, None).await.unwrap(), record);
+                let other = Facet::ALL.into_iter().find(|f| *f != facet).unwrap();
+                let err = codec
+                    .decode_as(&bytes, Some(other))
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("keyed under facet {other}"))
+                        && err.contains(facet.as_str()),
+                    "{err}"
+                );
             }
         });
     }
