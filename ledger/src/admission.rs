@@ -27,6 +27,37 @@ const DELETE_BODY: &str = "{\"delete\":true}";
 /// Reason recorded for a delete that gives none.
 const DELETE_REASON: &str = "deleted";
 
+/// Longest idempotency key (request id), in bytes, on every path (header, batch item,
+/// import line): it is stored in every record and in the idempotency window.
+pub const MAX_REQUEST_ID_BYTES: usize = 200;
+
+/// Longest reason, in bytes, on every path.
+pub const MAX_REASON_BYTES: usize = 1000;
+
+/// Why `p`'s request id or reason is refused, if one is too long or empty.
+fn length_refusal(p: &Proposal) -> Option<Error> {
+    let reason = match p {
+        Proposal::Put(r) => r.reason.as_deref(),
+        Proposal::Delete(d) => d.reason.as_deref(),
+    };
+    for (field, value, max) in [
+        (
+            "idempotency key",
+            p.request_id().map(String::as_str),
+            MAX_REQUEST_ID_BYTES,
+        ),
+        ("reason", reason, MAX_REASON_BYTES),
+    ] {
+        if let Some(v) = value.filter(|v| v.is_empty() || v.len() > max) {
+            return Some(Error::Schema(fleetledger_schemas::Error::Invalid {
+                field: field.to_owned(),
+                message: format!("must be 1-{max} bytes, got {}", v.len()),
+            }));
+        }
+    }
+    None
+}
+
 /// Delete a cluster: its logical facet becomes `deleted: true`, decided against the
 /// logical state current when the change is admitted (never a copy read earlier).
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +271,9 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
                     facet,
                     owner: rules.ownership.owner(facet).to_owned(),
                 }));
+            }
+            if let Some(e) = length_refusal(p) {
+                return Verdict::Answer(Err(e));
             }
             if let Some(e) = scope_refusal(p, org_of(&current, index, cluster_id)) {
                 return Verdict::Answer(Err(e));
@@ -583,6 +617,37 @@ mod tests {
         assert!(matches!(refusal(&v[6]), Some(Error::NotFound(_))));
         assert!(matches!(refusal(&v[7]), Some(Error::NotFound(_))));
         assert!(matches!(v[8], Verdict::Write(_)));
+    }
+
+    #[test]
+    fn overlong_or_empty_keys_and_reasons_are_refused_on_every_path() {
+        let o = Ownership::default();
+        let index = Index::default();
+        let with = |key: Option<usize>, reason: Option<usize>| {
+            let mut r = put("lkc-a", logical(1));
+            r.request_id = key.map(|n| "k".repeat(n));
+            r.reason = reason.map(|n| "r".repeat(n));
+            Proposal::Put(r)
+        };
+        let group = [
+            with(Some(MAX_REQUEST_ID_BYTES), Some(MAX_REASON_BYTES)),
+            with(Some(MAX_REQUEST_ID_BYTES + 1), None),
+            with(None, Some(MAX_REASON_BYTES + 1)),
+            with(Some(0), None),
+        ];
+        let v = admit(&index, &group, &rules(&o, t0()));
+        assert!(matches!(v[0], Verdict::Write(_)));
+        for (i, field) in [
+            (1, "idempotency key"),
+            (2, "reason"),
+            (3, "idempotency key"),
+        ] {
+            assert!(
+                matches!(refusal(&v[i]), Some(Error::Schema(fleetledger_schemas::Error::Invalid { field: f, .. })) if f == field),
+                "{i}: {:?}",
+                v[i]
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod topics;
 pub mod verify;
 mod writer;
 
-pub use admission::{DeleteRequest, Outcome};
+pub use admission::{DeleteRequest, MAX_REASON_BYTES, MAX_REQUEST_ID_BYTES, Outcome};
 pub use append::{AppendRequest, Appended, Ledger, LedgerConfig, LedgerSetup};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster_history::{

@@ -17,6 +17,7 @@ use fleetledger_ledger::Caller;
 use fleetledger_ledger::Error as LedgerError;
 use fleetledger_ledger::Ledger;
 use fleetledger_ledger::Point;
+use fleetledger_ledger::{MAX_REASON_BYTES, MAX_REQUEST_ID_BYTES};
 use fleetledger_schemas::Facet;
 use fleetledger_schemas::FacetState;
 use fleetledger_schemas::validate_cluster_id;
@@ -112,10 +113,21 @@ pub(crate) fn text_header(
     Ok(Some(s.to_owned()))
 }
 
+/// The JSON body, at most `max_body_bytes` (413 past it, 415 if it is not JSON).
 pub(crate) async fn json_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
+) -> Result<axum::body::Bytes, AppError> {
+    json_body_within(headers, body, state.max_body_bytes).await
+}
+
+/// The JSON body, at most `limit` bytes (an endpoint whose bodies are small by nature
+/// reads no more than that).
+pub(crate) async fn json_body_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
 ) -> Result<axum::body::Bytes, AppError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -129,18 +141,13 @@ pub(crate) async fn json_body(
             format!("the body must be JSON: send Content-Type: application/json, got {ct:?}"),
         ));
     }
-    axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the body is larger than the limit of {} bytes",
-                    state.max_body_bytes
-                ),
-            )
-        })
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than this endpoint's limit of {limit} bytes"),
+        )
+    })
 }
 
 pub(crate) fn created(a: &Appended) -> Response {
@@ -162,8 +169,8 @@ impl ChangeHeaders {
     pub(crate) fn read(headers: &HeaderMap) -> Result<Self, AppError> {
         Ok(ChangeHeaders {
             expected: expected_version(headers)?,
-            key: text_header(headers, "idempotency-key", 200)?,
-            reason: text_header(headers, "x-reason", 1000)?,
+            key: text_header(headers, "idempotency-key", MAX_REQUEST_ID_BYTES)?,
+            reason: text_header(headers, "x-reason", MAX_REASON_BYTES)?,
         })
     }
 

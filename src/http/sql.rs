@@ -21,6 +21,9 @@ pub(crate) struct SqlRequest {
     sql: String,
 }
 
+/// Largest `/v1/sql` body, in bytes.
+const SQL_BODY_BYTES: usize = 64 << 10;
+
 /// Media type of an Arrow IPC stream.
 pub(crate) const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
@@ -32,7 +35,9 @@ pub(crate) async fn sql(
     body: Body,
 ) -> Result<Response, AppError> {
     let who = authenticated(&state, &headers)?;
-    let bytes = json_body(&state, &headers, body).await?;
+    // A statement is at most queries.max_sql_bytes; its JSON envelope, escapes included,
+    // is never more than 64 KiB.
+    let bytes = json_body_within(&headers, body, SQL_BODY_BYTES.min(state.max_body_bytes)).await?;
     let req: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
         AppError::new(
             StatusCode::BAD_REQUEST,

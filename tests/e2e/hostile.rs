@@ -447,6 +447,9 @@ async fn fifty_hostile_requests_get_their_status_a_clear_message_and_write_nothi
         case("SQL that runs for minutes", "POST", "/v1/sql")
             .json(json!({"sql": "SELECT sum(v) FROM range(0, 100000000000) AS t(v)"}))
             .expect(400, "query_timeout"),
+        case("a 100 KiB SQL body", "POST", "/v1/sql")
+            .json(json!({"sql": "SELECT 1", "pad": "x".repeat(100 << 10)}))
+            .expect(413, "payload_too_large"),
         case("empty SQL", "POST", "/v1/sql")
             .json(json!({"sql": ""}))
             .expect(400, "invalid_query"),
