@@ -362,6 +362,18 @@ pub(crate) async fn start_up(
         )
     })
     .await?;
+    // The transactional producer exists now, and with it Kafka's transaction log: every
+    // topic the ledger's promises rest on must keep an acknowledged write through the
+    // loss of a broker, unless the risk is accepted (and then logged).
+    let risks = state
+        .layout
+        .durability_risks(&state.clients)
+        .await
+        .context("checking the replication of the topics")?;
+    fleetledger_ledger::topics::durability_verdict(
+        &risks,
+        state.clients.config().accept_weak_durability,
+    )?;
     let projector = loading
         .await
         .context("loading the projection checkpoints")??;

@@ -221,7 +221,8 @@ fn scope_refusal(p: &Proposal, org_now: Option<&str>) -> Option<Error> {
         _ => None,
     };
     // A cluster no logical state names yet is reached only by the change that names it.
-    if !p.scope().sees(org_now) && !(org_now.is_none() && proposed_org.is_some()) {
+    let reachable = p.scope().sees(org_now) || (org_now.is_none() && proposed_org.is_some());
+    if !reachable {
         return not_found();
     }
     match proposed_org {

@@ -185,6 +185,17 @@ pub enum Error {
     /// cluster of another org is not found, so that its existence does not leak).
     #[error("cluster {0} not found")]
     NotFound(String),
+    /// A topic the ledger relies on could lose an acknowledged write, and that risk was
+    /// not accepted (`kafka.accept_weak_durability`).
+    #[error(
+        "these Kafka settings could lose an acknowledged write: {risks}. Give every topic {needed} (on a cluster of three or more brokers the ledger creates its topics so), or accept the risk with kafka.accept_weak_durability = true (FLEETLEDGER_KAFKA__ACCEPT_WEAK_DURABILITY; the single-node local setup does)"
+    )]
+    WeakDurability {
+        /// Every risk found.
+        risks: String,
+        /// What would be safe.
+        needed: &'static str,
+    },
     /// A token limited to some orgs tried to create or move a cluster into another org.
     #[error(
         "this token may write only clusters of {allowed}, not of org {org}; use a token of that org"

@@ -30,8 +30,14 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     /// Partitions of the state and history topics (both have the same count).
     pub partitions: i32,
-    /// Replication factor of topics we create.
+    /// Replication factor of topics we create; 0 (the default): 3 on a cluster of three or
+    /// more brokers, else one per broker.
     pub replication_factor: i32,
+    /// Start even though a topic the ledger relies on could lose an acknowledged write
+    /// (replication factor under 3, `min.insync.replicas` under 2, unclean leader
+    /// election): each risk is logged instead of refusing the start. The single-node
+    /// local setup and the tests set it.
+    pub accept_weak_durability: bool,
     /// Name of the embedded registry's compacted topic.
     pub schemas_topic: String,
     /// `client.id` prefix of every client.
@@ -50,7 +56,8 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             topic_prefix: "fleet".into(),
             partitions: 6,
-            replication_factor: 1,
+            replication_factor: 0,
+            accept_weak_durability: false,
             schemas_topic: "_schemas".into(),
             client_id: "fleetledger".into(),
             request_timeout_ms: 10_000,

@@ -20,7 +20,8 @@ pub struct TopicLayout {
     pub schemas: String,
     /// Partitions of state and history.
     pub partitions: i32,
-    /// Replication factor of topics we create.
+    /// Replication factor of topics we create (0: 3 on a cluster of three or more
+    /// brokers, else one per broker).
     pub replication_factor: i32,
     /// Extra configs of the state and history topics, set when they are created.
     pub topic_configs: BTreeMap<String, String>,
@@ -58,7 +59,21 @@ impl TopicLayout {
     /// `retention.ms=-1` keeps a later switch of
     /// the policy to `compact,delete` from deleting history by age.
     pub fn specs(&self) -> Vec<(String, i32, BTreeMap<String, String>)> {
-        let min_isr = self.replication_factor.clamp(1, 2).to_string();
+        self.specs_for(self.replication_factor.max(1))
+    }
+
+    /// The replication factor of the topics this layout creates on a cluster of `brokers`.
+    pub fn replication_for(&self, brokers: usize) -> i32 {
+        match self.replication_factor {
+            0 => (brokers.clamp(1, 3)) as i32,
+            rf => rf,
+        }
+    }
+
+    /// [`TopicLayout::specs`] for replication factor `rf` (`min.insync.replicas` 2 when
+    /// there are two replicas or more).
+    fn specs_for(&self, rf: i32) -> Vec<(String, i32, BTreeMap<String, String>)> {
+        let min_isr = rf.clamp(1, 2).to_string();
         let data = || {
             let mut m: BTreeMap<String, String> = self.topic_configs.clone();
             for (k, v) in [
@@ -121,9 +136,14 @@ impl TopicLayout {
         }
         let admin = clients.admin()?;
         let timeout = clients.config().request_timeout();
-        let existing = partition_counts(clients).await?;
+        let (brokers, replicas) = cluster_metadata(clients).await?;
+        let existing: BTreeMap<String, i32> = replicas
+            .iter()
+            .map(|(t, r)| (t.clone(), r.len() as i32))
+            .collect();
+        let rf = self.replication_for(brokers);
         let opts = AdminOptions::new().operation_timeout(Some(timeout));
-        let specs = self.specs();
+        let specs = self.specs_for(rf);
         let mut report = Vec::new();
 
         // The state and history topics live and die together: one without the other means
@@ -163,11 +183,7 @@ impl TopicLayout {
             let new_topics: Vec<NewTopic<'_>> = missing
                 .iter()
                 .map(|(name, partitions, configs)| {
-                    let mut t = NewTopic::new(
-                        name,
-                        *partitions,
-                        TopicReplication::Fixed(self.replication_factor),
-                    );
+                    let mut t = NewTopic::new(name, *partitions, TopicReplication::Fixed(rf));
                     for (k, v) in configs {
                         t = t.set(k, v);
                     }
@@ -274,6 +290,15 @@ const CHECKED_CONFIGS: [&str; 3] = ["cleanup.policy", "retention.ms", "message.t
 
 /// Partition count of every topic in the cluster.
 pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<String, i32>> {
+    let (_, replicas) = cluster_metadata(clients).await?;
+    Ok(replicas
+        .into_iter()
+        .map(|(t, r)| (t, r.len() as i32))
+        .collect())
+}
+
+/// The cluster's broker count, and for every topic the replica count of each partition.
+async fn cluster_metadata(clients: &KafkaClients) -> Result<(usize, BTreeMap<String, Vec<usize>>)> {
     let admin = clients.admin()?;
     let timeout = clients.config().request_timeout();
     tokio::task::spawn_blocking(move || {
@@ -281,20 +306,196 @@ pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<
             .inner()
             .fetch_metadata(None, timeout)
             .map_err(|e| Error::kafka("fetch metadata", e))?;
-        Ok(md
+        let topics = md
             .topics()
             .iter()
             .filter(|t| t.error().is_none() || !t.partitions().is_empty())
-            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-            .collect())
+            .map(|t| {
+                let replicas = t.partitions().iter().map(|p| p.replicas().len()).collect();
+                (t.name().to_owned(), replicas)
+            })
+            .collect();
+        Ok((md.brokers().len(), topics))
     })
     .await
     .map_err(|e| Error::Config(format!("metadata task failed: {e}")))?
 }
 
+/// Kafka's own topic of transaction states: the ledger's commits are as durable as it.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// What each topic the ledger's promises rest on must have, so that an acknowledged
+/// write survives the loss of any one broker: (config or property, the weakest safe value).
+const DURABLE: &str =
+    "replication factor >= 3, min.insync.replicas >= 2, unclean.leader.election.enable=false";
+
+/// The settings of one topic that decide whether an acknowledged write survives a
+/// broker's loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDurability {
+    /// The topic.
+    pub topic: String,
+    /// Replica count of each partition (`[0]` for a topic that does not exist).
+    pub replicas: Vec<usize>,
+    /// Its `min.insync.replicas`, if known.
+    pub min_isr: Option<i64>,
+    /// Its `unclean.leader.election.enable`, if known.
+    pub unclean: Option<bool>,
+}
+
+/// The risks of losing an acknowledged write in `topics`' settings, one sentence each.
+/// Pure: [`TopicLayout::durability_risks`] reads the settings.
+pub fn risks_of(topics: &[TopicDurability]) -> Vec<String> {
+    let mut risks = Vec::new();
+    for TopicDurability {
+        topic,
+        replicas,
+        min_isr,
+        unclean,
+    } in topics
+    {
+        let rf = replicas.iter().copied().min().unwrap_or(0);
+        if rf < 3 {
+            risks.push(format!(
+                "{topic} has {rf} replica(s): losing {} broker(s) loses acknowledged writes (needs 3)",
+                rf.max(1)
+            ));
+        }
+        match min_isr {
+            Some(n) if *n >= 2 => {}
+            Some(n) => risks.push(format!(
+                "{topic} has min.insync.replicas={n}: a write is acknowledged with one copy, which one broker failure loses (needs 2)"
+            )),
+            None => risks.push(format!("{topic}: min.insync.replicas unknown")),
+        }
+        if *unclean == Some(true) {
+            risks.push(format!(
+                "{topic} has unclean.leader.election.enable=true: a lagging replica may become leader and drop acknowledged writes"
+            ));
+        }
+    }
+    risks
+}
+
+/// Whether the ledger may start with `risks`: without any, yes; with some, only if
+/// `accepted` (`kafka.accept_weak_durability`), and then each is logged as a warning;
+/// otherwise [`Error::WeakDurability`] names them all.
+pub fn durability_verdict(risks: &[String], accepted: bool) -> Result<()> {
+    if risks.is_empty() {
+        return Ok(());
+    }
+    if accepted {
+        for r in risks {
+            tracing::warn!(risk = %r, "kafka.accept_weak_durability: starting although an acknowledged write could be lost");
+        }
+        return Ok(());
+    }
+    Err(Error::WeakDurability {
+        risks: risks.join("; "),
+        needed: DURABLE,
+    })
+}
+
+impl TopicLayout {
+    /// The settings of the topics the ledger's promises rest on — state, history, the
+    /// registry's, and Kafka's transaction state log — that could lose an acknowledged
+    /// write ([`risks_of`]): empty when every one has replication factor 3 or more,
+    /// `min.insync.replicas` 2 or more and no unclean leader election. Call it once the
+    /// transactional producer exists (the transaction log is created with the first).
+    pub async fn durability_risks(&self, clients: &KafkaClients) -> Result<Vec<String>> {
+        let (_, replicas) = cluster_metadata(clients).await?;
+        let admin = clients.admin()?;
+        let opts = AdminOptions::new().operation_timeout(Some(clients.config().request_timeout()));
+        let mut topics = Vec::new();
+        for name in [
+            self.state.as_str(),
+            self.history.as_str(),
+            self.schemas.as_str(),
+            TRANSACTION_STATE_TOPIC,
+        ] {
+            let Some(r) = replicas.get(name) else {
+                topics.push(TopicDurability {
+                    topic: name.to_owned(),
+                    replicas: vec![0],
+                    min_isr: None,
+                    unclean: None,
+                });
+                continue;
+            };
+            let described = admin
+                .describe_configs([&ResourceSpecifier::Topic(name)], &opts)
+                .await
+                .map_err(|e| Error::kafka(format!("describe configs of {name}"), e))?;
+            let entries = described
+                .into_iter()
+                .next()
+                .and_then(|r| r.ok())
+                .map(|r| {
+                    r.entry_map()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.value.clone()))
+                        .collect::<BTreeMap<_, _>>()
+                })
+                .unwrap_or_default();
+            let get = |k: &str| entries.get(k).cloned().flatten();
+            topics.push(TopicDurability {
+                topic: name.to_owned(),
+                replicas: r.clone(),
+                min_isr: get("min.insync.replicas").and_then(|v| v.parse().ok()),
+                unclean: get("unclean.leader.election.enable").map(|v| v == "true"),
+            });
+        }
+        Ok(risks_of(&topics))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_that_could_lose_an_acknowledged_write_is_named() {
+        let t = |name: &str, replicas: Vec<usize>, min_isr: Option<i64>, unclean: Option<bool>| {
+            TopicDurability {
+                topic: name.to_owned(),
+                replicas,
+                min_isr,
+                unclean,
+            }
+        };
+        assert!(risks_of(&[t("h", vec![3, 3, 3], Some(2), Some(false))]).is_empty());
+        let risks = risks_of(&[
+            t("h", vec![3, 1, 3], Some(2), Some(false)),
+            t("s", vec![3], Some(1), None),
+            t("__transaction_state", vec![3], Some(2), Some(true)),
+        ]);
+        assert_eq!(risks.len(), 3, "{risks:?}");
+        assert!(risks[0].starts_with("h has 1 replica"), "{risks:?}");
+        assert!(
+            risks[1].contains("s has min.insync.replicas=1"),
+            "{risks:?}"
+        );
+        assert!(risks[2].contains("unclean.leader.election"), "{risks:?}");
+        assert!(durability_verdict(&risks, true).is_ok());
+        let err = durability_verdict(&risks, false).unwrap_err().to_string();
+        assert!(
+            err.contains("accept_weak_durability") && err.contains("h has 1 replica"),
+            "{err}"
+        );
+        // Replication follows the cluster unless configured.
+        let mut l = layout(&[]);
+        l.replication_factor = 0;
+        assert_eq!(
+            (
+                l.replication_for(1),
+                l.replication_for(3),
+                l.replication_for(5)
+            ),
+            (1, 3, 3)
+        );
+        l.replication_factor = 2;
+        assert_eq!(l.replication_for(5), 2);
+    }
 
     fn layout(topic_configs: &[(&str, &str)]) -> TopicLayout {
         TopicLayout {

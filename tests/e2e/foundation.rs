@@ -400,7 +400,7 @@ async fn delete_topics(cfg: &fleetledger::Config, topics: &[&str]) {
 
 /// Starts a server on `cfg`, expecting its start-up to fail; the error, once the server
 /// has stopped.
-async fn refused_start(cfg: &fleetledger::Config) -> String {
+pub(crate) async fn refused_start(cfg: &fleetledger::Config) -> String {
     let token = tokio_util::sync::CancellationToken::new();
     let running = fleetledger::server::start(cfg.clone(), token.clone())
         .await

@@ -11,5 +11,6 @@ mod hostile;
 mod import;
 mod projections;
 mod recovery;
+mod replication;
 mod sql;
 mod support;

@@ -38,6 +38,8 @@ pub(crate) fn config(prefix: &str) -> Config {
     c.projector.dir = std::env::temp_dir().join("fleetledger-tests").join(prefix);
     c.projector.checkpoint_every_ms = 200;
     c.auth.development_tokens = true;
+    // The local broker is a single node.
+    c.kafka.accept_weak_durability = true;
     c
 }
 
@@ -133,6 +135,10 @@ impl ServeProcess {
             .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
             .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
             .env("FLEETLEDGER_AUTH__DEVELOPMENT_TOKENS", "true")
+            .env(
+                "FLEETLEDGER_KAFKA__ACCEPT_WEAK_DURABILITY",
+                cfg.kafka.accept_weak_durability.to_string(),
+            )
             .env("FLEETLEDGER_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
