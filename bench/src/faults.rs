@@ -142,6 +142,13 @@ pub fn fault_report(lines: &[Value]) -> String {
                 seconds(&s["not_ready_after_s"])
             ));
         }
+        if let Some(per) = s["unavailable_s_per_broker"].as_array() {
+            let list: Vec<String> = per.iter().map(seconds).collect();
+            facts.push(format!(
+                "Longest time without a successful write while each broker restarted: {} s.",
+                list.join(", ")
+            ));
+        }
         if !s["drain_s"].is_null() {
             facts.push(format!(
                 "serve drained and exited {} s after SIGTERM, with status {}.",

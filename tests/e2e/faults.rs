@@ -72,7 +72,7 @@ enum Outage {
 
 /// A number from the environment, or `default`: `deploy/local/faults` runs the long
 /// versions of these scenarios through it.
-fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -82,7 +82,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// Appends a scenario's figures as one JSON line to `FLEETLEDGER_FAULT_RESULTS`, when set
 /// (`deploy/local/faults` writes `faults/REPORT.md` from them). Written before the test's
 /// assertions, so a failing scenario is in the report too.
-fn record_result(figures: Value) {
+pub(crate) fn record_result(figures: Value) {
     eprintln!("faults: {figures}");
     if let Ok(path) = std::env::var("FLEETLEDGER_FAULT_RESULTS") {
         use std::io::Write;

@@ -5,7 +5,7 @@
 mod append;
 mod auth;
 mod billing;
-mod faults;
+pub(crate) mod faults;
 mod foundation;
 mod hostile;
 mod import;
