@@ -4,8 +4,6 @@
 //! history, an unknown outcome resolves to the original answer on a keyed retry, and
 //! writes come back after the broker does without a restart of `serve`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,44 +12,32 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::append::{Api, status};
-use crate::support::{ServeProcess, TestServer, config, free_port, unique_prefix};
+use crate::support::{
+    ServeProcess, TestServer, assert_kept_every_promise, config, free_port, kafka_script, tally,
+    unique_prefix, with_fields, written,
+};
 
 /// The port of the fault tests' own broker (its controller uses the next one).
 const PORT: u16 = 19392;
 
-fn kafka_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka")
-}
-
 /// Runs `deploy/local/kafka ACTION` for the private broker.
 fn kafka(action: &str) {
-    let out = Command::new(kafka_script())
-        .arg(action)
-        .env("FLEETLEDGER_KAFKA_PORT", PORT.to_string())
-        .env("FLEETLEDGER_KAFKA_HEAP", "512m")
-        .output()
-        .expect("deploy/local/kafka runs");
-    assert!(
-        out.status.success(),
-        "kafka {action}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let port = PORT.to_string();
+    kafka_script(
+        &[action],
+        &[
+            ("FLEETLEDGER_KAFKA_PORT", &port),
+            ("FLEETLEDGER_KAFKA_HEAP", "512m"),
+        ],
     );
 }
 
 /// SIGKILLs the private broker.
 fn kill_broker() {
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/fleetledger")
-        .read_dir()
-        .expect("the kafka cache exists")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(&format!("-{PORT}")))
-        .expect("the private broker's directory");
-    let pid = std::fs::read_to_string(home.join("kafka.pid")).expect("pid file");
+    let port = PORT.to_string();
+    let pid = kafka_script(&["pid", "1"], &[("FLEETLEDGER_KAFKA_PORT", &port)]);
     let status = Command::new("kill")
-        .args(["-9", pid.trim()])
+        .args(["-9", &pid])
         .status()
         .expect("kill runs");
     assert!(status.success(), "kill -9 {pid}");
@@ -218,100 +204,40 @@ async fn broker_outage(outage: Duration, how: Outage) {
             *v = v2;
         }
     }
-    let acknowledged: BTreeMap<&str, (&str, i64)> = answers
-        .iter()
-        .filter(|a| a.2 == 201)
-        .map(|(k, c, _, v, _)| (k.as_str(), (c.as_str(), v["version"].as_i64().unwrap())))
-        .collect();
-    let not_written: Vec<&str> = answers
-        .iter()
-        .filter(|a| a.2 == 503 && a.3["error"] == "unavailable")
-        .map(|a| a.0.as_str())
-        .collect();
     let fenced = answers.iter().filter(|a| a.3["error"] == "fenced").count();
-    // What history holds, per cluster: request id → versions; and whether it is gapless.
-    let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut gaps = 0;
-    for w in 0..6 {
-        let (st, h) = api
-            .get(&format!("/v1/clusters/lkc-fault{w}/history"), "dev-sync")
-            .await;
-        assert_eq!(st, 200, "{h}");
-        let records = h["records"].as_array().unwrap();
-        for (i, r) in records.iter().enumerate() {
-            if r["version"].as_i64() != Some(i as i64 + 1) {
-                gaps += 1;
-            }
-            in_history
-                .entry(r["request_id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(r["version"].as_i64().unwrap());
-        }
-    }
-    let lost: Vec<&&str> = acknowledged
-        .keys()
-        .filter(|k| in_history.get(**k).is_none_or(|v| v.is_empty()))
+    let answers: Vec<(String, u16, Value)> = answers
+        .into_iter()
+        .map(|(k, _, st, v, _)| (k, st, v))
         .collect();
-    let duplicated: Vec<&&str> = acknowledged
-        .keys()
-        .filter(|k| in_history.get(**k).is_some_and(|v| v.len() > 1))
-        .collect();
-    let wrong_version: Vec<&&str> = acknowledged
-        .iter()
-        .filter(|(k, (_, version))| in_history.get(**k).is_some_and(|v| v != &vec![*version]))
-        .map(|(k, _)| k)
-        .collect();
-    let lies: Vec<&&str> = not_written
-        .iter()
-        .filter(|k| in_history.contains_key(**k))
-        .collect();
+    let clusters: Vec<String> = (0..6).map(|w| format!("lkc-fault{w}")).collect();
+    let t = tally(&answers, &written(&server.url(), &clusters).await);
+    let acknowledged = t["acknowledged"].as_u64().unwrap_or(0) as usize;
     let rebuilt = projections_match_a_rebuild(&cfg, &server.url(), "lkc-fault").await;
     let scenario = match how {
         Outage::Kill => "broker SIGKILLed",
         Outage::Stop => "broker stopped (SIGTERM)",
     };
-    record_result(serde_json::json!({
-        "scenario": format!("{scenario} for {} s under 6 keyed writers", outage.as_secs()),
-        "kind": "broker_outage",
-        "outage_s": outage.as_secs(),
-        "faults": 1,
-        "answers": answers.len(),
-        "acknowledged": acknowledged.len(),
-        "lost": lost.len(),
-        "duplicated": duplicated.len(),
-        "wrong_version": wrong_version.len(),
-        "gaps": gaps,
-        "not_written": not_written.len(),
-        "not_written_but_written": lies.len(),
-        "outcome_unknown": unknown,
-        "fenced": fenced,
-        "not_ready_after_s": not_ready_after.map(|d| d.as_secs_f64()),
-        "recovery_s": recovered_after.map(|d| d.as_secs_f64()),
-        "projections_equal_rebuild": rebuilt.as_ref().is_ok_and(|r| r.audit_rows == acknowledged.len()),
-        "projections_detail": rebuilt.as_ref().err(),
-    }));
+    record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": format!("{scenario} for {} s under 6 keyed writers", outage.as_secs()),
+            "kind": "broker_outage",
+            "outage_s": outage.as_secs(),
+            "faults": 1,
+            "outcome_unknown": unknown,
+            "fenced": fenced,
+            "not_ready_after_s": not_ready_after.map(|d| d.as_secs_f64()),
+            "recovery_s": recovered_after.map(|d| d.as_secs_f64()),
+            "projections_equal_rebuild": rebuilt.as_ref().is_ok_and(|r| r.audit_rows == acknowledged),
+            "projections_detail": rebuilt.as_ref().err(),
+        }),
+    ));
     let recovered_after = recovered_after.expect("writes succeed again after the broker is back");
-    assert!(
-        acknowledged.len() > 10,
-        "the load wrote: {}",
-        acknowledged.len()
-    );
-    assert_eq!(gaps, 0, "versions are gapless");
-    assert!(lost.is_empty(), "acknowledged but not in history: {lost:?}");
-    assert!(duplicated.is_empty(), "written twice: {duplicated:?}");
-    assert!(
-        wrong_version.is_empty(),
-        "in history under another version than answered: {wrong_version:?}"
-    );
-    assert!(
-        lies.is_empty(),
-        "answered 'not written' but written: {lies:?}"
-    );
+    assert_kept_every_promise(&t);
     assert_eq!(fenced, 0, "no writer but this one: nothing is fenced");
     let rebuilt = rebuilt.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        rebuilt.audit_rows,
-        acknowledged.len(),
+        rebuilt.audit_rows, acknowledged,
         "one audit row per acknowledged change"
     );
     assert!(
@@ -435,91 +361,35 @@ async fn a_killed_service_loses_nothing_acknowledged_and_its_projections_match_a
     for w in writers {
         answers.extend(w.await.expect("writer"));
     }
-    let http = reqwest::Client::new();
     let retried = answers.iter().filter(|a| a.2.is_none()).count();
     assert_eq!(retried, 0, "every request got an answer");
-    // Exactly once, with the answered version, gapless.
-    let mut answered: BTreeMap<String, i64> = BTreeMap::new();
-    let mut not_written = Vec::new();
-    for (key, body, st, version) in &answers {
-        match st {
-            Some(201) => {
-                answered.insert(key.clone(), version.expect("a version"));
-            }
-            _ => not_written.push((key.clone(), *st, body.clone())),
-        }
-    }
-    let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut gaps = 0;
-    for w in 0..4 {
-        let r = http
-            .get(format!("{url}/v1/clusters/lkc-kill{w}/history"))
-            .bearer_auth("dev-sync")
-            .send()
-            .await
-            .unwrap();
-        let h: Value = r.json().await.unwrap();
-        for (i, rec) in h["records"].as_array().unwrap().iter().enumerate() {
-            if rec["version"].as_i64() != Some(i as i64 + 1) {
-                gaps += 1;
-            }
-            in_history
-                .entry(rec["request_id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(rec["version"].as_i64().unwrap());
-        }
-    }
+    let answers: Vec<(String, u16, Value)> = answers
+        .into_iter()
+        .map(|(k, body, st, _)| (k, st.unwrap_or(0), body))
+        .collect();
+    let clusters: Vec<String> = (0..4).map(|w| format!("lkc-kill{w}")).collect();
+    let t = tally(&answers, &written(&url, &clusters).await);
+    let acknowledged = t["acknowledged"].as_u64().unwrap_or(0) as usize;
     let rebuilt = projections_match_a_rebuild(&cfg, &url, "lkc-kill").await;
-    let lost = answered
-        .iter()
-        .filter(|(k, _)| !in_history.contains_key(*k))
-        .count();
-    let duplicated = in_history.values().filter(|v| v.len() > 1).count();
-    let wrong_version = answered
-        .iter()
-        .filter(|(k, v)| in_history.get(*k).is_some_and(|h| h != &vec![**v]))
-        .count();
-    let lies = not_written
-        .iter()
-        .filter(|(k, _, _)| in_history.contains_key(k))
-        .count();
-    let unacknowledged_written = in_history.len().saturating_sub(answered.len());
-    record_result(serde_json::json!({
-        "scenario": format!("serve SIGKILLed {kills} times at random points under 4 keyed writers, restarted each time"),
-        "kind": "serve_kill",
-        "faults": kills,
-        "answers": answers.len(),
-        "acknowledged": answered.len(),
-        "lost": lost,
-        "duplicated": duplicated,
-        "wrong_version": wrong_version,
-        "gaps": gaps,
-        "not_written": not_written.len(),
-        "not_written_but_written": lies,
-        "written_unacknowledged": unacknowledged_written,
-        "recovery_s": recovery.iter().copied().fold(0.0, f64::max),
-        "projections_equal_rebuild": rebuilt.as_ref().map(|r| r.audit_rows == answered.len()).unwrap_or(false),
-        "projections_detail": rebuilt.as_ref().err(),
-    }));
-    assert_eq!(gaps, 0, "versions are gapless");
-    for (key, version) in &answered {
-        assert_eq!(in_history.get(key), Some(&vec![*version]), "{key}");
-    }
-    for (key, st, body) in &not_written {
-        assert!(
-            !in_history.contains_key(key),
-            "{key} was answered {st:?} {body} (not written) but is in history"
-        );
-    }
+    record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": format!("serve SIGKILLed {kills} times at random points under 4 keyed writers, restarted each time"),
+            "kind": "serve_kill",
+            "faults": kills,
+            "recovery_s": recovery.iter().copied().fold(0.0, f64::max),
+            "projections_equal_rebuild": rebuilt.as_ref().is_ok_and(|r| r.audit_rows == acknowledged),
+            "projections_detail": rebuilt.as_ref().err(),
+        }),
+    ));
+    assert_kept_every_promise(&t);
     assert_eq!(
-        in_history.len(),
-        answered.len(),
-        "nothing written that was not acknowledged"
+        t["written_unacknowledged"], 0,
+        "nothing written that was not acknowledged (every client retried with its key): {t}"
     );
     let rebuilt = rebuilt.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        rebuilt.audit_rows,
-        answered.len(),
+        rebuilt.audit_rows, acknowledged,
         "one audit row per acknowledged change"
     );
     serve.kill();
@@ -676,76 +546,24 @@ async fn sigterm_under_load_drains_without_cutting_a_commit() {
     let serve = ServeProcess::spawn(&cfg, port);
     serve.wait_ready().await;
     let back_after = termed.elapsed();
-    let http = reqwest::Client::new();
-    let mut in_history: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut gaps = 0;
-    for w in 0..4 {
-        let h: Value = http
-            .get(format!("{url}/v1/clusters/lkc-term{w}/history"))
-            .bearer_auth("dev-sync")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for (i, r) in h["records"].as_array().unwrap().iter().enumerate() {
-            if r["version"].as_i64() != Some(i as i64 + 1) {
-                gaps += 1;
-            }
-            let id = r["request_id"].as_str().unwrap().to_owned();
-            in_history.entry(id).or_default().push(i as i64 + 1);
-        }
-    }
-    let acknowledged: Vec<(&String, Option<i64>)> = answers
-        .iter()
-        .filter(|a| a.1 == Some(201))
-        .map(|(k, _, v)| (k, v["version"].as_i64()))
+    let answers: Vec<(String, u16, Value)> = answers
+        .into_iter()
+        .map(|(k, st, v)| (k, st.unwrap_or(0), v))
         .collect();
-    let lost = acknowledged
-        .iter()
-        .filter(|(k, _)| !in_history.contains_key(*k))
-        .count();
-    let wrong_version = acknowledged
-        .iter()
-        .filter(|(k, v)| in_history.get(*k).is_some_and(|h| h.first().copied() != *v))
-        .count();
-    let duplicated = in_history.values().filter(|v| v.len() > 1).count();
-    let not_written: Vec<&String> = answers
-        .iter()
-        .filter(|(_, st, v)| *st == Some(503) && v["error"] == "unavailable")
-        .map(|a| &a.0)
-        .collect();
-    let lies = not_written
-        .iter()
-        .filter(|k| in_history.contains_key(**k))
-        .count();
-    record_result(serde_json::json!({
-        "scenario": "serve sent SIGTERM under 4 keyed writers",
-        "kind": "serve_term",
-        "faults": 1,
-        "answers": answers.len(),
-        "acknowledged": acknowledged.len(),
-        "lost": lost,
-        "duplicated": duplicated,
-        "wrong_version": wrong_version,
-        "gaps": gaps,
-        "not_written": not_written.len(),
-        "not_written_but_written": lies,
-        "exit": exit.code(),
-        "drain_s": drained_in.as_secs_f64(),
-        "recovery_s": back_after.as_secs_f64(),
-    }));
+    let clusters: Vec<String> = (0..4).map(|w| format!("lkc-term{w}")).collect();
+    let t = tally(&answers, &written(&url, &clusters).await);
+    record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": "serve sent SIGTERM under 4 keyed writers",
+            "kind": "serve_term",
+            "faults": 1,
+            "exit": exit.code(),
+            "drain_s": drained_in.as_secs_f64(),
+            "recovery_s": back_after.as_secs_f64(),
+        }),
+    ));
     assert!(exit.success(), "serve exits cleanly on SIGTERM: {exit}");
-    assert!(
-        acknowledged.len() > 10,
-        "the load wrote: {}",
-        acknowledged.len()
-    );
-    assert_eq!(
-        (lost, duplicated, wrong_version, gaps, lies),
-        (0, 0, 0, 0, 0),
-        "lost, duplicated, wrong version, gaps, answered not written but written"
-    );
+    assert_kept_every_promise(&t);
     serve.kill();
 }

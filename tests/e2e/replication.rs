@@ -4,11 +4,13 @@
 //! start on settings that could lose an acknowledged write is refused unless the risk is
 //! accepted.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::foundation::refused_start;
-use crate::support::{TestServer, config, unique_prefix};
+use crate::support::{
+    TestServer, assert_kept_every_promise, config, kafka_script, tally, unique_prefix, with_fields,
+    written,
+};
 
 /// The first port of this module's three-broker cluster (nodes on it, +2 and +4).
 const PORT: u16 = 19500;
@@ -16,22 +18,17 @@ const PORT: u16 = 19500;
 /// Held by each test that uses the cluster: they start, stop and kill its brokers.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Runs `deploy/local/kafka ACTION` for the three-node cluster; its output.
+/// Runs `deploy/local/kafka ARGS` for the three-node cluster; its output.
 pub(crate) fn cluster(args: &[&str]) -> String {
-    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka"))
-        .args(args)
-        .env("FLEETLEDGER_KAFKA_PORT", PORT.to_string())
-        .env("FLEETLEDGER_KAFKA_NODES", "3")
-        .env("FLEETLEDGER_KAFKA_HEAP", "512m")
-        .output()
-        .expect("deploy/local/kafka runs");
-    assert!(
-        out.status.success(),
-        "kafka {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let port = PORT.to_string();
+    kafka_script(
+        args,
+        &[
+            ("FLEETLEDGER_KAFKA_PORT", &port),
+            ("FLEETLEDGER_KAFKA_NODES", "3"),
+            ("FLEETLEDGER_KAFKA_HEAP", "512m"),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -250,85 +247,28 @@ async fn a_rolling_restart_and_a_killed_leader_lose_nothing_acknowledged() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let answers = load.finish().await;
     // Count every answer against history.
-    let api = crate::append::Api::new(&server);
-    let mut in_history: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-    let mut gaps = 0;
-    for c in &clusters {
-        let (st, h) = api
-            .get(&format!("/v1/clusters/{c}/history"), "dev-sync")
-            .await;
-        assert_eq!(st, 200, "{h}");
-        for (i, r) in h["records"].as_array().unwrap().iter().enumerate() {
-            if r["version"].as_i64() != Some(i as i64 + 1) {
-                gaps += 1;
-            }
-            in_history
-                .entry(r["request_id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(r["version"].as_i64().unwrap());
-        }
-    }
-    let acked: Vec<&(String, u16, serde_json::Value)> =
-        answers.iter().filter(|a| a.1 == 201).collect();
-    let lost = acked
-        .iter()
-        .filter(|a| !in_history.contains_key(&a.0))
-        .count();
-    let duplicated = in_history.values().filter(|v| v.len() > 1).count();
-    let wrong_version = acked
-        .iter()
-        .filter(|a| {
-            in_history
-                .get(&a.0)
-                .is_some_and(|v| v.first().copied() != a.2["version"].as_i64())
-        })
-        .count();
-    let not_written: Vec<&String> = answers
-        .iter()
-        .filter(|a| a.1 == 503 && a.2["error"] == "unavailable")
-        .map(|a| &a.0)
-        .collect();
-    let lies = not_written
-        .iter()
-        .filter(|k| in_history.contains_key(**k))
-        .count();
-    let common = serde_json::json!({
-        "answers": answers.len(),
-        "acknowledged": acked.len(),
-        "lost": lost,
-        "duplicated": duplicated,
-        "wrong_version": wrong_version,
-        "gaps": gaps,
-        "not_written": not_written.len(),
-        "not_written_but_written": lies,
-    });
-    let with = |extra: serde_json::Value| {
-        let mut v = common.clone();
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        v
-    };
+    let t = tally(&answers, &written(&url, &clusters).await);
     let worst = per_broker.iter().copied().fold(0.0, f64::max);
-    crate::faults::record_result(with(serde_json::json!({
-        "scenario": "rolling restart of 3 brokers (each stopped 3 s) under 4 keyed writers",
-        "kind": "rolling_restart",
-        "faults": 3,
-        "recovery_s": worst,
-        "unavailable_s_per_broker": per_broker,
-    })));
-    crate::faults::record_result(with(serde_json::json!({
-        "scenario": "SIGKILL of the broker leading the written partition (3 brokers) under 4 keyed writers",
-        "kind": "leader_kill",
-        "faults": 1,
-        "recovery_s": after_kill,
-    })));
-    assert!(acked.len() > 20, "the load wrote: {}", acked.len());
-    assert_eq!(
-        (lost, duplicated, wrong_version, gaps, lies),
-        (0, 0, 0, 0, 0),
-        "lost, duplicated, wrong version, gaps, answered not written but written"
-    );
+    crate::faults::record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": "rolling restart of 3 brokers (each stopped 3 s) under 4 keyed writers",
+            "kind": "rolling_restart",
+            "faults": 3,
+            "recovery_s": worst,
+            "unavailable_s_per_broker": per_broker,
+        }),
+    ));
+    crate::faults::record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": "SIGKILL of the broker leading the written partition (3 brokers) under 4 keyed writers",
+            "kind": "leader_kill",
+            "faults": 1,
+            "recovery_s": after_kill,
+        }),
+    ));
+    assert_kept_every_promise(&t);
     assert!(
         after_kill.is_some_and(|s| s < 30.0),
         "writes succeeded again {after_kill:?} s after the leader was killed, without it"

@@ -182,3 +182,133 @@ impl ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `deploy/local/kafka ARGS` with `env` (port, nodes, heap); its output, or a panic
+/// with what it said.
+pub(crate) fn kafka_script(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka"),
+    )
+    .args(args)
+    .envs(env.iter().copied())
+    .output()
+    .expect("deploy/local/kafka runs");
+    assert!(
+        out.status.success(),
+        "kafka {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What history holds for some clusters: request id → the versions it is in, and how
+/// many records are not where a gapless history would have them.
+pub(crate) struct Written {
+    pub(crate) by_request: std::collections::BTreeMap<String, Vec<i64>>,
+    pub(crate) gaps: usize,
+}
+
+/// Reads the history of `clusters` through the service at `url`.
+pub(crate) async fn written(url: &str, clusters: &[String]) -> Written {
+    let http = reqwest::Client::new();
+    let mut w = Written {
+        by_request: Default::default(),
+        gaps: 0,
+    };
+    for c in clusters {
+        let h: serde_json::Value = http
+            .get(format!("{url}/v1/clusters/{c}/history"))
+            .bearer_auth("dev-sync")
+            .send()
+            .await
+            .expect("history answers")
+            .json()
+            .await
+            .expect("history is JSON");
+        for (i, r) in h["records"].as_array().into_iter().flatten().enumerate() {
+            if r["version"].as_i64() != Some(i as i64 + 1) {
+                w.gaps += 1;
+            }
+            w.by_request
+                .entry(r["request_id"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(r["version"].as_i64().unwrap_or(-1));
+        }
+    }
+    w
+}
+
+/// A load's answers — (idempotency key, HTTP status, or 0 for no answer, body) — counted
+/// against what history holds, as the fault report shows them: acknowledged (201), lost
+/// (acknowledged, not in history), duplicated (in history more than once), wrong version
+/// (in history under another version than answered), gaps, not written (503
+/// `unavailable`), not written but written (the lie the ledger must never tell), and
+/// written but never acknowledged (the answer was lost with a connection).
+pub(crate) fn tally(
+    answers: &[(String, u16, serde_json::Value)],
+    w: &Written,
+) -> serde_json::Value {
+    let acked: Vec<&(String, u16, serde_json::Value)> =
+        answers.iter().filter(|a| a.1 == 201).collect();
+    let lost = acked
+        .iter()
+        .filter(|a| !w.by_request.contains_key(&a.0))
+        .count();
+    let wrong_version = acked
+        .iter()
+        .filter(|a| {
+            w.by_request
+                .get(&a.0)
+                .is_some_and(|v| v.first().copied() != a.2["version"].as_i64())
+        })
+        .count();
+    let not_written: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.1 == 503 && a.2["error"] == "unavailable")
+        .map(|a| &a.0)
+        .collect();
+    let acked_keys: std::collections::BTreeSet<&String> = acked.iter().map(|a| &a.0).collect();
+    serde_json::json!({
+        "answers": answers.len(),
+        "acknowledged": acked.len(),
+        "lost": lost,
+        "duplicated": w.by_request.values().filter(|v| v.len() > 1).count(),
+        "wrong_version": wrong_version,
+        "gaps": w.gaps,
+        "not_written": not_written.len(),
+        "not_written_but_written": not_written.iter().filter(|k| w.by_request.contains_key(**k)).count(),
+        "written_unacknowledged": w.by_request.keys().filter(|k| !acked_keys.contains(k)).count(),
+    })
+}
+
+/// Panics unless a [`tally`] shows a load that wrote, and nothing lost, duplicated,
+/// misnumbered or answered "not written" that was written.
+pub(crate) fn assert_kept_every_promise(t: &serde_json::Value) {
+    assert!(
+        t["acknowledged"].as_u64().unwrap_or(0) > 10,
+        "the load wrote: {t}"
+    );
+    for k in [
+        "lost",
+        "duplicated",
+        "wrong_version",
+        "gaps",
+        "not_written_but_written",
+    ] {
+        assert_eq!(t[k], 0, "{k}: {t}");
+    }
+}
+
+/// `figures` with every field of `more` added.
+pub(crate) fn with_fields(
+    mut figures: serde_json::Value,
+    more: serde_json::Value,
+) -> serde_json::Value {
+    if let (Some(f), Some(m)) = (figures.as_object_mut(), more.as_object()) {
+        for (k, v) in m {
+            f.insert(k.clone(), v.clone());
+        }
+    }
+    figures
+}
