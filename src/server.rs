@@ -144,6 +144,8 @@ pub async fn start_with_clock(
     let addr = listener.local_addr()?;
     let clients = KafkaClients::new(config.kafka.clone());
     let layout = TopicLayout::new(&config.kafka);
+    let ledger_metrics = fleetledger_ledger::metrics::LedgerMetrics::default();
+    let query_metrics = fleetledger_queries::QueryMetrics::default();
     let state = Arc::new(AppState {
         clients,
         layout,
@@ -160,6 +162,9 @@ pub async fn start_with_clock(
         started: AtomicBool::new(false),
         registry: OnceLock::new(),
         startup_error: Mutex::new(None),
+        metrics: crate::http::metrics::ServiceMetrics::new(&ledger_metrics, &query_metrics),
+        ledger_metrics,
+        query_metrics,
     });
     let tracker = TaskTracker::new();
     let router = app(state.clone());
@@ -356,6 +361,7 @@ pub(crate) async fn start_up(
                 ownership: deps.ownership.clone(),
                 clock: deps.clock.clone(),
                 config: deps.config.clone(),
+                metrics: state.ledger_metrics.clone(),
             },
             shutdown.clone(),
             &deps.tracker,
@@ -394,7 +400,8 @@ pub(crate) async fn start_up(
         &deps.views,
         Arc::new(move || clock.now().timestamp_millis()),
         deps.limits,
-    )?;
+    )?
+    .with_metrics(state.query_metrics.clone());
     let _ = state.queries.set(engine);
     let _ = state.projector.set(projector);
     Ok(())

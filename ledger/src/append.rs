@@ -30,6 +30,7 @@ use crate::cluster_history::RecoveryPlan;
 use crate::error::{Error, Result};
 use crate::index::{Head, Index, rebuild_index};
 use crate::kafka::KafkaClients;
+use crate::metrics::{LedgerMetrics, OutcomeLabel, outcome_of};
 use crate::partitioner::partition_for;
 use crate::principals::Scope;
 use crate::principals::{IMPORT, Ownership, RECOVERY};
@@ -162,6 +163,8 @@ pub struct LedgerSetup {
     pub clock: Arc<dyn Clock>,
     /// Batching and idempotency settings.
     pub config: LedgerConfig,
+    /// Where the append path counts what it does.
+    pub metrics: LedgerMetrics,
 }
 
 /// The append path and the in-memory index of the latest state.
@@ -176,6 +179,7 @@ pub struct Ledger {
     pub(crate) codec: Arc<RecordCodec>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: LedgerConfig,
+    metrics: LedgerMetrics,
 }
 
 impl Ledger {
@@ -194,6 +198,7 @@ impl Ledger {
             ownership,
             clock,
             config,
+            metrics,
         } = setup;
         let txn_id = writer_transactional_id(&clients.config().topic_prefix);
         let producer = new_transactional_producer(&clients, &txn_id).await?;
@@ -213,6 +218,7 @@ impl Ledger {
             config,
             index: index.clone(),
             status: status.clone(),
+            metrics: metrics.clone(),
         };
         tracker.spawn(writer.run(rx, shutdown));
         Ok(Ledger {
@@ -225,6 +231,7 @@ impl Ledger {
             codec,
             clock: writer_clock,
             config: writer_config,
+            metrics,
         })
     }
 
@@ -273,6 +280,18 @@ impl Ledger {
     }
 
     async fn submit(&self, proposal: Proposal) -> Result<Outcome> {
+        let answer = self.answer(proposal).await;
+        self.metrics
+            .appends
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome_of(&answer),
+            })
+            .inc();
+        answer
+    }
+
+    /// The answer to one proposal: refused before the queue, or the writer's.
+    async fn answer(&self, proposal: Proposal) -> Result<Outcome> {
         if self.status.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);
         }

@@ -12,6 +12,7 @@ pub mod import;
 mod index;
 pub mod kafka;
 pub mod keys;
+pub mod metrics;
 pub mod partitioner;
 pub mod principals;
 pub mod registry_journal;

@@ -100,6 +100,7 @@ pub(crate) struct Writer {
     pub(crate) config: LedgerConfig,
     pub(crate) index: Arc<RwLock<Index>>,
     pub(crate) status: WriterStatus,
+    pub(crate) metrics: crate::metrics::LedgerMetrics,
 }
 
 /// How long a caller waits for the outcome of a commit that failed in flight, while the
@@ -215,7 +216,16 @@ impl Writer {
                 return;
             }
             self.status.transaction_started();
+            let started = std::time::Instant::now();
             let result = self.commit(&accepted).await;
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                self.metrics
+                    .transaction_changes
+                    .observe(accepted.len() as f64);
+            }
             if result.is_err() {
                 // Not writable from this instant until the producer is back.
                 self.status.recovering.store(true, Ordering::Release);
@@ -578,9 +588,9 @@ impl Writer {
             tracing::warn!(?code, reason, "producer has a fatal error");
             fenced |= is_fence(Some(code));
         }
-        if fenced {
+        if fenced && !self.status.fenced.swap(true, Ordering::AcqRel) {
             tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
-            self.status.fenced.store(true, Ordering::Release);
+            self.metrics.fenced.inc();
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Projections {
     pub offsets: BTreeMap<ProjectionName, BTreeMap<i32, i64>>,
     /// The last record applied in each partition (saved with the checkpoints).
     pub marks: HistoryMarks,
+    /// Records each projection applied since the process started, in the order of
+    /// [`ProjectionName::ALL`].
+    pub applied: [u64; 3],
 }
 
 impl Projections {
@@ -139,6 +142,9 @@ impl Projections {
             return false;
         }
         *next = offset + 1;
+        if let Some(i) = ProjectionName::ALL.iter().position(|n| *n == name) {
+            self.applied[i] += 1;
+        }
         true
     }
 
@@ -455,6 +461,23 @@ impl Projector {
     /// Records behind the end of each partition, as of the last measurement.
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         self.lag.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// How far behind each partition's projections are in time, in seconds: for a
+    /// partition with records not yet applied, from the write time of the last record
+    /// applied there to `now_ms` (0 for a partition that is caught up).
+    pub async fn lag_seconds(&self, now_ms: i64) -> BTreeMap<i32, f64> {
+        let lag = self.lag();
+        let p = self.shared.read().await;
+        lag.into_iter()
+            .map(|(partition, records)| {
+                let behind = match p.marks.get(&partition) {
+                    Some(m) if records > 0 => (now_ms - m.timestamp_ms).max(0) as f64 / 1e3,
+                    _ => 0.0,
+                };
+                (partition, behind)
+            })
+            .collect()
     }
 
     /// Forgets `name`'s state and checkpoint, so the next run rebuilds it from offset 0.

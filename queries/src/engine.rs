@@ -86,6 +86,7 @@ pub struct QueryEngine {
     tables: Vec<String>,
     now_ms: NowMs,
     turns: Arc<tokio::sync::Semaphore>,
+    metrics: crate::metrics::QueryMetrics,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -242,10 +243,17 @@ impl QueryEngine {
             sources: snapshots,
             projections,
             turns: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            metrics: crate::metrics::QueryMetrics::default(),
             limits,
             tables,
             now_ms: now,
         })
+    }
+
+    /// This engine counting its queries in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::QueryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tables.
@@ -283,6 +291,21 @@ impl QueryEngine {
     /// [`Error::NotReadOnly`]; a query over the time or row limit stops with
     /// [`Error::Timeout`] or [`Error::TooManyRows`].
     pub async fn query_as(&self, sql: &str, scope: &Scope) -> Result<QueryOutput> {
+        let started = std::time::Instant::now();
+        let answer = self.run(sql, scope).await;
+        self.metrics
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .queries
+            .get_or_create(&crate::metrics::QueryOutcome {
+                outcome: crate::metrics::query_outcome(&answer),
+            })
+            .inc();
+        answer
+    }
+
+    async fn run(&self, sql: &str, scope: &Scope) -> Result<QueryOutput> {
         let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
         if sql.len() > self.limits.max_sql_bytes {
             return Err(Error::TooComplex(format!(

@@ -5,9 +5,11 @@
 
 mod engine;
 mod error;
+pub mod metrics;
 mod output;
 mod tables;
 
 pub use engine::{QueryEngine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};
+pub use metrics::QueryMetrics;
 pub use output::{ipc_to_table, to_csv, to_ipc, to_json_rows};

@@ -4,6 +4,7 @@
 pub(crate) mod batch;
 pub(crate) mod clusters;
 pub(crate) mod error;
+pub mod metrics;
 pub(crate) mod ops;
 pub(crate) mod request;
 pub(crate) mod sql;
@@ -68,7 +69,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             state.clone(),
             bound_request,
         ))
-        .layer(axum::middleware::from_fn(trace_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            trace_request,
+        ))
         .nest_service("/registry", registry)
         .with_state(state)
 }
@@ -102,6 +106,7 @@ fn registry_write_allowed(state: &AppState, req: &Request<Body>) -> Result<(), A
         .with_detail("error_code", serde_json::json!(40301)));
     }
     tracing::info!(principal, method = %req.method(), path = %req.uri().path(), "schema registry write");
+    state.metrics.registry_writes.inc();
     Ok(())
 }
 
@@ -156,7 +161,16 @@ async fn bound_request(
 }
 
 /// One `tracing` span per request, with method, path and, at the end, status and time.
-pub(crate) async fn trace_request(req: Request<Body>, next: axum::middleware::Next) -> Response {
+pub(crate) async fn trace_request(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -168,6 +182,20 @@ pub(crate) async fn trace_request(req: Request<Body>, next: axum::middleware::Ne
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     span.record("status", response.status().as_u16());
     span.record("ms", started.elapsed().as_secs_f64() * 1e3);
+    let m = &state.metrics;
+    m.http_seconds
+        .get_or_create(&metrics::Route {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .get_or_create(&metrics::RouteStatus {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
     if response.status().is_server_error() {
         tracing::warn!(parent: &span, status = response.status().as_u16(), "request failed");
     }

@@ -9,58 +9,61 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// Prometheus text format: readiness, fencing and projector lag per partition.
+/// Every metric, in the OpenMetrics text format ([`crate::http::metrics`]); the values
+/// read from the state (readiness, role, the projections' progress) are taken now.
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let ready = u8::from(state.started.load(Ordering::Acquire));
-    let _ = writeln!(
-        out,
-        "# HELP fleetledger_ready 1 once start-up finished.\n# TYPE fleetledger_ready gauge\nfleetledger_ready {ready}"
-    );
-    let fenced = state.ledger.get().map_or(0, |l| u8::from(l.is_fenced()));
-    let _ = writeln!(
-        out,
-        "# HELP fleetledger_ledger_fenced 1 once another writer fenced this one.\n# TYPE fleetledger_ledger_fenced gauge\nfleetledger_ledger_fenced {fenced}"
-    );
+    use crate::http::metrics::{Partition, Projection, Role};
+    let m = &state.metrics;
+    m.ready
+        .set(i64::from(state.started.load(Ordering::Acquire)));
+    let ledger = state.ledger.get();
+    let writing = ledger.is_some_and(|l| l.is_writable());
+    for (role, on) in [("writer", writing), ("not_writing", !writing)] {
+        m.role.get_or_create(&Role { role }).set(i64::from(on));
+    }
     if let Some(p) = state.projector.get() {
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_lag_records History records not yet applied, per partition.\n# TYPE fleetledger_projector_lag_records gauge"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_stopped 1 for a partition stopped at an undecodable record.\n# TYPE fleetledger_projector_stopped gauge"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_restarts_total Restarts of the projections after an error.\n# TYPE fleetledger_projector_restarts_total counter\nfleetledger_projector_restarts_total {}",
-            p.restarts()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetledger_projector_degraded What is wrong with the projections now (restarting, rebuilding, stopped partitions).\n# TYPE fleetledger_projector_degraded gauge\nfleetledger_projector_degraded {}",
-            p.degraded().len()
-        );
-        for (partition, _) in p.stopped() {
-            let _ = writeln!(
-                out,
-                "fleetledger_projector_stopped{{partition=\"{partition}\"}} 1"
-            );
-        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for (partition, lag) in p.lag() {
-            let _ = writeln!(
-                out,
-                "fleetledger_projector_lag_records{{partition=\"{partition}\"}} {lag}"
-            );
+            let label = Partition {
+                partition: partition.to_string(),
+            };
+            m.lag_records.get_or_create(&label).set(lag);
+            m.stopped.get_or_create(&label).set(0);
+        }
+        for (partition, seconds) in p.lag_seconds(now_ms).await {
+            m.lag_seconds
+                .get_or_create(&Partition {
+                    partition: partition.to_string(),
+                })
+                .set(seconds);
+        }
+        for (partition, _) in p.stopped() {
+            m.stopped
+                .get_or_create(&Partition {
+                    partition: partition.to_string(),
+                })
+                .set(1);
+        }
+        let restarts = p.restarts();
+        m.restarts.inc_by(restarts.saturating_sub(m.restarts.get()));
+        m.degraded.set(p.degraded().len() as i64);
+        let applied = p.projections().read().await.applied;
+        for (name, n) in fleetledger_projectors::ProjectionName::ALL
+            .iter()
+            .zip(applied)
+        {
+            let c = m.applied.get_or_create(&Projection {
+                projection: name.as_str(),
+            });
+            c.inc_by(n.saturating_sub(c.get()));
         }
     }
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        out,
+        m.encode(),
     )
 }
 

@@ -30,4 +30,8 @@ pub struct AppState {
     pub(crate) started: AtomicBool,
     pub(crate) registry: OnceLock<Router>,
     pub(crate) startup_error: Mutex<Option<String>>,
+    /// Every metric `/metrics` shows; the ledger and the SQL engine count into theirs.
+    pub(crate) metrics: std::sync::Arc<crate::http::metrics::ServiceMetrics>,
+    pub(crate) ledger_metrics: fleetledger_ledger::metrics::LedgerMetrics,
+    pub(crate) query_metrics: fleetledger_queries::QueryMetrics,
 }

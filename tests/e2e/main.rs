@@ -9,6 +9,7 @@ pub(crate) mod faults;
 mod foundation;
 mod hostile;
 mod import;
+mod metrics;
 mod projections;
 mod recovery;
 mod replication;
