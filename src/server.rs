@@ -165,6 +165,7 @@ pub async fn start_with_clock(
         metrics: crate::http::metrics::ServiceMetrics::new(&ledger_metrics, &query_metrics),
         ledger_metrics,
         query_metrics,
+        shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
     let router = app(state.clone());

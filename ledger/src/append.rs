@@ -331,18 +331,26 @@ impl Ledger {
         if scope.orgs().is_none() {
             return Ok(());
         }
-        let idx = self.index.read().await;
-        let org = idx
-            .head(cluster_id, Facet::Logical)
-            .and_then(|h| match &h.record.state {
-                FacetState::Logical(l) => Some(l.org_id.as_str()),
-                _ => None,
-            });
-        if scope.sees(org) {
+        if scope.sees(self.org_of(cluster_id).await.as_deref()) {
             Ok(())
         } else {
             Err(Error::NotFound(cluster_id.to_owned()))
         }
+    }
+
+    /// The org `cluster_id`'s current logical state names, if it has one.
+    pub async fn org_of(&self, cluster_id: &str) -> Option<String> {
+        let idx = self.index.read().await;
+        idx.head(cluster_id, Facet::Logical)
+            .and_then(|h| match &h.record.state {
+                FacetState::Logical(l) => Some(l.org_id.clone()),
+                _ => None,
+            })
+    }
+
+    /// How many partitions each topic has.
+    pub fn layout_partitions(&self) -> i32 {
+        self.layout.partitions
     }
 
     /// The partition of `cluster_id` in both topics.

@@ -18,6 +18,7 @@ pub mod principals;
 pub mod registry_journal;
 pub mod topics;
 pub mod verify;
+pub mod watch;
 mod writer;
 
 pub use admission::{DeleteRequest, MAX_REASON_BYTES, MAX_REQUEST_ID_BYTES, Outcome};

@@ -9,6 +9,7 @@ pub(crate) mod ops;
 pub(crate) mod request;
 pub(crate) mod sql;
 pub(crate) mod state;
+pub(crate) mod watch;
 
 pub use error::AppError;
 pub use state::AppState;
@@ -65,6 +66,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/batch", post(batch::batch))
         .route("/v1/import", post(batch::import))
         .route("/v1/sql", post(sql::sql))
+        .route("/v1/watch", get(watch::watch))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             bound_request,

@@ -34,4 +34,7 @@ pub struct AppState {
     pub(crate) metrics: std::sync::Arc<crate::http::metrics::ServiceMetrics>,
     pub(crate) ledger_metrics: fleetledger_ledger::metrics::LedgerMetrics,
     pub(crate) query_metrics: fleetledger_queries::QueryMetrics,
+    /// Cancelled when the service shuts down: ends the streams that would otherwise hold
+    /// the graceful shutdown open (watches).
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }

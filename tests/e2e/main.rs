@@ -15,3 +15,4 @@ mod recovery;
 mod replication;
 mod sql;
 mod support;
+mod watch;
