@@ -9,6 +9,7 @@ pub(crate) mod ops;
 pub(crate) mod request;
 pub(crate) mod sql;
 pub(crate) mod state;
+pub(crate) mod ui;
 pub(crate) mod watch;
 
 pub use error::AppError;
@@ -53,6 +54,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .route("/v1/clusters/{id}/{facet}", post(clusters::append))
         .route(
             "/v1/clusters/{id}",
@@ -125,7 +129,7 @@ async fn bound_request(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/ui") {
         return next.run(req).await;
     }
     let Ok(_turn) = state.requests.clone().try_acquire_owned() else {

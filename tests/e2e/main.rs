@@ -15,4 +15,5 @@ mod recovery;
 mod replication;
 mod sql;
 mod support;
+mod ui;
 mod watch;
