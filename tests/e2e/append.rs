@@ -798,7 +798,10 @@ async fn an_oversized_change_is_refused_alone_and_its_group_commits() {
     let server = TestServer::start(cfg.clone()).await;
     let api = Api::new(&server);
     let mut huge = logical(2);
-    huge["config"] = json!({"blob": "x".repeat(8_000)});
+    huge["config"] = (0..8)
+        .map(|i| (format!("blob{i}"), json!("x".repeat(1_000))))
+        .collect::<serde_json::Map<String, Value>>()
+        .into();
     let items: Vec<Value> = ["lkc-big1", "lkc-big2", "lkc-big3"]
         .iter()
         .enumerate()
