@@ -212,6 +212,7 @@ mod tests {
     fn the_transactional_id_cannot_be_configured() {
         // In a jail: another test sets FLEETLEDGER_* variables in one, and the jails'
         // lock keeps this test from seeing them.
+        #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
         figment::Jail::expect_with(|_jail| {
             let err = Config::load(
                 None,
