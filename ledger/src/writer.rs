@@ -280,16 +280,24 @@ impl Writer {
             unknown(accepted);
             return;
         }
+        let mut waiting = Some(accepted);
         let in_time = {
             let recovery = self.recover_producer(queue, shutdown);
             tokio::pin!(recovery);
             tokio::select! {
                 () = &mut recovery => true,
                 () = tokio::time::sleep(OUTCOME_DEADLINE) => {
+                    // The callers are answered now; the recovery goes on.
+                    if let Some(accepted) = waiting.take() {
+                        unknown(accepted);
+                    }
                     recovery.await;
                     false
                 }
             }
+        };
+        let Some(accepted) = waiting else {
+            return;
         };
         if !in_time
             || self.status.recovering.load(Ordering::Acquire)
