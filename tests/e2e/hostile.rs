@@ -527,7 +527,8 @@ async fn fifty_hostile_requests_get_their_status_a_clear_message_and_write_nothi
 async fn slow_reads_stop_at_their_limit_and_a_flood_is_refused_not_queued() {
     let mut cfg = config(&unique_prefix("bounded"));
     cfg.max_concurrent_requests = 2;
-    cfg.read_timeout_ms = 1_500;
+    // Long enough that the flood's four requests overlap even on a busy machine.
+    cfg.read_timeout_ms = 5_000;
     cfg.queries.timeout_ms = 60_000;
     let server = crate::support::TestServer::start(cfg).await;
     let url = server.url();
@@ -553,7 +554,7 @@ async fn slow_reads_stop_at_their_limit_and_a_flood_is_refused_not_queued() {
         "{v}"
     );
     let flood: Vec<_> = (0..4).map(|_| tokio::spawn(slow())).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200, "ops routes are not bounded");
     let mut answers = Vec::new();
