@@ -279,17 +279,15 @@ pub async fn drop_topics(config: &KafkaConfig) -> anyhow::Result<()> {
 /// `{topic_prefix}.bench-raw`, with one transactional producer (`acks=all`, idempotent)
 /// and `per_txn` changes per transaction, one transaction after another. No validation,
 /// encoding or HTTP: the ceiling the batch append path is compared with.
-pub async fn raw_produce(
+/// Up to `changes` records of the history topic under test, as (partition, key, value).
+async fn history_sample(
     config: &KafkaConfig,
     changes: usize,
-    per_txn: usize,
-    figures: &Figures,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Vec<(i32, Vec<u8>, Vec<u8>)>> {
     use fleetledger_ledger::{KafkaClients, TopicLayout};
     use rdkafka::Message;
     use rdkafka::consumer::Consumer;
     use rdkafka::error::KafkaError;
-    use rdkafka::producer::{FutureRecord, Producer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
     let clients = KafkaClients::new(config.clone());
@@ -314,14 +312,59 @@ pub async fn raw_produce(
             }
         }
     }
-    drop(consumer);
     anyhow::ensure!(!records.is_empty(), "{} holds no records", layout.history);
+    Ok(records)
+}
 
+/// The scratch topics the raw baselines write to, beside the ones under test.
+async fn scratch_layout(
+    config: &KafkaConfig,
+) -> anyhow::Result<(
+    fleetledger_ledger::KafkaClients,
+    fleetledger_ledger::TopicLayout,
+)> {
+    let clients = fleetledger_ledger::KafkaClients::new(config.clone());
     let mut scratch = config.clone();
     scratch.topic_prefix = format!("{}.bench-raw", config.topic_prefix);
     scratch.schemas_topic = format!("{}.bench-raw._schemas", config.topic_prefix);
-    let target = TopicLayout::new(&scratch);
+    let target = fleetledger_ledger::TopicLayout::new(&scratch);
     target.ensure(&clients).await?;
+    Ok((clients, target))
+}
+
+/// The two records of one change, as the ledger writes them: the history record, and the
+/// same value under the state key (the history key without its version).
+fn change_records<'a>(
+    target: &'a fleetledger_ledger::TopicLayout,
+    (partition, key, value): &'a (i32, Vec<u8>, Vec<u8>),
+) -> [rdkafka::producer::FutureRecord<'a, [u8], [u8]>; 2] {
+    use rdkafka::producer::FutureRecord;
+    let state_key = key.rsplitn(2, |b| *b == b'/').nth(1).unwrap_or(key);
+    [
+        FutureRecord::to(&target.history)
+            .key(key.as_slice())
+            .payload(value.as_slice())
+            .partition(*partition),
+        FutureRecord::to(&target.state)
+            .key(state_key)
+            .payload(value.as_slice())
+            .partition(*partition),
+    ]
+}
+
+/// Raw rdkafka transactional produce of `changes` changes of the history under test
+/// (history record and state copy each), `per_txn` per transaction: the physical limit
+/// the ledger's batch appends are compared with.
+pub async fn raw_produce(
+    config: &KafkaConfig,
+    changes: usize,
+    per_txn: usize,
+    figures: &Figures,
+) -> anyhow::Result<f64> {
+    use rdkafka::producer::Producer;
+
+    let records = history_sample(config, changes).await?;
+    let (clients, target) = scratch_layout(config).await?;
     let txn_id = format!("{}-bench-raw-{}", config.client_id, std::process::id());
     let producer = clients.transactional_producer("bench-raw", &txn_id)?;
     let timeout = clients.config().request_timeout();
@@ -334,17 +377,8 @@ pub async fn raw_produce(
         let p = producer.clone();
         tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
         let mut pending = Vec::with_capacity(chunk.len() * 2);
-        for (partition, key, value) in chunk {
-            // The state key is the history key without its version suffix.
-            let state_key = key.rsplitn(2, |b| *b == b'/').nth(1).unwrap_or(key);
-            for (topic, k) in [
-                (&target.history, key.as_slice()),
-                (&target.state, state_key),
-            ] {
-                let rec = FutureRecord::to(topic)
-                    .key(k)
-                    .payload(value)
-                    .partition(*partition);
+        for change in chunk {
+            for rec in change_records(&target, change) {
                 pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
             }
         }
@@ -363,6 +397,74 @@ pub async fn raw_produce(
     );
     figures.record("produce.raw", rate, "changes/s")?;
     Ok(rate)
+}
+
+/// The floor under a single append: raw rdkafka transactions of one change each (its
+/// history record and state copy, as the ledger writes them), `transactions` in all, at
+/// each concurrency of `levels` (a transactional producer per concurrent writer, as
+/// transactions cannot overlap on one). Records p50 and p99 of the whole transaction,
+/// begin to committed, as `produce.raw.single.c{level}.p50|p99` (ms).
+pub async fn raw_single_commits(
+    config: &KafkaConfig,
+    levels: &[usize],
+    transactions: usize,
+    figures: &Figures,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer;
+
+    let records = std::sync::Arc::new(history_sample(config, transactions).await?);
+    let (clients, target) = scratch_layout(config).await?;
+    let timeout = clients.config().request_timeout();
+    for &level in levels {
+        let level = level.max(1);
+        let mut workers = Vec::new();
+        for w in 0..level {
+            let txn_id = format!(
+                "{}-bench-single-{}-{level}-{w}",
+                config.client_id,
+                std::process::id()
+            );
+            let producer = clients.transactional_producer("bench-single", &txn_id)?;
+            {
+                let p = producer.clone();
+                tokio::task::spawn_blocking(move || p.init_transactions(timeout)).await??;
+            }
+            let (records, target) = (records.clone(), target.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for change in records.iter().skip(w).step_by(level) {
+                    let started = Instant::now();
+                    let p = producer.clone();
+                    tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
+                    let mut pending = Vec::with_capacity(2);
+                    for rec in change_records(&target, change) {
+                        pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+                    }
+                    for f in pending {
+                        f.await?.map_err(|(e, _)| e)?;
+                    }
+                    let p = producer.clone();
+                    tokio::task::spawn_blocking(move || p.commit_transaction(timeout)).await??;
+                    latencies.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for w in workers {
+            latencies.extend(w.await??);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        let (p50, p99) = (at(0.5), at(0.99));
+        println!(
+            "raw single transactions at concurrency {level}: {} transactions, p50 {p50:.2} ms, p99 {p99:.2} ms",
+            latencies.len()
+        );
+        figures.record(&format!("produce.raw.single.c{level}.p50"), p50, "ms")?;
+        figures.record(&format!("produce.raw.single.c{level}.p99"), p99, "ms")?;
+    }
+    Ok(())
 }
 
 /// Recovery of one cluster among many, once for each of `ids` over HTTP: deletes it (as

@@ -98,6 +98,13 @@ enum Command {
         /// Changes per transaction (the ledger's `batch_max`).
         #[arg(long, default_value_t = 1000)]
         per_txn: usize,
+        /// Then this many single-change transactions at each of `--levels` (the floor
+        /// under a single append); 0 skips them.
+        #[arg(long, default_value_t = 0)]
+        singles: usize,
+        /// Concurrency levels of the single-change transactions.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        levels: Vec<usize>,
     },
     /// Measure recovery of one cluster among many: delete `{prefix}-{i}` (or each of
     /// `--ids`), then time its audit timeline, a dry run and the recovery.
@@ -204,10 +211,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Consume => drivers::raw_consume(&kafka_config()?, &Figures::from_env())
             .await
             .map(|_| ()),
-        Command::Produce { changes, per_txn } => {
-            drivers::raw_produce(&kafka_config()?, changes, per_txn, &Figures::from_env())
-                .await
-                .map(|_| ())
+        Command::Produce {
+            changes,
+            per_txn,
+            singles,
+            levels,
+        } => {
+            let (config, figures) = (kafka_config()?, Figures::from_env());
+            drivers::raw_produce(&config, changes, per_txn, &figures).await?;
+            if singles > 0 {
+                drivers::raw_single_commits(&config, &levels, singles, &figures).await?;
+            }
+            Ok(())
         }
         Command::Recover {
             api,

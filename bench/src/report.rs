@@ -153,6 +153,35 @@ impl Report {
             "consume.raw",
             0.6,
         ));
+        // The floor under a single append: one raw transaction of the same two records.
+        for (goal, ours, floor, max) in [
+            (
+                "single append p50 ≤ 1.5× one raw transaction's p50 (concurrency 1)",
+                "append.single.c1.p50",
+                "produce.raw.single.c1.p50",
+                1.5,
+            ),
+            (
+                "single append p99 ≤ 2× one raw transaction's p99 (concurrency 1)",
+                "append.single.c1.p99",
+                "produce.raw.single.c1.p99",
+                2.0,
+            ),
+        ] {
+            let r = self.ratio(ours, floor);
+            goals.push(Goal {
+                goal: goal.to_owned(),
+                measured: match r {
+                    Some(r) => format!(
+                        "{:.2} / {:.2} ms = {r:.2}×",
+                        self.get(ours).unwrap_or(0.0),
+                        self.get(floor).unwrap_or(0.0)
+                    ),
+                    None => "not measured".into(),
+                },
+                met: r.map(|r| r <= max),
+            });
+        }
         let sql: Vec<(&String, f64)> = self
             .figures
             .iter()
@@ -425,6 +454,13 @@ impl Report {
             if let Some(r) = self.ratio(&peer, &ours) {
                 let _ = writeln!(md, "| {ours} (latency, inverted) | {peer} | {r:.3} |");
             }
+            for q in ["p50", "p99"] {
+                let ours = format!("append.single.{level}.{q}");
+                let floor = format!("produce.raw.single.{level}.{q}");
+                if let Some(r) = self.ratio(&ours, &floor) {
+                    let _ = writeln!(md, "| {ours} (latency) | {floor} | {r:.3} |");
+                }
+            }
         }
         let _ = writeln!(
             md,
@@ -495,6 +531,10 @@ mod tests {
 {"name":"sql.1","label":"fleet by region"}
 {"name":"sql.1.p50","value":7,"unit":"ms"}
 {"name":"serve.restart","value":6.5,"unit":"s"}
+{"name":"append.single.c1.p50","value":6,"unit":"ms"}
+{"name":"produce.raw.single.c1.p50","value":3,"unit":"ms"}
+{"name":"append.single.c1.p99","value":10,"unit":"ms"}
+{"name":"produce.raw.single.c1.p99","value":6,"unit":"ms"}
 "#;
         let r = Report::parse(text).unwrap();
         assert_eq!(r.get("append.batch"), Some(5000.0));
@@ -504,13 +544,23 @@ mod tests {
             Some("fleet by region")
         );
         let met: Vec<Option<bool>> = r.goals.iter().map(|g| g.met).collect();
-        // batch 62.5% met; rebuild 10% missed; sql met; recovery not measured; restart
-        // 6.5 s missed; RSS not measured; no fleet figures: its 8 goals not measured.
+        // batch 62.5% met; rebuild 10% missed; single p50 2× its floor missed, p99
+        // 1.67× met; sql met; recovery not measured; restart 6.5 s missed; RSS not
+        // measured; no fleet figures: its 8 goals not measured.
         assert_eq!(
-            met[..6],
-            [Some(true), Some(false), Some(true), None, Some(false), None]
+            met[..8],
+            [
+                Some(true),
+                Some(false),
+                Some(false),
+                Some(true),
+                Some(true),
+                None,
+                Some(false),
+                None
+            ]
         );
-        assert_eq!(met[6..], [None; 8]);
+        assert_eq!(met[8..], [None; 8]);
         let md = r.markdown();
         assert!(md.contains("| commit | abc |"));
         assert!(md.contains("**missed**"));
