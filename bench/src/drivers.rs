@@ -352,6 +352,18 @@ fn change_records<'a>(
     ]
 }
 
+/// Waits (at most 50 ms) until librdkafka has released every delivered message, as the
+/// ledger's writer does before each commit: otherwise `commit_transaction`'s flush may poll
+/// for 100 ms for a message already delivered, and the baseline would carry a stall the
+/// ledger does not have.
+fn settle(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer;
+    let deadline = Instant::now() + Duration::from_millis(50);
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 /// Raw rdkafka transactional produce of `changes` changes of the history under test
 /// (history record and state copy each), `per_txn` per transaction: the physical limit
 /// the ledger's batch appends are compared with.
@@ -386,7 +398,11 @@ pub async fn raw_produce(
             f.await?.map_err(|(e, _)| e)?;
         }
         let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.commit_transaction(timeout)).await??;
+        tokio::task::spawn_blocking(move || {
+            settle(&p);
+            p.commit_transaction(timeout)
+        })
+        .await??;
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = records.len() as f64 / secs;
@@ -444,7 +460,11 @@ pub async fn raw_single_commits(
                         f.await?.map_err(|(e, _)| e)?;
                     }
                     let p = producer.clone();
-                    tokio::task::spawn_blocking(move || p.commit_transaction(timeout)).await??;
+                    tokio::task::spawn_blocking(move || {
+                        settle(&p);
+                        p.commit_transaction(timeout)
+                    })
+                    .await??;
                     latencies.push(started.elapsed().as_secs_f64() * 1e3);
                 }
                 Ok::<_, anyhow::Error>(latencies)
