@@ -122,7 +122,9 @@ impl Projections {
             key: String::new(),
             timestamp_ms: 0,
         });
-        if h.offset > mark.offset {
+        // At or after the mark: a record re-applied at the mark's own offset (after a
+        // rebuild) is the one that stands there now.
+        if h.offset >= mark.offset {
             mark.offset = h.offset;
             mark.key.clear();
             std::fmt::Write::write_fmt(&mut mark.key, format_args!("{key}")).ok();
@@ -185,6 +187,12 @@ impl Projections {
         }
         if let Some(o) = self.offsets.get_mut(&name) {
             o.clear();
+        }
+        // With nothing applied any more, the marks name nothing the projections rest on
+        // (the topic may be another one now: `project rebuild all` is how a re-created
+        // history is taken on).
+        if self.offsets.values().all(BTreeMap::is_empty) {
+            self.marks.clear();
         }
     }
 }

@@ -486,6 +486,32 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
         "{err:#}"
     );
 
+    // What the message says to do: rebuild every projection from what the topic holds
+    // now (`fleetledger project rebuild all`); then the start goes through.
+    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .args(["project", "rebuild", "all"])
+        .env(
+            "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
+            &cfg.kafka.bootstrap_servers,
+        )
+        .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
+        .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
+        .env(
+            "FLEETLEDGER_KAFKA__PARTITIONS",
+            cfg.kafka.partitions.to_string(),
+        )
+        .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
+        .env("FLEETLEDGER_LOG", "error")
+        .output()
+        .expect("the binary runs");
+    assert!(
+        rebuilt.status.success(),
+        "project rebuild all: {}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let server = TestServer::start(cfg.clone()).await;
+    server.stop().await;
+
     // The schema registry's topic is deleted while history exists: named, not re-created.
     delete_topics(&cfg, &[layout.schemas.as_str()]).await;
     let err = refused_start(&cfg).await;
