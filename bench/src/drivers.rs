@@ -364,6 +364,46 @@ fn settle(producer: &rdkafka::producer::FutureProducer) {
     }
 }
 
+/// A transactional producer of `txn_id`, initialised.
+async fn raw_producer(
+    clients: &fleetledger_ledger::KafkaClients,
+    txn_id: &str,
+) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+    use rdkafka::producer::Producer;
+    let producer = clients.transactional_producer("bench-raw", txn_id)?;
+    let (p, timeout) = (producer.clone(), clients.config().request_timeout());
+    tokio::task::spawn_blocking(move || p.init_transactions(timeout)).await??;
+    Ok(producer)
+}
+
+/// One raw transaction of `changes` (each its history record and state copy), committed.
+async fn raw_transaction(
+    producer: &rdkafka::producer::FutureProducer,
+    target: &fleetledger_ledger::TopicLayout,
+    changes: &[(i32, Vec<u8>, Vec<u8>)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer;
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
+    let mut pending = Vec::with_capacity(changes.len() * 2);
+    for change in changes {
+        for rec in change_records(target, change) {
+            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        settle(&p);
+        p.commit_transaction(timeout)
+    })
+    .await??;
+    Ok(())
+}
+
 /// Raw rdkafka transactional produce of `changes` changes of the history under test
 /// (history record and state copy each), `per_txn` per transaction: the physical limit
 /// the ledger's batch appends are compared with.
@@ -373,36 +413,14 @@ pub async fn raw_produce(
     per_txn: usize,
     figures: &Figures,
 ) -> anyhow::Result<f64> {
-    use rdkafka::producer::Producer;
-
     let records = history_sample(config, changes).await?;
     let (clients, target) = scratch_layout(config).await?;
     let txn_id = format!("{}-bench-raw-{}", config.client_id, std::process::id());
-    let producer = clients.transactional_producer("bench-raw", &txn_id)?;
+    let producer = raw_producer(&clients, &txn_id).await?;
     let timeout = clients.config().request_timeout();
-    {
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(timeout)).await??;
-    }
     let started = Instant::now();
     for chunk in records.chunks(per_txn.max(1)) {
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
-        let mut pending = Vec::with_capacity(chunk.len() * 2);
-        for change in chunk {
-            for rec in change_records(&target, change) {
-                pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
-            }
-        }
-        for f in pending {
-            f.await?.map_err(|(e, _)| e)?;
-        }
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || {
-            settle(&p);
-            p.commit_transaction(timeout)
-        })
-        .await??;
+        raw_transaction(&producer, &target, chunk, timeout).await?;
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = records.len() as f64 / secs;
@@ -426,8 +444,6 @@ pub async fn raw_single_commits(
     transactions: usize,
     figures: &Figures,
 ) -> anyhow::Result<()> {
-    use rdkafka::producer::Producer;
-
     let records = std::sync::Arc::new(history_sample(config, transactions).await?);
     let (clients, target) = scratch_layout(config).await?;
     let timeout = clients.config().request_timeout();
@@ -440,31 +456,14 @@ pub async fn raw_single_commits(
                 config.client_id,
                 std::process::id()
             );
-            let producer = clients.transactional_producer("bench-single", &txn_id)?;
-            {
-                let p = producer.clone();
-                tokio::task::spawn_blocking(move || p.init_transactions(timeout)).await??;
-            }
+            let producer = raw_producer(&clients, &txn_id).await?;
             let (records, target) = (records.clone(), target.clone());
             workers.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 for change in records.iter().skip(w).step_by(level) {
                     let started = Instant::now();
-                    let p = producer.clone();
-                    tokio::task::spawn_blocking(move || p.begin_transaction()).await??;
-                    let mut pending = Vec::with_capacity(2);
-                    for rec in change_records(&target, change) {
-                        pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
-                    }
-                    for f in pending {
-                        f.await?.map_err(|(e, _)| e)?;
-                    }
-                    let p = producer.clone();
-                    tokio::task::spawn_blocking(move || {
-                        settle(&p);
-                        p.commit_transaction(timeout)
-                    })
-                    .await??;
+                    raw_transaction(&producer, &target, std::slice::from_ref(change), timeout)
+                        .await?;
                     latencies.push(started.elapsed().as_secs_f64() * 1e3);
                 }
                 Ok::<_, anyhow::Error>(latencies)

@@ -488,19 +488,8 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
 
     // What the message says to do: rebuild every projection from what the topic holds
     // now (`fleetledger project rebuild all`); then the start goes through.
-    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+    let rebuilt = crate::support::fleetledger_command(&cfg)
         .args(["project", "rebuild", "all"])
-        .env(
-            "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
-            &cfg.kafka.bootstrap_servers,
-        )
-        .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
-        .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
-        .env(
-            "FLEETLEDGER_KAFKA__PARTITIONS",
-            cfg.kafka.partitions.to_string(),
-        )
-        .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
         .env("FLEETLEDGER_LOG", "error")
         .output()
         .expect("the binary runs");

@@ -102,6 +102,24 @@ pub(crate) fn free_port() -> u16 {
         .unwrap()
 }
 
+/// The `fleetledger` binary set up, through its environment, for `cfg`'s broker, topics
+/// and projection directory.
+pub(crate) fn fleetledger_command(cfg: &fleetledger::Config) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"));
+    c.env(
+        "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
+        &cfg.kafka.bootstrap_servers,
+    )
+    .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
+    .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
+    .env(
+        "FLEETLEDGER_KAFKA__PARTITIONS",
+        cfg.kafka.partitions.to_string(),
+    )
+    .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir);
+    c
+}
+
 /// A `fleetledger serve` process of the test's own, on a free port.
 pub(crate) struct ServeProcess {
     pub(crate) child: std::process::Child,
@@ -119,20 +137,9 @@ impl ServeProcess {
         port: u16,
         env: &[(&str, &str)],
     ) -> ServeProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        let child = fleetledger_command(cfg)
             .arg("serve")
             .env("FLEETLEDGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "FLEETLEDGER_KAFKA__BOOTSTRAP_SERVERS",
-                &cfg.kafka.bootstrap_servers,
-            )
-            .env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", &cfg.kafka.topic_prefix)
-            .env("FLEETLEDGER_KAFKA__SCHEMAS_TOPIC", &cfg.kafka.schemas_topic)
-            .env(
-                "FLEETLEDGER_KAFKA__PARTITIONS",
-                cfg.kafka.partitions.to_string(),
-            )
-            .env("FLEETLEDGER_PROJECTOR__DIR", &cfg.projector.dir)
             .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
             .env("FLEETLEDGER_AUTH__DEVELOPMENT_TOKENS", "true")
             .env(
