@@ -35,6 +35,9 @@ pub struct Config {
     /// API requests served at once; one more is answered 503 `overloaded` with
     /// `Retry-After` at once, so that one caller's flood cannot queue the others out.
     pub max_concurrent_requests: usize,
+    /// Watch streams open at once (each holds a Kafka consumer); one more is answered 503
+    /// `overloaded` with `Retry-After`.
+    pub max_watches: usize,
     /// Longest a read (a GET, or SQL) may take, in milliseconds (longer: 504; a write's
     /// limit is `ledger.answer_timeout_ms`, since a write cut short may have committed).
     pub read_timeout_ms: u64,
@@ -114,6 +117,7 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             max_body_bytes: 1 << 20,
             max_concurrent_requests: 512,
+            max_watches: 64,
             read_timeout_ms: 30_000,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
@@ -133,6 +137,7 @@ const KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "max_body_bytes",
     "max_concurrent_requests",
+    "max_watches",
     "read_timeout_ms",
     "auth",
     "ledger",

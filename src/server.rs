@@ -158,6 +158,8 @@ pub async fn start_with_clock(
             config.max_concurrent_requests.max(1),
         )),
         max_requests: config.max_concurrent_requests.max(1),
+        watches: Arc::new(tokio::sync::Semaphore::new(config.max_watches.max(1))),
+        max_watches: config.max_watches.max(1),
         read_timeout: std::time::Duration::from_millis(config.read_timeout_ms),
         started: AtomicBool::new(false),
         registry: OnceLock::new(),

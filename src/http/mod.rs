@@ -133,7 +133,8 @@ async fn bound_request(
         return next.run(req).await;
     }
     let Ok(_turn) = state.requests.clone().try_acquire_owned() else {
-        let mut r = AppError::new(
+        // A 503 of ours carries Retry-After.
+        return AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             format!(
@@ -142,11 +143,6 @@ async fn bound_request(
             ),
         )
         .into_response();
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return r;
     };
     let read = req.method() == axum::http::Method::GET || path == "/v1/sql";
     if !read {

@@ -25,6 +25,10 @@ pub struct AppState {
     /// Turns of the API's requests, `max_requests` of them (`max_concurrent_requests`).
     pub(crate) requests: std::sync::Arc<tokio::sync::Semaphore>,
     pub(crate) max_requests: usize,
+    /// Turns of the watch streams, `max_watches` of them: a stream outlives its request's
+    /// turn and holds a Kafka consumer, so it has a cap of its own.
+    pub(crate) watches: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(crate) max_watches: usize,
     /// Longest a read may take (`read_timeout_ms`).
     pub(crate) read_timeout: std::time::Duration,
     pub(crate) started: AtomicBool,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use fleetledger_ledger::watch::{WatchFilter, WatchPosition};
@@ -30,6 +30,17 @@ pub(crate) async fn watch(
 ) -> Result<Response, AppError> {
     let who = authenticated(&state, &headers)?;
     let q = query_params(pairs, &["facet", "cluster", "org", "from"])?;
+    // Held by the stream for as long as it runs.
+    let turn = state.watches.clone().try_acquire_owned().map_err(|_| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{} watches are open, the most allowed at once (max_watches); retry later",
+                state.max_watches
+            ),
+        )
+    })?;
     let ledger = ledger(&state)?;
     let facet: Option<Facet> = q.get("facet").map(|f| f.parse()).transpose()?;
     if let Some(c) = q.get("cluster") {
@@ -57,7 +68,8 @@ pub(crate) async fn watch(
             },
         )
         .await?;
-    let events = futures::stream::poll_fn(move |cx| changes.poll_recv(cx)).map(|change| {
+    let events = futures::stream::poll_fn(move |cx| changes.poll_recv(cx)).map(move |change| {
+        let _turn = &turn;
         Ok::<_, std::convert::Infallible>(match change {
             Ok(c) => Event::default()
                 .event("change")

@@ -149,3 +149,29 @@ async fn a_watch_streams_filtered_changes_and_resumes_without_skipping_or_repeat
     );
     server.stop().await;
 }
+
+/// A watch outlives its request, so watches have a cap of their own: one past
+/// `max_watches` is refused at once with 503 and Retry-After.
+#[tokio::test]
+async fn watches_beyond_their_cap_are_refused() {
+    let mut cfg = config(&unique_prefix("watchcap"));
+    cfg.max_watches = 1;
+    let server = TestServer::start(cfg).await;
+    let url = server.url();
+    let _open = Events::open(&url, "facet=status", None).await;
+    let r = reqwest::Client::new()
+        .get(format!("{url}/v1/watch"))
+        .bearer_auth("dev-sync")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "overloaded", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("max_watches"),
+        "{v}"
+    );
+    server.stop().await;
+}
