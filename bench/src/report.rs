@@ -100,11 +100,12 @@ impl Report {
         }
         for (name, f) in &mut report.figures {
             f.median = median(&f.samples);
+            // The label of the longest name that is the figure's or a prefix of it.
             f.label = labels
                 .iter()
                 .filter(|(prefix, _)| name == *prefix || name.starts_with(&format!("{prefix}.")))
-                .map(|(_, l)| l.clone())
-                .next();
+                .max_by_key(|(prefix, _)| prefix.len())
+                .map(|(_, l)| l.clone());
         }
         report.goals = report.judge();
         Ok(report)
@@ -529,6 +530,7 @@ mod tests {
 {"name":"rebuild","value":100,"unit":"records/s"}
 {"name":"consume.raw","value":1000,"unit":"records/s"}
 {"name":"sql.1","label":"fleet by region"}
+{"name":"sql","label":"every SQL example"}
 {"name":"sql.1.p50","value":7,"unit":"ms"}
 {"name":"serve.restart","value":6.5,"unit":"s"}
 {"name":"append.single.c1.p50","value":6,"unit":"ms"}
