@@ -82,9 +82,10 @@ with sync_playwright() as p:
     page.screenshot(path=shots + "/billing.png", full_page=True)
     # One cluster: its timeline (every record) and its state.
     page.click("#nav-cluster")
+    loaded(page, "cluster")
     page.fill("#cluster-id", cluster)
     page.click("#cluster-form button")
-    loaded(page, "cluster")
+    loaded(page, "cluster/" + cluster)
     [audit] = sql(f"SELECT count(*) AS n FROM audit_log WHERE cluster_id = '{cluster}'")
     timeline = table(page, "#cluster-timeline")
     check("timeline rows", len(timeline), audit["n"])
@@ -96,7 +97,7 @@ with sync_playwright() as p:
     first = timeline[0][0]
     page.fill("#cluster-at", first)
     page.click("#cluster-form button")
-    page.wait_for_function("t => document.querySelector('#cluster-point').textContent.includes(t)", arg=first)
+    loaded(page, "cluster/" + cluster + "@" + first)
     versions = [r[1] for r in table(page, "#cluster-state")]
     assert versions and all(v == "1" for v in versions), f"state at {first}: versions {versions}"
     assert not errors, "errors in the page: " + "; ".join(errors)

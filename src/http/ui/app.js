@@ -117,9 +117,11 @@ async function showCluster(id, at) {
   for (const td of $("cluster-timeline").querySelectorAll('td[data-column="diff"]')) td.className = "diff";
 }
 
-// Routes: #fleet, #billing, #cluster/ID or #cluster/ID@TIME.
+// Routes: #fleet, #billing, #cluster/ID or #cluster/ID@TIME. Once a route is shown,
+// `data-loaded` on the body names it (decoded), for whoever waits for the page.
 async function route() {
-  const [view, rest] = (location.hash.slice(1) || "fleet").split("/");
+  const shown = decodeURIComponent(location.hash.slice(1) || "fleet");
+  const [view, rest] = shown.split("/");
   for (const s of ["fleet", "billing", "cluster"]) {
     $(s).hidden = s !== view;
     $("nav-" + s).classList.toggle("active", s === view);
@@ -131,14 +133,14 @@ async function route() {
     if (view === "fleet") await showFleet();
     if (view === "billing") await showBilling();
     if (view === "cluster") {
-      const [id, at] = decodeURIComponent(rest || "").split("@");
+      const [id, at] = (rest || "").split("@");
       await showCluster(id, at);
     }
     say("");
   } catch (e) {
     say(e.message);
   }
-  document.body.dataset.loaded = view;
+  document.body.dataset.loaded = shown;
 }
 
 $("token-form").addEventListener("submit", (e) => {
