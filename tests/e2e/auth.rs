@@ -5,7 +5,7 @@ use fleetledger_ledger::principals::token_hash;
 use tokio_util::sync::CancellationToken;
 
 use crate::append::{Api, logical, status};
-use crate::support::{TestServer, config, unique_prefix};
+use crate::support::{TestServer, config, sql_as, tokens_file, unique_prefix};
 
 #[tokio::test]
 async fn without_a_tokens_file_the_service_starts_only_with_development_tokens_on_loopback() {
@@ -34,17 +34,7 @@ async fn without_a_tokens_file_the_service_starts_only_with_development_tokens_o
 #[tokio::test]
 async fn a_tokens_file_of_hashes_lets_in_its_tokens_and_nothing_else() {
     let mut cfg = config(&unique_prefix("tokensfile"));
-    let dir = std::env::temp_dir().join("fleetledger-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{}-tokens.toml", unique_prefix("t")));
-    std::fs::write(
-        &file,
-        format!(
-            "[tokens]\n\"{}\" = \"frontend\"\n",
-            token_hash("prod-frontend-secret")
-        ),
-    )
-    .unwrap();
+    let file = tokens_file(&[("prod-frontend-secret", "frontend", &[])]);
     cfg.auth.tokens_file = Some(file);
     cfg.auth.development_tokens = true; // a tokens file wins: no dev tokens then
     let server = TestServer::start(cfg).await;
@@ -72,19 +62,6 @@ async fn a_tokens_file_of_hashes_lets_in_its_tokens_and_nothing_else() {
     server.stop().await;
 }
 
-/// `POST /v1/sql` of `q` as `token`: status and answer.
-async fn sql_as(api_url: &str, token: &str, q: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{api_url}/v1/sql"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "sql": q }))
-        .send()
-        .await
-        .unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.json().await.unwrap_or_default())
-}
-
 /// A token limited to an org sees and changes only that org: another org's cluster is not
 /// found (reads, writes, deletes, batch items), a change naming another org is refused,
 /// and every SQL table (joins included) holds only its org's rows; nothing it was refused
@@ -92,19 +69,11 @@ async fn sql_as(api_url: &str, token: &str, q: &str) -> (u16, serde_json::Value)
 #[tokio::test]
 async fn a_token_limited_to_an_org_sees_and_changes_only_that_org() {
     let mut cfg = config(&unique_prefix("scopes"));
-    let dir = std::env::temp_dir().join("fleetledger-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{}-tokens.toml", unique_prefix("s")));
-    std::fs::write(
-        &file,
-        format!(
-            "[tokens]\n\"{}\" = \"frontend\"\n\"{}\" = \"sync\"\n\"{}\" = {{ principal = \"frontend\", orgs = [\"org-a\"] }}\n",
-            token_hash("ops-frontend"),
-            token_hash("ops-sync"),
-            token_hash("tenant-a"),
-        ),
-    )
-    .unwrap();
+    let file = tokens_file(&[
+        ("ops-frontend", "frontend", &[]),
+        ("ops-sync", "sync", &[]),
+        ("tenant-a", "frontend", &["org-a"]),
+    ]);
     cfg.auth.tokens_file = Some(file);
     let server = TestServer::start(cfg).await;
     let api = Api::new(&server);

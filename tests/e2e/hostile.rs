@@ -11,7 +11,7 @@ use rdkafka::consumer::Consumer;
 use serde_json::{Value, json};
 
 use crate::append::{logical, status};
-use crate::support::{ServeProcess, config, free_port, unique_prefix};
+use crate::support::{ServeProcess, config, free_port, tokens_file, unique_prefix};
 
 /// One hostile request and what it must get.
 struct Case {
@@ -100,28 +100,15 @@ fn import_line(ts: &str) -> Value {
 #[tokio::test]
 async fn fifty_hostile_requests_get_their_status_a_clear_message_and_write_nothing() {
     let cfg = config(&unique_prefix("hostile"));
-    let dir = std::env::temp_dir().join("fleetledger-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tokens = dir.join(format!("{}-tokens.toml", unique_prefix("h")));
-    let mut lines = String::from("[tokens]\n");
-    for p in [
-        "frontend",
-        "sync",
-        "physical-controller",
-        "capacity-controller",
-        "recovery",
-        "import",
-    ] {
-        lines.push_str(&format!(
-            "\"{}\" = \"{p}\"\n",
-            token_hash(&format!("ops-{p}"))
-        ));
-    }
-    lines.push_str(&format!(
-        "\"{}\" = {{ principal = \"frontend\", orgs = [\"org-a\"] }}\n",
-        token_hash("tenant-a")
-    ));
-    std::fs::write(&tokens, lines).unwrap();
+    let tokens = tokens_file(&[
+        ("ops-frontend", "frontend", &[]),
+        ("ops-sync", "sync", &[]),
+        ("ops-physical-controller", "physical-controller", &[]),
+        ("ops-capacity-controller", "capacity-controller", &[]),
+        ("ops-recovery", "recovery", &[]),
+        ("ops-import", "import", &[]),
+        ("tenant-a", "frontend", &["org-a"]),
+    ]);
     let port = free_port();
     let serve = ServeProcess::spawn_with(
         &cfg,

@@ -86,14 +86,8 @@ async fn prometheus_scrapes_what_the_service_did() {
         .await;
     assert_eq!(st, 422);
     for (q, want) in [("SELECT 1", 200), ("SELECT nope FROM nowhere", 400)] {
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/sql", server.url()))
-            .bearer_auth("dev-sync")
-            .json(&serde_json::json!({ "sql": q }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), want);
+        let (st, _) = crate::support::sql_as(&server.url(), "dev-sync", q).await;
+        assert_eq!(st, want);
     }
     // The shipped alerting rules are valid.
     let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");

@@ -26,15 +26,7 @@ fn readme_example(title: &str) -> String {
 }
 
 async fn sql(server: &TestServer, q: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/sql", server.url()))
-        .bearer_auth("dev-sync")
-        .json(&json!({ "sql": q }))
-        .send()
-        .await
-        .unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.json().await.unwrap_or(Value::Null))
+    crate::support::sql_as(&server.url(), "dev-sync", q).await
 }
 
 fn logical_in(org: &str, region: &str, cku: i64) -> Value {

@@ -319,3 +319,40 @@ pub(crate) fn with_fields(
     }
     figures
 }
+
+/// A tokens file of the test's own holding, for each `(token, principal, orgs)`, the
+/// token's hash and its principal, limited to `orgs` when some are given; its path.
+pub(crate) fn tokens_file(entries: &[(&str, &str, &[&str])]) -> std::path::PathBuf {
+    use fleetledger_ledger::principals::token_hash;
+    let dir = std::env::temp_dir().join("fleetledger-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-tokens.toml", unique_prefix("tokens")));
+    let mut text = String::from("[tokens]\n");
+    for (token, principal, orgs) in entries {
+        let value = if orgs.is_empty() {
+            format!("\"{principal}\"")
+        } else {
+            let orgs: Vec<String> = orgs.iter().map(|o| format!("\"{o}\"")).collect();
+            format!(
+                "{{ principal = \"{principal}\", orgs = [{}] }}",
+                orgs.join(", ")
+            )
+        };
+        text.push_str(&format!("\"{}\" = {value}\n", token_hash(token)));
+    }
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// `POST /v1/sql` of `q` to the service at `url` as `token`: status and answer.
+pub(crate) async fn sql_as(url: &str, token: &str, q: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/sql"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "sql": q }))
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    (st, resp.json().await.unwrap_or(serde_json::Value::Null))
+}

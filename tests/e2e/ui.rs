@@ -48,18 +48,13 @@ async fn the_dashboard_shows_what_sql_says() {
         serde_json::from_str(String::from_utf8_lossy(&text).lines().next().unwrap()).unwrap();
     let cluster = first["cluster_id"].as_str().unwrap().to_owned();
     let lines = String::from_utf8_lossy(&text).lines().count() as u64;
-    let http = reqwest::Client::new();
     for _ in 0..200 {
-        let v: serde_json::Value = http
-            .post(format!("{}/v1/sql", server.url()))
-            .bearer_auth("dev-sync")
-            .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM audit_log"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, v) = crate::support::sql_as(
+            &server.url(),
+            "dev-sync",
+            "SELECT count(*) AS n FROM audit_log",
+        )
+        .await;
         if v["rows"][0]["n"].as_u64() == Some(lines) {
             break;
         }
