@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use fleetledger_projectors::{ProjectionName, Projections, ServiceViews};
 use futures::StreamExt;
 use tokio::sync::RwLock;
@@ -87,6 +90,17 @@ pub struct QueryEngine {
     now_ms: NowMs,
     turns: Arc<tokio::sync::Semaphore>,
     metrics: crate::metrics::QueryMetrics,
+}
+
+/// A statement planned but not run: what a PostgreSQL client's `Parse` and `Describe`
+/// learn before any row is read.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    /// The types of its parameters `$1`, `$2`, … in order; `None` where the statement
+    /// does not say (`SELECT $1`), so the value's own type is taken.
+    pub params: Vec<Option<DataType>>,
+    /// The columns of its answer.
+    pub schema: SchemaRef,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -189,6 +203,38 @@ fn classify(e: DataFusionError, tables: &[String], limits: &QueryLimits) -> Erro
     }
 }
 
+/// Whether `plan` has parameters (`$1`, …) to bind.
+fn plan_has_params(plan: &LogicalPlan) -> bool {
+    plan.get_parameter_types().is_ok_and(|t| !t.is_empty())
+}
+
+/// `plan` with its parameters replaced by `params`, each cast to the parameter's type
+/// where the plan infers one; a statement given too few or too many values is invalid.
+fn bind(plan: LogicalPlan, params: &[ScalarValue]) -> datafusion::error::Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    if types.len() != params.len() {
+        return Err(DataFusionError::Plan(format!(
+            "the statement has {} parameters and {} values were given; give one value for each of $1 … ${}",
+            types.len(),
+            params.len(),
+            types.len()
+        )));
+    }
+    let values = params
+        .iter()
+        .enumerate()
+        .map(
+            |(i, v)| match types.get(&format!("${}", i + 1)).cloned().flatten() {
+                Some(t) if t != v.data_type() => v.cast_to(&t).map_err(|e| {
+                    DataFusionError::Plan(format!("parameter ${} is not a {t}: {e}", i + 1))
+                }),
+                _ => Ok(v.clone()),
+            },
+        )
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    plan.with_param_values(values)
+}
+
 impl QueryEngine {
     /// An engine over `projections`: tables `clusters`, `billing_hours`, `audit_log` and one
     /// per service view. `now_ms` is the time the open billing hour extends to.
@@ -236,6 +282,17 @@ impl QueryEngine {
             tables.push(name);
         }
         tables.sort();
+        let described: Vec<(String, SchemaRef)> = snapshots
+            .iter()
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    datafusion::catalog::TableProvider::schema(t.as_ref()),
+                )
+            })
+            .collect();
+        crate::pg_catalog::register(&ctx, &described)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(QueryEngine {
             ctx,
             config,
@@ -275,14 +332,21 @@ impl QueryEngine {
         };
         let orgs = Arc::new(orgs.clone());
         let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+        let mut described = Vec::new();
         for (name, table) in &self.sources {
             if let Some(scoped) =
                 ScopedTable::new(table.clone(), orgs.clone(), self.projections.clone())
             {
+                described.push((
+                    name.clone(),
+                    datafusion::catalog::TableProvider::schema(&scoped),
+                ));
                 ctx.register_table(name.as_str(), Arc::new(scoped))
                     .map_err(|e| Error::Internal(e.to_string()))?;
             }
         }
+        crate::pg_catalog::register(&ctx, &described)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(ctx)
     }
 
@@ -291,8 +355,20 @@ impl QueryEngine {
     /// [`Error::NotReadOnly`]; a query over the time or row limit stops with
     /// [`Error::Timeout`] or [`Error::TooManyRows`].
     pub async fn query_as(&self, sql: &str, scope: &Scope) -> Result<QueryOutput> {
+        self.query_with(sql, &[], scope).await
+    }
+
+    /// [`query_as`](Self::query_as) for a statement with parameters `$1`, `$2`, …, bound
+    /// to `params` in order (each cast to the type [`prepare`](Self::prepare) reported, if
+    /// it differs). A statement without parameters takes `&[]`.
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        params: &[ScalarValue],
+        scope: &Scope,
+    ) -> Result<QueryOutput> {
         let started = std::time::Instant::now();
-        let answer = self.run(sql, scope).await;
+        let answer = self.run(sql, params, scope).await;
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
@@ -305,8 +381,60 @@ impl QueryEngine {
         answer
     }
 
-    async fn run(&self, sql: &str, scope: &Scope) -> Result<QueryOutput> {
-        let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
+    /// Plans `sql` for a caller of `scope` without running it: its parameters' types and
+    /// its answer's columns. Refused as [`query_as`](Self::query_as) would refuse it (too
+    /// large or complex, not read-only, invalid), within the time limit.
+    pub async fn prepare(&self, sql: &str, scope: &Scope) -> Result<PreparedQuery> {
+        let ctx = self.session_for(scope)?;
+        let planned = async {
+            let (_, plan) = self.plan(&ctx, sql).await?;
+            let types = plan
+                .get_parameter_types()
+                .map_err(|e| classify(e, &self.tables, &self.limits))?;
+            let count = types
+                .keys()
+                .filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok())
+                .max()
+                .unwrap_or(0);
+            let params = (1..=count)
+                .map(|i| types.get(&format!("${i}")).cloned().flatten())
+                .collect();
+            Ok(PreparedQuery {
+                params,
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+            })
+        };
+        match tokio::time::timeout(self.limits.timeout, planned).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                limit_ms: self.limits.timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// The checked plan of one statement in `ctx`: within the size and shape limits, valid
+    /// and read-only.
+    async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<(SessionState, LogicalPlan)> {
+        self.check_shape(sql)?;
+        let mut state = ctx.state();
+        // SQL's now() (and current_date, …) is the injected clock's time, the same
+        // "now" the open billing hour extends to.
+        state.execution_props_mut().query_execution_start_time =
+            chrono::DateTime::from_timestamp_millis((self.now_ms)());
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| classify(e, &self.tables, &self.limits))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| Error::NotReadOnly(e.to_string()))?;
+        Ok((state, plan))
+    }
+
+    fn check_shape(&self, sql: &str) -> Result<()> {
         if sql.len() > self.limits.max_sql_bytes {
             return Err(Error::TooComplex(format!(
                 "the statement is {} bytes, more than the limit of {} (queries.max_sql_bytes)",
@@ -327,6 +455,12 @@ impl QueryEngine {
                 self.limits.max_depth
             )));
         }
+        Ok(())
+    }
+
+    async fn run(&self, sql: &str, params: &[ScalarValue], scope: &Scope) -> Result<QueryOutput> {
+        let span = tracing::info_span!("sql", sql = %sql.chars().take(200).collect::<String>());
+        self.check_shape(sql)?;
         let _turn = tokio::time::timeout(self.limits.queue_wait, self.turns.acquire())
             .await
             .ok()
@@ -336,21 +470,10 @@ impl QueryEngine {
             })?;
         let ctx = self.session_for(scope)?;
         let run = async {
-            let mut state = ctx.state();
-            // SQL's now() (and current_date, …) is the injected clock's time, the same
-            // "now" the open billing hour extends to.
-            state.execution_props_mut().query_execution_start_time =
-                chrono::DateTime::from_timestamp_millis((self.now_ms)());
-            let plan = state
-                .create_logical_plan(sql)
-                .await
-                .map_err(|e| classify(e, &self.tables, &self.limits))?;
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-                .verify_plan(&plan)
-                .map_err(|e| Error::NotReadOnly(e.to_string()))?;
+            let (state, mut plan) = self.plan(&ctx, sql).await?;
+            if !params.is_empty() || plan_has_params(&plan) {
+                plan = bind(plan, params).map_err(|e| classify(e, &self.tables, &self.limits))?;
+            }
             let df = datafusion::dataframe::DataFrame::new(state, plan);
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df
@@ -579,6 +702,126 @@ mod tests {
             rows(tables, org1.clone()).await,
             rows(tables, Scope::All).await
         );
+    }
+
+    #[tokio::test]
+    async fn a_prepared_statement_reports_its_types_and_binds_its_values() {
+        let e = engine(1000).await;
+        let sql = "SELECT cluster_id, logical_version FROM clusters WHERE cluster_id = $1 AND logical_version >= $2";
+        let p = e.prepare(sql, &Scope::All).await.unwrap();
+        assert_eq!(p.params, vec![Some(DataType::Utf8), Some(DataType::Int64)]);
+        let names: Vec<&str> = p
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["cluster_id", "logical_version"]);
+        let bound = |params: Vec<ScalarValue>| {
+            let e = e.clone();
+            async move { e.query_with(sql, &params, &Scope::All).await }
+        };
+        let out = bound(vec![
+            ScalarValue::from("lkc-b"),
+            ScalarValue::Int64(Some(1)),
+        ])
+        .await
+        .unwrap();
+        let rows = crate::to_json_rows(&out.schema, &out.batches).unwrap()["rows"].clone();
+        assert_eq!(
+            rows,
+            serde_json::json!([{"cluster_id": "lkc-b", "logical_version": 1}])
+        );
+        // A value given as text is cast to the parameter's type, as a PostgreSQL client's
+        // text-format parameter is.
+        let out = bound(vec![ScalarValue::from("lkc-a"), ScalarValue::from("1")])
+            .await
+            .unwrap();
+        assert_eq!(out.rows, 1);
+        let e1 = bound(vec![ScalarValue::from("lkc-a"), ScalarValue::from("one")])
+            .await
+            .unwrap_err();
+        assert!(e1.to_string().contains("$2"), "{e1}");
+        let e2 = bound(vec![ScalarValue::from("lkc-a")]).await.unwrap_err();
+        assert!(e2.to_string().contains("2 parameters and 1 values"), "{e2}");
+        // A write is refused when prepared, not only when run.
+        let w = e
+            .prepare("DELETE FROM clusters", &Scope::All)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(w, Error::NotReadOnly(_) | Error::Invalid(_)),
+            "{w}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pg_catalog_lists_each_table_and_its_columns_as_drivers_ask() {
+        let e = engine(1000).await;
+        let rows = |sql: &'static str| {
+            let e = e.clone();
+            async move {
+                let out = e
+                    .query(sql)
+                    .await
+                    .unwrap_or_else(|err| panic!("{sql}: {err}"));
+                crate::to_json_rows(&out.schema, &out.batches).unwrap()["rows"].clone()
+            }
+        };
+        // The shape of the JDBC driver's DatabaseMetaData.getTables query.
+        let tables = rows(
+            "SELECT NULL AS table_cat, n.nspname AS table_schem, c.relname AS table_name, \
+             CASE n.nspname ~ '^pg_' OR n.nspname = 'information_schema' WHEN true THEN 'SYSTEM TABLE' \
+             WHEN false THEN CASE c.relkind WHEN 'r' THEN 'TABLE' ELSE NULL END ELSE NULL END AS table_type, \
+             d.description AS remarks \
+             FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_description d ON (c.oid = d.objoid AND d.objsubid = 0) \
+             WHERE c.relnamespace = n.oid AND c.relname LIKE '%' \
+             AND (false OR (c.relkind = 'r' AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema')) \
+             ORDER BY table_type, table_schem, table_name",
+        )
+        .await;
+        let names: Vec<&str> = tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["table_name"].as_str().unwrap())
+            .collect();
+        let mut expected: Vec<&str> = e.tables().iter().map(String::as_str).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        assert!(
+            tables
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["table_type"] == "TABLE")
+        );
+        // Columns with their types, in order (the shape of getColumns).
+        let cols = rows(
+            "SELECT a.attname, a.attnum, t.typname, format_type(a.atttypid, a.atttypmod) AS ft \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             JOIN pg_catalog.pg_type t ON a.atttypid = t.oid \
+             WHERE c.relname = 'clusters' AND a.attnum > 0 AND NOT a.attisdropped \
+             AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY a.attnum",
+        )
+        .await;
+        let out = e.query("SELECT * FROM clusters LIMIT 0").await.unwrap();
+        let cols = cols.as_array().unwrap();
+        assert_eq!(cols.len(), out.schema.fields().len());
+        for (c, f) in cols.iter().zip(out.schema.fields()) {
+            assert_eq!(c["attname"], f.name().as_str());
+            assert_eq!(
+                c["typname"],
+                crate::pg_catalog::pg_type_of(f.data_type()).name
+            );
+            assert_eq!(c["ft"], c["typname"]);
+        }
+        let who =
+            rows("SELECT current_database() AS d, current_schema() AS s, version() AS v").await;
+        assert_eq!(who[0]["d"], "fleetledger");
+        assert_eq!(who[0]["s"], "public");
+        assert!(who[0]["v"].as_str().unwrap().starts_with("PostgreSQL 16"));
     }
 
     #[tokio::test]

@@ -7,9 +7,10 @@ mod engine;
 mod error;
 pub mod metrics;
 mod output;
+pub mod pg_catalog;
 mod tables;
 
-pub use engine::{QueryEngine, QueryLimits, QueryOutput};
+pub use engine::{PreparedQuery, QueryEngine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};
 pub use metrics::QueryMetrics;
 pub use output::{ipc_to_table, to_csv, to_ipc, to_json_rows};
