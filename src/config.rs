@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: String,
+    /// Address the PostgreSQL protocol listens on (psql, drivers, BI tools; the same
+    /// read-only SQL as `/v1/sql`); empty: not served.
+    pub pg_listen: String,
+    /// PostgreSQL sessions open at once; one more is refused at login (SQLSTATE 53300).
+    pub pg_max_connections: usize,
     /// Kafka connection and topic layout.
     pub kafka: KafkaConfig,
     /// Serve the embedded Confluent-compatible schema registry under `/registry`.
@@ -111,6 +116,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7070".into(),
+            pg_listen: "127.0.0.1:5433".into(),
+            pg_max_connections: 64,
             kafka: KafkaConfig::default(),
             embedded_registry: true,
             schema_registry_url: None,
@@ -131,6 +138,8 @@ impl Default for Config {
 /// the scripts' `FLEETLEDGER_KAFKA_PORT`) are not mistaken for configuration.
 const KEYS: &[&str] = &[
     "listen",
+    "pg_listen",
+    "pg_max_connections",
     "kafka",
     "embedded_registry",
     "schema_registry_url",

@@ -40,6 +40,8 @@ use tokio_util::task::TaskTracker;
 pub struct RunningServer {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The address of the PostgreSQL protocol, if `pg_listen` is set.
+    pub pg_addr: Option<SocketAddr>,
     /// Its state, for readiness checks in tests.
     pub state: Arc<AppState>,
     tracker: TaskTracker,
@@ -105,11 +107,14 @@ fn tokens_of(config: &Config, ownership: &Ownership) -> anyhow::Result<Tokens> {
     if let Some(f) = &config.auth.tokens_file {
         return Ok(Tokens::from_file(f)?);
     }
-    let loopback = config
-        .listen
-        .parse::<SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback())
-        || config.listen.starts_with("localhost:");
+    let on_loopback = |listen: &str| {
+        listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+            || listen.starts_with("localhost:")
+    };
+    let loopback = on_loopback(&config.listen)
+        && (config.pg_listen.is_empty() || on_loopback(&config.pg_listen));
     match (config.auth.development_tokens, loopback) {
         (true, true) => {
             tracing::warn!(
@@ -118,8 +123,9 @@ fn tokens_of(config: &Config, ownership: &Ownership) -> anyhow::Result<Tokens> {
             Ok(Tokens::development(ownership))
         }
         (true, false) => anyhow::bail!(
-            "development tokens are refused on {}: they are for a service on loopback (127.0.0.1) only; configure auth.tokens_file",
-            config.listen
+            "development tokens are refused on {} (PostgreSQL protocol: {}): they are for a service on loopback (127.0.0.1) only; configure auth.tokens_file",
+            config.listen,
+            config.pg_listen
         ),
         (false, _) => anyhow::bail!(
             "no tokens file: set auth.tokens_file (FLEETLEDGER_AUTH__TOKENS_FILE) to a file of token hashes (fleetledger token create PRINCIPAL makes one), or, on loopback only, auth.development_tokens = true"
@@ -142,6 +148,18 @@ pub async fn start_with_clock(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let pg_listener = match config.pg_listen.as_str() {
+        "" => None,
+        a => Some(TcpListener::bind(a).await.with_context(|| {
+            format!(
+                "cannot listen on {a} for the PostgreSQL protocol (pg_listen; empty turns it off)"
+            )
+        })?),
+    };
+    let pg_addr = pg_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let clients = KafkaClients::new(config.kafka.clone());
     let layout = TopicLayout::new(&config.kafka);
     let ledger_metrics = fleetledger_ledger::metrics::LedgerMetrics::default();
@@ -181,6 +199,16 @@ pub async fn start_with_clock(
         }
     });
     tracing::info!(%addr, "listening");
+    if let Some(pg) = pg_listener {
+        tracing::info!(addr = ?pg_addr, "PostgreSQL protocol listening");
+        crate::postgres::serve(
+            pg,
+            state.clone(),
+            config.pg_max_connections,
+            shutdown.clone(),
+            &tracker,
+        );
+    }
 
     let registry_url = config.schema_registry_url.clone();
     let serves_registry = config.serves_registry();
@@ -236,6 +264,7 @@ pub async fn start_with_clock(
 
     Ok(RunningServer {
         addr,
+        pg_addr,
         state,
         tracker,
         shutdown,

@@ -422,7 +422,7 @@ impl QueryEngine {
         state.execution_props_mut().query_execution_start_time =
             chrono::DateTime::from_timestamp_millis((self.now_ms)());
         let plan = state
-            .create_logical_plan(sql)
+            .create_logical_plan(&crate::pg_catalog::pg_dialect(sql))
             .await
             .map_err(|e| classify(e, &self.tables, &self.limits))?;
         SQLOptions::new()

@@ -10,6 +10,11 @@ mod output;
 pub mod pg_catalog;
 mod tables;
 
+/// The Arrow arrays and types of [`QueryOutput`] (DataFusion's), for callers that encode
+/// answers themselves.
+pub use datafusion::arrow;
+/// A value bound to a statement's parameter ([`QueryEngine::query_with`]).
+pub use datafusion::common::ScalarValue;
 pub use engine::{PreparedQuery, QueryEngine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};
 pub use metrics::QueryMetrics;

@@ -101,15 +101,15 @@ const TYPES: [PgType; 12] = [
 ];
 
 /// The PostgreSQL type a column of Arrow type `t` is sent as. Unsigned integers widen to
-/// the next signed type (`UInt64` to `numeric`); types PostgreSQL has no plain equivalent
-/// for (lists, structs, intervals, durations) are sent as their text.
+/// the next signed type; `UInt64` and decimals are sent as their exact decimal `text`
+/// (cast them to `DOUBLE` for a number); types PostgreSQL has no plain equivalent for
+/// (lists, structs, intervals, durations) are sent as their text.
 pub fn pg_type_of(t: &DataType) -> PgType {
     match t {
         DataType::Boolean => BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => INT2,
         DataType::Int32 | DataType::UInt16 => INT4,
         DataType::Int64 | DataType::UInt32 => INT8,
-        DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => NUMERIC,
         DataType::Float16 | DataType::Float32 => FLOAT4,
         DataType::Float64 => FLOAT8,
         DataType::Date32 | DataType::Date64 => DATE,
@@ -602,9 +602,135 @@ pub(crate) fn register(ctx: &SessionContext, tables: &[(String, SchemaRef)]) -> 
     Ok(())
 }
 
+/// Oids of the catalog tables a driver names with `'name'::regclass`.
+const CATALOG_OIDS: [(&str, i32); 5] = [
+    ("pg_class", PG_CLASS_OID),
+    ("pg_type", 1247),
+    ("pg_attribute", 1249),
+    ("pg_proc", 1255),
+    ("pg_namespace", 2615),
+];
+
+/// `sql` with the PostgreSQL casts drivers send in their catalog queries that DataFusion
+/// has no type for: `'pg_class'::regclass` (and the other catalog tables of
+/// [`CATALOG_OIDS`]) becomes the table's oid, `::oid` becomes `::INT`, and the
+/// parameterless `current_catalog` becomes `current_database()`. Text in string
+/// literals, quoted identifiers and comments is left as it is; other casts are left to
+/// the engine (which names the type it does not know).
+pub(crate) fn pg_dialect(sql: &str) -> std::borrow::Cow<'_, str> {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("::regclass")
+        && !lower.contains("::oid")
+        && !lower.contains("current_catalog")
+    {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let (mut i, mut literal_start) = (0, None::<usize>);
+    let ends_word = |j: usize| {
+        !bytes
+            .get(j)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    };
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\'' | b'"' => {
+                let end = sql[i + 1..]
+                    .find(c as char)
+                    .map_or(sql.len(), |e| i + 1 + e + 1);
+                if c == b'\'' {
+                    literal_start = Some(out.len());
+                }
+                out.push_str(&sql[i..end]);
+                i = end;
+                continue;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                let end = sql[i..].find('\n').map_or(sql.len(), |e| i + e);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b':' if lower[i..].starts_with("::regclass") && ends_word(i + 10) => {
+                let oid = literal_start.filter(|s| out.len() > *s).and_then(|s| {
+                    let name = out[s..]
+                        .trim_matches('\'')
+                        .trim_start_matches("pg_catalog.");
+                    CATALOG_OIDS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, o)| (s, *o))
+                });
+                match oid {
+                    Some((s, o)) => {
+                        out.truncate(s);
+                        out.push_str(&o.to_string());
+                    }
+                    None => out.push_str("::regclass"),
+                }
+                i += 10;
+            }
+            b':' if lower[i..].starts_with("::oid") && ends_word(i + 5) => {
+                out.push_str("::INT");
+                i += 5;
+            }
+            c if (c.is_ascii_alphabetic() || c == b'_')
+                && (i == 0 || ends_word(i - 1) && bytes[i - 1] != b'.') =>
+            {
+                let len = sql[i..]
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .unwrap_or(sql.len() - i);
+                let word = &sql[i..i + len];
+                if word.eq_ignore_ascii_case("current_catalog") {
+                    out.push_str("current_database()");
+                } else {
+                    out.push_str(word);
+                }
+                i += len;
+            }
+            _ => {
+                let ch = sql[i..].chars().next().unwrap_or(' ');
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+        if !matches!(c, b'\'' | b'"') {
+            literal_start = None;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_casts_become_what_datafusion_reads_and_literals_stay() {
+        assert_eq!(
+            pg_dialect("SELECT 1 WHERE d.classoid = 'pg_class'::regclass AND c.oid::oid = 1"),
+            "SELECT 1 WHERE d.classoid = 1259 AND c.oid::INT = 1"
+        );
+        assert_eq!(
+            pg_dialect("SELECT '::oid', \"x::regclass\" -- ::oid\nFROM t"),
+            "SELECT '::oid', \"x::regclass\" -- ::oid\nFROM t"
+        );
+        // A relation the catalog has no oid for is left for the engine to refuse by name.
+        assert_eq!(
+            pg_dialect("SELECT 'clusters'::regclass"),
+            "SELECT 'clusters'::regclass"
+        );
+        assert_eq!(pg_dialect("SELECT x::oidx"), "SELECT x::oidx");
+        assert_eq!(
+            pg_dialect("select current_catalog, t.current_catalog, current_catalogs"),
+            "select current_database(), t.current_catalog, current_catalogs"
+        );
+        assert!(matches!(
+            pg_dialect("SELECT 1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn every_arrow_type_of_the_tables_has_a_pg_type_that_binds_back() {

@@ -239,6 +239,9 @@ pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long)]
     listen: Option<String>,
+    /// Address of the PostgreSQL protocol [default: 127.0.0.1:5433; empty: off].
+    #[arg(long)]
+    pg_listen: Option<String>,
     /// Kafka bootstrap servers [default: 127.0.0.1:9092].
     #[arg(long)]
     bootstrap_servers: Option<String>,
@@ -259,6 +262,9 @@ impl ServeArgs {
         let mut kafka = Map::new();
         if let Some(v) = &self.listen {
             top.insert("listen".into(), json!(v));
+        }
+        if let Some(v) = &self.pg_listen {
+            top.insert("pg_listen".into(), json!(v));
         }
         if let Some(v) = &self.schema_registry_url {
             top.insert("schema_registry_url".into(), json!(v));

@@ -27,6 +27,7 @@ pub(crate) fn unique_prefix(name: &str) -> String {
 pub(crate) fn config(prefix: &str) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
+        pg_listen: "127.0.0.1:0".into(),
         shutdown_timeout_ms: 5_000,
         ..Config::default()
     };
@@ -70,6 +71,15 @@ impl TestServer {
             running: Some(running),
             token,
         }
+    }
+
+    /// The port of the PostgreSQL protocol.
+    pub(crate) fn pg_port(&self) -> u16 {
+        self.running
+            .as_ref()
+            .and_then(|r| r.pg_addr)
+            .expect("pg_listen is set")
+            .port()
     }
 
     pub(crate) fn url(&self) -> String {
@@ -140,6 +150,7 @@ impl ServeProcess {
         let child = fleetledger_command(cfg)
             .arg("serve")
             .env("FLEETLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLEETLEDGER_PG_LISTEN", "127.0.0.1:0")
             .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
             .env("FLEETLEDGER_AUTH__DEVELOPMENT_TOKENS", "true")
             .env(
@@ -355,4 +366,69 @@ pub(crate) async fn sql_as(url: &str, token: &str, q: &str) -> (u16, serde_json:
         .unwrap();
     let st = resp.status().as_u16();
     (st, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A service whose history is a simulated fleet (every writer), imported and projected.
+pub(crate) struct SimulatedFleet {
+    /// The service; its clock stands still a day after the simulated history, so
+    /// billing's open day does not grow between two reads of a test.
+    pub(crate) server: TestServer,
+    /// The first cluster of the history.
+    pub(crate) cluster: String,
+    /// How many records the history has.
+    pub(crate) records: u64,
+    /// A directory of the test's own (the history file is in it).
+    pub(crate) dir: std::path::PathBuf,
+}
+
+/// Starts a service on `cfg` and imports a simulated fleet of `clusters` over `days` into
+/// it, waiting until `audit_log` has every record.
+pub(crate) async fn simulated_fleet(cfg: Config, clusters: usize, days: u32) -> SimulatedFleet {
+    use chrono::{DateTime, Utc};
+    let start: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+    let clock = std::sync::Arc::new(fleetledger_ledger::ManualClock::new(
+        start + chrono::Duration::days(i64::from(days) + 1),
+    ));
+    let server = TestServer::start_with_clock(cfg, clock).await;
+    let mut text = Vec::new();
+    fleetledger_bench::simulate::Simulation {
+        clusters,
+        days,
+        seed: 7,
+        start,
+    }
+    .write(&mut text)
+    .unwrap();
+    let dir = std::env::temp_dir()
+        .join("fleetledger-tests")
+        .join(unique_prefix("fleet-files"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history.jsonl");
+    std::fs::write(&history, &text).unwrap();
+    let client = fleetledger_client::ApiClient::new(&server.url(), Some("dev-import".into()));
+    fleetledger_client::import::import_file(&client, &history, 500, false)
+        .await
+        .expect("import");
+    let text = String::from_utf8_lossy(&text);
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let cluster = first["cluster_id"].as_str().unwrap().to_owned();
+    let records = text.lines().count() as u64;
+    for _ in 0..200 {
+        let (_, v) = sql_as(
+            &server.url(),
+            "dev-sync",
+            "SELECT count(*) AS n FROM audit_log",
+        )
+        .await;
+        if v["rows"][0]["n"].as_u64() == Some(records) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    SimulatedFleet {
+        server,
+        cluster,
+        records,
+        dir,
+    }
 }
