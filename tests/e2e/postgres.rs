@@ -242,3 +242,57 @@ async fn psql_psycopg_and_jdbc_read_what_the_http_sql_reads() {
     );
     fleet.server.stop().await;
 }
+
+#[tokio::test]
+async fn one_session_more_than_pg_max_connections_is_refused_at_login() {
+    let mut cfg = config(&unique_prefix("pg-cap"));
+    cfg.pg_max_connections = 1;
+    let server = crate::support::TestServer::start(cfg).await;
+    let port = server.pg_port();
+    // A psql session that stays open while its standard input does.
+    let mut held = std::process::Command::new("psql")
+        .args([
+            &format!("host=127.0.0.1 port={port} dbname=fleetledger user=sync"),
+            "-XAtq",
+        ])
+        .env("PGPASSWORD", "dev-sync")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    let mut stdin = held.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        writeln!(stdin, "SELECT 'held';").unwrap();
+    }
+    // Its answer is read once it is logged in and holds the only turn.
+    let mut stdout = std::io::BufReader::new(held.stdout.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let (ok, _, err) = psql(port, "sync", "dev-sync", "SELECT 1").await;
+    assert!(!ok, "a second session is refused");
+    assert!(err.contains("pg_max_connections"), "{err}");
+    // Closing the first session gives its turn back.
+    drop(stdin);
+    tokio::task::spawn_blocking(move || held.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut answered = false;
+    for _ in 0..50 {
+        let (ok, out, _) = psql(port, "sync", "dev-sync", "SELECT 1").await;
+        if ok && out == "1" {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(answered, "a session is served once the first one closed");
+    server.stop().await;
+}
