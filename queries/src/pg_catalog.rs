@@ -166,8 +166,8 @@ fn table(columns: Vec<(&str, DataType, ArrayRef)>) -> DfResult<Arc<MemTable>> {
 
 /// The `pg_catalog` schema of a session whose tables are `tables` (name and schema):
 /// `pg_namespace`, `pg_class`, `pg_attribute`, `pg_type`, `pg_database`, `pg_description`,
-/// `pg_attrdef`, `pg_settings`, `pg_roles` and `pg_user` (the last two with one role,
-/// `fleetledger`).
+/// `pg_attrdef`, `pg_am`, `pg_settings`, `pg_roles` and `pg_user` (the last two with one
+/// role, `fleetledger`).
 pub fn pg_catalog_of(tables: &[(String, SchemaRef)]) -> DfResult<Arc<dyn SchemaProvider>> {
     let mut sorted: Vec<&(String, SchemaRef)> = tables.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -441,6 +441,14 @@ pub fn pg_catalog_of(tables: &[(String, SchemaRef)]) -> DfResult<Arc<dyn SchemaP
             ("adbin", DataType::Utf8, strings([])),
         ])?,
     )?;
+    schema.register_table(
+        "pg_am".into(),
+        table(vec![
+            ("oid", DataType::Int32, ints([])),
+            ("amname", DataType::Utf8, strings([])),
+            ("amtype", DataType::Utf8, strings([])),
+        ])?,
+    )?;
     let settings = SETTINGS;
     schema.register_table(
         "pg_settings".into(),
@@ -613,15 +621,22 @@ const CATALOG_OIDS: [(&str, i32); 5] = [
 
 /// `sql` with the PostgreSQL casts drivers send in their catalog queries that DataFusion
 /// has no type for: `'pg_class'::regclass` (and the other catalog tables of
-/// [`CATALOG_OIDS`]) becomes the table's oid, `::oid` becomes `::INT`, and the
-/// parameterless `current_catalog` becomes `current_database()`. Text in string
+/// [`CATALOG_OIDS`]) becomes the table's oid, `::oid` becomes `::INT`, the parameterless
+/// `current_catalog` becomes `current_database()`, `OPERATOR(pg_catalog.~)` becomes `~`
+/// and `COLLATE pg_catalog.default` is dropped (psql's `\d`). Text in string
 /// literals, quoted identifiers and comments is left as it is; other casts are left to
 /// the engine (which names the type it does not know).
 pub(crate) fn pg_dialect(sql: &str) -> std::borrow::Cow<'_, str> {
     let lower = sql.to_ascii_lowercase();
-    if !lower.contains("::regclass")
-        && !lower.contains("::oid")
-        && !lower.contains("current_catalog")
+    if ![
+        "::regclass",
+        "::oid",
+        "current_catalog",
+        "operator(",
+        "collate",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
     {
         return std::borrow::Cow::Borrowed(sql);
     }
@@ -682,8 +697,22 @@ pub(crate) fn pg_dialect(sql: &str) -> std::borrow::Cow<'_, str> {
                     .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
                     .unwrap_or(sql.len() - i);
                 let word = &sql[i..i + len];
+                let rest = &lower[i + len..];
                 if word.eq_ignore_ascii_case("current_catalog") {
                     out.push_str("current_database()");
+                } else if word.eq_ignore_ascii_case("operator")
+                    && rest.starts_with("(pg_catalog.")
+                    && let Some(end) = rest.find(')')
+                {
+                    // OPERATOR(pg_catalog.~) is the operator itself.
+                    out.push_str(&sql[i + len + 12..i + len + end]);
+                    i += end + 1;
+                } else if word.eq_ignore_ascii_case("collate")
+                    && rest.trim_start().starts_with("pg_catalog.default")
+                {
+                    // The default collation is the only one there is.
+                    let skipped = rest.len() - rest.trim_start().len() + "pg_catalog.default".len();
+                    i += skipped;
                 } else {
                     out.push_str(word);
                 }
@@ -725,6 +754,11 @@ mod tests {
         assert_eq!(
             pg_dialect("select current_catalog, t.current_catalog, current_catalogs"),
             "select current_database(), t.current_catalog, current_catalogs"
+        );
+        // psql's \d: a regular expression operator spelled out, the default collation.
+        assert_eq!(
+            pg_dialect("WHERE c.relname OPERATOR(pg_catalog.~) '^(x)$' COLLATE pg_catalog.default"),
+            "WHERE c.relname ~ '^(x)$' "
         );
         assert!(matches!(
             pg_dialect("SELECT 1"),

@@ -112,6 +112,15 @@ async fn psql_psycopg_and_jdbc_read_what_the_http_sql_reads() {
     .await;
     assert!(ok, "{err}");
     assert_eq!(shown, "SET\nUTC", "the SET tag, then the setting");
+    // psql's own catalog query: \dt lists the tables.
+    let (ok, listed, err) = psql(port, "sync", "dev-sync", "\\dt").await;
+    assert!(ok, "{err}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l == "public|clusters|table|fleetledger"),
+        "{listed}"
+    );
     let (_, after) = sql_as(&url, "dev-sync", "SELECT count(*) AS n FROM audit_log").await;
     assert_eq!(
         after["rows"][0]["n"].as_u64(),
