@@ -29,7 +29,8 @@ use std::sync::Arc;
 pub(crate) struct BatchItem {
     cluster_id: String,
     facet: String,
-    state: Value,
+    /// An object; a batch with any other state is refused whole, as malformed.
+    state: serde_json::Map<String, Value>,
     #[serde(default)]
     expected_version: Option<i64>,
     #[serde(default)]
@@ -47,6 +48,17 @@ pub(crate) struct Batch {
 /// Most items in one `POST /v1/batch`.
 pub(crate) const MAX_BATCH_ITEMS: usize = 10_000;
 
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    tag = "changes",
+    summary = "Many changes, each answered on its own",
+    request_body(content = crate::http::openapi::BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One answer per item, in order", body = crate::http::openapi::BatchAnswer),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `POST /v1/batch`: `{"items": [{cluster_id, facet, state, expected_version?,
 /// idempotency_key?, reason?}]}` → `{"results": [{"status", "body"}]}`, one per item in
 /// order; each item succeeds or fails on its own.
@@ -142,7 +154,7 @@ pub(crate) struct ImportItem {
     writer: String,
     #[serde(default)]
     reason: Option<String>,
-    state: Value,
+    state: serde_json::Map<String, Value>,
     expected_version: i64,
     idempotency_key: String,
 }
@@ -156,6 +168,18 @@ pub(crate) struct ImportBatch {
     allow_live_history: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/import",
+    tag = "changes",
+    summary = "Import history from another system",
+    description = "As the `import` principal. Every line is checked first; the first bad one refuses the whole request with its line number and nothing is written.",
+    request_body(content = crate::http::openapi::ImportRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One answer per line", body = crate::http::openapi::ImportAnswer),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `POST /v1/import`, as the `import` principal: `{"items": [{line, ts, cluster_id, facet,
 /// writer, reason?, state, expected_version, idempotency_key}]}` (`principal` is accepted
 /// for `writer`, the name older files used). Every item is checked first (cluster id,

@@ -30,6 +30,25 @@ use serde_json::Value;
 use serde_json::json;
 use std::sync::Arc;
 
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{id}/{facet}",
+    tag = "clusters",
+    summary = "Write a facet's new state",
+    description = "Appends the facet's whole new state as the next version, if the token's principal owns the facet (and the cluster's org is in its scope). `If-Match: N` makes it conditional on the current version (0: must not exist yet); an `Idempotency-Key` makes a retry answer the original outcome.",
+    params(
+        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        ("facet" = crate::http::openapi::FacetName, Path, description = "The facet"),
+        ("If-Match" = Option<String>, Header, description = "Expected current version (0: the facet must not exist yet)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key answers the same outcome"),
+        ("X-Reason" = Option<String>, Header, description = "Why (kept in history)"),
+    ),
+    request_body(content = crate::http::openapi::Object, description = "The facet's whole state (its Avro schema is in the registry)", content_type = "application/json"),
+    responses(
+        (status = 201, description = "Accepted into history", body = crate::http::openapi::Appended),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `POST /v1/clusters/{id}/{facet}`.
 pub(crate) async fn append(
     State(state): State<Arc<AppState>>,
@@ -48,6 +67,24 @@ pub(crate) async fn append(
     Ok(created(&appended))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/clusters/{id}",
+    tag = "clusters",
+    summary = "Delete a cluster",
+    description = "Writes the logical facet with `deleted: true`. Deleting a deleted cluster writes nothing and answers 200 with the current version.",
+    params(
+        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        ("If-Match" = Option<String>, Header, description = "Expected current version of the logical facet"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe"),
+        ("X-Reason" = Option<String>, Header, description = "Why (kept in history)"),
+    ),
+    responses(
+        (status = 201, description = "Deleted", body = crate::http::openapi::Appended),
+        (status = 200, description = "Already deleted; nothing written", body = crate::http::openapi::Appended),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `DELETE /v1/clusters/{id}`: the logical facet becomes `deleted: true`, decided by the
 /// ledger against the state current when the delete is admitted ([`Ledger::delete`]).
 /// Deleting a deleted cluster writes nothing and answers 200 with the current version.
@@ -77,6 +114,17 @@ pub(crate) async fn delete(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}",
+    tag = "clusters",
+    summary = "Every facet's current state",
+    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    responses(
+        (status = 200, description = "The current state", body = crate::http::openapi::ClusterNow),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/clusters/{id}`: every facet's current state and version.
 pub(crate) async fn get_cluster(
     State(state): State<Arc<AppState>>,
@@ -155,6 +203,17 @@ pub(crate) fn record_json(e: &HistoryEntry) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/history",
+    tag = "clusters",
+    summary = "Every accepted record of the cluster, oldest first",
+    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    responses(
+        (status = 200, description = "The history", body = crate::http::openapi::History),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/clusters/{id}/history`: every accepted record of the cluster, oldest first.
 pub(crate) async fn history(
     State(state): State<Arc<AppState>>,
@@ -167,6 +226,21 @@ pub(crate) async fn history(
     Ok(Json(json!({"cluster_id": id, "records": items})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/state",
+    tag = "clusters",
+    summary = "Every facet as it was at a point",
+    params(
+        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        ("as_of" = Option<String>, Query, description = "A time (RFC 3339); default now"),
+        ("version" = Option<String>, Query, description = "Instead of a time: `N` or `FACET:N`"),
+    ),
+    responses(
+        (status = 200, description = "The state at the point", body = crate::http::openapi::StateAt),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/clusters/{id}/state?as_of=TIME|version=N`: every facet as it was at that
 /// point (default: now), reconstructed from history.
 pub(crate) async fn state_at(
@@ -199,6 +273,22 @@ pub(crate) async fn state_at(
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/audit",
+    tag = "clusters",
+    summary = "The cluster's timeline with field-level diffs",
+    params(
+        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        ("since" = Option<String>, Query, description = "From this time (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "Up to this time (RFC 3339)"),
+        ("facet" = Option<crate::http::openapi::FacetName>, Query, description = "Only this facet"),
+    ),
+    responses(
+        (status = 200, description = "The timeline, oldest first", body = crate::http::openapi::Audit),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/clusters/{id}/audit?since=T&until=T&facet=F`: the timeline with field-level
 /// diffs, oldest first.
 pub(crate) async fn audit(
@@ -223,6 +313,17 @@ pub(crate) async fn audit(
     Ok(Json(json!({"cluster_id": id, "entries": entries})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/verify",
+    tag = "clusters",
+    summary = "Check the cluster's hash chains",
+    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    responses(
+        (status = 200, description = "The report, intact or not", body = crate::http::openapi::Verified),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/clusters/{id}/verify`: checks the cluster's hash chains; 200 with the report
 /// either way (`intact` says whether every link held).
 pub(crate) async fn verify(
@@ -254,6 +355,20 @@ pub(crate) struct RecoverRequest {
     force: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{id}/recover",
+    tag = "clusters",
+    summary = "Restore a cluster's desired state from its history",
+    description = "As the `recovery` principal: restores every desired facet to its state at the point (default: just before the deletion) through the normal append path.",
+    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    request_body(content = crate::http::openapi::RecoverRequest, description = "Empty, or the point and options", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The plan of a dry run; nothing written", body = crate::http::openapi::Recovered),
+        (status = 201, description = "The plan and the appended records", body = crate::http::openapi::Recovered),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `POST /v1/clusters/{id}/recover` with `{as_of?, version?, dry_run?, force?}`, as the
 /// `recovery` principal: restores every desired facet to its state at the point (default:
 /// just before the deletion) through the normal append path. 200 with the plan on a dry

@@ -8,6 +8,45 @@ use axum::response::Response;
 use fleetledger_ledger::Error as LedgerError;
 use serde_json::json;
 
+/// Every code an error may carry (the OpenAPI document's enum of `error`). A code not in
+/// it panics in debug builds, so a test that reaches it fails.
+pub(crate) const ERROR_CODES: [&str; 34] = [
+    "broken_chain",
+    "fenced",
+    "forbidden",
+    "idempotency_key_reused",
+    "import_differs",
+    "internal",
+    "invalid",
+    "invalid_line",
+    "invalid_point",
+    "invalid_query",
+    "invalid_time",
+    "kafka_unavailable",
+    "live_history",
+    "not_deleted",
+    "not_found",
+    "not_read_only",
+    "not_ready",
+    "out_of_scope",
+    "outcome_unknown",
+    "overloaded",
+    "payload_too_large",
+    "query_memory_limit",
+    "query_timeout",
+    "query_too_complex",
+    "startup_failed",
+    "time_backwards",
+    "timeout",
+    "too_many_queries",
+    "too_many_rows",
+    "unauthorized",
+    "unavailable",
+    "unknown_facet",
+    "unsupported_media_type",
+    "version_conflict",
+];
+
 /// An error as every endpoint of ours answers it: `{"error": code, "message": text}`.
 #[derive(Debug)]
 pub struct AppError {
@@ -20,6 +59,10 @@ pub struct AppError {
 impl AppError {
     /// An error with a status, a stable code and a human message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "error code {code:?} is not in ERROR_CODES"
+        );
         AppError {
             status,
             code,

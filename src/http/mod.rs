@@ -5,6 +5,7 @@ pub(crate) mod batch;
 pub(crate) mod clusters;
 pub(crate) mod error;
 pub mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod request;
 pub(crate) mod sql;
@@ -27,6 +28,26 @@ use fleetledger_ledger::principals::REGISTRY_ADMIN;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tower::ServiceExt;
+
+/// `POST` a facet's new state.
+const APPEND: &str = "/v1/clusters/{id}/{facet}";
+/// `GET` every facet's current state, `DELETE` the cluster.
+const CLUSTER: &str = "/v1/clusters/{id}";
+const HISTORY: &str = "/v1/clusters/{id}/history";
+const STATE_AT: &str = "/v1/clusters/{id}/state";
+const AUDIT: &str = "/v1/clusters/{id}/audit";
+const VERIFY: &str = "/v1/clusters/{id}/verify";
+const RECOVER: &str = "/v1/clusters/{id}/recover";
+const BATCH: &str = "/v1/batch";
+const IMPORT: &str = "/v1/import";
+const SQL: &str = "/v1/sql";
+const WATCH: &str = "/v1/watch";
+
+/// Every route of the `/v1` API; `/openapi.json` documents each of them (a test checks).
+#[cfg(test)]
+pub(crate) const V1_ROUTES: [&str; 11] = [
+    APPEND, CLUSTER, HISTORY, STATE_AT, AUDIT, VERIFY, RECOVER, BATCH, IMPORT, SQL, WATCH,
+];
 
 /// The service's routes over `state`, without a socket (tests call it with `oneshot`).
 pub fn app(state: Arc<AppState>) -> Router {
@@ -57,20 +78,18 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/ui", get(ui::root))
         .route("/ui/", get(ui::index))
         .route("/ui/{file}", get(ui::file))
-        .route("/v1/clusters/{id}/{facet}", post(clusters::append))
-        .route(
-            "/v1/clusters/{id}",
-            get(clusters::get_cluster).delete(clusters::delete),
-        )
-        .route("/v1/clusters/{id}/history", get(clusters::history))
-        .route("/v1/clusters/{id}/state", get(clusters::state_at))
-        .route("/v1/clusters/{id}/audit", get(clusters::audit))
-        .route("/v1/clusters/{id}/verify", get(clusters::verify))
-        .route("/v1/clusters/{id}/recover", post(clusters::recover))
-        .route("/v1/batch", post(batch::batch))
-        .route("/v1/import", post(batch::import))
-        .route("/v1/sql", post(sql::sql))
-        .route("/v1/watch", get(watch::watch))
+        .route("/openapi.json", get(openapi::document))
+        .route(APPEND, post(clusters::append))
+        .route(CLUSTER, get(clusters::get_cluster).delete(clusters::delete))
+        .route(HISTORY, get(clusters::history))
+        .route(STATE_AT, get(clusters::state_at))
+        .route(AUDIT, get(clusters::audit))
+        .route(VERIFY, get(clusters::verify))
+        .route(RECOVER, post(clusters::recover))
+        .route(BATCH, post(batch::batch))
+        .route(IMPORT, post(batch::import))
+        .route(SQL, post(sql::sql))
+        .route(WATCH, get(watch::watch))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             bound_request,

@@ -27,6 +27,22 @@ const SQL_BODY_BYTES: usize = 64 << 10;
 /// Media type of an Arrow IPC stream.
 pub(crate) const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
+#[utoipa::path(
+    post,
+    path = "/v1/sql",
+    tag = "queries",
+    summary = "Read-only SQL over the projections",
+    request_body(content = crate::http::openapi::SqlRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The answer: JSON rows, CSV (`Accept: text/csv`) or an Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`)",
+            content(
+                (crate::http::openapi::SqlAnswer = "application/json"),
+                (String = "text/csv"),
+                (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            )),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `POST /v1/sql` with `{"sql": "…"}`: JSON rows (default), CSV (`Accept: text/csv`) or an
 /// Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`). Any principal.
 pub(crate) async fn sql(

@@ -17,6 +17,24 @@ use crate::http::error::AppError;
 use crate::http::request::*;
 use crate::http::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    tag = "queries",
+    summary = "Accepted changes as Server-Sent Events",
+    description = "Each event `change` carries a record (as `/history` shows it) and, as its id, the position to resume from (`from=` or `Last-Event-ID`).",
+    params(
+        ("facet" = Option<crate::http::openapi::FacetName>, Query, description = "Only this facet"),
+        ("cluster" = Option<String>, Query, description = "Only this cluster"),
+        ("org" = Option<String>, Query, description = "Only this org"),
+        ("from" = Option<String>, Query, description = "The position to resume from (an event's id); default now"),
+        ("Last-Event-ID" = Option<String>, Header, description = "As `from`, sent by an EventSource on reconnecting"),
+    ),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        crate::http::openapi::Refusals,
+    )
+)]
 /// `GET /v1/watch?facet=F&cluster=ID&org=ORG&from=POSITION`: every change committed from
 /// `from` (or the `Last-Event-ID` header, as an `EventSource` sends on reconnecting; by
 /// default from now) on, that passes the filters and the caller's scope, as an event

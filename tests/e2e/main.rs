@@ -10,6 +10,7 @@ mod foundation;
 mod hostile;
 mod import;
 mod metrics;
+mod openapi;
 mod postgres;
 mod projections;
 mod recovery;
