@@ -139,6 +139,9 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningServer> {
+    // A wrong TLS/SASL combination stops the start here, with what would be right, before
+    // any client tries to connect with it.
+    config.kafka.security.client_settings()?;
     let ownership = match &config.auth.ownership_file {
         Some(f) => Ownership::from_file(f)?,
         None => Ownership::default(),

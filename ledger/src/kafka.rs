@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -48,6 +48,8 @@ pub struct KafkaConfig {
     /// (e.g. `segment.ms`, `min.cleanable.dirty.ratio`); the configs that keep history
     /// (`cleanup.policy`, `retention.ms`, `message.timestamp.*`) cannot be overridden.
     pub topic_configs: std::collections::BTreeMap<String, String>,
+    /// TLS and SASL of every client (`kafka.security.*`); plaintext by default.
+    pub security: crate::kafka_security::KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -62,6 +64,7 @@ impl Default for KafkaConfig {
             client_id: "fleetledger".into(),
             request_timeout_ms: 10_000,
             topic_configs: std::collections::BTreeMap::new(),
+            security: crate::kafka_security::KafkaSecurity::default(),
         }
     }
 }
@@ -73,12 +76,27 @@ impl KafkaConfig {
     }
 }
 
-/// The client context of our consumers: librdkafka's global errors are logged through
+/// The client context of our consumers and admin clients: librdkafka's global errors (a
+/// broker down, a failed TLS handshake or SASL authentication) are logged through
 /// `tracing`, except end-of-partition, which our readers ask for and expect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LedgerContext;
 
 impl ClientContext for LedgerContext {
+    /// librdkafka's log lines (warnings and worse, `log_level` 4) through `tracing`: a
+    /// failed TLS handshake or SASL authentication is only said here.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(facility = fac, "librdkafka: {message}")
+            }
+            L::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            L::Notice | L::Info => tracing::info!(facility = fac, "librdkafka: {message}"),
+            L::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(
             error,
@@ -92,6 +110,11 @@ impl ClientContext for LedgerContext {
 }
 
 impl ConsumerContext for LedgerContext {}
+
+impl rdkafka::producer::ProducerContext for LedgerContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
 
 /// The consumer every reader of ours uses.
 pub type LedgerConsumer = StreamConsumer<LedgerContext>;
@@ -179,29 +202,34 @@ impl KafkaClients {
         &self.config
     }
 
-    fn base(&self, role: &str) -> ClientConfig {
+    /// Settings every client shares, its security included (read again for each client,
+    /// so a rotated password file is picked up by the next client).
+    fn base(&self, role: &str) -> Result<ClientConfig> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("client.id", format!("{}-{role}", self.config.client_id))
             .set("socket.keepalive.enable", "true")
             .set("log_level", "4");
-        c
+        for (key, value) in self.config.security.client_settings()? {
+            c.set(key, value);
+        }
+        Ok(c)
     }
 
-    fn producer_config(&self, role: &str) -> ClientConfig {
-        let mut c = self.base(role);
+    fn producer_config(&self, role: &str) -> Result<ClientConfig> {
+        let mut c = self.base(role)?;
         c.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
             .set("compression.type", "none")
             .set("linger.ms", "0")
             .set("message.timeout.ms", "30000");
-        c
+        Ok(c)
     }
 
     /// An idempotent, non-transactional producer (`acks=all`, murmur2 partitioner).
     pub fn producer(&self, role: &str) -> Result<FutureProducer> {
-        self.producer_config(role)
+        self.producer_config(role)?
             .create()
             .map_err(|e| Error::kafka("create producer", e))
     }
@@ -213,15 +241,15 @@ impl KafkaClients {
         role: &str,
         transactional_id: &str,
     ) -> Result<FutureProducer> {
-        self.producer_config(role)
+        self.producer_config(role)?
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", "60000")
             .create()
             .map_err(|e| Error::kafka("create transactional producer", e))
     }
 
-    fn consumer_config(&self, role: &str) -> ClientConfig {
-        let mut c = self.base(role);
+    fn consumer_config(&self, role: &str) -> Result<ClientConfig> {
+        let mut c = self.base(role)?;
         c.set("group.id", format!("{}-{role}", self.config.client_id))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
@@ -233,13 +261,13 @@ impl KafkaClients {
             // (default 1000 ms): a reader that keeps up with its queue would starve for up
             // to a second at a time (bench/REPORT.md has what that cost).
             .set("fetch.queue.backoff.ms", "10");
-        c
+        Ok(c)
     }
 
     /// A `read_committed` consumer that never commits offsets by itself: callers assign
     /// partitions and keep their own offsets.
     pub fn consumer(&self, role: &str) -> Result<LedgerConsumer> {
-        self.consumer_config(role)
+        self.consumer_config(role)?
             .create_with_context(LedgerContext)
             .map_err(|e| Error::kafka("create consumer", e))
     }
@@ -249,7 +277,7 @@ impl KafkaClients {
     /// queue is bounded at 16 MiB (librdkafka's default, 64 MiB, sits in the process's
     /// memory during every catch-up).
     pub fn applying_consumer(&self, role: &str) -> Result<LedgerConsumer> {
-        self.consumer_config(role)
+        self.consumer_config(role)?
             .set("queued.max.messages.kbytes", "16384")
             .create_with_context(LedgerContext)
             .map_err(|e| Error::kafka("create consumer", e))
@@ -260,7 +288,7 @@ impl KafkaClients {
     /// transaction's record batch) and a shallow prefetch queue, so a seek does not pull
     /// megabytes it will not use.
     pub fn seeking_consumer(&self, role: &str) -> Result<LedgerConsumer> {
-        self.consumer_config(role)
+        self.consumer_config(role)?
             .set("fetch.wait.max.ms", "10")
             .set("max.partition.fetch.bytes", "65536")
             .set("queued.min.messages", "1000")
@@ -269,10 +297,20 @@ impl KafkaClients {
             .map_err(|e| Error::kafka("create consumer", e))
     }
 
+    /// A client for cluster metadata. Unlike an admin client, its events can be polled
+    /// ([`BaseProducer::poll`](rdkafka::producer::BaseProducer::poll)), which hands
+    /// librdkafka's log lines (a failed TLS handshake, a failed SASL authentication) to
+    /// [`LedgerContext`] after a failed request.
+    pub fn metadata_client(&self) -> Result<rdkafka::producer::BaseProducer<LedgerContext>> {
+        self.base("metadata")?
+            .create_with_context(LedgerContext)
+            .map_err(|e| Error::kafka("create metadata client", e))
+    }
+
     /// An admin client.
-    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
-        self.base("admin")
-            .create()
+    pub fn admin(&self) -> Result<AdminClient<LedgerContext>> {
+        self.base("admin")?
+            .create_with_context(LedgerContext)
             .map_err(|e| Error::kafka("create admin client", e))
     }
 }

@@ -299,13 +299,16 @@ pub(crate) async fn partition_counts(clients: &KafkaClients) -> Result<BTreeMap<
 
 /// The cluster's broker count, and for every topic the replica count of each partition.
 async fn cluster_metadata(clients: &KafkaClients) -> Result<(usize, BTreeMap<String, Vec<usize>>)> {
-    let admin = clients.admin()?;
+    let client = clients.metadata_client()?;
     let timeout = clients.config().request_timeout();
     tokio::task::spawn_blocking(move || {
-        let md = admin
-            .inner()
-            .fetch_metadata(None, timeout)
-            .map_err(|e| Error::kafka("fetch metadata", e))?;
+        use rdkafka::producer::Producer;
+        let md = client.client().fetch_metadata(None, timeout).map_err(|e| {
+            // What librdkafka said about it (e.g. the authentication that failed) is
+            // in its queued log lines: log them.
+            client.poll(std::time::Duration::ZERO);
+            Error::kafka("fetch metadata", e)
+        })?;
         let topics = md
             .topics()
             .iter()

@@ -9,6 +9,7 @@ pub(crate) mod faults;
 mod foundation;
 mod hostile;
 mod import;
+mod kafka_security;
 mod metrics;
 mod openapi;
 mod postgres;
