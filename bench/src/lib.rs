@@ -4,6 +4,7 @@
 //! report writer.
 
 pub mod drivers;
+pub mod encode;
 pub mod faults;
 pub mod report;
 pub mod simulate;

@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure the CPU cost of encoding a simulated fleet's records in Avro, directly and
+    /// the library's way (no broker).
+    Encode {
+        /// Clusters of the simulated fleet.
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// Days of its history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Rounds over the records (the best is printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Measure the README's SQL examples against a running server (p50/p99).
     Sql {
         #[command(flatten)]
@@ -181,6 +194,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let token = |api: &ApiArgs| api.token.clone().unwrap_or_else(|| "dev-frontend".into());
     match Cli::parse().command {
+        Command::Encode {
+            clusters,
+            days,
+            rounds,
+        } => {
+            let records = fleetledger_bench::encode::simulated_records(clusters, days)?;
+            fleetledger_bench::encode::encode_speed(&records, rounds)
+        }
         Command::Simulate {
             clusters,
             days,

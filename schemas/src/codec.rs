@@ -16,7 +16,6 @@ use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::writer::datum::GenericDatumWriter;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -24,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::facet::{Facet, FacetState};
 use crate::record::{
     AvroRecord, CapacityRecord, LogicalRecord, PhysicalRecord, StateRecord, StatusRecord,
-    to_avro_value,
 };
 
 /// The first byte of every Confluent wire-format value.
@@ -177,18 +175,11 @@ pub trait SchemaSource: Send + Sync + std::fmt::Debug {
     fn schema_by_id(&self, id: u32) -> SchemaFuture<'_, String>;
 }
 
-/// The schema this build writes one facet with, and the id it has in the registry.
+/// The id the schema this build writes one facet with has in the registry (the record is
+/// written by [`crate::binary::encode_own`]).
+#[derive(Debug)]
 struct OwnSchema {
     id: u32,
-    writer: GenericDatumWriter<'static>,
-}
-
-impl std::fmt::Debug for OwnSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnSchema")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Encodes and decodes [`StateRecord`]s against one schema source. Cheap to share
@@ -231,17 +222,10 @@ impl RecordCodec {
                 .read()
                 .ok()
                 .and_then(|o| o.get(&facet).map(|s| s.id));
-            if known != Some(id) {
-                // One parsed schema per facet and id for the life of the process.
-                let schema = Schema::parse_str(facet.schema_text())
-                    .map_err(|e| Error::Encode(format!("the shipped {facet} schema: {e}")))?;
-                let schema: &'static Schema = Box::leak(Box::new(schema));
-                let writer = GenericDatumWriter::builder(schema)
-                    .build()
-                    .map_err(|e| Error::Encode(format!("the shipped {facet} schema: {e}")))?;
-                if let Ok(mut own) = self.own.write() {
-                    own.insert(facet, Arc::new(OwnSchema { id, writer }));
-                }
+            if known != Some(id)
+                && let Ok(mut own) = self.own.write()
+            {
+                own.insert(facet, Arc::new(OwnSchema { id }));
             }
             ids.insert(facet, id);
         }
@@ -264,12 +248,9 @@ impl RecordCodec {
                     .ok_or_else(|| Error::Encode(format!("no schema id for {facet}")))?
             }
         };
-        let value = to_avro_value(record)?;
-        let avro = own
-            .writer
-            .write_value_to_vec(value)
-            .map_err(|e| Error::Encode(format!("{facet} record: {e}")))?;
-        Ok(encode_wire(own.id, &avro))
+        // Written directly in the shipped schema's field order (no Avro `Value` tree); the
+        // tests hold it equal to the library's encoding.
+        Ok(encode_wire(own.id, &crate::binary::encode_own(record)))
     }
 
     /// Decodes a wire-format value; the schema id names the writer schema, whose record
@@ -316,6 +297,7 @@ impl RecordCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::to_avro_value;
     use crate::record::{RecordMeta, from_avro_value};
     use chrono::{TimeZone, Utc};
 
@@ -536,6 +518,30 @@ mod tests {
                 (Err(Error::Decode(_)), Err(Error::Decode(_))) => {}
                 (a, b) => proptest::prop_assert!(false, "own reader {:?}, resolving reader {:?}", a, b),
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The direct writer writes what the library writes: the same bytes for every
+        /// record whose maps have at most one entry (the library writes a map in a hash
+        /// map's order), and for every record bytes that the library's resolving reader
+        /// and our reader read back as the record.
+        #[test]
+        fn the_direct_writer_writes_what_the_library_writes(r in any_record()) {
+            let (_, library) = avro_bytes(&r);
+            let direct = crate::binary::encode_own(&r);
+            let one_entry_maps = match &r.state {
+                FacetState::Logical(l) => l.config.len() <= 1,
+                _ => true,
+            };
+            if one_entry_maps {
+                proptest::prop_assert_eq!(&direct, &library);
+            } else {
+                proptest::prop_assert_eq!(direct.len(), library.len());
+            }
+            let writer = WriterSchema::parse(r.facet().schema_text()).unwrap();
+            proptest::prop_assert_eq!(&writer.decode_resolving(&direct).unwrap(), &r);
+            proptest::prop_assert_eq!(&writer.decode(&direct).unwrap(), &r);
         }
     }
 

@@ -7,7 +7,7 @@
 //! a subject per record type (`fleetledger.v1.LogicalRecord`, …) is shared by both topics,
 //! which carry the same records. Compatibility is BACKWARD by default.
 
-mod binary;
+pub mod binary;
 mod codec;
 pub mod diff;
 mod error;
