@@ -47,6 +47,14 @@ pub(crate) struct Role {
     pub(crate) role: &'static str,
 }
 
+/// How a PostgreSQL login ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LoginOutcome {
+    /// `accepted`, `refused` (wrong token, user or database) or `too_many` (over
+    /// `pg_max_connections`).
+    pub(crate) outcome: &'static str,
+}
+
 /// The service's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct ServiceMetrics {
@@ -62,6 +70,8 @@ pub struct ServiceMetrics {
     pub(crate) restarts: Counter,
     pub(crate) degraded: Gauge,
     pub(crate) applied: Family<Projection, Counter>,
+    pub(crate) pg_sessions: Gauge,
+    pub(crate) pg_logins: Family<LoginOutcome, Counter>,
 }
 
 impl ServiceMetrics {
@@ -87,6 +97,8 @@ impl ServiceMetrics {
             restarts: Counter::default(),
             degraded: Gauge::default(),
             applied: Family::default(),
+            pg_sessions: Gauge::default(),
+            pg_logins: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +153,16 @@ impl ServiceMetrics {
             "projector_applied_records",
             "Records each projection applied since start",
             m.applied.clone(),
+        );
+        registry.register(
+            "pg_sessions",
+            "PostgreSQL protocol sessions open now",
+            m.pg_sessions.clone(),
+        );
+        registry.register(
+            "pg_logins",
+            "PostgreSQL protocol logins, by outcome: accepted, refused (token, user or database), too_many (over pg_max_connections)",
+            m.pg_logins.clone(),
         );
         Arc::new(ServiceMetrics { registry, ..m })
     }

@@ -3,6 +3,7 @@
 
 use super::{Session, refusal};
 use crate::http::AppState;
+use crate::http::metrics::LoginOutcome;
 use async_trait::async_trait;
 use fleetledger_ledger::Caller;
 use fleetledger_queries::pg_catalog::{DATABASE, SETTINGS};
@@ -148,6 +149,11 @@ impl StartupHandler for TokenLogin {
                     .cloned()
                     .unwrap_or_default();
                 if database != DATABASE {
+                    self.state
+                        .metrics
+                        .pg_logins
+                        .get_or_create(&LoginOutcome { outcome: "refused" })
+                        .inc();
                     return Err(refusal(
                         "3D000",
                         format!(
@@ -167,7 +173,13 @@ impl StartupHandler for TokenLogin {
                 Ok(())
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                match self.driver.advance_authentication(client, message).await? {
+                let logins = &self.state.metrics.pg_logins;
+                let count = |outcome| logins.get_or_create(&LoginOutcome { outcome }).inc();
+                let advanced = self.driver.advance_authentication(client, message).await;
+                if advanced.is_err() {
+                    count("refused");
+                }
+                match advanced? {
                     AuthOutcome::Authenticated {
                         identity,
                         final_message,
@@ -175,6 +187,7 @@ impl StartupHandler for TokenLogin {
                         let caller = identity
                             .ok_or_else(|| refusal("28000", "the login named no principal"))?;
                         let turn = self.turns.clone().try_acquire_owned().map_err(|_| {
+                            count("too_many");
                             refusal(
                                 "53300",
                                 format!(
@@ -184,9 +197,13 @@ impl StartupHandler for TokenLogin {
                             )
                         })?;
                         tracing::info!(principal = %caller.principal, "postgres session opened");
+                        count("accepted");
+                        let open = self.state.metrics.pg_sessions.clone();
+                        open.inc();
                         client.session_extensions().insert(Session {
                             caller,
                             _turn: turn,
+                            open,
                         });
                         self.driver
                             .complete_authentication(client, final_message)

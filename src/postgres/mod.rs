@@ -32,11 +32,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A logged-in session: who it is, and its turn among the connections.
+/// A logged-in session: who it is, and its turn among the connections (given back, and
+/// the open sessions' gauge lowered, when the connection's state is dropped).
 #[derive(Debug)]
 struct Session {
     caller: Caller,
     _turn: OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// An error the client shows: SQLSTATE `code` and `message`.

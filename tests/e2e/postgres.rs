@@ -303,5 +303,40 @@ async fn one_session_more_than_pg_max_connections_is_refused_at_login() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(answered, "a session is served once the first one closed");
+    // The operator sees it: the refused login, and no session left open (the last one
+    // is closed once the server has read the client's goodbye).
+    let value = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = reqwest::get(format!("{}/metrics", server.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if value(&metrics, "fleetledger_pg_sessions ") == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        value(&metrics, "fleetledger_pg_sessions "),
+        Some(0.0),
+        "{metrics}"
+    );
+    let logins = |outcome: &str| {
+        value(
+            &metrics,
+            &format!("fleetledger_pg_logins_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(logins("too_many"), Some(1.0), "{metrics}");
+    assert!(logins("accepted") >= Some(2.0), "{metrics}");
     server.stop().await;
 }
