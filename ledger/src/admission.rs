@@ -279,6 +279,28 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
             if let Some(e) = scope_refusal(p, org_of(&current, index, cluster_id)) {
                 return Verdict::Answer(Err(e));
             }
+            if let Proposal::Put(AppendRequest {
+                requires: Some((after, version)),
+                ..
+            }) = p
+            {
+                let reached = current
+                    .get(&(cluster_id, *after))
+                    .map(|c| c.version)
+                    .or_else(|| {
+                        index
+                            .head(cluster_id, *after)
+                            .map(|h| h.record.meta.version)
+                    })
+                    .unwrap_or(0);
+                if reached < *version {
+                    return Verdict::Answer(Err(Error::PrecedingNotWritten {
+                        cluster_id: cluster_id.to_owned(),
+                        facet: *after,
+                        version: *version,
+                    }));
+                }
+            }
             let head = index.head(cluster_id, facet);
             let (canonical, reason) = match p {
                 Proposal::Put(r) => (Some(canonical_state(&r.state)), r.reason.clone()),
@@ -502,6 +524,7 @@ mod tests {
             reason: None,
             ts: None,
             scope: Scope::All,
+            requires: None,
         }
     }
 
@@ -722,6 +745,58 @@ mod tests {
         let w = written(&v);
         assert_eq!(w[0].record.meta.ts, t0(), "another facet of the cluster");
         assert_eq!(w[1].record.meta.ts, back, "another cluster");
+    }
+
+    /// A change linked to the one before it is admitted when that one is (in the group, or
+    /// committed earlier) and refused when it is not, whatever its own facet.
+    #[test]
+    fn a_linked_change_follows_the_fate_of_the_one_before_it() {
+        let o = Ownership::default();
+        let mut index = Index::default();
+        let link = |mut r: AppendRequest, facet, version| {
+            r.requires = Some((facet, version));
+            Proposal::Put(r)
+        };
+        let mut conflicting = put("lkc-a", logical(2));
+        conflicting.expected_version = Some(5);
+        let v = admit(
+            &index,
+            &[
+                // Admitted; the status linked to it is admitted in the same group.
+                Proposal::Put(put("lkc-a", status(2))),
+                link(put("lkc-a", logical(2)), Facet::Status, 1),
+                // Refused (a conflict); the status linked to it is refused too, though
+                // its own facet would take it.
+                Proposal::Put(conflicting),
+                link(put("lkc-a", status(3)), Facet::Logical, 2),
+            ],
+            &rules(&o, t0()),
+        );
+        assert!(matches!(v[0], Verdict::Write(_)));
+        assert!(matches!(v[1], Verdict::Write(_)));
+        assert!(matches!(v[2], Verdict::Answer(Err(Error::Conflict { .. }))));
+        assert!(
+            matches!(
+                &v[3],
+                Verdict::Answer(Err(Error::PrecedingNotWritten {
+                    facet: Facet::Logical,
+                    version: 2,
+                    ..
+                }))
+            ),
+            "{:?}",
+            v[3]
+        );
+        // Committed in an earlier group counts as reached.
+        for (i, a) in written(&v).into_iter().enumerate() {
+            commit(&mut index, a, i as i64);
+        }
+        let v = admit(
+            &index,
+            &[link(put("lkc-a", status(3)), Facet::Logical, 1)],
+            &rules(&o, t0()),
+        );
+        assert!(matches!(v[0], Verdict::Write(_)));
     }
 
     /// A live keyed change takes a place in the idempotency window; an imported line

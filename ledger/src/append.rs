@@ -104,6 +104,12 @@ pub struct AppendRequest {
     pub ts: Option<DateTime<Utc>>,
     /// The orgs the caller may change (see [`crate::Scope`]).
     pub scope: Scope,
+    /// Admit this change only if the cluster's facet (`.0`) has reached version `.1`,
+    /// written before or admitted earlier in the same group; else it is refused with
+    /// [`Error::PrecedingNotWritten`]. An import queues a cluster's lines at once and
+    /// links each to the one before it, so a refused line stops the later ones as if they
+    /// had waited for it.
+    pub requires: Option<(fleetledger_schemas::Facet, i64)>,
 }
 
 /// The answer to an accepted change.
@@ -281,17 +287,63 @@ impl Ledger {
 
     async fn submit(&self, proposal: Proposal) -> Result<Outcome> {
         let answer = self.answer(proposal).await;
+        self.count(&answer);
+        answer
+    }
+
+    fn count(&self, answer: &Result<Outcome>) {
         self.metrics
             .appends
             .get_or_create(&OutcomeLabel {
-                outcome: outcome_of(&answer),
+                outcome: outcome_of(answer),
             })
             .inc();
-        answer
+    }
+
+    /// Imports one cluster's lines, each linked to the one before it
+    /// ([`AppendRequest::requires`]): every line is queued, in order, before any answer is
+    /// awaited, so the writer admits them in that order, most often in one group. A line
+    /// that cannot be queued (the writer is fenced, re-connecting or stopping) is answered
+    /// so, and the lines after it are not queued ([`Error::PrecedingNotWritten`]).
+    pub(crate) async fn import_linked(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<Appended>> {
+        let mut queued = Vec::with_capacity(requests.len());
+        let mut stopped = false;
+        for r in requests {
+            if stopped {
+                let (facet, version) = r.requires.unwrap_or((r.state.facet(), 0));
+                queued.push(Err(Error::PrecedingNotWritten {
+                    cluster_id: r.cluster_id,
+                    facet,
+                    version,
+                }));
+                continue;
+            }
+            let q = self.enqueue(Proposal::Put(r)).await;
+            stopped = q.is_err();
+            queued.push(q);
+        }
+        futures::future::join_all(queued.into_iter().map(|q| async move {
+            let answer = match q {
+                Ok(rx) => self.await_answer(rx).await,
+                Err(e) => Err(e),
+            };
+            self.count(&answer);
+            answer.map(|o| o.appended)
+        }))
+        .await
     }
 
     /// The answer to one proposal: refused before the queue, or the writer's.
     async fn answer(&self, proposal: Proposal) -> Result<Outcome> {
+        let rx = self.enqueue(proposal).await?;
+        self.await_answer(rx).await
+    }
+
+    /// Queues `proposal` for the writer, or says why it is refused before the queue.
+    async fn enqueue(&self, proposal: Proposal) -> Result<oneshot::Receiver<Result<Outcome>>> {
         if self.status.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);
         }
@@ -303,8 +355,12 @@ impl Ledger {
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| Error::Unavailable("the writer is shutting down".into()))?;
-        // Once queued, a change may be written whatever happens to this caller: no answer
-        // here is "not written".
+        Ok(rx)
+    }
+
+    /// The writer's answer to a queued proposal. Once queued, a change may be written
+    /// whatever happens to this caller: no answer here is "not written".
+    async fn await_answer(&self, rx: oneshot::Receiver<Result<Outcome>>) -> Result<Outcome> {
         match tokio::time::timeout(Duration::from_millis(self.config.answer_timeout_ms), rx).await {
             Ok(answer) => answer
                 .map_err(|_| Error::OutcomeUnknown("the writer stopped before answering".into()))?,
@@ -413,6 +469,7 @@ impl Ledger {
                     reason: Some(plan.reason.clone()),
                     ts: None,
                     scope: scope.clone(),
+                    requires: None,
                 })
                 .await?;
             written.push(appended);

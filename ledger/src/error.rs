@@ -178,6 +178,19 @@ pub enum Error {
         /// Its current logical version.
         version: i64,
     },
+    /// A change linked to an earlier one ([`crate::AppendRequest::requires`]) that was not
+    /// written: nothing was written for it either.
+    #[error(
+        "cluster {cluster_id}: the line before this one ({facet} version {version}) was not written, so this one was not either; fix that line and run the import again"
+    )]
+    PrecedingNotWritten {
+        /// Cluster.
+        cluster_id: String,
+        /// The facet of the change it follows.
+        facet: fleetledger_schemas::Facet,
+        /// The version that change would have had.
+        version: i64,
+    },
     /// A history whose hash chain does not verify, used where it must.
     #[error("{0}")]
     BrokenChain(String),

@@ -175,72 +175,7 @@ impl Ledger {
         }
         let chains = by_cluster_in_time_order(lines)
             .into_values()
-            .map(|lines| async move {
-                let mut out = Vec::with_capacity(lines.len());
-                let mut failed = false;
-                for ImportLine { line, request } in lines {
-                    if failed {
-                        out.push((line, ImportAnswer::Skipped));
-                        continue;
-                    }
-                    let expected = request.expected_version.unwrap_or(0);
-                    let facet = request.state.facet();
-                    let head = self.current(&request.cluster_id).await.remove(&facet);
-                    let current = head.as_ref().map_or(0, |h| h.record.meta.version);
-                    if current > expected {
-                        // A resumed import: the stored record of this version must be
-                        // this line.
-                        let version = expected + 1;
-                        let stored = match head.filter(|h| h.record.meta.version == version) {
-                            Some(h) => Ok(Some(h.record)),
-                            None => self.history(&request.cluster_id, None).await.map(|hist| {
-                                hist.entries()
-                                    .iter()
-                                    .find(|e| {
-                                        e.record.facet() == facet
-                                            && e.record.meta.version == version
-                                    })
-                                    .map(|e| e.record.clone())
-                            }),
-                        };
-                        let answer = match stored {
-                            Ok(Some(r)) => match differs(&r, &request) {
-                                None => ImportAnswer::Already {
-                                    current_version: current,
-                                },
-                                Some(what) => ImportAnswer::Failed(Error::ImportDiffers {
-                                    cluster_id: request.cluster_id.clone(),
-                                    facet,
-                                    version,
-                                    what,
-                                }),
-                            },
-                            // Erased (a tombstone): nothing to compare with.
-                            Ok(None) => ImportAnswer::Already {
-                                current_version: current,
-                            },
-                            Err(e) => ImportAnswer::Failed(e),
-                        };
-                        failed = matches!(answer, ImportAnswer::Failed(_));
-                        out.push((line, answer));
-                        continue;
-                    }
-                    let answer = match self.import(request).await {
-                        Ok(a) => ImportAnswer::Imported(a),
-                        Err(Error::Conflict { current, .. }) if current > expected => {
-                            ImportAnswer::Already {
-                                current_version: current,
-                            }
-                        }
-                        Err(e) => {
-                            failed = true;
-                            ImportAnswer::Failed(e)
-                        }
-                    };
-                    out.push((line, answer));
-                }
-                out
-            });
+            .map(|lines| self.import_chain(lines));
         let mut answers: Vec<(usize, ImportAnswer)> = futures::future::join_all(chains)
             .await
             .into_iter()
@@ -248,6 +183,132 @@ impl Ledger {
             .collect();
         answers.sort_by_key(|(line, _)| *line);
         Ok(answers)
+    }
+
+    /// One cluster's lines, in time order. Lines whose version is already written (a
+    /// resumed import) are compared with what is stored; the others are all queued at once,
+    /// in order, each linked to the line before it ([`AppendRequest::requires`]), so the
+    /// writer admits each against the one before it in the same group and a cluster's
+    /// lines cost one transaction, not one each, while a refused line still stops the
+    /// later ones. After the first line that fails, the cluster's later lines are answered
+    /// [`ImportAnswer::Skipped`] when they were refused, and with their own answer when
+    /// they may have been written (written, or an unknown outcome): nothing written is
+    /// ever answered as skipped.
+    async fn import_chain(&self, lines: Vec<ImportLine>) -> Vec<(usize, ImportAnswer)> {
+        let heads = self
+            .current(lines.first().map_or("", |l| l.request.cluster_id.as_str()))
+            .await;
+        let head_of = |facet| heads.get(&facet).map_or(0, |h| h.record.meta.version);
+        // The written lines' answers, in order, up to the first that fails.
+        let mut answers: Vec<Option<ImportAnswer>> = Vec::with_capacity(lines.len());
+        let mut first_failure = None;
+        for (i, l) in lines.iter().enumerate() {
+            let expected = l.request.expected_version.unwrap_or(0);
+            let facet = l.request.state.facet();
+            let current = head_of(facet);
+            if current <= expected {
+                answers.push(None);
+                continue;
+            }
+            let answer = if first_failure.is_some() {
+                ImportAnswer::Skipped
+            } else {
+                self.already(&l.request, heads.get(&facet), current).await
+            };
+            if first_failure.is_none() && matches!(answer, ImportAnswer::Failed(_)) {
+                first_failure = Some(i);
+            }
+            answers.push(Some(answer));
+        }
+        let cut = first_failure.unwrap_or(lines.len());
+        let new: Vec<usize> = (0..cut).filter(|&i| answers[i].is_none()).collect();
+        // Each line is linked to the one before it: if that one is not written, neither is
+        // this one, as if it had waited for it.
+        let linked = |i: usize| {
+            let mut request = lines[i].request.clone();
+            request.requires = i.checked_sub(1).map(|j| {
+                let before = &lines[j].request;
+                (
+                    before.state.facet(),
+                    before.expected_version.unwrap_or(0) + 1,
+                )
+            });
+            request
+        };
+        let written = self
+            .import_linked(new.iter().map(|&i| linked(i)).collect())
+            .await;
+        for (i, result) in new.into_iter().zip(written) {
+            let expected = lines[i].request.expected_version.unwrap_or(0);
+            answers[i] = Some(match result {
+                Ok(a) => ImportAnswer::Imported(a),
+                Err(Error::Conflict { current, .. }) if current > expected => {
+                    ImportAnswer::Already {
+                        current_version: current,
+                    }
+                }
+                Err(e) => ImportAnswer::Failed(e),
+            });
+        }
+        let mut failed = false;
+        lines
+            .into_iter()
+            .zip(answers)
+            .map(|(l, answer)| {
+                let answer = match answer.unwrap_or(ImportAnswer::Skipped) {
+                    a @ ImportAnswer::Imported(_) => a,
+                    a @ ImportAnswer::Failed(Error::OutcomeUnknown(_)) => {
+                        failed = true;
+                        a
+                    }
+                    _ if failed => ImportAnswer::Skipped,
+                    a => {
+                        failed = matches!(a, ImportAnswer::Failed(_) | ImportAnswer::Skipped);
+                        a
+                    }
+                };
+                (l.line, answer)
+            })
+            .collect()
+    }
+
+    /// The answer to a line whose version `current` has passed: the record stored at the
+    /// line's version must be the line (`head` is the facet's current record).
+    async fn already(
+        &self,
+        request: &AppendRequest,
+        head: Option<&crate::index::Head>,
+        current: i64,
+    ) -> ImportAnswer {
+        let facet = request.state.facet();
+        let version = request.expected_version.unwrap_or(0) + 1;
+        let stored = match head.filter(|h| h.record.meta.version == version) {
+            Some(h) => Ok(Some(h.record.clone())),
+            None => self.history(&request.cluster_id, None).await.map(|hist| {
+                hist.entries()
+                    .iter()
+                    .find(|e| e.record.facet() == facet && e.record.meta.version == version)
+                    .map(|e| e.record.clone())
+            }),
+        };
+        match stored {
+            Ok(Some(r)) => match differs(&r, request) {
+                None => ImportAnswer::Already {
+                    current_version: current,
+                },
+                Some(what) => ImportAnswer::Failed(Error::ImportDiffers {
+                    cluster_id: request.cluster_id.clone(),
+                    facet,
+                    version,
+                    what,
+                }),
+            },
+            // Erased (a tombstone): nothing to compare with.
+            Ok(None) => ImportAnswer::Already {
+                current_version: current,
+            },
+            Err(e) => ImportAnswer::Failed(e),
+        }
     }
 }
 
@@ -278,6 +339,7 @@ mod tests {
                 reason: None,
                 ts: Some(ts.parse::<DateTime<Utc>>().unwrap()),
                 scope: crate::Scope::All,
+                requires: None,
             },
         }
     }

@@ -106,6 +106,7 @@ pub(crate) async fn batch(
                 reason: item.reason,
                 ts: None,
                 scope: who.scope.clone(),
+                requires: None,
             })
         })
         .collect();
@@ -229,6 +230,7 @@ pub(crate) async fn import(
                 reason: item.reason,
                 ts: Some(ts),
                 scope: who.scope.clone(),
+                requires: None,
             })
         })()
         .map_err(|e| at_line(line, e))?;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// Every code an error may carry (the OpenAPI document's enum of `error`). A code not in
 /// it panics in debug builds, so a test that reaches it fails.
-pub(crate) const ERROR_CODES: [&str; 34] = [
+pub(crate) const ERROR_CODES: [&str; 35] = [
     "broken_chain",
     "fenced",
     "forbidden",
@@ -35,6 +35,7 @@ pub(crate) const ERROR_CODES: [&str; 34] = [
     "query_memory_limit",
     "query_timeout",
     "query_too_complex",
+    "skipped",
     "startup_failed",
     "time_backwards",
     "timeout",
@@ -122,6 +123,7 @@ impl From<LedgerError> for AppError {
             LedgerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             LedgerError::InvalidPoint(_) => (StatusCode::BAD_REQUEST, "invalid_point"),
             LedgerError::NotDeleted { .. } => (StatusCode::CONFLICT, "not_deleted"),
+            LedgerError::PrecedingNotWritten { .. } => (StatusCode::FAILED_DEPENDENCY, "skipped"),
             LedgerError::BrokenChain(_) => (StatusCode::CONFLICT, "broken_chain"),
             LedgerError::Schema(fleetledger_schemas::Error::Invalid { .. }) => {
                 (StatusCode::BAD_REQUEST, "invalid")

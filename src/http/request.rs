@@ -190,6 +190,7 @@ impl ChangeHeaders {
             reason: self.reason,
             ts: None,
             scope: caller.scope,
+            requires: None,
         }
     }
 }

@@ -393,3 +393,79 @@ async fn import_cannot_forge_times_live_history_or_resumed_lines() {
     );
     server.stop().await;
 }
+
+/// A cluster's lines are queued together, each linked to the one before it: a line that
+/// fails at write time stops the cluster's later lines (answered 424, not written), even
+/// of another facet, while other clusters' lines are written.
+#[tokio::test]
+async fn a_failed_line_stops_its_clusters_later_lines_and_no_other() {
+    let server = TestServer::start(config(&unique_prefix("import-chain"))).await;
+    let item = |line: u64, ts: &str, cluster: &str, facet: &str, expected: i64| {
+        let (writer, state) = match facet {
+            "logical" => ("frontend", crate::append::logical(2)),
+            _ => ("sync", crate::append::status("running", 2, 1)),
+        };
+        serde_json::json!({
+            "line": line, "ts": ts, "cluster_id": cluster, "facet": facet, "writer": writer,
+            "state": state, "expected_version": expected,
+            "idempotency_key": format!("import:{cluster}/{facet}/v{}", expected + 1),
+        })
+    };
+    let items = serde_json::json!({"items": [
+        item(1, "2026-01-01T00:00:00Z", "lkc-chain-a", "logical", 0),
+        // Expects version 5 of a facet at version 1: refused at write time.
+        item(2, "2026-01-01T01:00:00Z", "lkc-chain-a", "logical", 5),
+        item(3, "2026-01-01T02:00:00Z", "lkc-chain-a", "status", 0),
+        item(4, "2026-01-01T03:00:00Z", "lkc-chain-a", "status", 1),
+        item(5, "2026-01-01T01:30:00Z", "lkc-chain-b", "logical", 0),
+        item(6, "2026-01-01T02:30:00Z", "lkc-chain-b", "status", 0),
+    ]});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/v1/import", server.url()))
+        .bearer_auth("dev-import")
+        .json(&items)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<i64> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![201, 409, 424, 424, 201, 201], "{answer}");
+    let api = Api::new(&server);
+    let records = |cluster: &'static str| {
+        let api = api.clone();
+        async move {
+            let (status, h) = api
+                .get(&format!("/v1/clusters/{cluster}/history"), "dev-sync")
+                .await;
+            assert_eq!(status, 200, "{h}");
+            h["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["facet"].as_str().unwrap().to_owned(),
+                        r["version"].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        records("lkc-chain-a").await,
+        vec![("logical".to_owned(), 1)],
+        "nothing after the failed line"
+    );
+    assert_eq!(
+        records("lkc-chain-b").await,
+        vec![("logical".to_owned(), 1), ("status".to_owned(), 1)]
+    );
+    server.stop().await;
+}
