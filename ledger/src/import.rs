@@ -4,9 +4,11 @@
 //! The rules, in one place for the HTTP endpoint and the CLI that calls it:
 //! - every line is checked before anything is written: its writer must own the facet and
 //!   be a service (not `import` or `recovery`); the first bad line refuses the batch;
-//! - each cluster's lines are appended one after the other in the order of their times
-//!   (ties in line order), so a cluster's records reach the topics in time order across
-//!   its facets, as a live history does; clusters go in parallel;
+//! - each cluster's lines are appended in the order of their times (ties in line order),
+//!   so a cluster's records reach the topics in time order across its facets, as a live
+//!   history does. They are queued together, each linked to the one before it
+//!   ([`AppendRequest::requires`]): the writer admits them in that order, mostly in one
+//!   transaction, and a line it refuses stops the later ones. Clusters go in parallel;
 //! - a line's time must lie between `ledger.import_earliest` and the ledger's clock plus
 //!   `ledger.import_max_skew_ms`;
 //! - a cluster+facet whose history was written live (not by an import) is not imported

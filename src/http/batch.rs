@@ -186,8 +186,9 @@ pub(crate) struct ImportBatch {
 /// for `writer`, the name older files used). Every item is checked first (cluster id,
 /// facet, state, time, and that its writer owns the facet); the first bad one refuses the
 /// whole batch with its line number and nothing is written. Then each cluster's items are
-/// appended one after the other in the order of their times (ties in line order), with
-/// their original time and writer; a failed line skips the cluster's later lines.
+/// appended in the order of their times (ties in line order), queued together and linked
+/// (see `fleetledger_ledger::import`), with their original time and writer; a failed line
+/// skips the cluster's later lines.
 /// An item whose version already exists (a resumed import) answers `imported: false`.
 pub(crate) async fn import(
     State(state): State<Arc<AppState>>,
