@@ -201,7 +201,8 @@ impl Ledger {
             .current(lines.first().map_or("", |l| l.request.cluster_id.as_str()))
             .await;
         let head_of = |facet| heads.get(&facet).map_or(0, |h| h.record.meta.version);
-        // The written lines' answers, in order, up to the first that fails.
+        // Each line's answer, in order: known now for the lines already written (a resumed
+        // import), `None` for the new ones until they are answered.
         let mut answers: Vec<Option<ImportAnswer>> = Vec::with_capacity(lines.len());
         let mut first_failure = None;
         for (i, l) in lines.iter().enumerate() {

@@ -34,7 +34,7 @@ pub(super) enum Statement {
 /// The session commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Command {
-    /// `SET`, `RESET`, `DISCARD`, `DEALLOCATE`, `CLOSE`: accepted, changing nothing.
+    /// `SET`, `RESET`, `DISCARD`, `DEALLOCATE`: accepted, changing nothing.
     Accept(&'static str),
     /// `BEGIN`, `START TRANSACTION`.
     Begin,
