@@ -37,7 +37,7 @@ use std::sync::Arc;
     summary = "Write a facet's new state",
     description = "Appends the facet's whole new state as the next version, if the token's principal owns the facet (and the cluster's org is in its scope). `If-Match: N` makes it conditional on the current version (0: must not exist yet); an `Idempotency-Key` makes a retry answer the original outcome.",
     params(
-        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        crate::http::openapi::ClusterId,
         ("facet" = crate::http::openapi::FacetName, Path, description = "The facet"),
         ("If-Match" = Option<String>, Header, description = "Expected current version (0: the facet must not exist yet)"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key answers the same outcome"),
@@ -74,7 +74,7 @@ pub(crate) async fn append(
     summary = "Delete a cluster",
     description = "Writes the logical facet with `deleted: true`. Deleting a deleted cluster writes nothing and answers 200 with the current version.",
     params(
-        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        crate::http::openapi::ClusterId,
         ("If-Match" = Option<String>, Header, description = "Expected current version of the logical facet"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe"),
         ("X-Reason" = Option<String>, Header, description = "Why (kept in history)"),
@@ -119,7 +119,7 @@ pub(crate) async fn delete(
     path = "/v1/clusters/{id}",
     tag = "clusters",
     summary = "Every facet's current state",
-    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    params(crate::http::openapi::ClusterId),
     responses(
         (status = 200, description = "The current state", body = crate::http::openapi::ClusterNow),
         crate::http::openapi::Refusals,
@@ -208,7 +208,7 @@ pub(crate) fn record_json(e: &HistoryEntry) -> Value {
     path = "/v1/clusters/{id}/history",
     tag = "clusters",
     summary = "Every accepted record of the cluster, oldest first",
-    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    params(crate::http::openapi::ClusterId),
     responses(
         (status = 200, description = "The history", body = crate::http::openapi::History),
         crate::http::openapi::Refusals,
@@ -232,7 +232,7 @@ pub(crate) async fn history(
     tag = "clusters",
     summary = "Every facet as it was at a point",
     params(
-        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        crate::http::openapi::ClusterId,
         ("as_of" = Option<String>, Query, description = "A time (RFC 3339); default now"),
         ("version" = Option<String>, Query, description = "Instead of a time: `N` or `FACET:N`"),
     ),
@@ -279,7 +279,7 @@ pub(crate) async fn state_at(
     tag = "clusters",
     summary = "The cluster's timeline with field-level diffs",
     params(
-        ("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$"),
+        crate::http::openapi::ClusterId,
         ("since" = Option<String>, Query, description = "From this time (RFC 3339)"),
         ("until" = Option<String>, Query, description = "Up to this time (RFC 3339)"),
         ("facet" = Option<crate::http::openapi::FacetName>, Query, description = "Only this facet"),
@@ -318,7 +318,7 @@ pub(crate) async fn audit(
     path = "/v1/clusters/{id}/verify",
     tag = "clusters",
     summary = "Check the cluster's hash chains",
-    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    params(crate::http::openapi::ClusterId),
     responses(
         (status = 200, description = "The report, intact or not", body = crate::http::openapi::Verified),
         crate::http::openapi::Refusals,
@@ -361,7 +361,7 @@ pub(crate) struct RecoverRequest {
     tag = "clusters",
     summary = "Restore a cluster's desired state from its history",
     description = "As the `recovery` principal: restores every desired facet to its state at the point (default: just before the deletion) through the normal append path.",
-    params(("id" = String, Path, description = "Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter", pattern = "^[a-z][a-z0-9-]{0,63}$")),
+    params(crate::http::openapi::ClusterId),
     request_body(content = crate::http::openapi::RecoverRequest, description = "Empty, or the point and options", content_type = "application/json"),
     responses(
         (status = 200, description = "The plan of a dry run; nothing written", body = crate::http::openapi::Recovered),

@@ -166,6 +166,17 @@ impl utoipa::IntoResponses for Refusals {
     }
 }
 
+/// The cluster a path names.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // describes the `{id}` of the cluster routes
+pub(crate) struct ClusterId {
+    /// Cluster id: 1-64 lowercase letters, digits and `-`, starting with a letter (the rule
+    /// of `fleetledger_schemas::validate_cluster_id`).
+    #[param(pattern = "^[a-z][a-z0-9-]{0,63}$")]
+    id: String,
+}
+
 /// A facet's name.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -471,6 +482,10 @@ mod tests {
                 );
             }
         }
+        let id = &doc["paths"]["/v1/clusters/{id}"]["get"]["parameters"][0];
+        assert_eq!(id["name"], "id");
+        assert_eq!(id["in"], "path");
+        assert_eq!(id["schema"]["pattern"], "^[a-z][a-z0-9-]{0,63}$");
         let codes = &doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"];
         assert_eq!(codes.as_array().unwrap().len(), ERROR_CODES.len());
         assert_eq!(
