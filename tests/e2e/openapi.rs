@@ -32,7 +32,9 @@ async fn schemathesis(
     )
     .unwrap();
     let mut c = Command::new("schemathesis");
-    c.arg("--config-file")
+    // Its cache (`.schemathesis/`) goes to the test's directory, not the repository.
+    c.current_dir(&dir)
+        .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("{url}/openapi.json")])
         .args([
