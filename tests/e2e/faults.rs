@@ -98,6 +98,7 @@ async fn a_killed_broker_loses_nothing_acknowledged_and_writes_come_back() {
 }
 
 async fn broker_outage(outage: Duration, how: Outage) {
+    let _alone = crate::support::TIMED_FAULTS.lock().await;
     kafka("start");
     let mut cfg = config(&unique_prefix("faultkill"));
     cfg.kafka.bootstrap_servers = format!("127.0.0.1:{PORT}");

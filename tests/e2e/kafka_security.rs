@@ -146,4 +146,6 @@ async fn the_service_works_through_tls_and_sasl_and_a_wrong_password_never_gets_
     for (text, secret) in [(&bad, wrong), (&good, PASSWORD)] {
         assert!(!text.contains(secret), "the password is in a log line");
     }
+    // Its JVM would load the cores under the rest of the suite.
+    kafka_script(&["stop"], &SECURE_BROKER);
 }

@@ -15,9 +15,6 @@ use crate::support::{
 /// The first port of this module's three-broker cluster (nodes on it, +2 and +4).
 const PORT: u16 = 19500;
 
-/// Held by each test that uses the cluster: they start, stop and kill its brokers.
-static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs `deploy/local/kafka ARGS` for the three-node cluster; its output.
 pub(crate) fn cluster(args: &[&str]) -> String {
     let port = PORT.to_string();
@@ -33,7 +30,7 @@ pub(crate) fn cluster(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn on_three_brokers_topics_are_replicated_and_weak_settings_refuse_the_start() {
-    let _cluster = CLUSTER.lock().await;
+    let _cluster = crate::support::TIMED_FAULTS.lock().await;
     cluster(&["start"]);
     let bootstrap = cluster(&["bootstrap"]);
     assert_eq!(bootstrap.split(',').count(), 3, "{bootstrap}");
@@ -195,7 +192,7 @@ impl Load {
 /// are unavailable only briefly (the figures go to the fault report).
 #[tokio::test]
 async fn a_rolling_restart_and_a_killed_leader_lose_nothing_acknowledged() {
-    let _cluster = CLUSTER.lock().await;
+    let _cluster = crate::support::TIMED_FAULTS.lock().await;
     cluster(&["start"]);
     let mut cfg = config(&unique_prefix("rolling"));
     cfg.kafka.bootstrap_servers = cluster(&["bootstrap"]);

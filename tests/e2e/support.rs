@@ -432,3 +432,9 @@ pub(crate) async fn simulated_fleet(cfg: Config, clusters: usize, days: u32) -> 
         dir,
     }
 }
+
+/// Held by the fault scenarios whose timings are asserted (a broker outage's) and by the
+/// tests of the 3-broker cluster (they start, stop and kill its brokers), so they run one
+/// at a time: the cluster loads both cores and would otherwise show in another
+/// scenario's recovery time.
+pub(crate) static TIMED_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
