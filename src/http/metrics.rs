@@ -167,6 +167,13 @@ impl ServiceMetrics {
         Arc::new(ServiceMetrics { registry, ..m })
     }
 
+    /// Counts a PostgreSQL login that ended with `outcome` (see [`LoginOutcome`]).
+    pub(crate) fn pg_login(&self, outcome: &'static str) {
+        self.pg_logins
+            .get_or_create(&LoginOutcome { outcome })
+            .inc();
+    }
+
     /// The registry, encoded.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();

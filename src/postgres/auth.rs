@@ -3,7 +3,6 @@
 
 use super::{Session, refusal};
 use crate::http::AppState;
-use crate::http::metrics::LoginOutcome;
 use async_trait::async_trait;
 use fleetledger_ledger::Caller;
 use fleetledger_queries::pg_catalog::{DATABASE, SETTINGS};
@@ -149,11 +148,7 @@ impl StartupHandler for TokenLogin {
                     .cloned()
                     .unwrap_or_default();
                 if database != DATABASE {
-                    self.state
-                        .metrics
-                        .pg_logins
-                        .get_or_create(&LoginOutcome { outcome: "refused" })
-                        .inc();
+                    self.state.metrics.pg_login("refused");
                     return Err(refusal(
                         "3D000",
                         format!(
@@ -173,8 +168,7 @@ impl StartupHandler for TokenLogin {
                 Ok(())
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                let logins = &self.state.metrics.pg_logins;
-                let count = |outcome| logins.get_or_create(&LoginOutcome { outcome }).inc();
+                let count = |outcome| self.state.metrics.pg_login(outcome);
                 let advanced = self.driver.advance_authentication(client, message).await;
                 if advanced.is_err() {
                     count("refused");

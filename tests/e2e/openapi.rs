@@ -80,17 +80,8 @@ async fn count(url: &str, sql: &str) -> u64 {
 
 /// `fleetledger_appends_total{outcome="committed"}`.
 async fn committed(url: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("fleetledger_appends_total{outcome=\"committed\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    let text = crate::support::metrics_text(url).await;
+    crate::support::metric(&text, "fleetledger_appends_total{outcome=\"committed\"}").unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -305,28 +305,17 @@ async fn one_session_more_than_pg_max_connections_is_refused_at_login() {
     assert!(answered, "a session is served once the first one closed");
     // The operator sees it: the refused login, and no session left open (the last one
     // is closed once the server has read the client's goodbye).
-    let value = |metrics: &str, name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let value = crate::support::metric;
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = reqwest::get(format!("{}/metrics", server.url()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if value(&metrics, "fleetledger_pg_sessions ") == Some(0.0) {
+        metrics = crate::support::metrics_text(&server.url()).await;
+        if value(&metrics, "fleetledger_pg_sessions") == Some(0.0) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(
-        value(&metrics, "fleetledger_pg_sessions "),
+        value(&metrics, "fleetledger_pg_sessions"),
         Some(0.0),
         "{metrics}"
     );

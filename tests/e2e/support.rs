@@ -438,3 +438,22 @@ pub(crate) async fn simulated_fleet(cfg: Config, clusters: usize, days: u32) -> 
 /// at a time: the cluster loads both cores and would otherwise show in another
 /// scenario's recovery time.
 pub(crate) static TIMED_FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The service's `/metrics` text.
+pub(crate) async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the series `series` (its name and labels as the text shows them) in
+/// `/metrics` text, if it is there.
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+}
