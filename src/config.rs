@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: String,
+    /// The URL other instances redirect writes to while this one is the writer (and
+    /// clients are sent to): how this instance's HTTP API is reached from where they
+    /// are. Default: `http://` and the address `listen` bound (right for one machine;
+    /// behind a load balancer or in a container, set it to the instance's own address).
+    pub advertised_url: Option<String>,
     /// Address the PostgreSQL protocol listens on (psql, drivers, BI tools; the same
     /// read-only SQL as `/v1/sql`); empty: not served.
     pub pg_listen: String,
@@ -116,6 +121,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7070".into(),
+            advertised_url: None,
             pg_listen: "127.0.0.1:5433".into(),
             pg_max_connections: 64,
             kafka: KafkaConfig::default(),
@@ -138,6 +144,7 @@ impl Default for Config {
 /// the scripts' `FLEETLEDGER_KAFKA_PORT`) are not mistaken for configuration.
 const KEYS: &[&str] = &[
     "listen",
+    "advertised_url",
     "pg_listen",
     "pg_max_connections",
     "kafka",

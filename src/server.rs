@@ -235,8 +235,13 @@ pub async fn start_with_clock(
         max_operators: q.max_operators,
     };
     let writer_tracker = tracker.clone();
+    let advertised_url = config
+        .advertised_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     tracker.spawn(async move {
         let deps = LedgerDeps {
+            advertised_url,
             ownership,
             clock,
             config: ledger_config,
@@ -342,6 +347,7 @@ pub(crate) struct LedgerDeps {
     views: ServiceViews,
     limits: QueryLimits,
     tracker: TaskTracker,
+    advertised_url: String,
 }
 
 pub(crate) async fn start_up(
@@ -397,6 +403,7 @@ pub(crate) async fn start_up(
                 clock: deps.clock.clone(),
                 config: deps.config.clone(),
                 metrics: state.ledger_metrics.clone(),
+                advertised_url: deps.advertised_url.clone(),
             },
             shutdown.clone(),
             &deps.tracker,

@@ -27,15 +27,17 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{DeleteRequest, Outcome, Proposal};
 use crate::clock::Clock;
 use crate::cluster_history::RecoveryPlan;
+use crate::election::{Announcement, Election, WriterDirectory};
 use crate::error::{Error, Result};
-use crate::index::{Head, Index, rebuild_index};
+use crate::follower::StateFollower;
+use crate::index::{Head, Index, rebuild_index_at};
 use crate::kafka::KafkaClients;
 use crate::metrics::{LedgerMetrics, OutcomeLabel, outcome_of};
 use crate::partitioner::partition_for;
 use crate::principals::Scope;
 use crate::principals::{IMPORT, Ownership, RECOVERY};
 use crate::topics::TopicLayout;
-use crate::writer::{Pending, Writer, WriterStatus, new_transactional_producer};
+use crate::writer::{Pending, Role, Writer, WriterStatus};
 
 /// Tuning of the append path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +70,11 @@ pub struct LedgerConfig {
     /// the same Idempotency-Key), never "not written". Longer than a commit and the
     /// resolution of its outcome take, so those answer first.
     pub answer_timeout_ms: u64,
+    /// The writer election's session timeout, in milliseconds: how long a writer that
+    /// stopped answering (killed, cut off, paused) keeps the writer's role before a
+    /// standby is given it. Kafka's brokers accept 6,000 to 1,800,000 by default
+    /// (`group.min.session.timeout.ms`, `group.max.session.timeout.ms`).
+    pub election_session_timeout_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -81,6 +88,7 @@ impl Default for LedgerConfig {
             import_earliest: DateTime::from_timestamp(946_684_800, 0).unwrap_or_default(),
             import_max_skew_ms: 300_000,
             answer_timeout_ms: 120_000,
+            election_session_timeout_ms: 6_000,
         }
     }
 }
@@ -171,6 +179,9 @@ pub struct LedgerSetup {
     pub config: LedgerConfig,
     /// Where the append path counts what it does.
     pub metrics: LedgerMetrics,
+    /// The URL this instance's HTTP API is reached at, announced when it becomes the
+    /// writer (standbys redirect writes there).
+    pub advertised_url: String,
 }
 
 /// The append path and the in-memory index of the latest state.
@@ -179,6 +190,9 @@ pub struct Ledger {
     tx: mpsc::Sender<Pending>,
     index: Arc<RwLock<Index>>,
     status: WriterStatus,
+    directory: WriterDirectory,
+    /// This process in announcements ([`Announcement::instance`]).
+    instance: String,
     ownership: Arc<Ownership>,
     pub(crate) layout: TopicLayout,
     pub(crate) clients: KafkaClients,
@@ -189,9 +203,15 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the writer: creates the transactional producer (fencing any earlier instance
-    /// with the same id), then rebuilds the index from the state topic. The writer runs on
-    /// `tracker` until `shutdown`, finishing the changes already queued.
+    /// Opens the ledger of one `serve` instance: rebuilds the index from the state topic,
+    /// joins the writer election ([`crate::election`]) and follows the writer
+    /// announcements. The instance then writes while the election assigns it the
+    /// writer's partition (after fencing every earlier writer through the shared
+    /// transactional id), and is a standby otherwise, its index following the state
+    /// topic. Returns once the instance is the writer or knows who is (at most two
+    /// session timeouts and a request timeout; then it goes on as a standby). Everything
+    /// runs on `tracker` until `shutdown`, the writer finishing the changes already
+    /// queued.
     pub async fn open(
         setup: LedgerSetup,
         shutdown: CancellationToken,
@@ -205,16 +225,34 @@ impl Ledger {
             clock,
             config,
             metrics,
+            advertised_url,
         } = setup;
         let txn_id = writer_transactional_id(&clients.config().topic_prefix);
-        let producer = new_transactional_producer(&clients, &txn_id).await?;
-        let index = Arc::new(RwLock::new(rebuild_index(&clients, &layout, &codec).await?));
+        let (index, positions) = rebuild_index_at(&clients, &layout, &codec).await?;
+        let index = Arc::new(RwLock::new(index));
+        // Everything that can fail comes before anything is spawned: a failed open is
+        // retried from scratch.
+        let directory = WriterDirectory::follow(&clients, &layout, shutdown.clone(), tracker)?;
+        let election = Election::join(
+            &clients,
+            &layout,
+            config.election_session_timeout_ms,
+            tracker,
+        )?;
         let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 4);
         let status = WriterStatus::default();
         let ownership = Arc::new(ownership);
+        let instance = format!("{advertised_url}#{}", std::process::id());
         let (writer_clock, writer_config) = (clock.clone(), config.clone());
+        let session = Duration::from_millis(config.election_session_timeout_ms);
         let writer = Writer {
-            producer,
+            producer: None,
+            election,
+            announcement: Announcement {
+                instance: instance.clone(),
+                url: advertised_url,
+                since: chrono::Utc::now(),
+            },
             txn_id,
             clients: clients.clone(),
             layout: layout.clone(),
@@ -226,11 +264,21 @@ impl Ledger {
             status: status.clone(),
             metrics: metrics.clone(),
         };
-        tracker.spawn(writer.run(rx, shutdown));
-        Ok(Ledger {
+        tracker.spawn(writer.run(rx, shutdown.clone()));
+        let follower = StateFollower {
+            clients: clients.clone(),
+            layout: layout.clone(),
+            codec: codec.clone(),
+            index: index.clone(),
+            status: status.clone(),
+        };
+        tracker.spawn(follower.run(positions, shutdown.clone()));
+        let ledger = Ledger {
             tx,
             index,
             status,
+            directory,
+            instance,
             ownership,
             layout,
             clients,
@@ -238,7 +286,43 @@ impl Ledger {
             clock: writer_clock,
             config: writer_config,
             metrics,
-        })
+        };
+        let deadline =
+            tokio::time::Instant::now() + session * 2 + ledger.clients.config().request_timeout();
+        while tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() {
+            match ledger.role() {
+                Role::Writer => break,
+                Role::Standby if ledger.writer_url().is_some() => break,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        tracing::info!(role = ledger.role().as_str(), writer = ?ledger.writer_url(), "ledger open");
+        Ok(ledger)
+    }
+
+    /// Ok if this instance is the writer now, else [`Error::NotWriter`] naming the writer
+    /// if one is known: for a request of many changes, refused (redirected) as a whole.
+    pub fn check_writer(&self) -> Result<()> {
+        match self.role() {
+            Role::Writer => Ok(()),
+            _ => Err(Error::NotWriter {
+                writer: self.writer_url(),
+            }),
+        }
+    }
+
+    /// This instance's role in the writer election now.
+    pub fn role(&self) -> Role {
+        self.status.role()
+    }
+
+    /// The URL of the writer, as it announced itself, unless it is this instance: where
+    /// a standby sends writes. None while no other instance is known to write.
+    pub fn writer_url(&self) -> Option<String> {
+        self.directory
+            .latest()
+            .filter(|a| a.instance != self.instance)
+            .map(|a| a.url)
     }
 
     /// The ownership in force.
@@ -344,6 +428,11 @@ impl Ledger {
 
     /// Queues `proposal` for the writer, or says why it is refused before the queue.
     async fn enqueue(&self, proposal: Proposal) -> Result<oneshot::Receiver<Result<Outcome>>> {
+        if self.role() != Role::Writer {
+            return Err(Error::NotWriter {
+                writer: self.writer_url(),
+            });
+        }
         if self.status.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);
         }
@@ -414,23 +503,29 @@ impl Ledger {
         partition_for(cluster_id, self.layout.partitions)
     }
 
-    /// Whether this instance was fenced.
-    pub fn is_fenced(&self) -> bool {
-        self.status.fenced.load(Ordering::Acquire)
-    }
-
     /// Whether writes can be accepted now: [`Ledger::not_writable`] has nothing to say.
     pub fn is_writable(&self) -> bool {
         self.not_writable().is_none()
     }
 
-    /// Why a write would not be accepted now, if it would not: this instance was fenced,
+    /// Why a write would not be accepted now, if it would not: this instance is not the
+    /// writer (a standby, or taking over), it was just fenced,
     /// the writer is re-connecting to Kafka after a failed transaction, or the transaction
     /// in flight has gone unanswered for longer than Kafka's request timeout (the broker is
     /// away; the writer will learn so when the commit's own time limit ends). A change
     /// submitted meanwhile is refused before it is queued: truly not written.
     pub fn not_writable(&self) -> Option<String> {
-        if self.is_fenced() {
+        match self.role() {
+            Role::Writer => {}
+            Role::TakingOver => return Some("taking over as the writer".into()),
+            Role::Standby => {
+                return Some(match self.writer_url() {
+                    Some(url) => format!("a standby: the writer is {url}"),
+                    None => "a standby, and no writer is known yet".into(),
+                });
+            }
+        }
+        if self.status.fenced.load(Ordering::Acquire) {
             return Some("fenced: another writer with the same transactional id took over".into());
         }
         if self.status.recovering.load(Ordering::Acquire) {

@@ -227,6 +227,16 @@ pub enum Error {
         "this instance was fenced by another writer with the same transactional id and no longer accepts writes"
     )]
     Fenced,
+    /// This instance is not the writer now (a standby, or taking over): nothing was
+    /// written. `writer` is where the writer announced itself, if one did.
+    #[error("{}", match writer {
+        Some(url) => format!("this instance is a standby; the writer is {url}: send writes there (nothing was written here)"),
+        None => "no instance is the writer right now (an election is under way); nothing was written, retry in a few seconds".to_owned(),
+    })]
+    NotWriter {
+        /// The writer's advertised URL.
+        writer: Option<String>,
+    },
     /// An error from the schemas crate.
     #[error(transparent)]
     Schema(#[from] fleetledger_schemas::Error),

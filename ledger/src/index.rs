@@ -128,7 +128,37 @@ pub(crate) async fn rebuild_index(
     layout: &TopicLayout,
     codec: &RecordCodec,
 ) -> Result<Index> {
+    Ok(rebuild_index_at(clients, layout, codec).await?.0)
+}
+
+/// The index as a state record makes it: the record, the idempotency window its header
+/// carries, and where its history copy is (known from the window, else unknown: -1).
+pub(crate) fn head_of(record: StateRecord, recent: Option<&[u8]>, partition: i32) -> Head {
+    let recent: VecDeque<RecentRequest> = recent
+        .and_then(|r| serde_json::from_slice(r).ok())
+        .unwrap_or_default();
+    let appended = recent
+        .iter()
+        .rev()
+        .find(|r| r.result.version == record.meta.version)
+        .map(|r| r.result.clone())
+        .unwrap_or_else(|| Appended::of(&record, partition, -1));
+    Head {
+        record,
+        appended,
+        recent,
+    }
+}
+
+/// [`rebuild_index`], and for every partition the offset of the last record read (None:
+/// none was), where a reader that follows the topic goes on from.
+pub(crate) async fn rebuild_index_at(
+    clients: &KafkaClients,
+    layout: &TopicLayout,
+    codec: &RecordCodec,
+) -> Result<(Index, Vec<Option<i64>>)> {
     let mut index = Index::default();
+    let mut last_read = Vec::with_capacity(layout.partitions as usize);
     for partition in 0..layout.partitions {
         // The state topic is keyed by cluster/facet and written by one writer at a time,
         // so the last record of a key in its partition is its head: keep only that one's
@@ -136,7 +166,9 @@ pub(crate) async fn rebuild_index(
         // one per change the topic still holds before compaction.
         let mut latest: HashMap<Vec<u8>, RawState> = HashMap::new();
         let mut unkeyed = Vec::new();
+        let mut last = None;
         read_partition_to_end(clients, &layout.state, partition, "index-rebuild", |m| {
+            last = Some(m.offset());
             if let Some(payload) = m.payload() {
                 let recent = m.headers().and_then(|h| {
                     h.iter()
@@ -166,6 +198,7 @@ pub(crate) async fn rebuild_index(
             Ok(())
         })
         .await?;
+        last_read.push(last);
         let mut raw: Vec<_> = latest
             .into_iter()
             .map(|(key, (payload, recent, offset))| (facet_of_key(&key), payload, recent, offset))
@@ -182,27 +215,14 @@ pub(crate) async fn rebuild_index(
                     offset,
                     message: e.to_string(),
                 })?;
-            let recent: VecDeque<RecentRequest> = recent
-                .and_then(|r| serde_json::from_slice(&r).ok())
-                .unwrap_or_default();
-            let appended = recent
-                .iter()
-                .rev()
-                .find(|r| r.result.version == record.meta.version)
-                .map(|r| r.result.clone())
-                .unwrap_or_else(|| Appended::of(&record, partition, -1));
-            index.install(Head {
-                record,
-                appended,
-                recent,
-            });
+            index.install(head_of(record, recent.as_deref(), partition));
         }
     }
     tracing::info!(
         clusters = index.clusters(),
         "index rebuilt from the state topic"
     );
-    Ok(index)
+    Ok((index, last_read))
 }
 
 #[cfg(test)]

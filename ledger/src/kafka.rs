@@ -264,6 +264,14 @@ impl KafkaClients {
         Ok(c)
     }
 
+    /// The settings of a consumer in the consumer group `group` (the writer election),
+    /// otherwise those of [`KafkaClients::consumer`].
+    pub(crate) fn group_consumer_config(&self, role: &str, group: &str) -> Result<ClientConfig> {
+        let mut c = self.consumer_config(role)?;
+        c.set("group.id", group);
+        Ok(c)
+    }
+
     /// A `read_committed` consumer that never commits offsets by itself: callers assign
     /// partitions and keep their own offsets.
     pub fn consumer(&self, role: &str) -> Result<LedgerConsumer> {

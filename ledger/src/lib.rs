@@ -5,7 +5,9 @@ mod admission;
 pub mod append;
 mod clock;
 pub mod cluster_history;
+pub mod election;
 mod error;
+mod follower;
 pub mod hash_chain;
 mod history;
 pub mod import;
@@ -29,6 +31,7 @@ pub use cluster_history::{
     ClusterHistory, FacetRestore, HistoryEntry, Point, RecoveryPlan, StateAt, TimelineEntry,
     parse_time,
 };
+pub use election::{Announcement, Election, WriterDirectory};
 pub use error::{Error, Result};
 pub use hash_chain::{BrokenLink, ChainReport, ChainVerifier};
 pub use history::HistoryHint;
@@ -40,3 +43,4 @@ pub use principals::{Caller, Ownership, Scope, Tokens};
 pub use registry_journal::KafkaRegistryJournal;
 pub use topics::{TopicCheck, TopicLayout};
 pub use verify::{VerifyProgress, verify_history};
+pub use writer::Role;

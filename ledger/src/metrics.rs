@@ -25,7 +25,9 @@ pub fn outcome_of<T>(result: &Result<T, Error>) -> &'static str {
         Ok(_) => "committed",
         Err(Error::Conflict { .. }) => "conflict",
         Err(Error::OutcomeUnknown(_)) => "outcome_unknown",
-        Err(e) if e.is_retriable() || matches!(e, Error::Fenced) => "unavailable",
+        Err(e) if e.is_retriable() || matches!(e, Error::Fenced | Error::NotWriter { .. }) => {
+            "unavailable"
+        }
         Err(_) => "refused",
     }
 }
@@ -42,6 +44,8 @@ pub struct LedgerMetrics {
     pub commit_seconds: Histogram,
     /// `fleetledger_writer_fenced_total`: times another writer fenced this one.
     pub fenced: Counter,
+    /// `fleetledger_writer_takeovers_total`: times this instance became the writer.
+    pub takeovers: Counter,
 }
 
 impl Default for LedgerMetrics {
@@ -51,6 +55,7 @@ impl Default for LedgerMetrics {
             transaction_changes: Histogram::new(exponential_buckets(1.0, 4.0, 7)),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             fenced: Counter::default(),
+            takeovers: Counter::default(),
         }
     }
 }
@@ -76,8 +81,13 @@ impl LedgerMetrics {
         );
         registry.register(
             "writer_fenced",
-            "Times another writer fenced this one",
+            "Times a newer producer of the writer's transactional id fenced this instance",
             self.fenced.clone(),
+        );
+        registry.register(
+            "writer_takeovers",
+            "Times this instance became the writer (won the election, fenced the one before)",
+            self.takeovers.clone(),
         );
     }
 }

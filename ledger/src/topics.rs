@@ -18,6 +18,11 @@ pub struct TopicLayout {
     pub history: String,
     /// The embedded registry's topic.
     pub schemas: String,
+    /// `{prefix}.writer.v1`: the writer election's control topic (one partition). Every
+    /// `serve` instance joins a consumer group on it, and the member assigned its
+    /// partition is the writer; each writer announces itself there, in a transaction of
+    /// its own producer ([`crate::election`]).
+    pub writers: String,
     /// Partitions of state and history.
     pub partitions: i32,
     /// Replication factor of topics we create (0: 3 on a cluster of three or more
@@ -43,6 +48,7 @@ impl TopicLayout {
             state: format!("{}.state.v1", config.topic_prefix),
             history: format!("{}.history.v1", config.topic_prefix),
             schemas: config.schemas_topic.clone(),
+            writers: format!("{}.writer.v1", config.topic_prefix),
             partitions: config.partitions,
             replication_factor: config.replication_factor,
             topic_configs: config.topic_configs.clone(),
@@ -110,6 +116,15 @@ impl TopicLayout {
                 BTreeMap::from([
                     ("cleanup.policy".to_owned(), "compact".to_owned()),
                     ("min.insync.replicas".to_owned(), min_isr.clone()),
+                ]),
+            ),
+            // Announcements are keyed by one key: compaction keeps the latest writer's.
+            (
+                self.writers.clone(),
+                1,
+                BTreeMap::from([
+                    ("cleanup.policy".to_owned(), "compact".to_owned()),
+                    ("min.insync.replicas".to_owned(), min_isr),
                 ]),
             ),
         ]
@@ -505,6 +520,7 @@ mod tests {
             state: "p.state.v1".into(),
             history: "p.history.v1".into(),
             schemas: "p._schemas".into(),
+            writers: "p.writer.v1".into(),
             partitions: 6,
             replication_factor: 1,
             topic_configs: topic_configs

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::admission::{Admitted, Outcome, Proposal, Rules, Verdict, admit};
 use crate::append::{Appended, LedgerConfig};
 use crate::clock::Clock;
+use crate::election::{Announcement, Election, announce};
 use crate::error::{Error, Result};
 use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
 use crate::kafka::KafkaClients;
@@ -47,11 +48,39 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// What this instance is in the writer election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not the writer: reads are served from an index that follows the state topic, and
+    /// writes go to the writer ([`Error::NotWriter`]).
+    Standby,
+    /// Assigned the writer's partition, taking over: confirming the membership, fencing
+    /// the earlier writer, rebuilding the index, announcing itself.
+    TakingOver,
+    /// The writer: accepts writes (unless re-connecting to Kafka after a failed
+    /// transaction).
+    Writer,
+}
+
+impl Role {
+    /// The role's name, as `/readyz` and `/metrics` say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standby => "standby",
+            Role::TakingOver => "taking_over",
+            Role::Writer => "writer",
+        }
+    }
+}
+
 /// Flags the writer shares with the [`crate::Ledger`] handle.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriterStatus {
-    /// Another writer with the same transactional id took over: final.
+    /// The group being processed met a fence (a newer producer of the transactional id,
+    /// or the election moved on): the writer stands down once it is answered.
     pub(crate) fenced: Arc<AtomicBool>,
+    /// [`Role`] as a number: 0 standby, 1 taking over, 2 writer.
+    role: Arc<std::sync::atomic::AtomicU8>,
     /// The producer is being re-created (the broker is away): writes answer 503 meanwhile.
     pub(crate) recovering: Arc<AtomicBool>,
     /// When the transaction in flight began, in milliseconds of [`monotonic_ms`] plus one;
@@ -69,6 +98,24 @@ fn monotonic_ms() -> u64 {
 }
 
 impl WriterStatus {
+    /// This instance's role now.
+    pub(crate) fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            2 => Role::Writer,
+            1 => Role::TakingOver,
+            _ => Role::Standby,
+        }
+    }
+
+    fn set_role(&self, role: Role) {
+        let n = match role {
+            Role::Standby => 0,
+            Role::TakingOver => 1,
+            Role::Writer => 2,
+        };
+        self.role.store(n, Ordering::Release);
+    }
+
     /// How long the transaction in flight has been going, if one is.
     pub(crate) fn in_flight_for(&self) -> Option<Duration> {
         match self.committing_since.load(Ordering::Acquire) {
@@ -90,7 +137,11 @@ impl WriterStatus {
 }
 
 pub(crate) struct Writer {
-    pub(crate) producer: FutureProducer,
+    /// The transactional producer while this instance is the writer.
+    pub(crate) producer: Option<FutureProducer>,
+    pub(crate) election: Election,
+    /// What this instance announces when it becomes the writer (`since` is set then).
+    pub(crate) announcement: Announcement,
     pub(crate) txn_id: String,
     pub(crate) clients: KafkaClients,
     pub(crate) layout: TopicLayout,
@@ -162,17 +213,43 @@ struct Accepted {
 }
 
 impl Writer {
+    /// Writes while the election assigns this instance the writer's partition, stands by
+    /// otherwise, until `shutdown`; then finishes the changes already queued and leaves
+    /// the election.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<Pending>,
         shutdown: CancellationToken,
     ) {
         let linger = Duration::from_millis(self.config.linger_ms);
+        let mut elected = self.election.watch();
+        // After a fence or a failed take-over, the next attempt waits this long, so that
+        // the group can tell this member it has moved on before it fences anyone again.
+        let mut not_before = tokio::time::Instant::now();
         loop {
+            let held = *elected.borrow_and_update();
+            if held && self.producer.is_none() && tokio::time::Instant::now() >= not_before {
+                if !self.take_over(&mut rx, &shutdown).await {
+                    not_before = tokio::time::Instant::now() + RETRY_TAKE_OVER;
+                }
+                continue;
+            }
+            if !held && self.producer.is_some() {
+                self.stand_down("the election assigned the writer's partition elsewhere");
+            }
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                changed = elected.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep_until(not_before), if held && self.producer.is_none() => continue,
                 p = rx.recv() => match p { Some(p) => p, None => break },
             };
+            if self.producer.is_none() {
+                refuse_not_writer(first);
+                continue;
+            }
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < self.config.batch_max {
@@ -182,6 +259,10 @@ impl Writer {
                 }
             }
             self.process(batch, &mut rx, &shutdown).await;
+            if self.status.fenced.swap(false, Ordering::AcqRel) {
+                self.stand_down("fenced");
+                not_before = tokio::time::Instant::now() + RETRY_TAKE_OVER;
+            }
         }
         // Finish what callers already queued, then stop.
         rx.close();
@@ -190,9 +271,81 @@ impl Writer {
             rest.push(p);
         }
         if !rest.is_empty() {
-            self.process(rest, &mut rx, &shutdown).await;
+            if self.producer.is_some() {
+                self.process(rest, &mut rx, &shutdown).await;
+            } else {
+                rest.into_iter().for_each(refuse_not_writer);
+            }
         }
+        self.stand_down("shutting down");
+        self.election.leave();
         tracing::info!("ledger writer stopped");
+    }
+
+    /// Becomes the writer: the group confirms this member, a new transactional producer
+    /// fences every earlier one (and has the coordinator finish their transactions), the
+    /// index is rebuilt from the state topic, and the instance announces itself. False,
+    /// and still a standby, if any step fails.
+    async fn take_over(
+        &mut self,
+        queue: &mut mpsc::Receiver<Pending>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.status.set_role(Role::TakingOver);
+        let started = std::time::Instant::now();
+        let result = {
+            let attempt = async {
+                if !self.election.confirm().await {
+                    return Err(Error::NotWriter { writer: None });
+                }
+                let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
+                let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
+                let announcement = Announcement {
+                    since: chrono::Utc::now(),
+                    ..self.announcement.clone()
+                };
+                let timeout = self.clients.config().request_timeout() * 3;
+                announce(&producer, &self.layout.writers, &announcement, timeout).await?;
+                Ok::<_, Error>((producer, index))
+            };
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    () = shutdown.cancelled() => break Err(Error::Unavailable("shutting down".into())),
+                    Some(p) = queue.recv() => refuse_not_writer(p),
+                }
+            }
+        };
+        match result {
+            Ok((producer, index)) => {
+                *self.index.write().await = index;
+                self.producer = Some(producer);
+                self.status.set_role(Role::Writer);
+                self.metrics.takeovers.inc();
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    url = %self.announcement.url,
+                    "this instance is the writer"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "taking over as the writer failed; standing by");
+                self.status.set_role(Role::Standby);
+                false
+            }
+        }
+    }
+
+    /// Stops writing: the producer is dropped (off the runtime: dropping flushes) and the
+    /// index follows the state topic again.
+    fn stand_down(&mut self, why: &str) {
+        if let Some(p) = self.producer.take() {
+            tracing::warn!(why, "this instance is no longer the writer");
+            tokio::task::spawn_blocking(move || drop(p));
+        }
+        self.status.set_role(Role::Standby);
     }
 
     /// Decides, writes and answers one group. `queue` is only read while the producer is
@@ -285,7 +438,7 @@ impl Writer {
             let recovery = self.recover_producer(queue, shutdown);
             tokio::pin!(recovery);
             tokio::select! {
-                () = &mut recovery => true,
+                recovered = &mut recovery => recovered,
                 () = tokio::time::sleep(OUTCOME_DEADLINE) => {
                     // The callers are answered now; the recovery goes on.
                     if let Some(accepted) = waiting.take() {
@@ -448,15 +601,23 @@ impl Writer {
     ) -> std::result::Result<Written, CommitFailure> {
         let timeout = self.clients.config().request_timeout() * 3;
         let started = std::time::Instant::now();
-        let p = self.producer.clone();
+        let producer = match self.producer.clone() {
+            Some(p) => p,
+            None => {
+                return Err(CommitFailure::NotCommitted(Error::Unavailable(
+                    "this instance is not the writer now".into(),
+                )));
+            }
+        };
+        let p = producer.clone();
         let produced = match blocking(move || p.begin_transaction()).await {
-            Ok(()) => self.produce_all(accepted).await,
+            Ok(()) => self.produce_all(&producer, accepted).await,
             Err(e) => Err(e),
         };
         let produce_ms = started.elapsed().as_secs_f64() * 1e3;
         let e = match produced {
             Ok(written) => {
-                let p = self.producer.clone();
+                let p = producer.clone();
                 let committed = blocking(move || {
                     settle_deliveries(&p);
                     p.commit_transaction(timeout)
@@ -481,7 +642,7 @@ impl Writer {
         };
         self.classify(&e);
         if !self.status.fenced.load(Ordering::Acquire) {
-            let p = self.producer.clone();
+            let p = producer.clone();
             if let Err(abort) = blocking(move || p.abort_transaction(timeout)).await {
                 tracing::warn!(error = %abort, "abort failed");
             }
@@ -494,7 +655,11 @@ impl Writer {
     /// header; a window that gains an entry needs that change's history offset, so only a
     /// transaction with keyed changes waits for the history deliveries before sending the
     /// state records; otherwise both go out at once.
-    async fn produce_all(&self, accepted: &[Accepted]) -> Result<Written> {
+    async fn produce_all(
+        &self,
+        producer: &FutureProducer,
+        accepted: &[Accepted],
+    ) -> Result<Written> {
         // The Kafka timestamp of every record is its write time (when this transaction
         // was formed, by the ledger's clock); the event time is the record's `ts`. The
         // projections tell from it when a late record re-billed an hour.
@@ -513,7 +678,7 @@ impl Writer {
                 .partition(a.partition)
                 .timestamp(written_at);
             history.push(
-                self.producer
+                producer
                     .send_result(rec)
                     .map_err(|(e, _)| Error::kafka("produce history", e))?,
             );
@@ -566,7 +731,7 @@ impl Writer {
                 }));
             }
             state.push(
-                self.producer
+                producer
                     .send_result(rec)
                     .map_err(|(e, _)| Error::kafka("produce state", e))?,
             );
@@ -592,12 +757,16 @@ impl Writer {
         };
         let mut fenced =
             matches!(e, Error::Kafka { source, .. } if is_fence(source.rdkafka_error_code()));
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
+        if let Some((code, reason)) = self
+            .producer
+            .as_ref()
+            .and_then(|p| p.client().fatal_error())
+        {
             tracing::warn!(?code, reason, "producer has a fatal error");
             fenced |= is_fence(Some(code));
         }
         if fenced && !self.status.fenced.swap(true, Ordering::AcqRel) {
-            tracing::error!(transactional_id = %self.txn_id, "fenced by another writer; no longer accepting writes");
+            tracing::error!(transactional_id = %self.txn_id, "fenced: a newer producer of the writer's transactional id exists; standing down");
             self.metrics.fenced.inc();
         }
     }
@@ -611,14 +780,21 @@ impl Writer {
         &mut self,
         queue: &mut mpsc::Receiver<Pending>,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         self.status.recovering.store(true, Ordering::Release);
         let mut attempt = 0u32;
+        let mut recovered = false;
         loop {
             attempt += 1;
             let result = {
+                let (election, clients, txn_id) = (&self.election, &self.clients, &self.txn_id);
                 let attempt = async {
-                    let producer = new_transactional_producer(&self.clients, &self.txn_id).await?;
+                    // Only while the group still confirms this instance as the writer: a
+                    // new producer would fence the instance that replaced this one.
+                    if !election.confirm().await {
+                        return Err(Error::NotWriter { writer: None });
+                    }
+                    let producer = new_transactional_producer(clients, txn_id).await?;
                     let index = rebuild_index(&self.clients, &self.layout, &self.codec).await?;
                     Ok::<_, Error>((producer, index))
                 };
@@ -632,12 +808,18 @@ impl Writer {
             };
             match result {
                 Ok((producer, index)) => {
-                    self.producer = producer;
+                    self.producer = Some(producer);
                     *self.index.write().await = index;
                     tracing::info!(
                         attempt,
                         "producer re-created and index rebuilt; accepting writes"
                     );
+                    recovered = true;
+                    break;
+                }
+                Err(Error::NotWriter { .. }) => {
+                    tracing::warn!("no longer the writer (the election moved on); standing down");
+                    self.status.fenced.store(true, Ordering::Release);
                     break;
                 }
                 Err(e) => {
@@ -665,6 +847,7 @@ impl Writer {
             }
         }
         self.status.recovering.store(false, Ordering::Release);
+        recovered
     }
 
     async fn publish(&self, accepted: Vec<Accepted>, written: Written) {
@@ -691,6 +874,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// How long after a fence or a failed take-over the writer waits before taking over
+/// again (if the election still assigns it the partition): longer than a heartbeat, so a
+/// member the group moved on from learns so first.
+const RETRY_TAKE_OVER: Duration = Duration::from_secs(3);
+
+/// Answers a change that reached the queue after this instance stopped being the writer:
+/// it was never admitted, so it is truly not written.
+fn refuse_not_writer(p: Pending) {
+    let _ = p.reply.send(Err(Error::NotWriter { writer: None }));
 }
 
 /// Answers a change that reached the queue while the producer is being re-created: it was

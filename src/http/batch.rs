@@ -82,6 +82,8 @@ pub(crate) async fn batch(
         ));
     }
     let ledger = ledger(&state)?;
+    // A standby redirects the whole request to the writer, not item by item.
+    ledger.check_writer()?;
     let prepared: Vec<Result<AppendRequest, AppError>> = batch
         .items
         .into_iter()
@@ -201,6 +203,8 @@ pub(crate) async fn import(
     let batch: ImportBatch = serde_json::from_slice(&bytes)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid", format!("body: {e}")))?;
     let ledger = ledger(&state)?;
+    // A standby redirects the whole request to the writer, not item by item.
+    ledger.check_writer()?;
     let at_line = |line: usize, e: AppError| {
         let (status, body) = e.parts();
         AppError::new(

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// Every code an error may carry (the OpenAPI document's enum of `error`). A code not in
 /// it panics in debug builds, so a test that reaches it fails.
-pub(crate) const ERROR_CODES: [&str; 35] = [
+pub(crate) const ERROR_CODES: [&str; 37] = [
     "broken_chain",
     "fenced",
     "forbidden",
@@ -24,9 +24,11 @@ pub(crate) const ERROR_CODES: [&str; 35] = [
     "invalid_time",
     "kafka_unavailable",
     "live_history",
+    "no_writer",
     "not_deleted",
     "not_found",
     "not_read_only",
+    "not_writer",
     "not_ready",
     "out_of_scope",
     "outcome_unknown",
@@ -100,9 +102,19 @@ impl IntoResponse for AppError {
             r.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::TEMPORARY_REDIRECT
+            && let Some(url) = self.detail.get("writer").and_then(|w| w.as_str())
+        {
+            r.extensions_mut().insert(WriterLocation(url.to_owned()));
+        }
         r
     }
 }
+
+/// The writer's URL on a `not_writer` answer: [`crate::http::redirect_to_writer`] makes it
+/// the `Location` of the request's path and query there.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterLocation(pub(crate) String);
 
 impl From<LedgerError> for AppError {
     fn from(e: LedgerError) -> Self {
@@ -133,6 +145,12 @@ impl From<LedgerError> for AppError {
             }
             LedgerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid"),
             LedgerError::Fenced => (StatusCode::SERVICE_UNAVAILABLE, "fenced"),
+            LedgerError::NotWriter { writer: Some(_) } => {
+                (StatusCode::TEMPORARY_REDIRECT, "not_writer")
+            }
+            LedgerError::NotWriter { writer: None } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_writer")
+            }
             LedgerError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             e if e.is_retriable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -140,6 +158,12 @@ impl From<LedgerError> for AppError {
         let mut err = AppError::new(status, code, e.to_string());
         if let LedgerError::Conflict { current, .. } = e {
             err = err.with_detail("current_version", json!(current));
+        }
+        if let LedgerError::NotWriter {
+            writer: Some(url), ..
+        } = &e
+        {
+            err = err.with_detail("writer", json!(url));
         }
         err
     }

@@ -120,7 +120,7 @@ impl ServiceMetrics {
         registry.register("ready", "1 once start-up finished", m.ready.clone());
         registry.register(
             "role",
-            "1 for this instance's role: writer (accepts writes now), or not_writing (fenced, re-connecting to Kafka, or starting)",
+            "1 for this instance's role: writer (accepts writes now), standby (serves reads, redirects writes to the writer), or not_writing (taking over, fenced, re-connecting to Kafka, or starting)",
             m.role.clone(),
         );
         registry.register(

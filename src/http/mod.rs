@@ -90,6 +90,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(IMPORT, post(batch::import))
         .route(SQL, post(sql::sql))
         .route(WATCH, get(watch::watch))
+        .layer(axum::middleware::from_fn(redirect_to_writer))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             bound_request,
@@ -179,6 +180,31 @@ async fn bound_request(
         )
         .into_response(),
     }
+}
+
+/// A write sent to a standby is answered `307 Temporary Redirect` to the same path and
+/// query at the writer (its announced `advertised_url`): the client sends it again there,
+/// with the same method, body and headers (its token and Idempotency-Key included).
+/// Nothing was written here. Redirected, not forwarded: the client talks to the writer
+/// itself, so an unknown outcome is never produced by a hop in between.
+pub(crate) async fn redirect_to_writer(
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let mut response = next.run(req).await;
+    if let Some(error::WriterLocation(url)) = response.extensions().get::<error::WriterLocation>() {
+        let location = format!("{}{path_and_query}", url.trim_end_matches('/'));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LOCATION, v);
+        }
+    }
+    response
 }
 
 /// One `tracing` span per request, with method, path and, at the end, status and time.

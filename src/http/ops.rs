@@ -5,6 +5,7 @@ use crate::http::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use fleetledger_ledger::Role;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,12 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
         .set(i64::from(state.started.load(Ordering::Acquire)));
     let ledger = state.ledger.get();
     let writing = ledger.is_some_and(|l| l.is_writable());
-    for (role, on) in [("writer", writing), ("not_writing", !writing)] {
+    let standby = ledger.is_some_and(|l| l.role() == fleetledger_ledger::Role::Standby);
+    for (role, on) in [
+        ("writer", writing),
+        ("standby", standby),
+        ("not_writing", !writing && !standby),
+    ] {
         m.role.get_or_create(&Role { role }).set(i64::from(on));
     }
     if let Some(p) = state.projector.get() {
@@ -88,13 +94,29 @@ pub(crate) async fn readyz(
             "starting: waiting for Kafka, the topics and the schema registry",
         ));
     }
-    if let Some(why) = state.ledger.get().and_then(|l| l.not_writable()) {
+    // A standby is ready: it serves reads, and redirects writes to the writer.
+    let role = state.ledger.get().map(|l| (l.role(), l.writer_url()));
+    if let Some(why) = state
+        .ledger
+        .get()
+        .filter(|l| l.role() != Role::Standby)
+        .and_then(|l| l.not_writable())
+    {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             format!("{why}; writes answer 503 meanwhile"),
         ));
     }
+    let role_fields = |mut body: serde_json::Value| {
+        if let Some((role, writer)) = &role {
+            body["role"] = json!(role.as_str());
+            if let Some(w) = writer {
+                body["writer"] = json!(w);
+            }
+        }
+        body
+    };
     match state.layout.all_exist(&state.clients).await {
         Ok(true) => {
             // Writes are accepted; reads may lag or miss a projection: said, not hidden.
@@ -104,11 +126,11 @@ pub(crate) async fn readyz(
                 .map(|p| p.degraded())
                 .unwrap_or_default();
             if degraded.is_empty() {
-                Ok(axum::Json(json!({"status": "ready"})))
+                Ok(axum::Json(role_fields(json!({"status": "ready"}))))
             } else {
-                Ok(axum::Json(
+                Ok(axum::Json(role_fields(
                     json!({"status": "degraded", "degraded": degraded}),
-                ))
+                )))
             }
         }
         Ok(false) => Err(AppError::new(

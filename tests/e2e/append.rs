@@ -423,13 +423,17 @@ async fn a_restarted_server_continues_versions_chains_and_idempotency() {
     third.stop().await;
 }
 
+/// A second instance on the same topics stands by: it serves reads from an index that
+/// follows the writer's commits, redirects writes (307 to the same path at the writer,
+/// nothing written here), and takes over when the writer stops, with the idempotency
+/// window: a keyed retry there gets the original answer.
 #[tokio::test]
-async fn a_second_instance_fences_the_first() {
-    let prefix = unique_prefix("fence");
+async fn a_second_instance_stands_by_redirects_writes_and_takes_over() {
+    let prefix = unique_prefix("standby");
     let cfg = config(&prefix);
     let first = TestServer::start(cfg.clone()).await;
     let a = Api::new(&first);
-    let c = "lkc-fence1";
+    let c = "lkc-standby1";
     let (st, _) = a
         .append(c, "logical", "dev-frontend", &logical(1), &[])
         .await;
@@ -439,32 +443,112 @@ async fn a_second_instance_fences_the_first() {
     let mut second_cfg = cfg.clone();
     second_cfg.projector.dir = cfg.projector.dir.join("second");
     let second = TestServer::start(second_cfg).await;
-    let b = Api::new(&second);
-    let (st, v) = a
-        .append(c, "logical", "dev-frontend", &logical(2), &[])
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let ready = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{url}/readyz")).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        ready(first.url()).await,
+        (200, json!({"status": "ready", "role": "writer"}))
+    );
+    assert_eq!(
+        ready(second.url()).await,
+        (
+            200,
+            json!({"status": "ready", "role": "standby", "writer": first.url()})
+        )
+    );
+    // A write to the standby: redirected to the writer, nothing written.
+    let path = format!("/v1/clusters/{c}/logical");
+    let r = http
+        .post(format!("{}{path}", second.url()))
+        .bearer_auth("dev-frontend")
+        .header("idempotency-key", "k-standby")
+        .json(&logical(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("{}{path}", first.url())
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["error"].as_str(), v["writer"].as_str()),
+        (Some("not_writer"), Some(first.url().as_str())),
+        "{v}"
+    );
+    // Following the redirect (same method, body, token and key) writes it once.
+    let (st, original) = a
+        .append(
+            c,
+            "logical",
+            "dev-frontend",
+            &logical(2),
+            &[("idempotency-key", "k-standby")],
+        )
         .await;
-    assert_eq!((st, v["error"].as_str()), (503, Some("fenced")), "{v}");
+    assert_eq!(
+        (st, original["version"].as_i64()),
+        (201, Some(2)),
+        "{original}"
+    );
+    // The standby's reads follow the writer's commits.
+    let b = Api::new(&second);
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let (_, v) = b.get(&format!("/v1/clusters/{c}"), "dev-frontend").await;
+        seen = v["facets"]["logical"]["version"].clone();
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 2, "the standby's index follows the state topic");
+
+    // The writer stops (leaving the election): the standby takes over.
+    let stopped = std::time::Instant::now();
+    first.stop().await;
+    let mut role = Value::Null;
+    while stopped.elapsed() < std::time::Duration::from_secs(30) {
+        role = ready(second.url()).await.1["role"].clone();
+        if role == "writer" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(role, "writer", "the standby took over");
+    // The keyed retry of a change the old writer committed: its original answer.
+    let (st, again) = b
+        .append(
+            c,
+            "logical",
+            "dev-frontend",
+            &logical(2),
+            &[("idempotency-key", "k-standby")],
+        )
+        .await;
+    assert_eq!((st, &again), (201, &original));
     let (st, v) = b
         .append(c, "logical", "dev-frontend", &logical(3), &[])
         .await;
-    assert_eq!(st, 201, "{v}");
-    assert_eq!(v["version"], 2);
-    // The fenced one stays fenced.
-    let (st, _) = a
-        .append(c, "logical", "dev-frontend", &logical(4), &[])
-        .await;
-    assert_eq!(st, 503);
-
+    assert_eq!((st, v["version"].as_i64()), (201, Some(3)), "{v}");
     let keys: Vec<String> = history_keys(&cfg).await.into_iter().map(|k| k.0).collect();
     assert_eq!(
         keys,
-        vec![
-            format!("{c}/logical/{:020}", 1),
-            format!("{c}/logical/{:020}", 2)
-        ]
+        (1..=3)
+            .map(|v| format!("{c}/logical/{v:020}"))
+            .collect::<Vec<_>>()
     );
     second.stop().await;
-    first.stop().await;
 }
 
 #[tokio::test]
