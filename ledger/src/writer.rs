@@ -321,6 +321,8 @@ impl Writer {
             Ok((producer, index)) => {
                 *self.index.write().await = index;
                 self.producer = Some(producer);
+                // A fresh producer and index: nothing of an earlier failure is pending.
+                self.status.recovering.store(false, Ordering::Release);
                 self.status.set_role(Role::Writer);
                 self.metrics.takeovers.inc();
                 tracing::info!(

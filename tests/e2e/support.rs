@@ -157,16 +157,33 @@ impl ServeProcess {
                 "FLEETLEDGER_KAFKA__ACCEPT_WEAK_DURABILITY",
                 cfg.kafka.accept_weak_durability.to_string(),
             )
-            .env("FLEETLEDGER_LOG", "warn")
+            .env(
+                "FLEETLEDGER_LOG",
+                match std::env::var_os("FLEETLEDGER_TEST_SERVE_LOGS") {
+                    Some(_) => "info",
+                    None => "warn",
+                },
+            )
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(Self::log_of(port))
             .spawn()
             .expect("fleetledger serve starts");
         ServeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Where the process logs: `$FLEETLEDGER_TEST_SERVE_LOGS/serve-PORT.log` when that
+    /// directory is set (to look into a failed test), else nowhere.
+    fn log_of(port: u16) -> std::process::Stdio {
+        std::env::var_os("FLEETLEDGER_TEST_SERVE_LOGS")
+            .and_then(|dir| {
+                std::fs::File::create(std::path::Path::new(&dir).join(format!("serve-{port}.log")))
+                    .ok()
+            })
+            .map_or_else(std::process::Stdio::null, Into::into)
     }
 
     pub(crate) async fn wait_ready(&self) {
@@ -196,6 +213,23 @@ impl ServeProcess {
     }
 
     pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, `-9`, …) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", self.child.id());
+    }
+}
+
+impl Drop for ServeProcess {
+    /// A test that fails leaves no `serve` behind.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -287,7 +321,15 @@ pub(crate) fn tally(
         .map(|a| &a.0)
         .collect();
     let acked_keys: std::collections::BTreeSet<&String> = acked.iter().map(|a| &a.0).collect();
+    // Every other final answer, by status and code: what the clients were told instead.
+    let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
+    for a in answers.iter().filter(|a| a.1 != 201) {
+        *refusals
+            .entry(format!("{} {}", a.1, a.2["error"].as_str().unwrap_or("-")))
+            .or_default() += 1;
+    }
     serde_json::json!({
+        "refusals": refusals,
         "answers": answers.len(),
         "acknowledged": acked.len(),
         "lost": lost,
