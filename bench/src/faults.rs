@@ -11,6 +11,9 @@ use serde_json::Value;
 /// How long after the fault ends the first write must succeed again.
 pub const RECOVERY_LIMIT_S: f64 = 10.0;
 
+/// How long after the writer is killed or cut off a standby must accept writes.
+pub const TAKEOVER_LIMIT_S: f64 = 15.0;
+
 /// Whether a scenario kept every promise, and if not, which it broke.
 pub fn broken_promises(s: &Value) -> Vec<String> {
     let mut broken = Vec::new();
@@ -40,6 +43,9 @@ pub fn broken_promises(s: &Value) -> Vec<String> {
         None => broken.push("writes never came back".into()),
         Some(r) if s["kind"] == "broker_outage" && r > RECOVERY_LIMIT_S => broken.push(format!(
             "writes came back after {r:.1} s (limit {RECOVERY_LIMIT_S} s)"
+        )),
+        Some(r) if s["kind"] == "writer_failover" && r > TAKEOVER_LIMIT_S => broken.push(format!(
+            "a standby took writes after {r:.1} s (limit {TAKEOVER_LIMIT_S} s)"
         )),
         _ => {}
     }
@@ -119,7 +125,8 @@ pub fn fault_report(lines: &[Value]) -> String {
     md.push_str(
         "\n*Recovery* is the seconds from the fault's end (the broker answering again, or \
          serve restarted) to the first write answered 201; for SIGTERM, from the signal to \
-         a restarted serve being ready. *Answers* counts every request of the load; those \
+         a restarted serve being ready; for a writer failover, from the writer's pause or \
+         kill to the first write another instance answered 201. *Answers* counts every request of the load; those \
          not acknowledged were refused with 503 `unavailable` (not written, and checked \
          absent from history) or resolved by a keyed retry.\n\n## Per scenario\n\n",
     );
@@ -148,6 +155,16 @@ pub fn fault_report(lines: &[Value]) -> String {
                 "Longest time without a successful write while each broker restarted: {} s.",
                 list.join(", ")
             ));
+        }
+        if !s["old_writer_stood_down_s"].is_null() {
+            facts.push(format!(
+                "The paused writer, resumed, stood down {} s later (fenced, it committed nothing).",
+                seconds(&s["old_writer_stood_down_s"])
+            ));
+        }
+        if let Some(r) = s["refusals"].as_object().filter(|r| !r.is_empty()) {
+            let list: Vec<String> = r.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            facts.push(format!("Other final answers: {}.", list.join(", ")));
         }
         if !s["drain_s"].is_null() {
             facts.push(format!(

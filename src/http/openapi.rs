@@ -124,6 +124,12 @@ impl PartialSchema for ErrorBody {
                 ObjectBuilder::new().schema_type(Type::Integer),
             )
             .property("line", ObjectBuilder::new().schema_type(Type::Integer))
+            .property(
+                "writer",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("On `not_writer`: the writer's URL")),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(true)))
             .into()
     }
@@ -137,6 +143,7 @@ pub(crate) struct Refusals;
 impl utoipa::IntoResponses for Refusals {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
         [
+            ("307", "A write sent to a standby: send it again, unchanged, to `Location` (the same path at the writer, also in `writer`); nothing was written here"),
             ("400", "Invalid input: the message says what was wrong and what would be right; nothing was written"),
             ("401", "No token, or an unknown one"),
             ("403", "The token's principal may not do this, or the cluster is outside its orgs"),
@@ -146,7 +153,7 @@ impl utoipa::IntoResponses for Refusals {
             ("415", "The body is not JSON (`Content-Type: application/json`)"),
             ("422", "An idempotency key reused for a different change"),
             ("429", "Too many queries at once; retry after `Retry-After`"),
-            ("503", "Not ready, overloaded, or the outcome of a write is unknown (retry with the same Idempotency-Key)"),
+            ("503", "Not ready, overloaded, no writer elected yet, or the outcome of a write is unknown (retry with the same Idempotency-Key)"),
             ("504", "A read took longer than `read_timeout_ms`"),
         ]
         .into_iter()

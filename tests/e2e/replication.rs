@@ -357,7 +357,19 @@ async fn role_of(url: &str) -> Option<String> {
 #[tokio::test]
 async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
     use crate::support::{ServeProcess, free_port};
-    let cfg = config(&unique_prefix("failover"));
+    let mut cfg = config(&unique_prefix("failover"));
+    // The quick version runs on the suite's broker; the fault suite's on three brokers.
+    let three = std::env::var("FLEETLEDGER_FAULT_FAILOVER_BROKERS").as_deref() == Ok("3");
+    let _cluster = match three {
+        true => Some(crate::support::TIMED_FAULTS.lock().await),
+        false => None,
+    };
+    if three {
+        cluster(&["start"]);
+        cfg.kafka.bootstrap_servers = cluster(&["bootstrap"]);
+        cfg.kafka.accept_weak_durability = false;
+    }
+    let brokers = if three { "3 brokers" } else { "1 broker" };
     let spawn = |n: usize| {
         let mut c = cfg.clone();
         c.projector.dir = cfg.projector.dir.join(format!("instance{n}"));
@@ -425,7 +437,7 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
     crate::faults::record_result(with_fields(
         t.clone(),
         serde_json::json!({
-            "scenario": "writer paused (SIGSTOP) 12 s, past its 6 s election session, then resumed; 2 standbys; 4 keyed writers on all 3 instances",
+            "scenario": format!("writer paused (SIGSTOP) 12 s, past its 6 s election session, then resumed; 2 standbys; 4 keyed writers on all 3 instances; {brokers}"),
             "kind": "writer_failover",
             "faults": 1,
             "recovery_s": after_pause,
@@ -435,7 +447,7 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
     crate::faults::record_result(with_fields(
         t.clone(),
         serde_json::json!({
-            "scenario": "writer SIGKILLed; 2 instances remain; 4 keyed writers on all 3 instances",
+            "scenario": format!("writer SIGKILLed; 2 instances remain; 4 keyed writers on all 3 instances; {brokers}"),
             "kind": "writer_failover",
             "faults": 1,
             "recovery_s": after_kill,
@@ -451,5 +463,9 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
             s.is_some_and(|s| s <= 15.0),
             "a standby accepts writes within 15 s of the writer being {what}: {s:?}"
         );
+    }
+    drop(instances);
+    if three {
+        cluster(&["stop"]);
     }
 }
