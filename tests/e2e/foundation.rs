@@ -29,6 +29,7 @@ async fn topics_are_created_compacted_and_a_mismatch_is_named() {
             TopicCheck::Created(format!("{prefix}.state.v1")),
             TopicCheck::Created(format!("{prefix}.history.v1")),
             TopicCheck::Created(format!("{prefix}._schemas")),
+            TopicCheck::Created(format!("{prefix}.writer.v1")),
         ]
     );
     let second = layout.ensure(&clients).await.expect("topics checked");
