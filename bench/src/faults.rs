@@ -127,8 +127,8 @@ pub fn fault_report(lines: &[Value]) -> String {
          serve restarted) to the first write answered 201; for SIGTERM, from the signal to \
          a restarted serve being ready; for a writer failover, from the writer's pause or \
          kill to the first write another instance answered 201. *Answers* counts every request of the load; those \
-         not acknowledged were refused with 503 `unavailable` (not written, and checked \
-         absent from history) or resolved by a keyed retry.\n\n## Per scenario\n\n",
+         not acknowledged were refused as not written (503 `unavailable` or `no_writer`: \
+         checked absent from history) or resolved by a keyed retry.\n\n## Per scenario\n\n",
     );
     for s in &scenarios {
         md.push_str(&format!(

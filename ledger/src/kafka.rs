@@ -209,6 +209,11 @@ impl KafkaClients {
         c.set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("client.id", format!("{}-{role}", self.config.client_id))
             .set("socket.keepalive.enable", "true")
+            // A broker that comes back is reconnected to within a second (librdkafka's
+            // back-off otherwise grows to 10 s during an outage, and the writer's election
+            // and producer wait it out before writes resume).
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "4");
         for (key, value) in self.config.security.client_settings()? {
             c.set(key, value);

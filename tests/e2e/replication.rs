@@ -458,7 +458,10 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
                 .unwrap();
             assert_eq!(r.status().as_u16(), 201, "retry of {key}");
             let again: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(&again, original, "a keyed retry of {key} answers the original");
+            assert_eq!(
+                &again, original,
+                "a keyed retry of {key} answers the original"
+            );
             retried += 1;
         }
     }

@@ -295,7 +295,7 @@ pub(crate) async fn written(url: &str, clusters: &[String]) -> Written {
 /// against what history holds, as the fault report shows them: acknowledged (201), lost
 /// (acknowledged, not in history), duplicated (in history more than once), wrong version
 /// (in history under another version than answered), gaps, not written (503
-/// `unavailable`), not written but written (the lie the ledger must never tell), and
+/// `unavailable`, `fenced` or `no_writer`, 307 `not_writer`), not written but written (the lie the ledger must never tell), and
 /// written but never acknowledged (the answer was lost with a connection).
 pub(crate) fn tally(
     answers: &[(String, u16, serde_json::Value)],
@@ -315,9 +315,17 @@ pub(crate) fn tally(
                 .is_some_and(|v| v.first().copied() != a.2["version"].as_i64())
         })
         .count();
+    // Every answer that says "not written": unavailable, fenced before the commit, no
+    // writer elected, or a standby's redirect.
     let not_written: Vec<&String> = answers
         .iter()
-        .filter(|a| a.1 == 503 && a.2["error"] == "unavailable")
+        .filter(|a| {
+            (a.1 == 503
+                && (a.2["error"] == "unavailable"
+                    || a.2["error"] == "fenced"
+                    || a.2["error"] == "no_writer"))
+                || (a.1 == 307 && a.2["error"] == "not_writer")
+        })
         .map(|a| &a.0)
         .collect();
     let acked_keys: std::collections::BTreeSet<&String> = acked.iter().map(|a| &a.0).collect();
