@@ -193,6 +193,8 @@ pub struct Ledger {
     directory: WriterDirectory,
     /// This process in announcements ([`Announcement::instance`]).
     instance: String,
+    /// Where this instance is reached ([`LedgerSetup::advertised_url`]).
+    advertised_url: String,
     ownership: Arc<Ownership>,
     pub(crate) layout: TopicLayout,
     pub(crate) clients: KafkaClients,
@@ -228,9 +230,10 @@ impl Ledger {
             advertised_url,
         } = setup;
         let txn_id = writer_transactional_id(&clients.config().topic_prefix);
-        let (index, positions) = rebuild_index_at(&clients, &layout, &codec).await?;
-        let index = Arc::new(RwLock::new(index));
-        // Everything that can fail comes before anything is spawned: a failed open is
+        // Empty until the role is known: a writer reads the state topic when it takes
+        // over, a standby below; neither serves anything before `open` returns.
+        let index = Arc::new(RwLock::new(Index::default()));
+        // What can fail before anything is spawned does so first: a failed open is
         // retried from scratch.
         let directory = WriterDirectory::follow(&clients, &layout, shutdown.clone(), tracker)?;
         let election = Election::join(
@@ -250,7 +253,7 @@ impl Ledger {
             election,
             announcement: Announcement {
                 instance: instance.clone(),
-                url: advertised_url,
+                url: advertised_url.clone(),
                 since: chrono::Utc::now(),
             },
             txn_id,
@@ -272,13 +275,13 @@ impl Ledger {
             index: index.clone(),
             status: status.clone(),
         };
-        tracker.spawn(follower.run(positions, shutdown.clone()));
         let ledger = Ledger {
             tx,
             index,
             status,
             directory,
             instance,
+            advertised_url,
             ownership,
             layout,
             clients,
@@ -296,6 +299,13 @@ impl Ledger {
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+        // A standby reads the state topic here (the writer did when it took over), unless
+        // it became the writer meanwhile; the follower goes on from where this read ended.
+        let positions = match ledger.role() {
+            Role::Writer => None,
+            _ => ledger.standby_index().await?,
+        };
+        tracker.spawn(follower.run(positions, shutdown.clone()));
         tracing::info!(role = ledger.role().as_str(), writer = ?ledger.writer_url(), "ledger open");
         Ok(ledger)
     }
@@ -311,6 +321,30 @@ impl Ledger {
         }
     }
 
+    /// The index of a standby, read from the state topic (retried while Kafka is away)
+    /// and installed unless this instance started taking over meanwhile; where the read
+    /// ended, for the follower (None if it was not installed).
+    async fn standby_index(&self) -> Result<Option<Vec<Option<i64>>>> {
+        let mut delay = Duration::from_millis(200);
+        let (rebuilt, positions) = loop {
+            match rebuild_index_at(&self.clients, &self.layout, &self.codec).await {
+                Ok(r) => break r,
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "reading the state topic failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut current = self.index.write().await;
+        if self.role() != Role::Standby {
+            return Ok(None);
+        }
+        *current = rebuilt;
+        Ok(Some(positions))
+    }
+
     /// This instance's role in the writer election now.
     pub fn role(&self) -> Role {
         self.status.role()
@@ -319,9 +353,11 @@ impl Ledger {
     /// The URL of the writer, as it announced itself, unless it is this instance: where
     /// a standby sends writes. None while no other instance is known to write.
     pub fn writer_url(&self) -> Option<String> {
+        // Not this process, nor an earlier process at this address (a restarted writer's
+        // announcement): a standby must not redirect writes to itself.
         self.directory
             .latest()
-            .filter(|a| a.instance != self.instance)
+            .filter(|a| a.instance != self.instance && a.url != self.advertised_url)
             .map(|a| a.url)
     }
 

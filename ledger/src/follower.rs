@@ -34,9 +34,14 @@ pub(crate) struct StateFollower {
 
 impl StateFollower {
     /// Follows the state topic whenever this instance is a standby, until `shutdown`.
-    /// `positions` are where the index the ledger opened with was read to.
-    pub(crate) async fn run(self, positions: Vec<Option<i64>>, shutdown: CancellationToken) {
-        let mut positions = Some(positions);
+    /// `positions` are where the index the ledger opened with was read to (None: it was
+    /// not read as a standby's, and is rebuilt when this instance is one).
+    pub(crate) async fn run(
+        self,
+        positions: Option<Vec<Option<i64>>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut positions = positions;
         loop {
             // Wait to be a standby.
             while self.status.role() != Role::Standby {
