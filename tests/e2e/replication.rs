@@ -312,16 +312,9 @@ async fn a_rolling_restart_and_a_killed_leader_lose_nothing_acknowledged() {
 
 /// Which of `urls` says it is the writer now (by `/readyz`), waiting up to 30 s.
 async fn writer_among(urls: &[String]) -> usize {
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(2))
-        .build()
-        .unwrap();
     for _ in 0..300 {
         for (i, u) in urls.iter().enumerate() {
-            if let Ok(r) = http.get(format!("{u}/readyz")).send().await
-                && let Ok(v) = r.json::<serde_json::Value>().await
-                && v["role"] == "writer"
-            {
+            if role_of(u).await.as_deref() == Some("writer") {
                 return i;
             }
         }
@@ -345,6 +338,19 @@ async fn role_of(url: &str) -> Option<String> {
         .await
         .ok()?;
     v["role"].as_str().map(str::to_owned)
+}
+
+impl Load {
+    /// Waits (at most 45 s) for the first 201 after `t` from an instance other than
+    /// `not`; its delay in seconds.
+    async fn first_ack_elsewhere(&self, t: std::time::Instant, not: &str) -> Option<f64> {
+        while self.first_ack_after_from(t, |u| u != not).is_none()
+            && t.elapsed() < std::time::Duration::from_secs(45)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.first_ack_after_from(t, |u| u != not)
+    }
 }
 
 /// Three `serve` processes on the same topics under a keyed write load sent to all of
@@ -394,14 +400,7 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
     // The writer paused past its session: cut off from Kafka and its clients.
     let paused = std::time::Instant::now();
     instances[0].signal("-STOP");
-    while load
-        .first_ack_after_from(paused, |u| u != urls[0])
-        .is_none()
-        && paused.elapsed() < std::time::Duration::from_secs(45)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let after_pause = load.first_ack_after_from(paused, |u| u != urls[0]);
+    let after_pause = load.first_ack_elsewhere(paused, &urls[0]).await;
     tokio::time::sleep(std::time::Duration::from_secs(12).saturating_sub(paused.elapsed())).await;
     instances[0].signal("-CONT");
     let resumed = std::time::Instant::now();
@@ -423,18 +422,31 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
     );
     let killed = std::time::Instant::now();
     instances[second].signal("-9");
-    while load
-        .first_ack_after_from(killed, |u| u != urls[second])
-        .is_none()
-        && killed.elapsed() < std::time::Duration::from_secs(45)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let after_kill = load.first_ack_after_from(killed, |u| u != urls[second]);
+    let after_kill = load.first_ack_elsewhere(killed, &urls[second]).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let answers = load.finish().await;
     let live = &urls[writer_among(&urls).await];
     let t = tally(&answers, &written(live, &clusters).await);
+    crate::faults::record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": format!("writer paused (SIGSTOP) 12 s, past its 6 s election session, then resumed; 2 standbys; 4 keyed writers on all 3 instances; {brokers}"),
+            "kind": "writer_failover",
+            "faults": 1,
+            "recovery_s": after_pause,
+            "old_writer_stood_down_s": stood_down,
+        }),
+    ));
+    crate::faults::record_result(with_fields(
+        t.clone(),
+        serde_json::json!({
+            "scenario": format!("writer SIGKILLed; 2 instances remain; 4 keyed writers on all 3 instances; {brokers}"),
+            "kind": "writer_failover",
+            "faults": 1,
+            "recovery_s": after_kill,
+        }),
+    ));
+    assert_kept_every_promise(&t);
     // Keyed retries, at the writer of now, of the last changes each cluster had
     // acknowledged (by the writers before it, most of them): the original answers, to the
     // byte.
@@ -466,26 +478,6 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
         }
     }
     assert!(retried >= 4, "retried {retried} acknowledged changes");
-    crate::faults::record_result(with_fields(
-        t.clone(),
-        serde_json::json!({
-            "scenario": format!("writer paused (SIGSTOP) 12 s, past its 6 s election session, then resumed; 2 standbys; 4 keyed writers on all 3 instances; {brokers}"),
-            "kind": "writer_failover",
-            "faults": 1,
-            "recovery_s": after_pause,
-            "old_writer_stood_down_s": stood_down,
-        }),
-    ));
-    crate::faults::record_result(with_fields(
-        t.clone(),
-        serde_json::json!({
-            "scenario": format!("writer SIGKILLed; 2 instances remain; 4 keyed writers on all 3 instances; {brokers}"),
-            "kind": "writer_failover",
-            "faults": 1,
-            "recovery_s": after_kill,
-        }),
-    ));
-    assert_kept_every_promise(&t);
     assert!(
         stood_down.is_some(),
         "the resumed writer stands down: {stood_down:?}"
