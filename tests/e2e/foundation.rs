@@ -436,6 +436,23 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
             .await;
         assert_eq!(st, 201, "{v}");
     }
+    // The projections applied the three records (their checkpoints name offsets past
+    // them) before the service stops.
+    let mut audited = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, v) = crate::support::sql_as(
+            &server.url(),
+            "dev-sync",
+            "SELECT count(*) AS n FROM audit_log",
+        )
+        .await;
+        audited = v["rows"][0]["n"].clone();
+        if audited == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(audited, 3, "the projections applied the three records");
     server.stop().await;
     let layout = fleetledger_ledger::TopicLayout::new(&cfg.kafka);
 
