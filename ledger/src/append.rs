@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -251,6 +251,7 @@ impl Ledger {
         let writer = Writer {
             producer: None,
             election,
+            unconfirmed: AtomicBool::new(false),
             announcement: Announcement {
                 instance: instance.clone(),
                 url: advertised_url.clone(),

@@ -140,6 +140,8 @@ pub(crate) struct Writer {
     /// The transactional producer while this instance is the writer.
     pub(crate) producer: Option<FutureProducer>,
     pub(crate) election: Election,
+    /// The last stand-down came from an unconfirmed membership, not a fence.
+    pub(crate) unconfirmed: AtomicBool,
     /// What this instance announces when it becomes the writer (`since` is set then).
     pub(crate) announcement: Announcement,
     pub(crate) txn_id: String,
@@ -230,7 +232,7 @@ impl Writer {
             let held = *elected.borrow_and_update();
             if held && self.producer.is_none() && tokio::time::Instant::now() >= not_before {
                 if !self.take_over(&mut rx, &shutdown).await {
-                    not_before = tokio::time::Instant::now() + RETRY_TAKE_OVER;
+                    not_before = tokio::time::Instant::now() + RETRY_FAILED_TAKE_OVER;
                 }
                 continue;
             }
@@ -261,7 +263,13 @@ impl Writer {
             self.process(batch, &mut rx, &shutdown).await;
             if self.status.fenced.swap(false, Ordering::AcqRel) {
                 self.stand_down("fenced");
-                not_before = tokio::time::Instant::now() + RETRY_TAKE_OVER;
+                not_before = tokio::time::Instant::now()
+                    + match self.unconfirmed.swap(false, Ordering::AcqRel) {
+                        // The coordinator did not confirm the membership (it may be away):
+                        // not a newer writer's doing, so try again soon.
+                        true => RETRY_FAILED_TAKE_OVER,
+                        false => RETRY_TAKE_OVER,
+                    };
             }
         }
         // Finish what callers already queued, then stop.
@@ -820,8 +828,11 @@ impl Writer {
                     break;
                 }
                 Err(Error::NotWriter { .. }) => {
-                    tracing::warn!("no longer the writer (the election moved on); standing down");
+                    tracing::warn!(
+                        "the group did not confirm this instance as the writer; standing down"
+                    );
                     self.status.fenced.store(true, Ordering::Release);
+                    self.unconfirmed.store(true, Ordering::Release);
                     break;
                 }
                 Err(e) => {
@@ -878,10 +889,14 @@ impl Writer {
     }
 }
 
-/// How long after a fence or a failed take-over the writer waits before taking over
-/// again (if the election still assigns it the partition): longer than a heartbeat, so a
-/// member the group moved on from learns so first.
+/// How long after a fence the writer waits before taking over again (if the election
+/// still assigns it the partition): longer than a heartbeat, so a member the group moved
+/// on from learns so first.
 const RETRY_TAKE_OVER: Duration = Duration::from_secs(3);
+
+/// How long after a take-over that failed (the coordinator or a broker away, the
+/// membership not confirmed) the writer tries again while still assigned the partition.
+const RETRY_FAILED_TAKE_OVER: Duration = Duration::from_millis(500);
 
 /// Answers a change that reached the queue after this instance stopped being the writer:
 /// it was never admitted, so it is truly not written.
