@@ -1,10 +1,14 @@
-//! The writer task: owns the transactional producer. It takes up to `batch_max` queued
-//! changes (waiting at most `linger` for more), has [`admit`] decide them, encodes what is
-//! admitted, writes every history record and then every state record in one transaction,
-//! and answers each caller only after the commit.
+//! The writer task: owns the transactional producer while the writer election
+//! ([`crate::election`]) makes this instance the writer, and refuses writes with
+//! [`Error::NotWriter`] otherwise. It takes up to `batch_max` queued changes (waiting at
+//! most `linger` for more), has [`admit`] decide them, encodes what is admitted, writes
+//! every history record and then every state record in one transaction, and answers each
+//! caller only after the commit.
 //!
 //! An aborted transaction answers [`Error::Unavailable`] to all its callers and changes
-//! nothing. A fenced producer answers [`Error::Fenced`] from then on. Any other failed
+//! nothing. A fenced producer answers its group [`Error::Fenced`] (or an unknown outcome,
+//! if its commit was asked for) and stands down; it takes over again only if the group
+//! still confirms it as the writer, 3 s later. Any other failed
 //! commit re-creates the producer and rebuilds the index from the state topic before
 //! accepting more, so a commit whose outcome was unknown can never lead to a duplicate
 //! version; while that does not succeed (the broker is away) the writer keeps trying with
