@@ -205,9 +205,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens the ledger of one `serve` instance: rebuilds the index from the state topic,
-    /// joins the writer election ([`crate::election`]) and follows the writer
-    /// announcements. The instance then writes while the election assigns it the
+    /// Opens the ledger of one `serve` instance: joins the writer election
+    /// ([`crate::election`]), follows the writer announcements, and reads the state topic
+    /// once into the index (as the writer when it takes over, or as a standby). The
+    /// instance then writes while the election assigns it the
     /// writer's partition (after fencing every earlier writer through the shared
     /// transactional id), and is a standby otherwise, its index following the state
     /// topic. Returns once the instance is the writer or knows who is (at most two
