@@ -30,7 +30,7 @@ use crate::cluster_history::RecoveryPlan;
 use crate::election::{Announcement, Election, WriterDirectory};
 use crate::error::{Error, Result};
 use crate::follower::StateFollower;
-use crate::index::{Head, Index, rebuild_index_at};
+use crate::index::{Head, Index};
 use crate::kafka::KafkaClients;
 use crate::metrics::{LedgerMetrics, OutcomeLabel, outcome_of};
 use crate::partitioner::partition_for;
@@ -151,6 +151,22 @@ impl Appended {
             partition,
             offset,
             ts: record.meta.ts,
+        }
+    }
+}
+
+/// [`StateFollower::read_index`] at start-up, retried while Kafka is away (before
+/// `open` returns, a standby must have its index).
+async fn standby_index(follower: &StateFollower) -> Result<Option<Vec<Option<i64>>>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match follower.read_index().await {
+            Err(e) if e.is_retriable() => {
+                tracing::warn!(error = %e, "reading the state topic failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
         }
     }
 }
@@ -305,7 +321,7 @@ impl Ledger {
         // it became the writer meanwhile; the follower goes on from where this read ended.
         let positions = match ledger.role() {
             Role::Writer => None,
-            _ => ledger.standby_index().await?,
+            _ => standby_index(&follower).await?,
         };
         tracker.spawn(follower.run(positions, shutdown.clone()));
         tracing::info!(role = ledger.role().as_str(), writer = ?ledger.writer_url(), "ledger open");
@@ -321,30 +337,6 @@ impl Ledger {
                 writer: self.writer_url(),
             }),
         }
-    }
-
-    /// The index of a standby, read from the state topic (retried while Kafka is away)
-    /// and installed unless this instance started taking over meanwhile; where the read
-    /// ended, for the follower (None if it was not installed).
-    async fn standby_index(&self) -> Result<Option<Vec<Option<i64>>>> {
-        let mut delay = Duration::from_millis(200);
-        let (rebuilt, positions) = loop {
-            match rebuild_index_at(&self.clients, &self.layout, &self.codec).await {
-                Ok(r) => break r,
-                Err(e) if e.is_retriable() => {
-                    tracing::warn!(error = %e, "reading the state topic failed; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let mut current = self.index.write().await;
-        if self.role() != Role::Standby {
-            return Ok(None);
-        }
-        *current = rebuilt;
-        Ok(Some(positions))
     }
 
     /// This instance's role in the writer election now.
@@ -466,11 +458,7 @@ impl Ledger {
 
     /// Queues `proposal` for the writer, or says why it is refused before the queue.
     async fn enqueue(&self, proposal: Proposal) -> Result<oneshot::Receiver<Result<Outcome>>> {
-        if self.role() != Role::Writer {
-            return Err(Error::NotWriter {
-                writer: self.writer_url(),
-            });
-        }
+        self.check_writer()?;
         if self.status.fenced.load(Ordering::Acquire) {
             return Err(Error::Fenced);
         }

@@ -11,13 +11,12 @@ use fleetledger_schemas::RecordCodec;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::index::{Index, RECENT_HEADER, head_of, rebuild_index_at};
+use crate::index::{Index, head_of, rebuild_index_at, recent_header};
 use crate::kafka::KafkaClients;
 use crate::keys::facet_of_key;
 use crate::topics::TopicLayout;
@@ -65,22 +64,29 @@ impl StateFollower {
         }
     }
 
-    /// One round: the index (rebuilt unless `positions` say where the current one was
+    /// A standby's index, read whole from the state topic and installed unless this
+    /// instance started taking over meanwhile (the writer installs its own); where the
+    /// read ended, or None if it was not installed.
+    pub(crate) async fn read_index(&self) -> Result<Option<Vec<Option<i64>>>> {
+        let (index, positions) = rebuild_index_at(&self.clients, &self.layout, &self.codec).await?;
+        let mut current = self.index.write().await;
+        if self.status.role() != Role::Standby {
+            return Ok(None);
+        }
+        *current = index;
+        Ok(Some(positions))
+    }
+
+    /// One round: the index (read again unless `positions` say where the current one was
     /// read to), then every committed state record after it, for as long as this instance
     /// stays a standby.
     async fn follow(&self, positions: Option<Vec<Option<i64>>>) -> Result<()> {
         let positions = match positions {
             Some(p) => p,
-            None => {
-                let (index, positions) =
-                    rebuild_index_at(&self.clients, &self.layout, &self.codec).await?;
-                let mut current = self.index.write().await;
-                if self.status.role() != Role::Standby {
-                    return Ok(());
-                }
-                *current = index;
-                positions
-            }
+            None => match self.read_index().await? {
+                Some(p) => p,
+                None => return Ok(()),
+            },
         };
         let consumer = self.clients.applying_consumer("state-follower")?;
         let mut tpl = TopicPartitionList::new();
@@ -116,11 +122,7 @@ impl StateFollower {
                         offset: m.offset(),
                         message: e.to_string(),
                     })?;
-            let recent = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == RECENT_HEADER)
-                    .and_then(|h| h.value)
-            });
+            let recent = recent_header(&m);
             // Installing keeps the higher version: a record read here never undoes a
             // later one, whoever installed that.
             self.index

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 use fleetledger_schemas::{Facet, RecordCodec, StateRecord};
 use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,15 @@ use crate::topics::TopicLayout;
 
 /// The state record header that carries a cluster+facet's idempotency window.
 pub(crate) const RECENT_HEADER: &str = "fleetledger.recent";
+
+/// The idempotency window a state record carries in its [`RECENT_HEADER`], if any.
+pub(crate) fn recent_header<'a>(m: &'a BorrowedMessage<'_>) -> Option<&'a [u8]> {
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == RECENT_HEADER)
+            .and_then(|h| h.value)
+    })
+}
 
 /// One request id of an idempotency window, with the digest of its body and its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,11 +180,7 @@ pub(crate) async fn rebuild_index_at(
         read_partition_to_end(clients, &layout.state, partition, "index-rebuild", |m| {
             last = Some(m.offset());
             if let Some(payload) = m.payload() {
-                let recent = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == RECENT_HEADER)
-                        .and_then(|h| h.value)
-                });
+                let recent = recent_header(m);
                 match m.key() {
                     Some(key) => match latest.get_mut(key) {
                         Some((p, r, o)) => {
