@@ -14,10 +14,11 @@ pub fn record_hash(meta: &RecordMeta, state: &FacetState) -> String {
     record_hash_of_canonical(meta, state.facet(), &canonical_state(state))
 }
 
-/// A state's canonical JSON (sorted map keys), the form both [`record_hash`] and
-/// [`body_digest`] hash; computed once per change by the append path.
+/// A state's canonical JSON (sorted field names and map keys,
+/// [`FacetState::canonical_json`]), the form both [`record_hash`] and [`body_digest`]
+/// hash; computed once per change by the append path.
 pub fn canonical_state(state: &FacetState) -> String {
-    state.to_json().to_string()
+    state.canonical_json()
 }
 
 /// [`record_hash`] of a state already in canonical form ([`canonical_state`]).

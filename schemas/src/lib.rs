@@ -8,6 +8,7 @@
 //! which carry the same records. Compatibility is BACKWARD by default.
 
 pub mod binary;
+mod canonical;
 mod codec;
 pub mod diff;
 mod error;
