@@ -17,7 +17,7 @@ use fleetledger_schemas::{Facet, FacetState, RecordMeta, StateRecord};
 use crate::append::{AppendRequest, Appended};
 use crate::error::Error;
 use crate::hash_chain::{body_digest, canonical_state, record_hash_of_canonical};
-use crate::index::Index;
+use crate::index::Heads;
 use crate::partitioner::partition_for;
 use crate::principals::{Ownership, Scope};
 
@@ -91,14 +91,14 @@ impl Proposal {
         matches!(self, Proposal::Put(r) if r.ts.is_some())
     }
 
-    fn cluster_id(&self) -> &str {
+    pub(crate) fn cluster_id(&self) -> &str {
         match self {
             Proposal::Put(r) => &r.cluster_id,
             Proposal::Delete(d) => &d.cluster_id,
         }
     }
 
-    fn facet(&self) -> Facet {
+    pub(crate) fn facet(&self) -> Facet {
         match self {
             Proposal::Put(r) => r.state.facet(),
             Proposal::Delete(_) => Facet::Logical,
@@ -119,7 +119,7 @@ impl Proposal {
         }
     }
 
-    fn request_id(&self) -> Option<&String> {
+    pub(crate) fn request_id(&self) -> Option<&String> {
         match self {
             Proposal::Put(r) => r.request_id.as_ref(),
             Proposal::Delete(d) => d.request_id.as_ref(),
@@ -197,7 +197,7 @@ struct Current {
 /// far (`in_group`), else as committed.
 fn latest_ts(
     in_group: &HashMap<&str, DateTime<Utc>>,
-    index: &Index,
+    index: &(impl Heads + ?Sized),
     cluster_id: &str,
 ) -> Option<DateTime<Utc>> {
     in_group
@@ -238,7 +238,7 @@ fn scope_refusal(p: &Proposal, org_now: Option<&str>) -> Option<Error> {
 /// far (`current`), else as committed.
 fn org_of<'a, 'k>(
     current: &'a HashMap<(&'k str, Facet), Current>,
-    index: &'a Index,
+    index: &'a (impl Heads + ?Sized),
     cluster_id: &'k str,
 ) -> Option<&'a str> {
     let state = match current.get(&(cluster_id, Facet::Logical)) {
@@ -256,7 +256,11 @@ fn org_of<'a, 'k>(
 /// Decides every proposal of a group, in order: each sees the committed `index` plus the
 /// changes admitted before it in the group. A refused proposal changes nothing for the
 /// proposals after it. The verdicts are in the proposals' order.
-pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) -> Vec<Verdict> {
+pub(crate) fn admit(
+    index: &(impl Heads + ?Sized),
+    proposals: &[Proposal],
+    rules: &Rules<'_>,
+) -> Vec<Verdict> {
     let mut verdicts = Vec::with_capacity(proposals.len());
     let mut current: HashMap<(&str, Facet), Current> = HashMap::new();
     let mut cluster_ts: HashMap<&str, DateTime<Utc>> = HashMap::new();
@@ -467,7 +471,7 @@ pub(crate) fn admit(index: &Index, proposals: &[Proposal], rules: &Rules<'_>) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, VecDeque};
 
     use chrono::TimeDelta;
@@ -476,9 +480,9 @@ mod tests {
 
     use super::*;
     use crate::hash_chain::record_hash;
-    use crate::index::{Head, RecentRequest};
+    use crate::index::{Head, Index, RecentRequest};
 
-    fn t0() -> DateTime<Utc> {
+    pub(crate) fn t0() -> DateTime<Utc> {
         "2026-05-01T00:00:00Z".parse().unwrap()
     }
 
@@ -508,7 +512,7 @@ mod tests {
         }))
     }
 
-    fn put(cluster: &str, state: FacetState) -> AppendRequest {
+    pub(crate) fn put(cluster: &str, state: FacetState) -> AppendRequest {
         let principal = match state.facet() {
             Facet::Logical => "frontend",
             Facet::Status => "sync",
@@ -528,8 +532,15 @@ mod tests {
         }
     }
 
+    /// A change to `cluster`'s logical facet with the idempotency key `key`.
+    pub(crate) fn keyed_put(cluster: &str, key: &str) -> AppendRequest {
+        let mut r = put(cluster, logical(2));
+        r.request_id = Some(key.into());
+        r
+    }
+
     /// A committed head as the writer would have installed it after admitting `a`.
-    fn commit(index: &mut Index, a: &Admitted, offset: i64) {
+    pub(crate) fn commit(index: &mut Index, a: &Admitted, offset: i64) {
         let appended = Appended::of(&a.record, a.partition, offset);
         let mut recent: VecDeque<RecentRequest> = index
             .head(&a.record.meta.cluster_id, a.record.facet())
@@ -549,7 +560,7 @@ mod tests {
         });
     }
 
-    fn rules(o: &Ownership, now: DateTime<Utc>) -> Rules<'_> {
+    pub(crate) fn rules(o: &Ownership, now: DateTime<Utc>) -> Rules<'_> {
         Rules {
             ownership: o,
             partitions: 3,
@@ -557,7 +568,7 @@ mod tests {
         }
     }
 
-    fn written(v: &[Verdict]) -> Vec<&Admitted> {
+    pub(crate) fn written(v: &[Verdict]) -> Vec<&Admitted> {
         v.iter()
             .filter_map(|v| match v {
                 Verdict::Write(a) => Some(a),
@@ -826,7 +837,7 @@ mod tests {
 
     /// A random group: changes to two clusters' logical and status facets, some keyed
     /// (keys reused), some with `If-Match`, some by a principal that does not own the facet.
-    fn group() -> impl Strategy<Value = Vec<Proposal>> {
+    pub(crate) fn group() -> impl Strategy<Value = Vec<Proposal>> {
         let one = (
             0usize..2,
             any::<bool>(),

@@ -128,6 +128,54 @@ impl Index {
     }
 }
 
+/// What admission reads: the latest record of every cluster+facet, and the latest `ts` of
+/// each cluster. The committed [`Index`] is one; [`Layered`] is the index as it will be
+/// once the transaction in flight commits.
+pub(crate) trait Heads {
+    /// The head of `cluster_id`'s `facet`.
+    fn head(&self, cluster_id: &str, facet: Facet) -> Option<&Head>;
+    /// The latest `ts` of any facet of `cluster_id`.
+    fn latest_ts(&self, cluster_id: &str) -> Option<DateTime<Utc>>;
+}
+
+impl Heads for Index {
+    fn head(&self, cluster_id: &str, facet: Facet) -> Option<&Head> {
+        Index::head(self, cluster_id, facet)
+    }
+
+    fn latest_ts(&self, cluster_id: &str) -> Option<DateTime<Utc>> {
+        Index::latest_ts(self, cluster_id)
+    }
+}
+
+/// The committed index with the heads of a transaction in flight laid over it: what the
+/// index will hold if that transaction commits. Admission of the next group decides over
+/// it while the transaction commits (see [`crate::pipeline`]).
+pub(crate) struct Layered<'a> {
+    /// The heads the transaction in flight writes.
+    pub(crate) over: &'a Index,
+    /// The committed index.
+    pub(crate) under: &'a Index,
+}
+
+impl Heads for Layered<'_> {
+    fn head(&self, cluster_id: &str, facet: Facet) -> Option<&Head> {
+        self.over
+            .head(cluster_id, facet)
+            .or_else(|| self.under.head(cluster_id, facet))
+    }
+
+    fn latest_ts(&self, cluster_id: &str) -> Option<DateTime<Utc>> {
+        match (
+            self.over.latest_ts(cluster_id),
+            self.under.latest_ts(cluster_id),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// A state record as read: payload, recent-requests header, offset.
 type RawState = (Vec<u8>, Option<Vec<u8>>, i64);
 

@@ -17,6 +17,7 @@ pub mod kafka_security;
 pub mod keys;
 pub mod metrics;
 pub mod partitioner;
+mod pipeline;
 pub mod principals;
 pub mod registry_journal;
 pub mod topics;

@@ -527,7 +527,7 @@ impl Writer {
                 partitions: self.layout.partitions,
                 now: self.clock.now(),
             };
-            let verdicts = admit(&index, &proposals, &rules);
+            let verdicts = admit(&*index, &proposals, &rules);
             let mut payloads = Vec::with_capacity(verdicts.len());
             let mut refused = None;
             for (i, v) in verdicts.iter().enumerate() {

@@ -1,0 +1,186 @@
+//! The pipelined writer's rule: while one transaction commits, the next group is decided
+//! against the index as it will be once that transaction commits ([`InFlight::layered`]).
+//! Nothing of that decision is answered or produced before the transaction in flight has
+//! committed; if it fails, the group is decided again against what really committed.
+//!
+//! A proposal whose answer *is* a result of the transaction in flight cannot be decided
+//! before that result exists ([`InFlight::depends_on`]): a keyed retry of one of its
+//! requests, and a delete of a cluster it changes (deleting a deleted cluster answers the
+//! deleting version). A group with such a proposal waits for the commit. Everything else
+//! is decided exactly as it would be after the commit; the property test below holds
+//! admission to that.
+
+use std::collections::{HashSet, VecDeque};
+
+use fleetledger_schemas::{Facet, StateRecord};
+
+use crate::admission::Proposal;
+use crate::append::Appended;
+use crate::index::{Head, Index, Layered, RecentRequest, trim_window};
+
+/// What the transaction in flight will have written once it commits.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    /// Its last record of every cluster+facet it writes, with the idempotency window that
+    /// record will carry. Its own requests' results are not known yet (offset −1); no
+    /// decision reads them ([`InFlight::depends_on`]).
+    heads: Index,
+    /// Its client-keyed requests: (cluster, facet, request id).
+    keyed: HashSet<(String, Facet, String)>,
+    /// The clusters whose logical facet it writes.
+    logical: HashSet<String>,
+}
+
+/// The idempotency window's limits: at most this many requests, none older than this
+/// many milliseconds than the newest.
+pub(crate) type WindowLimits = (usize, u64);
+
+impl InFlight {
+    /// Adds one change of the transaction (in its order): `record` goes to `partition`;
+    /// `keyed` is its client's (request id, body digest) if it entered the idempotency
+    /// window. `committed` is the index the transaction was decided against.
+    pub(crate) fn add(
+        &mut self,
+        record: &StateRecord,
+        partition: i32,
+        keyed: Option<(&str, &str)>,
+        committed: &Index,
+        window: WindowLimits,
+    ) {
+        let (cluster, facet) = (&record.meta.cluster_id, record.facet());
+        let appended = Appended::of(record, partition, -1);
+        let mut recent: VecDeque<RecentRequest> = self
+            .heads
+            .head(cluster, facet)
+            .or_else(|| committed.head(cluster, facet))
+            .map(|h| h.recent.clone())
+            .unwrap_or_default();
+        if let Some((request_id, digest)) = keyed {
+            recent.push_back(RecentRequest {
+                request_id: request_id.to_owned(),
+                digest: digest.to_owned(),
+                result: appended.clone(),
+            });
+            trim_window(&mut recent, window.0, window.1);
+            self.keyed
+                .insert((cluster.clone(), facet, request_id.to_owned()));
+        }
+        if facet == Facet::Logical {
+            self.logical.insert(cluster.clone());
+        }
+        self.heads.install(Head {
+            record: record.clone(),
+            appended,
+            recent,
+        });
+    }
+
+    /// Whether `p` must wait for the transaction in flight: its answer would be one of
+    /// that transaction's results (a keyed retry of its request, or deleting a cluster it
+    /// changes).
+    pub(crate) fn depends_on(&self, p: &Proposal) -> bool {
+        let cluster = p.cluster_id();
+        match p {
+            Proposal::Delete(_) if self.logical.contains(cluster) => true,
+            _ => p.request_id().is_some_and(|rid| {
+                self.keyed
+                    .contains(&(cluster.to_owned(), p.facet(), rid.clone()))
+            }),
+        }
+    }
+
+    /// The index as it will be once the transaction commits, over `committed`.
+    pub(crate) fn layered<'a>(&'a self, committed: &'a Index) -> Layered<'a> {
+        Layered {
+            over: &self.heads,
+            under: committed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::admission::tests::{commit, group, keyed_put, rules, t0, written};
+    use crate::admission::{Verdict, admit};
+    use crate::principals::Ownership;
+
+    /// Window limits that never trim, as the tests' `commit` does not.
+    const NO_TRIM: WindowLimits = (usize::MAX, 1 << 40);
+
+    fn in_flight(v: &[Verdict], committed: &Index) -> InFlight {
+        let mut f = InFlight::default();
+        for a in written(v) {
+            let keyed = a
+                .keyed
+                .then_some((a.request_id.as_str(), a.digest.as_str()));
+            f.add(&a.record, a.partition, keyed, committed, NO_TRIM);
+        }
+        f
+    }
+
+    #[test]
+    fn a_retry_of_a_request_in_flight_and_a_delete_of_its_cluster_wait_for_it() {
+        let o = Ownership::default();
+        let index = Index::default();
+        let first = [Proposal::Put(keyed_put("lkc-a", "k1"))];
+        let v = admit(&index, &first, &rules(&o, t0()));
+        let f = in_flight(&v, &index);
+        assert!(f.depends_on(&first[0]), "a keyed retry waits");
+        assert!(
+            !f.depends_on(&Proposal::Put(keyed_put("lkc-a", "k2"))),
+            "another key does not"
+        );
+        assert!(
+            !f.depends_on(&Proposal::Put(keyed_put("lkc-b", "k1"))),
+            "the same key of another cluster does not"
+        );
+        let delete = |cluster: &str| {
+            Proposal::Delete(crate::admission::DeleteRequest {
+                cluster_id: cluster.into(),
+                principal: "frontend".into(),
+                expected_version: None,
+                request_id: None,
+                reason: None,
+                scope: crate::principals::Scope::All,
+            })
+        };
+        assert!(f.depends_on(&delete("lkc-a")));
+        assert!(!f.depends_on(&delete("lkc-b")));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// A group decided over the transaction in flight gets exactly the verdicts it gets
+        /// once that transaction has committed: the same records (versions, times, hashes),
+        /// refusals, joins and answers.
+        #[test]
+        fn deciding_over_the_transaction_in_flight_is_deciding_after_its_commit(
+            seed in group(),
+            first in group(),
+            next in group(),
+        ) {
+            let o = Ownership::default();
+            let mut index = Index::default();
+            let mut offset = 0;
+            let mut commit_all = |index: &mut Index, v: &[Verdict]| {
+                for a in written(v) {
+                    commit(index, a, offset);
+                    offset += 1;
+                }
+            };
+            let v = admit(&index, &seed, &rules(&o, t0()));
+            commit_all(&mut index, &v);
+            let v1 = admit(&index, &first, &rules(&o, t0()));
+            let f = in_flight(&v1, &index);
+            let next: Vec<Proposal> = next.into_iter().filter(|p| !f.depends_on(p)).collect();
+            let early = admit(&f.layered(&index), &next, &rules(&o, t0()));
+            commit_all(&mut index, &v1);
+            let after = admit(&index, &next, &rules(&o, t0()));
+            prop_assert_eq!(format!("{early:?}"), format!("{after:?}"));
+        }
+    }
+}
