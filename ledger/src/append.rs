@@ -45,7 +45,9 @@ use crate::writer::{Pending, Role, Writer, WriterStatus};
 pub struct LedgerConfig {
     /// Most changes per transaction.
     pub batch_max: usize,
-    /// Longest wait for more changes before a transaction starts, in milliseconds.
+    /// Longest wait for more changes before a transaction starts while none is in flight,
+    /// in milliseconds. 0 (the default) waits for none: the changes that arrive while a
+    /// transaction commits form the next one.
     pub linger_ms: u64,
     /// Request ids remembered per cluster+facet for idempotency: at most this many.
     pub idempotency_window: usize,
@@ -81,7 +83,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             batch_max: 1000,
-            linger_ms: 2,
+            linger_ms: 0,
             idempotency_window: 32,
             idempotency_window_ms: 3_600_000,
             max_record_bytes: 900_000,

@@ -1,9 +1,14 @@
 //! The writer task: owns the transactional producer while the writer election
 //! ([`crate::election`]) makes this instance the writer, and refuses writes with
-//! [`Error::NotWriter`] otherwise. It takes up to `batch_max` queued changes (waiting at
-//! most `linger` for more), has [`admit`] decide them, encodes what is admitted, writes
-//! every history record and then every state record in one transaction, and answers each
-//! caller only after the commit.
+//! [`Error::NotWriter`] otherwise. It gathers up to `batch_max` queued changes, has a
+//! [`Decider`] ([`admit`]) decide and encode them, writes every history record and then
+//! every state record in one transaction, and answers each caller only after the commit.
+//!
+//! **Pipelined.** One transaction is in flight at the broker at a time, but while it
+//! commits, the changes that arrive meanwhile are gathered and decided on another task over
+//! the index as that transaction leaves it ([`InFlight`]). They are answered and produced
+//! only once it has committed; if it failed, they are decided again over what really
+//! committed, so no answer names a version that did not commit and no gap appears.
 //!
 //! An aborted transaction answers [`Error::Unavailable`] to all its callers and changes
 //! nothing. A fenced producer answers its group [`Error::Fenced`] (or an unknown outcome,
@@ -35,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
 use crate::kafka::KafkaClients;
 use crate::keys::{HistoryKey, StateKey};
+use crate::pipeline::InFlight;
 use crate::principals::Ownership;
 use crate::topics::TopicLayout;
 
@@ -218,6 +224,186 @@ struct Accepted {
     partition: i32,
 }
 
+/// Proposed changes in arrival order, each with where its answer goes.
+struct Group {
+    proposals: Vec<Proposal>,
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
+}
+
+impl Group {
+    fn of(batch: Vec<Pending>) -> Group {
+        let (proposals, replies) = batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+        Group { proposals, replies }
+    }
+}
+
+/// A change refused at encoding (too large, not encodable), with where its answer goes.
+type Refused = (oneshot::Sender<Result<Outcome>>, Error);
+
+/// Where a decided proposal's answer comes from.
+enum Route {
+    /// The commit of this change of [`Decided::accepted`].
+    Commit(usize),
+    /// This answer, given when the group is settled.
+    Answer(Result<Outcome>),
+}
+
+/// A group decided and encoded, nobody answered yet: until [`Decided::settle`] it can be
+/// taken back ([`Decided::undo`]) and decided again.
+struct Decided {
+    /// What was admitted: the group without the changes refused at encoding.
+    group: Group,
+    /// Each proposal's answer, in the group's order.
+    routes: Vec<Route>,
+    /// Changes refused at encoding (too large, not encodable): their answer stands
+    /// whatever the index holds.
+    refused: Vec<Refused>,
+    /// The changes to write, without callers until settled.
+    accepted: Vec<Accepted>,
+}
+
+impl Decided {
+    /// Answers what is answered now and hands each caller of a change to write to that
+    /// change: the changes to commit.
+    fn settle(self) -> Vec<Accepted> {
+        let Decided {
+            group,
+            routes,
+            refused,
+            mut accepted,
+        } = self;
+        for (reply, e) in refused {
+            let _ = reply.send(Err(e));
+        }
+        for (reply, route) in group.replies.into_iter().zip(routes) {
+            match route {
+                Route::Commit(k) => accepted[k].reply_to.push(reply),
+                Route::Answer(answer) => {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        accepted
+    }
+
+    /// The group and its encoding refusals, to be decided again.
+    fn undo(self) -> (Group, Vec<Refused>) {
+        (self.group, self.refused)
+    }
+
+    /// Answers every caller `make()`, nothing written (encoding refusals keep theirs).
+    fn refuse(self, make: impl Fn() -> Error) {
+        let (group, refused) = self.undo();
+        for (reply, e) in refused {
+            let _ = reply.send(Err(e));
+        }
+        for reply in group.replies {
+            let _ = reply.send(Err(make()));
+        }
+    }
+}
+
+/// Decides groups: [`admit`] over the index (or over the transaction in flight laid on
+/// it), then encodes what is admitted. Its parts are shared handles, so the next group is
+/// decided on a task of its own while the writer waits for a commit.
+#[derive(Clone)]
+struct Decider {
+    index: Arc<RwLock<Index>>,
+    codec: Arc<RecordCodec>,
+    ownership: Arc<Ownership>,
+    clock: Arc<dyn Clock>,
+    partitions: i32,
+    max_record_bytes: usize,
+}
+
+impl Decider {
+    /// Decides `group` over the committed index, or over `in_flight` laid on it, and
+    /// encodes what is admitted; answers nobody. A change whose record is larger than
+    /// `max_record_bytes` ([`Error::TooLarge`]) or cannot be encoded
+    /// ([`Error::Unavailable`]) joins `refused`, and the rest of the group is decided again
+    /// without it: no version depends on a record that is not written.
+    async fn decide(
+        &self,
+        mut group: Group,
+        mut refused: Vec<Refused>,
+        in_flight: Option<&InFlight>,
+    ) -> Decided {
+        'decide: loop {
+            let verdicts = {
+                let index = self.index.read().await;
+                let rules = Rules {
+                    ownership: &self.ownership,
+                    partitions: self.partitions,
+                    now: self.clock.now(),
+                };
+                match in_flight {
+                    Some(f) => admit(&f.layered(&index), &group.proposals, &rules),
+                    None => admit(&*index, &group.proposals, &rules),
+                }
+            };
+            let mut routes = Vec::with_capacity(verdicts.len());
+            let mut accepted: Vec<Accepted> = Vec::new();
+            // Index of each written proposal in `accepted`, for the joins that follow it.
+            let mut slot: HashMap<usize, usize> = HashMap::new();
+            for (i, v) in verdicts.into_iter().enumerate() {
+                let route = match v {
+                    Verdict::Write(Admitted {
+                        record,
+                        keyed,
+                        request_id,
+                        digest,
+                        partition,
+                    }) => {
+                        let refusal = match self.codec.encode(&record).await {
+                            Ok(p) if p.len() > self.max_record_bytes => Err(Error::TooLarge {
+                                cluster_id: record.meta.cluster_id.clone(),
+                                facet: record.facet(),
+                                bytes: p.len(),
+                                limit: self.max_record_bytes,
+                            }),
+                            Ok(payload) => Ok(payload),
+                            Err(e) => Err(Error::Unavailable(format!("cannot encode: {e}"))),
+                        };
+                        let payload = match refusal {
+                            Ok(payload) => payload,
+                            Err(e) => {
+                                group.proposals.remove(i);
+                                refused.push((group.replies.remove(i), e));
+                                continue 'decide;
+                            }
+                        };
+                        slot.insert(i, accepted.len());
+                        accepted.push(Accepted {
+                            reply_to: Vec::new(),
+                            keyed,
+                            request_id,
+                            digest,
+                            record,
+                            payload,
+                            partition,
+                        });
+                        Route::Commit(accepted.len() - 1)
+                    }
+                    Verdict::Join(j) => match slot.get(&j) {
+                        Some(&k) => Route::Commit(k),
+                        None => Route::Answer(Err(Error::Unavailable(
+                            "the change this repeats was not admitted".into(),
+                        ))),
+                    },
+                    Verdict::Answer(answer) => Route::Answer(answer),
+                };
+                routes.push(route);
+            }
+            return Decided {
+                group,
+                routes,
+                refused,
+                accepted,
+            };
+        }
+    }
+}
+
 impl Writer {
     /// Writes while the election assigns this instance the writer's partition, stands by
     /// otherwise, until `shutdown`; then finishes the changes already queued and leaves
@@ -227,7 +413,6 @@ impl Writer {
         mut rx: mpsc::Receiver<Pending>,
         shutdown: CancellationToken,
     ) {
-        let linger = Duration::from_millis(self.config.linger_ms);
         let mut elected = self.election.watch();
         // After a fence or a failed take-over, the next attempt waits this long, so that
         // the group can tell this member it has moved on before it fences anyone again.
@@ -256,15 +441,8 @@ impl Writer {
                 refuse_not_writer(first);
                 continue;
             }
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < self.config.batch_max {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    _ => break,
-                }
-            }
-            self.process(batch, &mut rx, &shutdown).await;
+            let group = self.gather(first, &mut rx).await;
+            self.write(group, &mut rx, &shutdown).await;
             if self.status.fenced.swap(false, Ordering::AcqRel) {
                 self.stand_down("fenced");
                 not_before = tokio::time::Instant::now()
@@ -284,7 +462,7 @@ impl Writer {
         }
         if !rest.is_empty() {
             if self.producer.is_some() {
-                self.process(rest, &mut rx, &shutdown).await;
+                self.write(Group::of(rest), &mut rx, &shutdown).await;
             } else {
                 rest.into_iter().for_each(refuse_not_writer);
             }
@@ -362,29 +540,134 @@ impl Writer {
         self.status.set_role(Role::Standby);
     }
 
-    /// Decides, writes and answers one group. `queue` is only read while the producer is
-    /// being re-created, to refuse what arrives meanwhile.
-    async fn process(
+    /// `first` and what else is queued now (up to `batch_max`): a group's boundary is the
+    /// transaction before it, not a timer. An idle writer waits up to `linger_ms` (0 by
+    /// default) for more; otherwise it takes what a yield to the enqueuing tasks brings.
+    async fn gather(&self, first: Pending, queue: &mut mpsc::Receiver<Pending>) -> Group {
+        let max = self.config.batch_max.max(1);
+        let mut batch = vec![first];
+        let linger = Duration::from_millis(self.config.linger_ms);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) if linger.is_zero() => {
+                    // Callers that enqueue many changes at once may be mid-way.
+                    tokio::task::yield_now().await;
+                    match queue.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                Err(_) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                },
+            }
+        }
+        Group::of(batch)
+    }
+
+    /// What decides groups, apart from the writer (see [`Decider`]).
+    fn decider(&self) -> Decider {
+        Decider {
+            index: self.index.clone(),
+            codec: self.codec.clone(),
+            ownership: self.ownership.clone(),
+            clock: self.clock.clone(),
+            partitions: self.layout.partitions,
+            max_record_bytes: self.config.max_record_bytes,
+        }
+    }
+
+    /// Writes `group`, and after it every group that queues up meanwhile, until the queue
+    /// is empty, one transaction at a time at the broker. While a transaction commits, the
+    /// next group is gathered and decided on another task over the index as that
+    /// transaction leaves it ([`InFlight`]); it is answered and produced only after that
+    /// commit, and decided again over what really committed if the commit failed. A group
+    /// with a change that depends on the transaction in flight
+    /// ([`InFlight::depends_on`]) is decided after its commit.
+    async fn write(
         &mut self,
-        batch: Vec<Pending>,
+        group: Group,
         queue: &mut mpsc::Receiver<Pending>,
         shutdown: &CancellationToken,
     ) {
-        let span = tracing::info_span!("transaction", changes = batch.len());
-        async {
+        let decider = self.decider();
+        let window = (
+            self.config.idempotency_window,
+            self.config.idempotency_window_ms,
+        );
+        let mut decided = decider.decide(group, Vec::new(), None).await;
+        loop {
             if self.status.fenced.load(Ordering::Acquire) {
-                for p in batch {
-                    let _ = p.reply.send(Err(Error::Fenced));
-                }
+                decided.refuse(|| Error::Fenced);
                 return;
             }
-            let accepted = self.check(batch).await;
+            if !self.election.is_held() {
+                // The run loop stands down; nothing of this group was produced.
+                decided.refuse(|| Error::NotWriter { writer: None });
+                return;
+            }
+            let accepted = decided.settle();
             if accepted.is_empty() {
-                return;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match queue.try_recv() {
+                    Ok(p) => {
+                        let group = self.gather(p, queue).await;
+                        decided = decider.decide(group, Vec::new(), None).await;
+                        continue;
+                    }
+                    Err(_) => return,
+                }
             }
+            let span = tracing::info_span!("transaction", changes = accepted.len());
+            let in_flight = {
+                let index = self.index.read().await;
+                let mut f = InFlight::default();
+                for a in &accepted {
+                    let keyed = a
+                        .keyed
+                        .then_some((a.request_id.as_str(), a.digest.as_str()));
+                    f.add(&a.record, a.partition, keyed, &index, window);
+                }
+                Arc::new(f)
+            };
             self.status.transaction_started();
             let started = std::time::Instant::now();
-            let result = self.commit(&accepted).await;
+            // The next group: decided over this transaction while it commits, or (when it
+            // depends on it) held until it has.
+            let mut next: Option<tokio::task::JoinHandle<Decided>> = None;
+            let mut held: Option<Group> = None;
+            let mut open = true;
+            let result = {
+                let commit = self.commit(&accepted).instrument(span.clone());
+                tokio::pin!(commit);
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut commit => break r,
+                        p = queue.recv(), if open && next.is_none() && held.is_none() => {
+                            let Some(p) = p else {
+                                open = false;
+                                continue;
+                            };
+                            let group = self.gather(p, queue).await;
+                            if group.proposals.iter().any(|p| in_flight.depends_on(p)) {
+                                held = Some(group);
+                            } else {
+                                let (decider, in_flight) = (decider.clone(), in_flight.clone());
+                                next = Some(tokio::spawn(
+                                    async move { decider.decide(group, Vec::new(), Some(&in_flight)).await }
+                                        .instrument(tracing::info_span!("decide_next")),
+                                ));
+                            }
+                        }
+                    }
+                }
+            };
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -392,36 +675,84 @@ impl Writer {
                 self.metrics
                     .transaction_changes
                     .observe(accepted.len() as f64);
-            }
-            if result.is_err() {
+            } else {
                 // Not writable from this instant until the producer is back.
                 self.status.recovering.store(true, Ordering::Release);
             }
             self.status.transaction_ended();
-            match result {
-                Ok(written) => self.publish(accepted, written).await,
-                Err(CommitFailure::NotCommitted(e)) => {
-                    let text = e.to_string();
-                    tracing::warn!(error = %text, "transaction failed before its commit; nothing written");
-                    let fenced = self.status.fenced.load(Ordering::Acquire);
-                    answer_all(accepted, || {
-                        if fenced {
-                            Error::Fenced
-                        } else {
-                            Error::Unavailable(text.clone())
+            let committed = result.is_ok();
+            async {
+                match result {
+                    Ok(written) => self.publish(accepted, written).await,
+                    Err(CommitFailure::NotCommitted(e)) => {
+                        let text = e.to_string();
+                        tracing::warn!(error = %text, "transaction failed before its commit; nothing written");
+                        let fenced = self.status.fenced.load(Ordering::Acquire);
+                        answer_all(accepted, || {
+                            if fenced {
+                                Error::Fenced
+                            } else {
+                                Error::Unavailable(text.clone())
+                            }
+                        });
+                        if !fenced {
+                            self.recover_producer(queue, shutdown).await;
                         }
-                    });
-                    if !fenced {
-                        self.recover_producer(queue, shutdown).await;
+                    }
+                    Err(CommitFailure::Unknown(e, written)) => {
+                        self.resolve(accepted, written, e, queue, shutdown).await;
                     }
                 }
-                Err(CommitFailure::Unknown(e, written)) => {
-                    self.resolve(accepted, written, e, queue, shutdown).await;
+            }
+            .instrument(span)
+            .await;
+            let next = match next {
+                Some(task) => Some(match task.await {
+                    Ok(d) => d,
+                    // Deciding does not panic; if it did, its callers' senders are gone
+                    // with it and they learn that nothing was written.
+                    Err(e) => {
+                        tracing::error!(error = %e, "deciding the next group failed");
+                        return;
+                    }
+                }),
+                None => None,
+            };
+            decided = match (next, held) {
+                (Some(d), _) if committed => d,
+                // Decided over a transaction that did not commit (or whose outcome had to
+                // be resolved): decided again over what the index holds now.
+                (Some(d), _) => {
+                    let (group, refused) = d.undo();
+                    decider.decide(group, refused, None).await
                 }
+                (None, Some(group)) => decider.decide(group, Vec::new(), None).await,
+                (None, None) if shutdown.is_cancelled() => return,
+                (None, None) => match queue.try_recv() {
+                    Ok(p) => {
+                        let group = self.gather(p, queue).await;
+                        decider.decide(group, Vec::new(), None).await
+                    }
+                    Err(_) => return,
+                },
+            };
+            if !committed
+                && (self.producer.is_none() || self.status.recovering.load(Ordering::Acquire))
+            {
+                let fenced = self.status.fenced.load(Ordering::Acquire);
+                decided.refuse(|| {
+                    if fenced {
+                        Error::Fenced
+                    } else {
+                        Error::Unavailable(
+                            "the writer is re-connecting to Kafka after a failed transaction"
+                                .into(),
+                        )
+                    }
+                });
+                return;
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// After a commit whose outcome is unknown: re-creates the producer (which has the
@@ -510,109 +841,11 @@ impl Writer {
         }
     }
 
-    /// Has [`admit`] decide the batch and encodes what it admits; refusals and repeats are
-    /// answered at once. A change whose record is larger than `max_record_bytes`
-    /// ([`Error::TooLarge`]) or cannot be encoded ([`Error::Unavailable`]) is answered so,
-    /// and the rest of the batch is admitted again without it: no version depends on a
-    /// record that is not written, and the group's transaction goes on.
-    async fn check(&self, batch: Vec<Pending>) -> Vec<Accepted> {
-        let (mut proposals, mut replies): (Vec<Proposal>, Vec<_>) = batch
-            .into_iter()
-            .map(|p| (p.proposal, Some(p.reply)))
-            .unzip();
-        let index = self.index.read().await;
-        loop {
-            let rules = Rules {
-                ownership: &self.ownership,
-                partitions: self.layout.partitions,
-                now: self.clock.now(),
-            };
-            let verdicts = admit(&*index, &proposals, &rules);
-            let mut payloads = Vec::with_capacity(verdicts.len());
-            let mut refused = None;
-            for (i, v) in verdicts.iter().enumerate() {
-                if let Verdict::Write(a) = v {
-                    match self.codec.encode(&a.record).await {
-                        Ok(p) if p.len() > self.config.max_record_bytes => {
-                            refused = Some((
-                                i,
-                                Error::TooLarge {
-                                    cluster_id: a.record.meta.cluster_id.clone(),
-                                    facet: a.record.facet(),
-                                    bytes: p.len(),
-                                    limit: self.config.max_record_bytes,
-                                },
-                            ));
-                            break;
-                        }
-                        Ok(p) => payloads.push(Some(p)),
-                        Err(e) => {
-                            refused = Some((i, Error::Unavailable(format!("cannot encode: {e}"))));
-                            break;
-                        }
-                    }
-                } else {
-                    payloads.push(None);
-                }
-            }
-            if let Some((i, error)) = refused {
-                if let Some(r) = replies.remove(i) {
-                    let _ = r.send(Err(error));
-                }
-                proposals.remove(i);
-                continue;
-            }
-            // Index of each written proposal in `accepted`, for the joins that follow it.
-            let mut slot: HashMap<usize, usize> = HashMap::new();
-            let mut accepted: Vec<Accepted> = Vec::new();
-            for (i, (v, payload)) in verdicts.into_iter().zip(payloads).enumerate() {
-                let Some(reply) = replies[i].take() else {
-                    continue;
-                };
-                match v {
-                    Verdict::Write(Admitted {
-                        record,
-                        keyed,
-                        request_id,
-                        digest,
-                        partition,
-                    }) => {
-                        slot.insert(i, accepted.len());
-                        accepted.push(Accepted {
-                            reply_to: vec![reply],
-                            keyed,
-                            request_id,
-                            digest,
-                            record,
-                            payload: payload.unwrap_or_default(),
-                            partition,
-                        });
-                    }
-                    Verdict::Join(j) => match slot.get(&j) {
-                        Some(&k) => accepted[k].reply_to.push(reply),
-                        None => {
-                            let _ = reply.send(Err(Error::Unavailable(
-                                "the change this repeats was not admitted".into(),
-                            )));
-                        }
-                    },
-                    Verdict::Answer(answer) => {
-                        let _ = reply.send(answer);
-                    }
-                }
-            }
-            return accepted;
-        }
-    }
-
     /// Writes every history record, then every state record (with its recent request ids),
     /// in one transaction. Returns what was written, known only once committed; a failure
     /// before the commit was asked for is [`CommitFailure::NotCommitted`], one during it
     /// [`CommitFailure::Unknown`].
-    async fn commit(
-        &mut self,
-        accepted: &[Accepted],
-    ) -> std::result::Result<Written, CommitFailure> {
+    async fn commit(&self, accepted: &[Accepted]) -> std::result::Result<Written, CommitFailure> {
         let timeout = self.clients.config().request_timeout() * 3;
         let started = std::time::Instant::now();
         let producer = match self.producer.clone() {

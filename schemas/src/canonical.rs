@@ -201,8 +201,6 @@ impl FacetState {
 mod tests {
     use proptest::prelude::*;
 
-    use super::*;
-
     /// Strings with everything JSON escapes: quotes, backslashes, every control
     /// character, and any other Unicode.
     fn text() -> BoxedStrategy<String> {
