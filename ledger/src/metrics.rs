@@ -46,6 +46,12 @@ pub struct LedgerMetrics {
     pub fenced: Counter,
     /// `fleetledger_writer_takeovers_total`: times this instance became the writer.
     pub takeovers: Counter,
+    /// `fleetledger_writer_groups_decided_ahead_total`: groups decided while the
+    /// transaction before them committed (the pipeline at work).
+    pub decided_ahead: Counter,
+    /// `fleetledger_writer_groups_decided_again_total`: groups decided ahead and decided
+    /// again because the transaction before them did not commit (or had to be resolved).
+    pub decided_again: Counter,
 }
 
 impl Default for LedgerMetrics {
@@ -56,6 +62,8 @@ impl Default for LedgerMetrics {
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             fenced: Counter::default(),
             takeovers: Counter::default(),
+            decided_ahead: Counter::default(),
+            decided_again: Counter::default(),
         }
     }
 }
@@ -88,6 +96,16 @@ impl LedgerMetrics {
             "writer_takeovers",
             "Times this instance became the writer (won the election, fenced the one before)",
             self.takeovers.clone(),
+        );
+        registry.register(
+            "writer_groups_decided_ahead",
+            "Groups decided while the transaction before them committed",
+            self.decided_ahead.clone(),
+        );
+        registry.register(
+            "writer_groups_decided_again",
+            "Groups decided ahead, decided again because the transaction before them did not commit",
+            self.decided_again.clone(),
         );
     }
 }

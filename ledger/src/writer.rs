@@ -530,6 +530,22 @@ impl Writer {
         }
     }
 
+    /// Why a change this writer took cannot be written now: another writer fenced it
+    /// ([`Error::Fenced`]); the group no longer confirms it as the writer
+    /// ([`Error::NotWriter`], as a change queued after it stood down gets); or its producer
+    /// is being re-created ([`Error::Unavailable`]). Nothing of such a change was produced.
+    fn not_writing(&self) -> Error {
+        if self.status.fenced.load(Ordering::Acquire) && !self.unconfirmed.load(Ordering::Acquire) {
+            Error::Fenced
+        } else if self.status.fenced.load(Ordering::Acquire) || !self.election.is_held() {
+            Error::NotWriter { writer: None }
+        } else {
+            Error::Unavailable(
+                "the writer is re-connecting to Kafka after a failed transaction".into(),
+            )
+        }
+    }
+
     /// Stops writing: the producer is dropped (off the runtime: dropping flushes) and the
     /// index follows the state topic again.
     fn stand_down(&mut self, why: &str) {
@@ -600,13 +616,9 @@ impl Writer {
         );
         let mut decided = decider.decide(group, Vec::new(), None).await;
         loop {
-            if self.status.fenced.load(Ordering::Acquire) {
-                decided.refuse(|| Error::Fenced);
-                return;
-            }
-            if !self.election.is_held() {
+            if self.status.fenced.load(Ordering::Acquire) || !self.election.is_held() {
                 // The run loop stands down; nothing of this group was produced.
-                decided.refuse(|| Error::NotWriter { writer: None });
+                decided.refuse(|| self.not_writing());
                 return;
             }
             let accepted = decided.settle();
@@ -658,6 +670,7 @@ impl Writer {
                             if group.proposals.iter().any(|p| in_flight.depends_on(p)) {
                                 held = Some(group);
                             } else {
+                                self.metrics.decided_ahead.inc();
                                 let (decider, in_flight) = (decider.clone(), in_flight.clone());
                                 next = Some(tokio::spawn(
                                     async move { decider.decide(group, Vec::new(), Some(&in_flight)).await }
@@ -723,6 +736,7 @@ impl Writer {
                 // Decided over a transaction that did not commit (or whose outcome had to
                 // be resolved): decided again over what the index holds now.
                 (Some(d), _) => {
+                    self.metrics.decided_again.inc();
                     let (group, refused) = d.undo();
                     decider.decide(group, refused, None).await
                 }
@@ -739,17 +753,7 @@ impl Writer {
             if !committed
                 && (self.producer.is_none() || self.status.recovering.load(Ordering::Acquire))
             {
-                let fenced = self.status.fenced.load(Ordering::Acquire);
-                decided.refuse(|| {
-                    if fenced {
-                        Error::Fenced
-                    } else {
-                        Error::Unavailable(
-                            "the writer is re-connecting to Kafka after a failed transaction"
-                                .into(),
-                        )
-                    }
-                });
+                decided.refuse(|| self.not_writing());
                 return;
             }
         }

@@ -127,14 +127,22 @@ async fn broker_outage(outage: Duration, how: Outage) {
                     )
                     .await;
                 answers.push((key, cluster.clone(), st, v, state));
-                if st != 201 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                // Writers a few milliseconds apart: their changes reach the writer while
+                // the transaction before them commits, not all in one group.
+                let pause = if st == 201 { w as u64 } else { 100 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             answers
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The writer is pipelined under this load: groups were decided while the transaction
+    // before them committed, so the broker dies in the middle of such a sequence.
+    let metric = |text: &str, name: &str| crate::support::metric(text, name).unwrap_or(0.0);
+    let ahead_before_outage = metric(
+        &crate::support::metrics_text(&server.url()).await,
+        "fleetledger_writer_groups_decided_ahead_total",
+    );
     match how {
         Outage::Kill => kill_broker(),
         Outage::Stop => kafka("stop"),
@@ -206,6 +214,10 @@ async fn broker_outage(outage: Duration, how: Outage) {
         }
     }
     let fenced = answers.iter().filter(|a| a.3["error"] == "fenced").count();
+    let decided_again = metric(
+        &crate::support::metrics_text(&server.url()).await,
+        "fleetledger_writer_groups_decided_again_total",
+    );
     let answers: Vec<(String, u16, Value)> = answers
         .into_iter()
         .map(|(k, _, st, v, _)| (k, st, v))
@@ -227,6 +239,8 @@ async fn broker_outage(outage: Duration, how: Outage) {
             "faults": 1,
             "outcome_unknown": unknown,
             "fenced": fenced,
+            "groups_decided_ahead_before_outage": ahead_before_outage,
+            "groups_decided_again": decided_again,
             "not_ready_after_s": not_ready_after.map(|d| d.as_secs_f64()),
             "recovery_s": recovered_after.map(|d| d.as_secs_f64()),
             "projections_equal_rebuild": rebuilt.as_ref().is_ok_and(|r| r.audit_rows == acknowledged),
@@ -236,6 +250,10 @@ async fn broker_outage(outage: Duration, how: Outage) {
     let recovered_after = recovered_after.expect("writes succeed again after the broker is back");
     assert_kept_every_promise(&t);
     assert_eq!(fenced, 0, "no writer but this one: nothing is fenced");
+    assert!(
+        ahead_before_outage > 0.0,
+        "the writer decided groups ahead of their transaction before the outage"
+    );
     let rebuilt = rebuilt.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         rebuilt.audit_rows, acknowledged,
