@@ -22,6 +22,7 @@ pub fn simulated_records(clusters: usize, days: u32) -> anyhow::Result<Vec<State
         days,
         seed: 7,
         start,
+        fleet: 0,
     }
     .write(&mut text)?;
     let mut versions = std::collections::HashMap::new();

@@ -46,6 +46,10 @@ enum Command {
         /// Start of the history (RFC 3339).
         #[arg(long, default_value = "2026-01-01T00:00:00Z")]
         start: String,
+        /// Which fleet: fleets of different numbers have distinct cluster ids (0:
+        /// `lkc-sim000123`, n: `lkc-sim{n}-000123`).
+        #[arg(long, default_value_t = 0)]
+        fleet: u32,
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             days,
             seed,
             start,
+            fleet,
             out,
         } => {
             let start = chrono::DateTime::parse_from_rfc3339(&start)
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 days,
                 seed,
                 start,
+                fleet,
             };
             let done = simulate(sim, out)?;
             eprintln!(

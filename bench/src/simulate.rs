@@ -50,6 +50,9 @@ pub struct Simulation {
     pub seed: u64,
     /// Start of the history.
     pub start: DateTime<Utc>,
+    /// Which fleet: 0 names clusters `lkc-sim000123`, fleet n `lkc-sim{n}-000123`, so
+    /// fleets of different numbers can be imported into one ledger.
+    pub fleet: u32,
 }
 
 /// What a simulation wrote.
@@ -249,9 +252,13 @@ impl Slot {
         let (cloud, regions) = REGIONS[rng.below(REGIONS.len() as u64) as usize];
         let cku = 1 + rng.below(4) as i64;
         let i = self.index;
+        let fleet = match sim.fleet {
+            0 => String::new(),
+            n => format!("{n}-"),
+        };
         self.cluster_id = match self.generation {
-            0 => format!("lkc-sim{i:06}"),
-            g => format!("lkc-sim{i:06}-{g}"),
+            0 => format!("lkc-sim{fleet}{i:06}"),
+            g => format!("lkc-sim{fleet}{i:06}-{g}"),
         };
         self.logical = json!({
             "org_id": format!("org-{}", rng.below(orgs)),
@@ -569,6 +576,7 @@ mod tests {
             days,
             seed,
             start: "2026-01-01T00:00:00Z".parse().unwrap(),
+            fleet: 0,
         }
         .write(&mut out)
         .unwrap();
