@@ -16,7 +16,7 @@ use fleetledger_schemas::{Facet, StateRecord};
 
 use crate::admission::Proposal;
 use crate::append::Appended;
-use crate::index::{Head, Index, Layered, RecentRequest, trim_window};
+use crate::index::{Head, Heads, Index, Layered, RecentRequest, trim_window};
 
 /// What the transaction in flight will have written once it commits.
 #[derive(Debug, Default)]
@@ -38,13 +38,13 @@ pub(crate) type WindowLimits = (usize, u64);
 impl InFlight {
     /// Adds one change of the transaction (in its order): `record` goes to `partition`;
     /// `keyed` is its client's (request id, body digest) if it entered the idempotency
-    /// window. `committed` is the index the transaction was decided against.
+    /// window. `committed` is what the transaction was decided over.
     pub(crate) fn add(
         &mut self,
         record: &StateRecord,
         partition: i32,
         keyed: Option<(&str, &str)>,
-        committed: &Index,
+        committed: &(impl Heads + ?Sized),
         window: WindowLimits,
     ) {
         let (cluster, facet) = (&record.meta.cluster_id, record.facet());

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
 use crate::kafka::KafkaClients;
 use crate::keys::{HistoryKey, StateKey};
-use crate::pipeline::InFlight;
+use crate::pipeline::{InFlight, WindowLimits};
 use crate::principals::Ownership;
 use crate::topics::TopicLayout;
 
@@ -260,17 +260,20 @@ struct Decided {
     refused: Vec<Refused>,
     /// The changes to write, without callers until settled.
     accepted: Vec<Accepted>,
+    /// What the index will hold once they commit: the next group is decided over it.
+    in_flight: InFlight,
 }
 
 impl Decided {
     /// Answers what is answered now and hands each caller of a change to write to that
     /// change: the changes to commit.
-    fn settle(self) -> Vec<Accepted> {
+    fn settle(self) -> (Vec<Accepted>, InFlight) {
         let Decided {
             group,
             routes,
             refused,
             mut accepted,
+            in_flight,
         } = self;
         for (reply, e) in refused {
             let _ = reply.send(Err(e));
@@ -283,7 +286,7 @@ impl Decided {
                 }
             }
         }
-        accepted
+        (accepted, in_flight)
     }
 
     /// The group and its encoding refusals, to be decided again.
@@ -314,6 +317,7 @@ struct Decider {
     clock: Arc<dyn Clock>,
     partitions: i32,
     max_record_bytes: usize,
+    window: WindowLimits,
 }
 
 impl Decider {
@@ -394,11 +398,33 @@ impl Decider {
                 };
                 routes.push(route);
             }
+            // What the index holds once these commit, built here (on the deciding task,
+            // not the writer's) over the same view they were decided over.
+            let mut after = InFlight::default();
+            {
+                let index = self.index.read().await;
+                for a in &accepted {
+                    let keyed = a
+                        .keyed
+                        .then_some((a.request_id.as_str(), a.digest.as_str()));
+                    match in_flight {
+                        Some(f) => after.add(
+                            &a.record,
+                            a.partition,
+                            keyed,
+                            &f.layered(&index),
+                            self.window,
+                        ),
+                        None => after.add(&a.record, a.partition, keyed, &*index, self.window),
+                    }
+                }
+            }
             return Decided {
                 group,
                 routes,
                 refused,
                 accepted,
+                in_flight: after,
             };
         }
     }
@@ -593,6 +619,10 @@ impl Writer {
             clock: self.clock.clone(),
             partitions: self.layout.partitions,
             max_record_bytes: self.config.max_record_bytes,
+            window: (
+                self.config.idempotency_window,
+                self.config.idempotency_window_ms,
+            ),
         }
     }
 
@@ -610,10 +640,6 @@ impl Writer {
         shutdown: &CancellationToken,
     ) {
         let decider = self.decider();
-        let window = (
-            self.config.idempotency_window,
-            self.config.idempotency_window_ms,
-        );
         let mut decided = decider.decide(group, Vec::new(), None).await;
         loop {
             if self.status.fenced.load(Ordering::Acquire) || !self.election.is_held() {
@@ -621,7 +647,7 @@ impl Writer {
                 decided.refuse(|| self.not_writing());
                 return;
             }
-            let accepted = decided.settle();
+            let (accepted, in_flight) = decided.settle();
             if accepted.is_empty() {
                 if shutdown.is_cancelled() {
                     return;
@@ -636,17 +662,7 @@ impl Writer {
                 }
             }
             let span = tracing::info_span!("transaction", changes = accepted.len());
-            let in_flight = {
-                let index = self.index.read().await;
-                let mut f = InFlight::default();
-                for a in &accepted {
-                    let keyed = a
-                        .keyed
-                        .then_some((a.request_id.as_str(), a.digest.as_str()));
-                    f.add(&a.record, a.partition, keyed, &index, window);
-                }
-                Arc::new(f)
-            };
+            let in_flight = Arc::new(in_flight);
             self.status.transaction_started();
             let started = std::time::Instant::now();
             // The next group: decided over this transaction while it commits, or (when it
