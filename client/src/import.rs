@@ -21,9 +21,11 @@
 //!
 //! **Lanes.** Batches go out [`IMPORT_LANES`] at once, in rounds: a round takes the next
 //! lanes × batch lines in time order and gives each lane the lines of its clusters (by a
-//! hash of the id), so each cluster's lines still reach the ledger in time order while
-//! the server commits the lanes' batches together, and no lane runs ahead of the others
-//! in time by more than a round. A round of at most one batch (a small file) goes as one
+//! hash of the id). A lane sends its batch of a round once its batch of the round before
+//! is answered, so each cluster's lines still reach the ledger in time order while the
+//! server commits the lanes' batches together; two rounds are in flight, so the server
+//! has the next lines while it commits, and no lane runs ahead of the others in time by
+//! more than two rounds. A round of at most one batch (a small file) goes as one
 //! batch: a refusal writes nothing of it. In a larger file, a refused line stops every
 //! lane; batches already committed stay (run the import again after fixing the line:
 //! they are skipped).
@@ -300,30 +302,67 @@ async fn send_rounds(
         }
         Ok(s)
     };
-    // Rounds in time order; in a round each lane takes its clusters' lines and the lanes
-    // go at once. The next round starts when the round is done, so no lane runs ahead in
-    // time of the others by more than a round. A bad line stops the import before its
-    // round is sent.
-    while lines.peek().is_some() {
-        let mut round = Vec::with_capacity(batch * IMPORT_LANES);
-        for line in lines.by_ref().take(batch * IMPORT_LANES) {
-            let (no, line) = line?;
-            round.push(numbering.item(no, line));
+    // Rounds in time order; in a round each lane takes its clusters' lines. Two rounds are
+    // in flight: a lane sends its lines of a round as soon as its lines of the round before
+    // are answered (so a cluster's lines reach the ledger in order), and the next round is
+    // read once the one two before it is done, so no lane runs ahead in time of the others
+    // by more than two rounds and the server has the next lines while it commits. A bad
+    // line stops the import before its round is sent; a refusal stops every lane.
+    let mut rounds = futures::stream::FuturesOrdered::new();
+    let mut lane_done: Vec<Option<futures::channel::oneshot::Receiver<bool>>> =
+        (0..IMPORT_LANES).map(|_| None).collect();
+    let mut first = true;
+    loop {
+        if rounds.len() < 2 && lines.peek().is_some() {
+            let mut round = Vec::with_capacity(batch * IMPORT_LANES);
+            for line in lines.by_ref().take(batch * IMPORT_LANES) {
+                let (no, line) = line?;
+                round.push(numbering.item(no, line));
+            }
+            let n = round.len();
+            // A file of one round of at most one batch is one request: a refusal writes
+            // nothing of it. Otherwise every round has every lane, so a cluster stays in
+            // its lane.
+            let n_lanes = match (first, lines.peek().is_none()) {
+                (true, true) => IMPORT_LANES.min(n.div_ceil(batch)).max(1),
+                _ => IMPORT_LANES,
+            };
+            first = false;
+            let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
+            for item in round {
+                let cluster = item["cluster_id"].as_str().unwrap_or_default();
+                lanes[lane_of(cluster, n_lanes)].push(item);
+            }
+            let mut sends = Vec::with_capacity(n_lanes);
+            for (lane, lane_lines) in lanes.into_iter().enumerate() {
+                let before = lane_done[lane].take();
+                let (done_tx, done_rx) = futures::channel::oneshot::channel();
+                lane_done[lane] = Some(done_rx);
+                sends.push(async move {
+                    // The lane's lines of the round before must be answered, and written.
+                    if let Some(before) = before
+                        && !matches!(before.await, Ok(true))
+                    {
+                        return Ok(ImportSummary::default());
+                    }
+                    let answer = if lane_lines.is_empty() {
+                        Ok(ImportSummary::default())
+                    } else {
+                        send(lane_lines).await
+                    };
+                    let _ = done_tx.send(answer.is_ok());
+                    answer
+                });
+            }
+            rounds.push_back(async move { (n, futures::future::try_join_all(sends).await) });
+            continue;
         }
-        let n = round.len();
-        // A round of one batch (a small file, the tail of a stream) is one request.
-        let n_lanes = IMPORT_LANES.min(n.div_ceil(batch)).max(1);
-        let mut lanes: Vec<Vec<Value>> = vec![Vec::new(); n_lanes];
-        for item in round {
-            let cluster = item["cluster_id"].as_str().unwrap_or_default();
-            lanes[lane_of(cluster, n_lanes)].push(item);
-        }
-        // The first refusal stops the import: the other lanes' requests of the round are
+        let Some((n, answers)) = futures::StreamExt::next(&mut rounds).await else {
+            break;
+        };
+        // The first refusal stops the import: the lanes' requests still in flight are
         // dropped (what they had written stays; a re-run skips it).
-        let answers =
-            futures::future::try_join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(send))
-                .await?;
-        for s in answers {
+        for s in answers? {
             summary.imported += s.imported;
             summary.already += s.already;
         }
