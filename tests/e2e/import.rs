@@ -94,6 +94,7 @@ async fn a_simulated_history_years_old_imports_once_and_bills_plausibly() {
         days: 10,
         seed: 42,
         start,
+        fleet: 0,
     }
     .write(&mut text)
     .unwrap()

@@ -446,6 +446,7 @@ pub(crate) async fn simulated_fleet(cfg: Config, clusters: usize, days: u32) -> 
         days,
         seed: 7,
         start,
+        fleet: 0,
     }
     .write(&mut text)
     .unwrap();
