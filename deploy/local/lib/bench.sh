@@ -42,3 +42,22 @@ stop_serve() {
   wait "$serve_pid" 2>/dev/null || true
   serve_pid=""
 }
+
+# The answer of the running serve to SQL query $1 (JSON).
+sql() {
+  curl -fsS -H "authorization: Bearer dev-sync" -H 'content-type: application/json' \
+    --data "$(printf '{"sql": "%s"}' "$1")" "$FLEETLEDGER_URL/v1/sql"
+}
+# The first value of column $2 in the answer to query $1.
+sql_value() { sql "$1" | sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+# Waits until the projections have applied everything written: the audit log's row count
+# stops changing (nothing else writes meanwhile).
+projections_settle() {
+  local before=-1 now
+  now="$(sql_value 'SELECT count(*) AS n FROM audit_log' n)"
+  until [ "$now" = "$before" ]; do
+    sleep 2
+    before="$now"
+    now="$(sql_value 'SELECT count(*) AS n FROM audit_log' n)"
+  done
+}
