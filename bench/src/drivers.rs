@@ -313,7 +313,31 @@ async fn history_sample(
         }
     }
     anyhow::ensure!(!records.is_empty(), "{} holds no records", layout.history);
-    Ok(records)
+    Ok(across_partitions(records))
+}
+
+/// The records in turns over their partitions (the first of each partition, then the
+/// second of each, ...). A consumer hands out a partition's records in long runs, so in
+/// read order a raw transaction of a thousand records would touch one or two partitions;
+/// the ledger's transactions of a thousand clusters touch every partition, and the
+/// baseline must write the same shape: one produce request, and one partition added to the
+/// transaction, per partition.
+fn across_partitions(records: Vec<(i32, Vec<u8>, Vec<u8>)>) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    let mut by_partition: std::collections::BTreeMap<i32, std::collections::VecDeque<_>> =
+        std::collections::BTreeMap::new();
+    let n = records.len();
+    for r in records {
+        by_partition.entry(r.0).or_default().push_back(r);
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        for queue in by_partition.values_mut() {
+            if let Some(r) = queue.pop_front() {
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// The scratch topics the raw baselines write to, beside the ones under test.
@@ -614,5 +638,19 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), Duration::from_millis(51));
         assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_raw_sample_takes_turns_over_partitions() {
+        // As a consumer reads: runs of one partition.
+        let read: Vec<(i32, Vec<u8>, Vec<u8>)> = [(0, 1), (0, 2), (0, 3), (1, 1), (2, 1), (2, 2)]
+            .into_iter()
+            .map(|(p, i)| (p, vec![i], vec![]))
+            .collect();
+        let order: Vec<(i32, u8)> = across_partitions(read)
+            .into_iter()
+            .map(|(p, k, _)| (p, k[0]))
+            .collect();
+        assert_eq!(order, [(0, 1), (1, 1), (2, 1), (0, 2), (2, 2), (0, 3)]);
     }
 }
