@@ -1,7 +1,7 @@
 //! The canonical JSON of a facet state: the bytes the hash chain and the idempotency digest
 //! hash. Written straight from the typed state, without a `serde_json::Value` tree: the
 //! fields of each state in sorted name order, maps in key order (a `BTreeMap` already is),
-//! strings escaped as `serde_json` escapes them, no whitespace.
+//! strings escaped as `serde_json` escapes them (the diff writer's escaping), no whitespace.
 //!
 //! Every record ever written is chained by these bytes, so they must never change: the
 //! property test below holds them equal to `serde_json`'s serialization of the state's
@@ -19,34 +19,7 @@ trait Canonical {
 
 impl Canonical for str {
     fn write(&self, out: &mut String) {
-        out.push('"');
-        let mut plain = 0;
-        for (i, b) in self.bytes().enumerate() {
-            let escape = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
-            out.push_str(&self[plain..i]);
-            if escape.is_empty() {
-                // Other control characters as serde_json writes them: \u00XX, lower-case hex.
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 0xf) as usize] as char);
-            } else {
-                out.push_str(escape);
-            }
-            plain = i + 1;
-        }
-        out.push_str(&self[plain..]);
-        out.push('"');
+        crate::diff::write_json_str(out, &[self]);
     }
 }
 

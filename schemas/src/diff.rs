@@ -201,7 +201,7 @@ impl Leaf<'_> {
 }
 
 /// Writes the concatenation of `parts` as one JSON string, escaped as serde_json escapes.
-fn write_json_str(out: &mut String, parts: &[&str]) {
+pub(crate) fn write_json_str(out: &mut String, parts: &[&str]) {
     out.push('"');
     for part in parts {
         let mut start = 0;
