@@ -312,12 +312,22 @@ async fn send_rounds(
     let mut lane_done: Vec<Option<futures::channel::oneshot::Receiver<bool>>> =
         (0..IMPORT_LANES).map(|_| None).collect();
     let mut first = true;
+    // A bad line read: the rounds in flight finish, nothing after them is sent.
+    let mut bad_line = None;
     loop {
-        if rounds.len() < 2 && lines.peek().is_some() {
+        if bad_line.is_none() && rounds.len() < 2 && lines.peek().is_some() {
             let mut round = Vec::with_capacity(batch * IMPORT_LANES);
             for line in lines.by_ref().take(batch * IMPORT_LANES) {
-                let (no, line) = line?;
-                round.push(numbering.item(no, line));
+                match line {
+                    Ok((no, line)) => round.push(numbering.item(no, line)),
+                    Err(e) => {
+                        bad_line = Some(e);
+                        break;
+                    }
+                }
+            }
+            if bad_line.is_some() {
+                continue;
             }
             let n = round.len();
             // A file of one round of at most one batch is one request: a refusal writes
@@ -375,7 +385,10 @@ async fn send_rounds(
         let _ = std::io::stderr().flush();
     }
     eprintln!();
-    Ok(summary)
+    match bad_line {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
 /// Batches an import has in flight at once, one per lane.
