@@ -25,11 +25,17 @@ pub(crate) struct InFlight {
     /// record will carry. Its own requests' results are not known yet (offset −1); no
     /// decision reads them ([`InFlight::depends_on`]).
     heads: Index,
-    /// Its client-keyed requests: (cluster, facet, request id).
+    /// The client-keyed requests its windows hold whose results are not known yet:
+    /// (cluster, facet, request id).
     keyed: HashSet<(String, Facet, String)>,
     /// The clusters whose logical facet it writes.
     logical: HashSet<String>,
 }
+
+/// The history offset of a change whose transaction has not committed yet. Committed
+/// results always carry their real offset (from the delivery, or from the state topic's
+/// window header).
+const UNKNOWN_OFFSET: i64 = -1;
 
 /// The idempotency window's limits: at most this many requests, none older than this
 /// many milliseconds than the newest.
@@ -48,7 +54,7 @@ impl InFlight {
         window: WindowLimits,
     ) {
         let (cluster, facet) = (&record.meta.cluster_id, record.facet());
-        let appended = Appended::of(record, partition, -1);
+        let appended = Appended::of(record, partition, UNKNOWN_OFFSET);
         let mut recent: VecDeque<RecentRequest> = self
             .heads
             .head(cluster, facet)
@@ -62,8 +68,13 @@ impl InFlight {
                 result: appended.clone(),
             });
             trim_window(&mut recent, window.0, window.1);
+        }
+        // Every request of the window whose result is not known yet: this transaction's,
+        // and those of the transaction before it when this one was decided over that one
+        // in flight (its window was taken from there).
+        for r in recent.iter().filter(|r| r.result.offset == UNKNOWN_OFFSET) {
             self.keyed
-                .insert((cluster.clone(), facet, request_id.to_owned()));
+                .insert((cluster.clone(), facet, r.request_id.clone()));
         }
         if facet == Facet::Logical {
             self.logical.insert(cluster.clone());
@@ -151,17 +162,49 @@ mod tests {
         assert!(!f.depends_on(&delete("lkc-b")));
     }
 
+    #[test]
+    fn a_retry_of_a_request_two_transactions_back_waits_while_its_window_is_borrowed() {
+        let o = Ownership::default();
+        let index = Index::default();
+        // N writes k1 on lkc-a; N+1, decided over N in flight, writes lkc-a again (k2), so
+        // its window for lkc-a holds k1 with N's result not yet known.
+        let n = admit(
+            &index,
+            &[Proposal::Put(keyed_put("lkc-a", "k1"))],
+            &rules(&o, t0()),
+        );
+        let f_n = in_flight(&n, &index);
+        let next = admit(
+            &f_n.layered(&index),
+            &[Proposal::Put(keyed_put("lkc-a", "k2"))],
+            &rules(&o, t0()),
+        );
+        let mut f_next = InFlight::default();
+        for a in written(&next) {
+            let keyed = Some((a.request_id.as_str(), a.digest.as_str()));
+            f_next.add(&a.record, a.partition, keyed, &f_n.layered(&index), NO_TRIM);
+        }
+        // A retry of k1 decided over N+1 in flight would read k1's unknown result from
+        // N+1's window: it waits instead.
+        assert!(f_next.depends_on(&Proposal::Put(keyed_put("lkc-a", "k1"))));
+        assert!(f_next.depends_on(&Proposal::Put(keyed_put("lkc-a", "k2"))));
+        assert!(!f_next.depends_on(&Proposal::Put(keyed_put("lkc-a", "k3"))));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// A group decided over the transaction in flight gets exactly the verdicts it gets
         /// once that transaction has committed: the same records (versions, times, hashes),
-        /// refusals, joins and answers.
+        /// refusals, joins and answers. So does the group after it, decided over the second
+        /// transaction while the first has committed and the second is in flight (its
+        /// windows borrowed from the first's).
         #[test]
         fn deciding_over_the_transaction_in_flight_is_deciding_after_its_commit(
             seed in group(),
             first in group(),
             next in group(),
+            third in group(),
         ) {
             let o = Ownership::default();
             let mut index = Index::default();
@@ -175,11 +218,22 @@ mod tests {
             let v = admit(&index, &seed, &rules(&o, t0()));
             commit_all(&mut index, &v);
             let v1 = admit(&index, &first, &rules(&o, t0()));
-            let f = in_flight(&v1, &index);
-            let next: Vec<Proposal> = next.into_iter().filter(|p| !f.depends_on(p)).collect();
-            let early = admit(&f.layered(&index), &next, &rules(&o, t0()));
+            let f1 = in_flight(&v1, &index);
+            let next: Vec<Proposal> = next.into_iter().filter(|p| !f1.depends_on(p)).collect();
+            let early = admit(&f1.layered(&index), &next, &rules(&o, t0()));
+            let mut f2 = InFlight::default();
+            for a in written(&early) {
+                let keyed = a.keyed.then_some((a.request_id.as_str(), a.digest.as_str()));
+                f2.add(&a.record, a.partition, keyed, &f1.layered(&index), NO_TRIM);
+            }
             commit_all(&mut index, &v1);
             let after = admit(&index, &next, &rules(&o, t0()));
+            prop_assert_eq!(format!("{early:?}"), format!("{after:?}"));
+            // The first committed, the second in flight.
+            let third: Vec<Proposal> = third.into_iter().filter(|p| !f2.depends_on(p)).collect();
+            let early = admit(&f2.layered(&index), &third, &rules(&o, t0()));
+            commit_all(&mut index, &after);
+            let after = admit(&index, &third, &rules(&o, t0()));
             prop_assert_eq!(format!("{early:?}"), format!("{after:?}"));
         }
     }
