@@ -22,8 +22,9 @@ use crate::index::{Head, Heads, Index, Layered, RecentRequest, trim_window};
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     /// Its last record of every cluster+facet it writes, with the idempotency window that
-    /// record will carry. Its own requests' results are not known yet (offset −1); no
-    /// decision reads them ([`InFlight::depends_on`]).
+    /// record will carry. Results not known yet carry offset −1: its own requests', and
+    /// those its windows took from the transaction before it; no decision reads them
+    /// ([`InFlight::depends_on`]).
     heads: Index,
     /// The client-keyed requests its windows hold whose results are not known yet:
     /// (cluster, facet, request id).
