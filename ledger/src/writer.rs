@@ -37,7 +37,7 @@ use crate::append::{Appended, LedgerConfig};
 use crate::clock::Clock;
 use crate::election::{Announcement, Election, announce};
 use crate::error::{Error, Result};
-use crate::index::{Head, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
+use crate::index::{Head, Heads, Index, RECENT_HEADER, RecentRequest, rebuild_index, trim_window};
 use crate::kafka::KafkaClients;
 use crate::keys::{HistoryKey, StateKey};
 use crate::pipeline::{InFlight, WindowLimits};
@@ -333,17 +333,34 @@ impl Decider {
         in_flight: Option<&InFlight>,
     ) -> Decided {
         'decide: loop {
-            let verdicts = {
+            // Admission, and what the index holds once the admitted changes commit (built
+            // here, on the deciding task, not the writer's), over one view of the index.
+            let (verdicts, after) = {
                 let index = self.index.read().await;
+                let layered;
+                let view: &dyn Heads = match in_flight {
+                    Some(f) => {
+                        layered = f.layered(&index);
+                        &layered
+                    }
+                    None => &*index,
+                };
                 let rules = Rules {
                     ownership: &self.ownership,
                     partitions: self.partitions,
                     now: self.clock.now(),
                 };
-                match in_flight {
-                    Some(f) => admit(&f.layered(&index), &group.proposals, &rules),
-                    None => admit(&*index, &group.proposals, &rules),
+                let verdicts = admit(view, &group.proposals, &rules);
+                let mut after = InFlight::default();
+                for v in &verdicts {
+                    if let Verdict::Write(a) = v {
+                        let keyed = a
+                            .keyed
+                            .then_some((a.request_id.as_str(), a.digest.as_str()));
+                        after.add(&a.record, a.partition, keyed, view, self.window);
+                    }
                 }
+                (verdicts, after)
             };
             let mut routes = Vec::with_capacity(verdicts.len());
             let mut accepted: Vec<Accepted> = Vec::new();
@@ -397,27 +414,6 @@ impl Decider {
                     Verdict::Answer(answer) => Route::Answer(answer),
                 };
                 routes.push(route);
-            }
-            // What the index holds once these commit, built here (on the deciding task,
-            // not the writer's) over the same view they were decided over.
-            let mut after = InFlight::default();
-            {
-                let index = self.index.read().await;
-                for a in &accepted {
-                    let keyed = a
-                        .keyed
-                        .then_some((a.request_id.as_str(), a.digest.as_str()));
-                    match in_flight {
-                        Some(f) => after.add(
-                            &a.record,
-                            a.partition,
-                            keyed,
-                            &f.layered(&index),
-                            self.window,
-                        ),
-                        None => after.add(&a.record, a.partition, keyed, &*index, self.window),
-                    }
-                }
             }
             return Decided {
                 group,
@@ -610,6 +606,23 @@ impl Writer {
         Group::of(batch)
     }
 
+    /// The next group from what is queued now, decided over the committed index; None
+    /// when nothing is queued or the writer is shutting down (the run loop finishes what
+    /// is queued then).
+    async fn decide_queued(
+        &self,
+        decider: &Decider,
+        queue: &mut mpsc::Receiver<Pending>,
+        shutdown: &CancellationToken,
+    ) -> Option<Decided> {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let first = queue.try_recv().ok()?;
+        let group = self.gather(first, queue).await;
+        Some(decider.decide(group, Vec::new(), None).await)
+    }
+
     /// What decides groups, apart from the writer (see [`Decider`]).
     fn decider(&self) -> Decider {
         Decider {
@@ -649,16 +662,12 @@ impl Writer {
             }
             let (accepted, in_flight) = decided.settle();
             if accepted.is_empty() {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                match queue.try_recv() {
-                    Ok(p) => {
-                        let group = self.gather(p, queue).await;
-                        decided = decider.decide(group, Vec::new(), None).await;
+                match self.decide_queued(&decider, queue, shutdown).await {
+                    Some(d) => {
+                        decided = d;
                         continue;
                     }
-                    Err(_) => return,
+                    None => return,
                 }
             }
             let span = tracing::info_span!("transaction", changes = accepted.len());
@@ -757,13 +766,9 @@ impl Writer {
                     decider.decide(group, refused, None).await
                 }
                 (None, Some(group)) => decider.decide(group, Vec::new(), None).await,
-                (None, None) if shutdown.is_cancelled() => return,
-                (None, None) => match queue.try_recv() {
-                    Ok(p) => {
-                        let group = self.gather(p, queue).await;
-                        decider.decide(group, Vec::new(), None).await
-                    }
-                    Err(_) => return,
+                (None, None) => match self.decide_queued(&decider, queue, shutdown).await {
+                    Some(d) => d,
+                    None => return,
                 },
             };
             if !committed
