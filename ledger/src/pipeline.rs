@@ -122,7 +122,8 @@ mod tests {
     /// Window limits that never trim, as the tests' `commit` does not.
     const NO_TRIM: WindowLimits = (usize::MAX, 1 << 40);
 
-    fn in_flight(v: &[Verdict], committed: &Index) -> InFlight {
+    /// The transaction in flight of the changes `v` writes, decided over `committed`.
+    fn in_flight(v: &[Verdict], committed: &(impl Heads + ?Sized)) -> InFlight {
         let mut f = InFlight::default();
         for a in written(v) {
             let keyed = a
@@ -180,11 +181,7 @@ mod tests {
             &[Proposal::Put(keyed_put("lkc-a", "k2"))],
             &rules(&o, t0()),
         );
-        let mut f_next = InFlight::default();
-        for a in written(&next) {
-            let keyed = Some((a.request_id.as_str(), a.digest.as_str()));
-            f_next.add(&a.record, a.partition, keyed, &f_n.layered(&index), NO_TRIM);
-        }
+        let f_next = in_flight(&next, &f_n.layered(&index));
         // A retry of k1 decided over N+1 in flight would read k1's unknown result from
         // N+1's window: it waits instead.
         assert!(f_next.depends_on(&Proposal::Put(keyed_put("lkc-a", "k1"))));
@@ -222,11 +219,7 @@ mod tests {
             let f1 = in_flight(&v1, &index);
             let next: Vec<Proposal> = next.into_iter().filter(|p| !f1.depends_on(p)).collect();
             let early = admit(&f1.layered(&index), &next, &rules(&o, t0()));
-            let mut f2 = InFlight::default();
-            for a in written(&early) {
-                let keyed = a.keyed.then_some((a.request_id.as_str(), a.digest.as_str()));
-                f2.add(&a.record, a.partition, keyed, &f1.layered(&index), NO_TRIM);
-            }
+            let f2 = in_flight(&early, &f1.layered(&index));
             commit_all(&mut index, &v1);
             let after = admit(&index, &next, &rules(&o, t0()));
             prop_assert_eq!(format!("{early:?}"), format!("{after:?}"));
