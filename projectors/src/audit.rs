@@ -399,4 +399,93 @@ mod tests {
         assert_eq!(log.all_rows().unwrap().len(), 40_000);
         files.remove_all().unwrap();
     }
+
+    /// The audit order of segments: cluster, then history position.
+    fn audit_order(a: &AuditRow, b: &AuditRow) -> std::cmp::Ordering {
+        (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
+    }
+
+    #[test]
+    fn a_streaming_merge_of_sorted_segments_is_their_sorted_union() {
+        let dir = std::env::temp_dir().join(format!("fl-audit-merge-{}", std::process::id()));
+        let files = SegmentDir::new(&dir);
+        // Three segments of different sizes (one over a row group, one under a read batch),
+        // each sorted, their clusters interleaved.
+        let mut all = Vec::new();
+        let mut segments = Vec::new();
+        for (n, len) in [(0, 20_000), (1, 3_000), (2, 37_000)] {
+            let mut rows: Vec<AuditRow> = (0..len)
+                .map(|i| row(i * 3 + n, (i % 5 == 0).then_some("why"), "{}"))
+                .collect();
+            rows.sort_by(audit_order);
+            all.extend(rows.iter().cloned());
+            let seg = files
+                .write_rows(
+                    &audit_schema(),
+                    &rows,
+                    |c| audit_batch(c.iter()),
+                    AUDIT_SEGMENTS,
+                )
+                .unwrap()
+                .unwrap();
+            segments.push(seg);
+        }
+        let merged = files
+            .merge_sorted(
+                &segments,
+                &audit_schema(),
+                "audit_log",
+                rows_of,
+                audit_order,
+                |c| audit_batch(c.iter()),
+                AUDIT_SEGMENTS,
+            )
+            .unwrap()
+            .unwrap();
+        all.sort_by(audit_order);
+        assert_eq!(merged.rows, 60_000);
+        assert_eq!(read_rows(&files, &merged).unwrap(), all);
+        assert_eq!(
+            (merged.min_key, merged.max_key),
+            (
+                segments.iter().map(|s| s.min_key).min().unwrap(),
+                segments.iter().map(|s| s.max_key).max().unwrap()
+            )
+        );
+        // An input that cannot be parsed fails the merge, names its file, and leaves no
+        // file behind.
+        let before: BTreeSet<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let err = files
+            .merge_sorted(
+                &segments,
+                &audit_schema(),
+                "audit_log",
+                |b: &RecordBatch| {
+                    if b.num_rows() < 4_096 {
+                        Err("short batch".to_owned())
+                    } else {
+                        rows_of(b)
+                    }
+                },
+                audit_order,
+                |c| audit_batch(c.iter()),
+                AUDIT_SEGMENTS,
+            )
+            .unwrap_err()
+            .to_string();
+        // The 3,000-row segment is read in one short batch.
+        assert!(
+            err.contains("short batch") && err.contains(&segments[1].name),
+            "{err}"
+        );
+        let after: BTreeSet<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after);
+        files.remove_all().unwrap();
+    }
 }

@@ -210,6 +210,10 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     key: "hour_start",
 };
 
+/// One day a flush wrote: its start, its `billing_daily` rows, its segment (none for a day
+/// without hours).
+type WrittenDay = (i64, Vec<DailyRow>, Option<Segment>);
+
 /// What a flush wrote and what it made obsolete.
 #[derive(Debug, Default)]
 pub struct Flushed {
@@ -340,26 +344,62 @@ impl BillingHours {
             // hour order, so a day's rows are written as gathered, without a sort.
             let mut order: Vec<(&String, &BilledCluster)> = self.clusters.iter().collect();
             order.sort_by(|a, b| (&a.1.org_id, a.0).cmp(&(&b.1.org_id, b.0)));
-            let mut day = start;
-            while day < target {
-                let rows: Vec<ClusterHour> = order
-                    .iter()
-                    .flat_map(|(id, c)| {
-                        c.billing
-                            .closed_rows(day, day + DAY_MS)
-                            .into_iter()
-                            .map(move |hour| ClusterHour {
-                                id,
-                                cluster: c,
-                                hour,
+            let days: Vec<i64> = (0..)
+                .map(|n| start + n * DAY_MS)
+                .take_while(|d| *d < target)
+                .collect();
+            // Days are independent files: written on as many threads as there are cores
+            // (a catch-up flushes several days at once), each thread its share of days.
+            let workers = std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(days.len())
+                .max(1);
+            let write_days = |w: usize| -> crate::Result<Vec<WrittenDay>> {
+                days.iter()
+                    .skip(w)
+                    .step_by(workers)
+                    .map(|&day| {
+                        let rows: Vec<ClusterHour> = order
+                            .iter()
+                            .flat_map(|(id, c)| {
+                                c.billing.closed_rows(day, day + DAY_MS).into_iter().map(
+                                    move |hour| ClusterHour {
+                                        id,
+                                        cluster: c,
+                                        hour,
+                                    },
+                                )
                             })
+                            .collect();
+                        Ok((day, daily_of(&rows), self.write_day(&rows)?))
                     })
+                    .collect()
+            };
+            let done: Vec<_> = std::thread::scope(|s| {
+                let others: Vec<_> = (1..workers)
+                    .map(|w| s.spawn(move || write_days(w)))
                     .collect();
-                daily.insert(day, daily_of(&rows));
-                if let Some(seg) = self.write_day(&rows)? {
-                    written.push(seg);
-                }
-                day += DAY_MS;
+                let mut all = vec![write_days(0)];
+                all.extend(others.into_iter().map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::Error::Io {
+                            path: self.files.dir().to_owned(),
+                            source: std::io::Error::other(
+                                "writing a day of billing hours panicked",
+                            ),
+                        })
+                    })
+                }));
+                all
+            });
+            let mut by_day = Vec::new();
+            for d in done {
+                by_day.extend(d?);
+            }
+            by_day.sort_by_key(|(day, _, _)| *day);
+            for (day, rows, seg) in by_day {
+                daily.insert(day, rows);
+                written.extend(seg);
             }
         }
         // The points the flushed days no longer need in memory.

@@ -255,10 +255,18 @@ struct AuditCheckpoint<L> {
     segments: Vec<Segment>,
 }
 
-/// Audit segments smaller than this are merged, four of a size at a time, into one: a
-/// live service that checkpoints a few rows every few seconds does not end with a file
-/// per checkpoint. Larger ones (a rebuild's) stay as written.
-const AUDIT_MERGE_ROWS: u64 = 65_536;
+/// Audit segments smaller than this are merged, four of a size class (a power of four of
+/// rows) at a time, into one, streaming ([`SegmentDir::merge_sorted`]): a live service
+/// that checkpoints a few rows every few seconds does not end with a file per checkpoint,
+/// and the checkpoints of an import or rebuild (about 100k rows each) become tiers of
+/// about 400k and 1.6M rows. A one-cluster lookup (`audit_log` by cluster, history,
+/// recovery) opens one file per segment, so the file count grows with a logarithm of
+/// history up to this size and by one per 1.6M rows after it, instead of one per
+/// checkpoint; each row is written about three times. The cap bounds the longest merge,
+/// during which the projections wait (about 4 s for 1.6M rows on 2 cores).
+///
+/// [`SegmentDir::merge_sorted`]: crate::segments::SegmentDir::merge_sorted
+const AUDIT_MERGE_ROWS: u64 = 1 << 20;
 
 impl Projector {
     /// A projector whose projections start from their checkpoints in `config.dir`. A
@@ -1359,9 +1367,9 @@ fn audit_merge_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
         .then_some(n - 4..n)
 }
 
-/// Merges small audit segments while [`audit_merge_run`] finds a run: reads them, writes
-/// one sorted segment, saves the checkpoint that names it instead of them (same offsets
-/// and states: the same rows), and retires them.
+/// Merges small audit segments while [`audit_merge_run`] finds a run: merges them into
+/// one sorted segment (streaming), saves the checkpoint that names it instead of them
+/// (same offsets and states: the same rows), and retires them.
 fn merge_audit_segments(
     shared: &RwLock<Projections>,
     store: &CheckpointStore,
@@ -1376,16 +1384,14 @@ fn merge_audit_segments(
         let Some(run) = audit_merge_run(&segments) else {
             return Ok(());
         };
-        let mut rows = Vec::new();
-        for s in &segments[run.clone()] {
-            rows.extend(crate::audit::read_rows(&files, s)?);
-        }
-        rows.sort_unstable_by(|a, b| {
-            (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
-        });
-        let Some(merged) = files.write_rows(
+        let Some(merged) = files.merge_sorted(
+            &segments[run.clone()],
             &audit_schema(),
-            &rows,
+            "audit_log",
+            crate::audit::rows_of,
+            |a, b| {
+                (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
+            },
             |chunk| audit_batch(chunk.iter()),
             AUDIT_SEGMENTS,
         )?
@@ -1443,4 +1449,45 @@ fn check_segments(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(rows: &[u64]) -> Vec<Segment> {
+        rows.iter()
+            .map(|&rows| Segment {
+                name: String::new(),
+                rows,
+                bytes: 0,
+                min_key: 0,
+                max_key: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn audit_segments_merge_in_tiers_of_four_up_to_the_cap() {
+        let k = 1_000;
+        // Four checkpoints of an import: one merge.
+        assert_eq!(audit_merge_run(&sized(&[100 * k; 4])), Some(0..4));
+        // Three of them after a tier of 400k: nothing yet.
+        assert_eq!(
+            audit_merge_run(&sized(&[400 * k, 100 * k, 100 * k, 100 * k])),
+            None
+        );
+        // Four tiers of 400k: one merge into 1.6M.
+        assert_eq!(
+            audit_merge_run(&sized(&[1_600 * k, 400 * k, 400 * k, 400 * k, 400 * k])),
+            Some(1..5)
+        );
+        // At the cap, segments stay as they are.
+        assert_eq!(audit_merge_run(&sized(&[1_600 * k; 4])), None);
+        // A live service's small checkpoints merge too.
+        assert_eq!(
+            audit_merge_run(&sized(&[900 * k, 20, 30, 40, 50])),
+            Some(1..5)
+        );
+    }
 }

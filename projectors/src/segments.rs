@@ -51,6 +51,87 @@ pub struct Segment {
     pub max_key: i64,
 }
 
+/// Rows read from each input of a merge at a time.
+const MERGE_BATCH_ROWS: usize = 4_096;
+
+/// One input of [`SegmentDir::merge_sorted`]: its batches still to read, and the rows of
+/// the batch read last.
+struct MergeSource<R> {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+    rows: std::collections::VecDeque<R>,
+    path: PathBuf,
+}
+
+/// The output of [`SegmentDir::merge_sorted`], one row group per batch.
+struct MergedBatches<'a, R, P, O, B> {
+    sources: Vec<MergeSource<R>>,
+    projection: &'a str,
+    rows_of: &'a P,
+    order: &'a O,
+    to_batch: &'a B,
+    done: bool,
+}
+
+impl<R, P, O, B> MergedBatches<'_, R, P, O, B>
+where
+    P: Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+    O: Fn(&R, &R) -> std::cmp::Ordering,
+    B: Fn(&[R]) -> RecordBatch,
+{
+    /// Refills every source whose rows ran out from its next non-empty batch.
+    fn refill(&mut self) -> Result<()> {
+        for s in &mut self.sources {
+            while s.rows.is_empty() {
+                let Some(b) = s.batches.next() else { break };
+                let rows = (self.rows_of)(&b?).map_err(|message| Error::Checkpoint {
+                    path: s.path.clone(),
+                    projection: self.projection.to_owned(),
+                    message,
+                })?;
+                s.rows = rows.into();
+            }
+        }
+        Ok(())
+    }
+
+    /// The next merged row group, or `None` when every input is read.
+    fn next_group(&mut self) -> Result<Option<RecordBatch>> {
+        let mut group = Vec::with_capacity(ROW_GROUP_ROWS);
+        while group.len() < ROW_GROUP_ROWS {
+            self.refill()?;
+            let mut least: Option<(usize, &R)> = None;
+            for (i, s) in self.sources.iter().enumerate() {
+                let Some(r) = s.rows.front() else { continue };
+                if least.is_none_or(|(_, l)| (self.order)(r, l) == std::cmp::Ordering::Less) {
+                    least = Some((i, r));
+                }
+            }
+            let least = least.map(|(i, _)| i);
+            let Some(l) = least else { break };
+            group.extend(self.sources[l].rows.pop_front());
+        }
+        Ok((!group.is_empty()).then(|| (self.to_batch)(&group)))
+    }
+}
+
+impl<R, P, O, B> Iterator for &mut MergedBatches<'_, R, P, O, B>
+where
+    P: Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+    O: Fn(&R, &R) -> std::cmp::Ordering,
+    B: Fn(&[R]) -> RecordBatch,
+{
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_group().transpose();
+        self.done = !matches!(next, Some(Ok(_)));
+        next
+    }
+}
+
 /// The directory of one projection's segments.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SegmentDir {
@@ -99,7 +180,7 @@ impl SegmentDir {
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        self.write_batches(schema, rows, batches.iter().cloned(), layout)
+        self.write_batches(schema, rows, batches.iter().cloned().map(Ok), layout)
     }
 
     /// [`SegmentDir::write`] of `rows`, made into batches of one row group each as they
@@ -112,16 +193,71 @@ impl SegmentDir {
         to_batch: impl Fn(&[R]) -> RecordBatch,
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
-        let batches = rows.chunks(ROW_GROUP_ROWS).map(to_batch);
+        let batches = rows.chunks(ROW_GROUP_ROWS).map(|c| Ok(to_batch(c)));
         self.write_batches(schema, rows.len(), batches, layout)
     }
 
-    /// Writes `batches` (`rows` rows in all) as one segment.
+    /// Merges `inputs`, each sorted by `order`, into one segment sorted by it, streaming:
+    /// each input is read a batch at a time and the output written a row group at a time,
+    /// so memory holds one batch per input and one row group, whatever the sizes. Rows of
+    /// equal order keep the order of `inputs`. `rows_of` parses a batch (an error names
+    /// the file as [`Error::Checkpoint`] of `projection`), `to_batch` builds one. On error
+    /// no segment is left (the partial file is removed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn merge_sorted<R>(
+        &self,
+        inputs: &[Segment],
+        schema: &SchemaRef,
+        projection: &str,
+        rows_of: impl Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+        order: impl Fn(&R, &R) -> std::cmp::Ordering,
+        to_batch: impl Fn(&[R]) -> RecordBatch,
+        layout: SegmentLayout,
+    ) -> Result<Option<Segment>> {
+        let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+        let mut sources = Vec::with_capacity(inputs.len());
+        for s in inputs {
+            sources.push(MergeSource {
+                batches: Box::new(self.stream(s, MERGE_BATCH_ROWS)?),
+                rows: std::collections::VecDeque::new(),
+                path: self.path(s),
+            });
+        }
+        let mut merged = MergedBatches {
+            sources,
+            projection,
+            rows_of: &rows_of,
+            order: &order,
+            to_batch: &to_batch,
+            done: false,
+        };
+        self.write_batches(schema, rows as usize, &mut merged, layout)
+    }
+
+    /// The batches of `segment`, `batch_rows` rows at a time, read as they are asked for.
+    pub fn stream(
+        &self,
+        segment: &Segment,
+        batch_rows: usize,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+        let path = self.path(segment);
+        let io = self.io(&path);
+        let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
+        let file = std::fs::File::open(&path).map_err(&io)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(batch_rows).build())
+            .map_err(parquet_err)?;
+        let io = self.io(&path);
+        Ok(reader.map(move |b| b.map_err(|e| io(std::io::Error::other(e)))))
+    }
+
+    /// Writes `batches` (`rows` rows in all) as one segment; the first error read from
+    /// `batches` ends the write, removes the partial file and is returned.
     fn write_batches(
         &self,
         schema: &SchemaRef,
         rows: usize,
-        batches: impl Iterator<Item = RecordBatch>,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         if rows == 0 {
@@ -149,8 +285,15 @@ impl SegmentDir {
             ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(parquet_err)?;
         let mut range = None;
         for b in batches {
-            key_range(&b, layout.key, &mut range);
-            w.write(&b).map_err(parquet_err)?;
+            let written = b.and_then(|b| {
+                key_range(&b, layout.key, &mut range);
+                w.write(&b).map_err(parquet_err)
+            });
+            if let Err(e) = written {
+                drop(w);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
         let (min_key, max_key) = range.unwrap_or((0, 0));
         let file = w.into_inner().map_err(parquet_err)?;
