@@ -3,8 +3,10 @@
 //! gives them back to the OS, so the transient buffers of a checkpoint (an audit segment,
 //! a day of billing hours, a checkpoint file) stay resident after they are freed, and the
 //! peaks of several add up. `serve` under the import of a simulated fleet (1M records)
-//! peaked at 549–603 MiB with the default, and at 450–455 MiB with immediate purging, for
-//! an import 5–8 % slower (docs/scaling.md).
+//! peaked at 549–603 MiB with the default and at 433–455 MiB with immediate purging; at
+//! 10M records 636 MiB (653 in the report before). The price is page faults: the import was 5–8 % slower and
+//! `project rebuild all` of 1M records took 12.65 s instead of 11.24 s (the same history,
+//! one run each).
 //!
 //! mimalloc reads its options from the environment when the process starts, before
 //! `main`, and the workspace forbids the `unsafe` its setter needs: so `fleetledger`
