@@ -28,11 +28,37 @@ pub(crate) fn cluster(args: &[&str]) -> String {
     )
 }
 
+/// Starts the three brokers and waits (up to 60 s) until a metadata request lists all
+/// three: a broker logs that it started once the controllers unfenced it, but the broker
+/// that answers a metadata request may learn of it a moment later, and the ledger would
+/// create its topics with the brokers it sees. Returns the bootstrap servers.
+pub(crate) fn start_cluster() -> String {
+    cluster(&["start"]);
+    let bootstrap = cluster(&["bootstrap"]);
+    let probe: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let mut seen = 0;
+    for _ in 0..120 {
+        seen = rdkafka::consumer::Consumer::fetch_metadata(
+            &probe,
+            None,
+            std::time::Duration::from_secs(5),
+        )
+        .map_or(0, |md| md.brokers().len());
+        if seen >= 3 {
+            return bootstrap;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("the cluster's metadata lists {seen} of 3 brokers after 60 s");
+}
+
 #[tokio::test]
 async fn on_three_brokers_topics_are_replicated_and_weak_settings_refuse_the_start() {
     let _cluster = crate::support::TIMED_FAULTS.lock().await;
-    cluster(&["start"]);
-    let bootstrap = cluster(&["bootstrap"]);
+    let bootstrap = start_cluster();
     assert_eq!(bootstrap.split(',').count(), 3, "{bootstrap}");
     let mut cfg = config(&unique_prefix("replicated"));
     cfg.kafka.bootstrap_servers = bootstrap;
@@ -229,9 +255,8 @@ impl Load {
 #[tokio::test]
 async fn a_rolling_restart_and_a_killed_leader_lose_nothing_acknowledged() {
     let _cluster = crate::support::TIMED_FAULTS.lock().await;
-    cluster(&["start"]);
     let mut cfg = config(&unique_prefix("rolling"));
-    cfg.kafka.bootstrap_servers = cluster(&["bootstrap"]);
+    cfg.kafka.bootstrap_servers = start_cluster();
     cfg.kafka.accept_weak_durability = false;
     cfg.kafka.request_timeout_ms = 5_000;
     let server = TestServer::start(cfg.clone()).await;
@@ -372,8 +397,7 @@ async fn a_paused_or_killed_writer_is_replaced_and_never_commits_after_it() {
         false => None,
     };
     if three {
-        cluster(&["start"]);
-        cfg.kafka.bootstrap_servers = cluster(&["bootstrap"]);
+        cfg.kafka.bootstrap_servers = start_cluster();
         cfg.kafka.accept_weak_durability = false;
     }
     let brokers = if three { "3 brokers" } else { "1 broker" };
