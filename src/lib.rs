@@ -3,7 +3,6 @@
 //! here; everything they do is in the library crates
 //! (`schemas ← registry ← ledger ← projectors ← queries`, with `client` beside them).
 
-pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod http;

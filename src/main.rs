@@ -9,7 +9,6 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    fleetledger::allocator::return_freed_memory_promptly();
     // Queries recurse over their expression trees: worker threads get 16 MiB of stack
     // (address space; only what is touched is memory), eight times tokio's default.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -516,19 +516,6 @@ async fn sigterm_under_load_drains_without_cutting_a_commit() {
     let port = free_port();
     let mut serve = ServeProcess::spawn(&cfg, port);
     serve.wait_ready().await;
-    // The process re-executed itself with the allocator's purge delay set (same pid),
-    // unless the environment set it already.
-    let environ = std::fs::read(format!("/proc/{}/environ", serve.child.id())).unwrap();
-    let expected = format!(
-        "{}={}",
-        fleetledger::allocator::PURGE_DELAY_ENV,
-        std::env::var(fleetledger::allocator::PURGE_DELAY_ENV)
-            .unwrap_or_else(|_| fleetledger::allocator::PURGE_DELAY_MS.to_owned())
-    );
-    assert!(
-        environ.split(|b| *b == 0).any(|v| v == expected.as_bytes()),
-        "serve runs with {expected}"
-    );
     let url = serve.url.clone();
     let mut writers = Vec::new();
     for w in 0..4 {
