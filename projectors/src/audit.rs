@@ -263,6 +263,12 @@ pub fn segment_offsets(
     Ok(out)
 }
 
+/// The order of rows within an audit segment: by cluster, then history position (so a
+/// one-cluster lookup reads a few row groups). Segments are written and merged in it.
+pub fn segment_order(a: &AuditRow, b: &AuditRow) -> std::cmp::Ordering {
+    (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
+}
+
 /// Every row of audit segment `s` in `files`.
 pub fn read_rows(files: &SegmentDir, s: &Segment) -> crate::Result<Vec<AuditRow>> {
     files.read_rows(s, "audit_log", rows_of)
@@ -400,11 +406,6 @@ mod tests {
         files.remove_all().unwrap();
     }
 
-    /// The audit order of segments: cluster, then history position.
-    fn audit_order(a: &AuditRow, b: &AuditRow) -> std::cmp::Ordering {
-        (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
-    }
-
     #[test]
     fn a_streaming_merge_of_sorted_segments_is_their_sorted_union() {
         let dir = std::env::temp_dir().join(format!("fl-audit-merge-{}", std::process::id()));
@@ -417,7 +418,7 @@ mod tests {
             let mut rows: Vec<AuditRow> = (0..len)
                 .map(|i| row(i * 3 + n, (i % 5 == 0).then_some("why"), "{}"))
                 .collect();
-            rows.sort_by(audit_order);
+            rows.sort_by(segment_order);
             all.extend(rows.iter().cloned());
             let seg = files
                 .write_rows(
@@ -436,13 +437,13 @@ mod tests {
                 &audit_schema(),
                 "audit_log",
                 rows_of,
-                audit_order,
+                segment_order,
                 |c| audit_batch(c.iter()),
                 AUDIT_SEGMENTS,
             )
             .unwrap()
             .unwrap();
-        all.sort_by(audit_order);
+        all.sort_by(segment_order);
         assert_eq!(merged.rows, 60_000);
         assert_eq!(read_rows(&files, &merged).unwrap(), all);
         assert_eq!(
@@ -470,7 +471,7 @@ mod tests {
                         rows_of(b)
                     }
                 },
-                audit_order,
+                segment_order,
                 |c| audit_batch(c.iter()),
                 AUDIT_SEGMENTS,
             )

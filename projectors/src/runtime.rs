@@ -1299,9 +1299,7 @@ fn checkpoint_all(
             store.save(B, off(B), &p.billing)
         });
         let mut rows: Vec<&AuditRow> = sealed.iter().collect();
-        rows.sort_unstable_by(|a, b| {
-            (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
-        });
+        rows.sort_unstable_by(|a, b| crate::audit::segment_order(a, b));
         let segment = files.write_rows(
             &audit_schema(),
             &rows,
@@ -1390,9 +1388,7 @@ fn merge_audit_segments(
             &audit_schema(),
             "audit_log",
             crate::audit::rows_of,
-            |a, b| {
-                (&a.cluster_id, a.partition, a.offset).cmp(&(&b.cluster_id, b.partition, b.offset))
-            },
+            crate::audit::segment_order,
             |chunk| audit_batch(chunk.iter()),
             AUDIT_SEGMENTS,
         )?

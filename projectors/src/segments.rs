@@ -69,7 +69,6 @@ struct MergedBatches<'a, R, P, O, B> {
     rows_of: &'a P,
     order: &'a O,
     to_batch: &'a B,
-    done: bool,
 }
 
 impl<R, P, O, B> MergedBatches<'_, R, P, O, B>
@@ -106,15 +105,14 @@ where
                     least = Some((i, r));
                 }
             }
-            let least = least.map(|(i, _)| i);
-            let Some(l) = least else { break };
+            let Some((l, _)) = least else { break };
             group.extend(self.sources[l].rows.pop_front());
         }
         Ok((!group.is_empty()).then(|| (self.to_batch)(&group)))
     }
 }
 
-impl<R, P, O, B> Iterator for &mut MergedBatches<'_, R, P, O, B>
+impl<R, P, O, B> Iterator for MergedBatches<'_, R, P, O, B>
 where
     P: Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
     O: Fn(&R, &R) -> std::cmp::Ordering,
@@ -123,12 +121,7 @@ where
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let next = self.next_group().transpose();
-        self.done = !matches!(next, Some(Ok(_)));
-        next
+        self.next_group().transpose()
     }
 }
 
@@ -223,15 +216,14 @@ impl SegmentDir {
                 path: self.path(s),
             });
         }
-        let mut merged = MergedBatches {
+        let merged = MergedBatches {
             sources,
             projection,
             rows_of: &rows_of,
             order: &order,
             to_batch: &to_batch,
-            done: false,
         };
-        self.write_batches(schema, rows as usize, &mut merged, layout)
+        self.write_batches(schema, rows as usize, merged, layout)
     }
 
     /// The batches of `segment`, `batch_rows` rows at a time, read as they are asked for.
@@ -247,7 +239,6 @@ impl SegmentDir {
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(batch_rows).build())
             .map_err(parquet_err)?;
-        let io = self.io(&path);
         Ok(reader.map(move |b| b.map_err(|e| io(std::io::Error::other(e)))))
     }
 
