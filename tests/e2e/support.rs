@@ -236,8 +236,15 @@ impl Drop for ServeProcess {
 }
 
 /// Runs `deploy/local/kafka ARGS` with `env` (port, nodes, heap); its output, or a panic
-/// with what it said.
+/// with what it said. The first `start` of a broker (told apart by `env`) in this test
+/// process is a `fresh` one, on empty storage: a test's own broker never carries the
+/// topics of earlier runs, which would pile up and slow its start by minutes. Later starts
+/// (after a test stopped or killed it) keep what it holds.
 pub(crate) fn kafka_script(args: &[&str], env: &[(&str, &str)]) -> String {
+    static STARTED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first_start = args == ["start"] && STARTED.lock().unwrap().insert(format!("{env:?}"));
+    let args = if first_start { &["fresh"][..] } else { args };
     let out = std::process::Command::new(
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka"),
     )
