@@ -407,6 +407,56 @@ mod tests {
     }
 
     #[test]
+    fn a_one_cluster_lookup_decodes_only_the_pages_that_may_hold_it_and_finds_every_row() {
+        let dir = std::env::temp_dir().join(format!("fl-audit-pages-{}", std::process::id()));
+        let files = SegmentDir::new(&dir);
+        // A segment as the projection writes one: 2,000 clusters, sorted by cluster, three
+        // row groups of many pages.
+        let mut rows: Vec<AuditRow> = (0..40_000)
+            .map(|i| AuditRow {
+                cluster_id: format!("lkc-{:04}", (i * 7_919) % 2_000),
+                ..row(i, None, "{}")
+            })
+            .collect();
+        rows.sort_by(segment_order);
+        let seg = files
+            .write(&audit_schema(), &[audit_batch(rows.iter())], AUDIT_SEGMENTS)
+            .unwrap()
+            .unwrap();
+        for id in ["lkc-0000", "lkc-1013", "lkc-1999"] {
+            let read: usize = files
+                .read(&seg, Some(&["cluster_id"]), Some(("cluster_id", id)))
+                .unwrap()
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum();
+            assert!(
+                read <= 2 * crate::segments::PAGE_ROWS + 1,
+                "{id}: {read} rows decoded of 40,000"
+            );
+            for partition in 0..3 {
+                let mut want: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.cluster_id == id && r.partition == partition)
+                    .map(|r| r.offset)
+                    .collect();
+                want.sort_unstable();
+                let mut got =
+                    segment_offsets(&files, std::slice::from_ref(&seg), id, partition).unwrap();
+                got.sort_unstable();
+                assert!(!want.is_empty());
+                assert_eq!(got, want, "{id} in partition {partition}");
+            }
+        }
+        assert!(
+            segment_offsets(&files, &[seg], "lkc-none", 0)
+                .unwrap()
+                .is_empty()
+        );
+        files.remove_all().unwrap();
+    }
+
+    #[test]
     fn a_streaming_merge_of_sorted_segments_is_their_sorted_union() {
         let dir = std::env::temp_dir().join(format!("fl-audit-merge-{}", std::process::id()));
         let files = SegmentDir::new(&dir);

@@ -354,10 +354,12 @@ impl ClusterBilling {
         }
     }
 
-    /// The closed hours in `[from, to)` (`to` an hour start): what a flush writes.
+    /// The closed hours in `[from, to)` (`to` an hour start): what a flush writes. Only
+    /// those hours are made: a catch-up that flushes many days at once asks for each day
+    /// in turn.
     pub fn closed_rows(&self, from: i64, to: i64) -> Vec<HourRow> {
-        let mut rows = self.rows(to);
-        rows.retain(|r| r.hour_start_ms >= from && r.hour_start_ms < to);
+        let mut rows = self.rows_from(from, to);
+        rows.retain(|r| r.hour_start_ms < to);
         rows
     }
 
@@ -406,13 +408,21 @@ impl ClusterBilling {
     /// containing `now_ms` is open and counts up to `now_ms`. Hours after `now_ms` are not
     /// billed yet.
     pub fn rows(&self, now_ms: i64) -> Vec<HourRow> {
+        self.rows_from(i64::MIN, now_ms)
+    }
+
+    /// [`ClusterBilling::rows`] of the hours that start at or after `from`.
+    fn rows_from(&self, from: i64, now_ms: i64) -> Vec<HourRow> {
         let now_hour = hour_start(now_ms);
         let to_hours = |v: i128| v as f64 / HOUR_MS as f64;
         let mut out = Vec::new();
         let Some(last) = self.last_ms() else {
             return out;
         };
-        for (&h, b) in self.hours.range(..=now_hour) {
+        if from > now_hour {
+            return out;
+        }
+        for (&h, b) in self.hours.range(from..=now_hour) {
             let (cku_ms, open) = if h < now_hour {
                 (b.cku_ms, false)
             } else {
@@ -431,6 +441,10 @@ impl ClusterBilling {
         let rate = self.rate();
         if rate > 0 {
             let mut h = (hour_start(last) + HOUR_MS).max(self.flushed_to_ms);
+            if h < from {
+                // The first hour at or after `from` (h is an hour start).
+                h += (from - h + HOUR_MS - 1) / HOUR_MS * HOUR_MS;
+            }
             while h < now_ms {
                 let end = (h + HOUR_MS).min(now_ms);
                 out.push(HourRow {
@@ -687,6 +701,20 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn closed_rows_of_a_window_are_the_rows_of_that_window(
+            changes in history(),
+            from_hours in 0i64..40,
+            len_hours in 0i64..40,
+        ) {
+            let b = bill(&changes, T0);
+            let from = T0 + from_hours * HOUR_MS;
+            let to = from + len_hours * HOUR_MS;
+            let mut want = b.rows(to);
+            want.retain(|r| r.hour_start_ms >= from && r.hour_start_ms < to);
+            prop_assert_eq!(b.closed_rows(from, to), want);
         }
     }
 }

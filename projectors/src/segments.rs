@@ -23,8 +23,12 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use parquet::basic::Compression;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
@@ -35,6 +39,11 @@ use crate::error::{Error, Result};
 /// Rows per row group: small enough that a one-cluster lookup reads little, large enough
 /// that a scan of a year is not dominated by per-group overhead.
 pub const ROW_GROUP_ROWS: usize = 16_384;
+
+/// Rows per data page (at most, about): the page index then tells a one-value lookup which
+/// thousand rows of a row group to decode, where a page of the 1 MiB default would hold a
+/// sorted column's whole row group.
+pub const PAGE_ROWS: usize = 1_024;
 
 /// One segment file as a checkpoint names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +58,57 @@ pub struct Segment {
     pub min_key: i64,
     /// See `min_key`.
     pub max_key: i64,
+}
+
+/// The row groups of a file whose statistics of column `idx` may hold `value`, and within
+/// them the pages whose min/max may (all of a row group whose column has no page index).
+fn lookup_selection(
+    meta: &ParquetMetaData,
+    idx: usize,
+    value: &[u8],
+) -> (Vec<usize>, RowSelection) {
+    let may_hold = |lo: Option<&[u8]>, hi: Option<&[u8]>| match (lo, hi) {
+        (Some(lo), Some(hi)) => lo <= value && value <= hi,
+        _ => true,
+    };
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    for g in 0..meta.num_row_groups() {
+        let group = meta.row_group(g);
+        let held = match group.column(idx).statistics() {
+            Some(Statistics::ByteArray(s)) => {
+                may_hold(s.min_opt().map(|v| v.data()), s.max_opt().map(|v| v.data()))
+            }
+            _ => true,
+        };
+        if !held {
+            continue;
+        }
+        groups.push(g);
+        let rows = usize::try_from(group.num_rows()).unwrap_or(0);
+        let pages = meta
+            .column_index()
+            .zip(meta.offset_index())
+            .and_then(|(ci, oi)| Some((ci.get(g)?.get(idx)?, oi.get(g)?.get(idx)?)));
+        let Some((ColumnIndexMetaData::BYTE_ARRAY(index), offsets)) = pages else {
+            selectors.push(RowSelector::select(rows));
+            continue;
+        };
+        let locations = offsets.page_locations();
+        for (p, loc) in locations.iter().enumerate() {
+            let first = usize::try_from(loc.first_row_index).unwrap_or(0);
+            let end = locations
+                .get(p + 1)
+                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
+            let n = end.saturating_sub(first);
+            selectors.push(if may_hold(index.min_value(p), index.max_value(p)) {
+                RowSelector::select(n)
+            } else {
+                RowSelector::skip(n)
+            });
+        }
+    }
+    (groups, RowSelection::from(selectors))
 }
 
 /// Rows read from each input of a merge at a time.
@@ -262,6 +322,7 @@ impl SegmentDir {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_data_page_row_count_limit(PAGE_ROWS)
             .set_statistics_enabled(EnabledStatistics::Page);
         for col in layout.bloom {
             let c = ColumnPath::from(*col);
@@ -314,30 +375,32 @@ impl SegmentDir {
         let io = self.io(&path);
         let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
         let file = std::fs::File::open(&path).map_err(&io)?;
-        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+        // The page index (each page's rows and min/max) only for a lookup: it skips the
+        // pages of a row group that cannot hold the value.
+        let options = ArrowReaderOptions::new().with_page_index_policy(if only.is_some() {
+            PageIndexPolicy::Optional
+        } else {
+            PageIndexPolicy::Skip
+        });
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+            .map_err(parquet_err)?;
         let meta = builder.metadata().clone();
         let schema_descr = meta.file_metadata().schema_descr_ptr();
         if let Some(cols) = columns {
             builder = builder
                 .with_projection(ProjectionMask::columns(&schema_descr, cols.iter().copied()));
         }
-        if let Some((col, value)) = only {
-            let idx = schema_descr.columns().iter().position(|c| c.name() == col);
-            let groups: Vec<usize> = (0..meta.num_row_groups())
-                .filter(|&g| {
-                    let Some(idx) = idx else { return true };
-                    match meta.row_group(g).column(idx).statistics() {
-                        Some(Statistics::ByteArray(s)) => {
-                            let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) else {
-                                return true;
-                            };
-                            lo.data() <= value.as_bytes() && value.as_bytes() <= hi.data()
-                        }
-                        _ => true,
-                    }
-                })
-                .collect();
-            builder = builder.with_row_groups(groups);
+        let lookup = only.and_then(|(col, value)| {
+            let idx = schema_descr
+                .columns()
+                .iter()
+                .position(|c| c.name() == col)?;
+            Some(lookup_selection(&meta, idx, value.as_bytes()))
+        });
+        if let Some((groups, selection)) = lookup {
+            builder = builder
+                .with_row_groups(groups)
+                .with_row_selection(selection);
         }
         let reader = builder.build().map_err(parquet_err)?;
         reader
