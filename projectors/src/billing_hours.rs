@@ -163,9 +163,14 @@ pub struct BillingHours {
     /// the watermark back. Not saved: after a start every partition counts until it ends.
     #[serde(skip)]
     pub at_end: BTreeSet<i32>,
-    /// One segment per UTC day that has billed hours, by day.
+    /// One segment per UTC day that has billed hours, by day, for the days of months not
+    /// merged yet.
     #[serde(default)]
     pub segments: Vec<Segment>,
+    /// One segment per UTC month whose days were merged ([`MONTH_SETTLE_MS`]), by month,
+    /// sorted like a day's: a query over a year opens a dozen files, not hundreds.
+    #[serde(default)]
+    pub month_segments: Vec<Segment>,
     /// The rate change points before the flushed instant, one segment per flush, each
     /// sorted by cluster: read back only for a late change of a cluster.
     #[serde(default)]
@@ -187,6 +192,7 @@ impl Default for BillingHours {
             partition_ts_ms: BTreeMap::new(),
             at_end: BTreeSet::new(),
             segments: Vec::new(),
+            month_segments: Vec::new(),
             point_segments: Vec::new(),
             daily_segments: Vec::new(),
             files: SegmentDir::default(),
@@ -203,12 +209,21 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 /// the others (an import's lanes, a slow controller).
 pub const SETTLE_MS: i64 = 12 * HOUR_MS;
 
+/// How far the flushed instant must be past a month's end before the month's day files
+/// are merged into one. A record later than that re-bills an hour of the merged file,
+/// which is rewritten whole (streaming: a month of 10,000 clusters is 7.2M rows); the
+/// margin keeps that rare.
+pub const MONTH_SETTLE_MS: i64 = DAY_MS;
+
 /// How billing segments are written: bloom filters on the columns looked up by equality,
 /// the hour as the key.
 pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id", "org_id"],
     key: "hour_start",
 };
+
+/// `billing_daily` rows by day start.
+type DailyByDay = BTreeMap<i64, Vec<DailyRow>>;
 
 /// One day a flush wrote: its start, its `billing_daily` rows, its segment (none for a day
 /// without hours).
@@ -434,7 +449,17 @@ impl BillingHours {
             }
         }
         let mut replaced = Vec::new();
+        // Fixes of days whose month is merged: by month segment.
+        let mut month_fixes: BTreeMap<usize, Vec<BillingRow>> = BTreeMap::new();
         for (day, fixes) in by_day {
+            if let Some(i) = self
+                .month_segments
+                .iter()
+                .position(|s| month_start(s.min_key) == month_start(day))
+            {
+                month_fixes.entry(i).or_default().extend(fixes);
+                continue;
+            }
             let old = self
                 .segments
                 .iter()
@@ -463,17 +488,17 @@ impl BillingHours {
                     }
                 }
             }
-            rows.sort_by(|a, b| {
-                (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(
-                    &b.org_id,
-                    &b.cluster_id,
-                    b.hour_start_ms,
-                ))
-            });
+            rows.sort_by(billing_order);
             daily.insert(day, daily_of(&rows));
             if let Some(seg) = self.write_day(&rows)? {
                 replaced.push((old, seg));
             }
+        }
+        let mut replaced_months = Vec::new();
+        for (i, fixes) in month_fixes {
+            let (seg, days) = self.rewrite_month(&self.month_segments[i], fixes)?;
+            daily.extend(days);
+            replaced_months.extend(seg.map(|seg| (i, seg)));
         }
         let daily = self.write_daily(daily)?;
         // Every file is written: now the state.
@@ -486,6 +511,10 @@ impl BillingHours {
                 }
                 None => self.segments.push(seg),
             }
+        }
+        for (i, seg) in replaced_months {
+            out.retired.push(self.files.path(&self.month_segments[i]));
+            self.month_segments[i] = seg;
         }
         self.segments.extend(written);
         self.segments.sort_by_key(|s| s.min_key);
@@ -507,13 +536,147 @@ impl BillingHours {
             }
         }
         self.flushed_to_ms = self.flushed_to_ms.max(target);
+        self.merge_months(&mut out);
         Ok(out)
+    }
+
+    /// Merges the day files of every month the flushed instant is [`MONTH_SETTLE_MS`]
+    /// past into one file (streaming), retiring the days. The state is changed only for a
+    /// merge that succeeded: one that failed is logged and tried at the next flush (the
+    /// day files serve meanwhile).
+    fn merge_months(&mut self, out: &mut Flushed) {
+        let months: BTreeSet<i64> = self
+            .segments
+            .iter()
+            .map(|s| month_start(s.min_key))
+            .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
+            .collect();
+        for month in months {
+            let (days, others): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut self.segments)
+                .into_iter()
+                .partition(|s| month_start(s.min_key) == month);
+            self.segments = others;
+            let merged = self.files.merge_sorted(
+                &days,
+                &billing_schema(),
+                "billing_hours",
+                billing_rows_of,
+                billing_order,
+                |chunk| billing_batch(chunk.iter()),
+                BILLING_SEGMENTS,
+            );
+            match merged {
+                Ok(Some(seg)) => {
+                    out.retired.extend(days.iter().map(|d| self.files.path(d)));
+                    self.month_segments.push(seg);
+                    self.month_segments.sort_by_key(|s| s.min_key);
+                }
+                Ok(None) => self.segments.extend(days),
+                Err(error) => {
+                    tracing::warn!(month, %error, "merging a month of billing days failed; its day files stay and the merge is tried again at the next flush");
+                    self.segments.extend(days);
+                }
+            }
+            self.segments.sort_by_key(|s| s.min_key);
+        }
+    }
+
+    /// Rewrites month segment `seg` with `fixes` (the new amounts of hours a late record
+    /// re-billed), streaming: an hour the file has keeps its row and dimensions with the
+    /// new amount, a new one is added. Returns the new segment and the `billing_daily`
+    /// rows of the days it fixed (only those days' rows are held, to sum them).
+    fn rewrite_month(
+        &self,
+        seg: &Segment,
+        fixes: Vec<BillingRow>,
+    ) -> crate::Result<(Option<Segment>, DailyByDay)> {
+        let day_of = |ms: i64| ms.div_euclid(DAY_MS) * DAY_MS;
+        let fixed_days: BTreeSet<i64> = fixes.iter().map(|f| day_of(f.hour_start_ms)).collect();
+        let mut fixes_of: BTreeMap<String, BTreeMap<i64, BillingRow>> = BTreeMap::new();
+        for f in fixes {
+            fixes_of
+                .entry(f.cluster_id.clone())
+                .or_default()
+                .insert(f.hour_start_ms, f);
+        }
+        // Which fixed hours the file has: two columns read, a batch at a time.
+        let keys_of = |b: &RecordBatch| -> Result<Vec<(String, i64)>, String> {
+            let hours = column::<TimestampMillisecondArray>(b, "hour_start")?;
+            let ids = column::<StringArray>(b, "cluster_id")?;
+            Ok((0..b.num_rows())
+                .filter(|&k| fixed_days.contains(&day_of(hours.value(k))))
+                .filter(|&k| {
+                    fixes_of
+                        .get(ids.value(k))
+                        .is_some_and(|h| h.contains_key(&hours.value(k)))
+                })
+                .map(|k| (ids.value(k).to_owned(), hours.value(k)))
+                .collect())
+        };
+        let mut present = BTreeSet::new();
+        for keys in self.files.parsed(
+            seg,
+            Some(&["hour_start", "cluster_id"]),
+            "billing_hours",
+            &keys_of,
+        )? {
+            present.extend(keys?);
+        }
+        let mut extra = Vec::new();
+        for (id, hours) in &mut fixes_of {
+            hours.retain(|h, f| {
+                let new = !present.contains(&(id.clone(), *h));
+                if new {
+                    extra.push(f.clone());
+                }
+                !new
+            });
+        }
+        extra.sort_by(billing_order);
+        let mut fixed_rows: BTreeMap<i64, Vec<BillingRow>> = BTreeMap::new();
+        let seg = self.files.rewrite_sorted(
+            seg,
+            extra,
+            &billing_schema(),
+            "billing_hours",
+            billing_rows_of,
+            |r| {
+                if !fixed_days.contains(&day_of(r.hour_start_ms)) {
+                    return;
+                }
+                if let Some(f) = fixes_of
+                    .get(&r.cluster_id)
+                    .and_then(|h| h.get(&r.hour_start_ms))
+                {
+                    r.cku_hours = f.cku_hours;
+                    r.recomputed_at_ms = f.recomputed_at_ms;
+                }
+            },
+            billing_order,
+            |chunk| billing_batch(chunk.iter()),
+            |r| {
+                let day = day_of(r.hour_start_ms);
+                if fixed_days.contains(&day) {
+                    fixed_rows.entry(day).or_default().push(r.clone());
+                }
+            },
+            BILLING_SEGMENTS,
+        )?;
+        let daily = fixed_rows
+            .into_iter()
+            .map(|(day, rows)| (day, daily_of(&rows)))
+            .collect();
+        Ok((seg, daily))
+    }
+
+    /// The segments of `billing_hours` rows: the merged months' and the days'.
+    pub fn hour_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.month_segments.iter().chain(&self.segments)
     }
 
     /// Every file of the projection, by name (for the removal of unnamed ones).
     pub fn file_names(&self) -> impl Iterator<Item = &str> {
-        self.segments
-            .iter()
+        self.hour_segments()
             .chain(&self.point_segments)
             .chain(&self.daily_segments)
             .map(|s| s.name.as_str())
@@ -643,7 +806,7 @@ impl BillingHours {
     /// for tests and tools, not for queries.
     pub fn all_rows(&self, now_ms: i64) -> crate::Result<Vec<BillingRow>> {
         let mut rows = Vec::new();
-        for s in &self.segments {
+        for s in self.hour_segments() {
             rows.extend(self.files.read_rows(s, "billing_hours", billing_rows_of)?);
         }
         rows.extend(self.rows(now_ms));
@@ -835,6 +998,16 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
 }
 
 /// The start of the UTC month of `ms`.
+/// The order of rows in a `billing_hours` segment: org, cluster, hour.
+fn billing_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
+    (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(&b.org_id, &b.cluster_id, b.hour_start_ms))
+}
+
+/// The start of the UTC month after the one `ms` is in.
+fn next_month_start(ms: i64) -> i64 {
+    month_start(month_start(ms) + 32 * DAY_MS)
+}
+
 fn month_start(ms: i64) -> i64 {
     use chrono::Datelike;
     let d = chrono::DateTime::from_timestamp_millis(ms)
@@ -1102,6 +1275,11 @@ mod tests {
     /// (expansions, shrinks, changes of mind, deletion and recovery) at random gaps,
     /// versions counted per facet.
     fn life() -> impl Strategy<Value = Vec<HistoryRecord>> {
+        life_from(T0)
+    }
+
+    /// A cluster's life from `t0`.
+    fn life_from(t0: i64) -> impl Strategy<Value = Vec<HistoryRecord>> {
         let change = prop_oneof![
             (1i32..=8, proptest::bool::weighted(0.15))
                 .prop_map(|(cku, deleted)| Change::Logical { cku, deleted }),
@@ -1109,8 +1287,8 @@ mod tests {
             (1i32..=6).prop_map(|brokers| Change::Physical { brokers }),
             Just(Change::Capacity),
         ];
-        proptest::collection::vec((0i64..200, change), 1..40).prop_map(|steps| {
-            let mut t = T0;
+        proptest::collection::vec((0i64..200, change), 1..40).prop_map(move |steps| {
+            let mut t = t0;
             let mut versions = BTreeMap::new();
             let first = (
                 0,
@@ -1373,6 +1551,94 @@ mod tests {
         files.remove_all().unwrap();
     }
 
+    /// A month well past is one file; a status back-dated into it rewrites that file
+    /// (changing the hours it has and adding the ones it lacked) and the days after it,
+    /// and the bill is the reference integral.
+    #[test]
+    fn a_late_status_rewrites_the_merged_month_it_falls_in() {
+        let dir = std::env::temp_dir().join(format!("fl-billing-month-{}", std::process::id()));
+        let files = crate::segments::SegmentDir::new(&dir);
+        let mut b = BillingHours {
+            files: files.clone(),
+            ..BillingHours::default()
+        };
+        let running = |cku| Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku,
+        };
+        let logical = |cku| Change::Logical {
+            cku,
+            deleted: false,
+        };
+        let t1 = T0 + 28 * DAY_MS; // 2026-01-29
+        let life = [
+            record(logical(2), t1, 1, 0),
+            record(running(2), t1 + 30 * MIN, 1, 1),
+            record(running(0), t1 + DAY_MS, 2, 2),
+            record(logical(3), t1 + 6 * DAY_MS, 2, 3),
+        ];
+        for h in &life {
+            b.apply(h).unwrap();
+        }
+        let now = t1 + 7 * DAY_MS;
+        b.flush(now, true).unwrap();
+        assert_eq!(b.month_segments.len(), 1, "January is one file");
+        let january = b.month_segments[0].clone();
+        assert_eq!(month_start(january.min_key), T0);
+        assert!(
+            b.segments.iter().all(|s| s.min_key >= T0 + 31 * DAY_MS),
+            "only February's days stay day files"
+        );
+        let days_before: Vec<Segment> = b.segments.clone();
+        // Late: it had shrunk to 1 CKU on January 29 at 06:00 (hours the file has), and
+        // had been running at 2 CKU again from January 30 12:00 (hours it lacks).
+        let late = [
+            record(running(1), t1 + 6 * HOUR_MS, 3, 4),
+            record(running(2), t1 + DAY_MS + 12 * HOUR_MS, 4, 5),
+        ];
+        for h in &late {
+            b.apply(h).unwrap();
+        }
+        let flushed = b.flush(now, true).unwrap();
+        assert!(flushed.retired.contains(&files.path(&january)));
+        assert_eq!(b.month_segments.len(), 1);
+        assert!(
+            b.month_segments[0].rows > january.rows,
+            "the hours it lacked were added"
+        );
+        for d in &days_before {
+            assert!(
+                flushed.retired.contains(&files.path(d)),
+                "February re-billed"
+            );
+        }
+        let mut all = life.to_vec();
+        all.extend(late);
+        all.sort_by_key(|h| h.record.meta.ts);
+        let rows = b.all_rows(now).unwrap();
+        let mut keys: Vec<i64> = rows.iter().map(|r| r.hour_start_ms).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), rows.len(), "one row per hour");
+        assert_eq!(billed(&rows), reference(&all, now));
+        // The daily rollup of the rewritten days is the sum of their hours.
+        let mut daily: Vec<DailyRow> = Vec::new();
+        for seg in &b.daily_segments {
+            daily.extend(
+                files
+                    .read_rows(seg, "billing_hours", daily_rows_of)
+                    .unwrap(),
+            );
+        }
+        daily.extend(b.daily(now));
+        let want = daily_of(&rows);
+        assert_eq!(daily.len(), want.len());
+        for (d, w) in daily.iter().zip(&want) {
+            assert_eq!((d.day_ms, d.clusters), (w.day_ms, w.clusters));
+            assert!((d.cku_hours - w.cku_hours).abs() < 1e-9, "{d:?} != {w:?}");
+        }
+        files.remove_all().unwrap();
+    }
+
     proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -1418,7 +1684,7 @@ mod tests {
             /// memory are the reference integral, and each hour is one row.
             #[test]
             fn flushed_days_and_their_corrections_bill_the_reference_integral(
-                life in life(),
+                life in prop_oneof![life(), life_from(T0 + 28 * DAY_MS)],
                 picks in proptest::collection::vec(any::<u8>(), 48),
                 flush_at in proptest::collection::vec(0usize..48, 0..6),
                 restart_at in 0usize..48,
@@ -1452,6 +1718,15 @@ mod tests {
                 prop_assert_eq!(keys.len(), rows.len(), "one row per hour");
                 prop_assert_eq!(&billed(&rows), &want);
                 prop_assert!(b.flushed_to_ms > T0, "something was flushed");
+                // The days of a month the flushed instant is well past are one file.
+                for seg in &b.segments {
+                    prop_assert!(next_month_start(seg.min_key) + MONTH_SETTLE_MS > b.flushed_to_ms);
+                }
+                prop_assert!(b.month_segments.len() <= 1);
+                for seg in &b.month_segments {
+                    prop_assert!(next_month_start(seg.min_key) + MONTH_SETTLE_MS <= b.flushed_to_ms);
+                    prop_assert_eq!(month_start(seg.max_key), month_start(seg.min_key));
+                }
                 let c = &b.clusters["lkc-a"].billing;
             prop_assert!(c.hours.keys().all(|h| *h >= b.flushed_to_ms));
             // Memory keeps of each rate one point before the flushed instant, no more.

@@ -321,7 +321,7 @@ impl Projector {
                     &store,
                     ProjectionName::BillingHours,
                     &billing_files,
-                    &cp.state.segments,
+                    &cp.state.hour_segments().cloned().collect::<Vec<_>>(),
                 )?;
                 Ok(Some(cp))
             });

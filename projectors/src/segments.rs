@@ -114,40 +114,36 @@ fn lookup_selection(
 /// Rows read from each input of a merge at a time.
 const MERGE_BATCH_ROWS: usize = 4_096;
 
-/// One input of [`SegmentDir::merge_sorted`]: its batches still to read, and the rows of
-/// the batch read last.
-struct MergeSource<R> {
-    batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+/// Parsed rows of one input of a merge, a batch at a time.
+type RowBatches<'a, R> = Box<dyn Iterator<Item = Result<Vec<R>>> + 'a>;
+
+/// One input of a merge ([`SegmentDir::merge_sorted`], [`SegmentDir::rewrite_sorted`]):
+/// its rows still to read, a batch at a time, and the rows of the batch read last.
+struct MergeSource<'a, R> {
+    batches: RowBatches<'a, R>,
     rows: std::collections::VecDeque<R>,
-    path: PathBuf,
 }
 
-/// The output of [`SegmentDir::merge_sorted`], one row group per batch.
-struct MergedBatches<'a, R, P, O, B> {
-    sources: Vec<MergeSource<R>>,
-    projection: &'a str,
-    rows_of: &'a P,
+/// The output of a merge, one row group per batch; `tap` sees each row written.
+struct MergedBatches<'a, R, O, B, T> {
+    sources: Vec<MergeSource<'a, R>>,
     order: &'a O,
     to_batch: &'a B,
+    tap: T,
 }
 
-impl<R, P, O, B> MergedBatches<'_, R, P, O, B>
+impl<R, O, B, T> MergedBatches<'_, R, O, B, T>
 where
-    P: Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
     O: Fn(&R, &R) -> std::cmp::Ordering,
     B: Fn(&[R]) -> RecordBatch,
+    T: FnMut(&R),
 {
     /// Refills every source whose rows ran out from its next non-empty batch.
     fn refill(&mut self) -> Result<()> {
         for s in &mut self.sources {
             while s.rows.is_empty() {
-                let Some(b) = s.batches.next() else { break };
-                let rows = (self.rows_of)(&b?).map_err(|message| Error::Checkpoint {
-                    path: s.path.clone(),
-                    projection: self.projection.to_owned(),
-                    message,
-                })?;
-                s.rows = rows.into();
+                let Some(rows) = s.batches.next() else { break };
+                s.rows = rows?.into();
             }
         }
         Ok(())
@@ -168,15 +164,16 @@ where
             let Some((l, _)) = least else { break };
             group.extend(self.sources[l].rows.pop_front());
         }
+        group.iter().for_each(&mut self.tap);
         Ok((!group.is_empty()).then(|| (self.to_batch)(&group)))
     }
 }
 
-impl<R, P, O, B> Iterator for MergedBatches<'_, R, P, O, B>
+impl<R, O, B, T> Iterator for MergedBatches<'_, R, O, B, T>
 where
-    P: Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
     O: Fn(&R, &R) -> std::cmp::Ordering,
     B: Fn(&[R]) -> RecordBatch,
+    T: FnMut(&R),
 {
     type Item = Result<RecordBatch>;
 
@@ -271,25 +268,94 @@ impl SegmentDir {
         let mut sources = Vec::with_capacity(inputs.len());
         for s in inputs {
             sources.push(MergeSource {
-                batches: Box::new(self.stream(s, MERGE_BATCH_ROWS)?),
+                batches: self.parsed(s, None, projection, &rows_of)?,
                 rows: std::collections::VecDeque::new(),
-                path: self.path(s),
             });
         }
         let merged = MergedBatches {
             sources,
-            projection,
-            rows_of: &rows_of,
             order: &order,
             to_batch: &to_batch,
+            tap: |_: &R| {},
         };
         self.write_batches(schema, rows as usize, merged, layout)
     }
 
-    /// The batches of `segment`, `batch_rows` rows at a time, read as they are asked for.
+    /// Rewrites `segment`, sorted by `order`, as a new segment sorted by it, streaming:
+    /// each of its rows passes through `update` (which may change anything but its place
+    /// in the order), and the rows of `extra` (sorted by `order`) are merged in. `tap`
+    /// sees every row written, in order. Memory holds one batch of the old file, `extra`
+    /// and one row group, whatever the file's size. On error no segment is left.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rewrite_sorted<R>(
+        &self,
+        segment: &Segment,
+        extra: Vec<R>,
+        schema: &SchemaRef,
+        projection: &str,
+        rows_of: impl Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+        mut update: impl FnMut(&mut R),
+        order: impl Fn(&R, &R) -> std::cmp::Ordering,
+        to_batch: impl Fn(&[R]) -> RecordBatch,
+        tap: impl FnMut(&R),
+        layout: SegmentLayout,
+    ) -> Result<Option<Segment>> {
+        let rows = segment.rows as usize + extra.len();
+        let old = self
+            .parsed(segment, None, projection, &rows_of)?
+            .map(move |b| {
+                b.map(|mut rows| {
+                    rows.iter_mut().for_each(&mut update);
+                    rows
+                })
+            });
+        let sources = vec![
+            MergeSource {
+                batches: Box::new(old),
+                rows: std::collections::VecDeque::new(),
+            },
+            MergeSource {
+                batches: Box::new(std::iter::once(Ok(extra))),
+                rows: std::collections::VecDeque::new(),
+            },
+        ];
+        let merged = MergedBatches {
+            sources,
+            order: &order,
+            to_batch: &to_batch,
+            tap,
+        };
+        self.write_batches(schema, rows, merged, layout)
+    }
+
+    /// The rows of `segment` (its `columns`, all if `None`), parsed by `rows_of` a batch
+    /// of [`MERGE_BATCH_ROWS`] at a time as they are asked for; a batch it cannot parse is
+    /// [`Error::Checkpoint`] of `projection`, naming the file.
+    pub fn parsed<'a, R: 'a>(
+        &self,
+        segment: &Segment,
+        columns: Option<&[&str]>,
+        projection: &str,
+        rows_of: &'a impl Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+    ) -> Result<RowBatches<'a, R>> {
+        let path = self.path(segment);
+        let projection = projection.to_owned();
+        let batches = self.stream(segment, columns, MERGE_BATCH_ROWS)?;
+        Ok(Box::new(batches.map(move |b| {
+            rows_of(&b?).map_err(|message| Error::Checkpoint {
+                path: path.clone(),
+                projection: projection.clone(),
+                message,
+            })
+        })))
+    }
+
+    /// The batches of `segment` (its `columns`, all if `None`), `batch_rows` rows at a
+    /// time, read as they are asked for.
     pub fn stream(
         &self,
         segment: &Segment,
+        columns: Option<&[&str]>,
         batch_rows: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
         let path = self.path(segment);
@@ -297,13 +363,26 @@ impl SegmentDir {
         let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
         let file = std::fs::File::open(&path).map_err(&io)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.with_batch_size(batch_rows).build())
+            .and_then(|b| {
+                let b = match columns {
+                    Some(cols) => {
+                        let mask = ProjectionMask::columns(
+                            b.metadata().file_metadata().schema_descr(),
+                            cols.iter().copied(),
+                        );
+                        b.with_projection(mask)
+                    }
+                    None => b,
+                };
+                b.with_batch_size(batch_rows).build()
+            })
             .map_err(parquet_err)?;
         Ok(reader.map(move |b| b.map_err(|e| io(std::io::Error::other(e)))))
     }
 
-    /// Writes `batches` (`rows` rows in all) as one segment; the first error read from
-    /// `batches` ends the write, removes the partial file and is returned.
+    /// Writes `batches` (about `rows` rows in all: it sizes the bloom filters, and none
+    /// writes nothing) as one segment; the first error read from `batches` ends the
+    /// write, removes the partial file and is returned.
     fn write_batches(
         &self,
         schema: &SchemaRef,
@@ -336,9 +415,11 @@ impl SegmentDir {
         let mut w =
             ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(parquet_err)?;
         let mut range = None;
+        let mut written_rows = 0u64;
         for b in batches {
             let written = b.and_then(|b| {
                 key_range(&b, layout.key, &mut range);
+                written_rows += b.num_rows() as u64;
                 w.write(&b).map_err(parquet_err)
             });
             if let Err(e) = written {
@@ -356,7 +437,7 @@ impl SegmentDir {
         sync_dir(&self.dir).map_err(self.io(&self.dir))?;
         Ok(Some(Segment {
             name,
-            rows: rows as u64,
+            rows: written_rows,
             bytes,
             min_key,
             max_key,

@@ -34,7 +34,10 @@ impl ProjectionTable for BillingTable {
     }
 
     fn segments(&self, p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
-        Some((p.billing.files.clone(), p.billing.segments.clone()))
+        Some((
+            p.billing.files.clone(),
+            p.billing.hour_segments().cloned().collect(),
+        ))
     }
 
     fn pushable(&self, column: &str) -> bool {
