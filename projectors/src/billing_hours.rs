@@ -167,8 +167,9 @@ pub struct BillingHours {
     /// merged yet.
     #[serde(default)]
     pub segments: Vec<Segment>,
-    /// One segment per UTC month whose days were merged ([`MONTH_SETTLE_MS`]), by month,
-    /// sorted like a day's: a query over a year opens a dozen files, not hundreds.
+    /// One segment per UTC month whose days were merged ([`MONTH_SETTLE_MS`]), by month:
+    /// the concatenation of its days (sorted by day, then as a day's), their encoded row
+    /// groups copied, so that a merge decodes no value. A query over a year opens a dozen files, not hundreds.
     #[serde(default)]
     pub month_segments: Vec<Segment>,
     /// The rate change points before the flushed instant, one segment per flush, each
@@ -541,7 +542,8 @@ impl BillingHours {
     }
 
     /// Merges the day files of every month the flushed instant is [`MONTH_SETTLE_MS`]
-    /// past into one file (streaming), retiring the days. The state is changed only for a
+    /// past into one file (their row groups copied, one after the other), retiring the
+    /// days. The state is changed only for a
     /// merge that succeeded: one that failed is logged and tried at the next flush (the
     /// day files serve meanwhile).
     fn merge_months(&mut self, out: &mut Flushed) {
@@ -552,19 +554,14 @@ impl BillingHours {
             .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
             .collect();
         for month in months {
-            let (days, others): (Vec<Segment>, Vec<Segment>) = std::mem::take(&mut self.segments)
-                .into_iter()
-                .partition(|s| month_start(s.min_key) == month);
+            let (mut days, others): (Vec<Segment>, Vec<Segment>) =
+                std::mem::take(&mut self.segments)
+                    .into_iter()
+                    .partition(|s| month_start(s.min_key) == month);
+            days.sort_by_key(|s| s.min_key);
             self.segments = others;
-            let merged = self.files.merge_sorted(
-                &days,
-                &billing_schema(),
-                "billing_hours",
-                billing_rows_of,
-                billing_order,
-                |chunk| billing_batch(chunk.iter()),
-                BILLING_SEGMENTS,
-            );
+            // Days are sorted by their first hour: the month is their concatenation.
+            let merged = self.files.concat(&days);
             match merged {
                 Ok(Some(seg)) => {
                     out.retired.extend(days.iter().map(|d| self.files.path(d)));
@@ -632,7 +629,7 @@ impl BillingHours {
                 !new
             });
         }
-        extra.sort_by(billing_order);
+        extra.sort_by(month_order);
         let mut fixed_rows: BTreeMap<i64, Vec<BillingRow>> = BTreeMap::new();
         let seg = self.files.rewrite_sorted(
             seg,
@@ -652,7 +649,7 @@ impl BillingHours {
                     r.recomputed_at_ms = f.recomputed_at_ms;
                 }
             },
-            billing_order,
+            month_order,
             |chunk| billing_batch(chunk.iter()),
             |r| {
                 let day = day_of(r.hour_start_ms);
@@ -1001,6 +998,12 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
 /// The order of rows in a `billing_hours` segment: org, cluster, hour.
 fn billing_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
     (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(&b.org_id, &b.cluster_id, b.hour_start_ms))
+}
+
+/// The order of rows in a month's `billing_hours` segment: day, then as in a day's.
+fn month_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
+    let day = |r: &BillingRow| r.hour_start_ms.div_euclid(DAY_MS);
+    day(a).cmp(&day(b)).then_with(|| billing_order(a, b))
 }
 
 /// The start of the UTC month after the one `ms` is in.
@@ -1589,6 +1592,37 @@ mod tests {
             b.segments.iter().all(|s| s.min_key >= T0 + 31 * DAY_MS),
             "only February's days stay day files"
         );
+        // The month's row groups were copied with their bloom filters and page index.
+        {
+            use parquet::file::reader::FileReader;
+            let file = std::fs::File::open(files.path(&january)).unwrap();
+            let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+                .with_page_index()
+                .with_reader_properties(
+                    parquet::file::properties::ReaderProperties::builder()
+                        .set_read_bloom_filter(true)
+                        .build(),
+                )
+                .build();
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
+                file, options,
+            )
+            .unwrap();
+            let md = reader.metadata();
+            assert_eq!(md.file_metadata().num_rows(), january.rows as i64);
+            assert!(md.num_row_groups() >= 2, "one per day at least");
+            let id = md
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.name() == "cluster_id")
+                .unwrap();
+            let group = reader.get_row_group(0).unwrap();
+            let bloom = group.get_column_bloom_filter(id).expect("a bloom filter");
+            assert!(bloom.check(&"lkc-a"));
+            assert!(md.column_index().is_some() && md.offset_index().is_some());
+        }
         let days_before: Vec<Segment> = b.segments.clone();
         // Late: it had shrunk to 1 CKU on January 29 at 06:00 (hours the file has), and
         // had been running at 2 CKU again from January 30 12:00 (hours it lacks).

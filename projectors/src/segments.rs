@@ -27,10 +27,15 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use parquet::basic::Compression;
+use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::properties::ReaderProperties;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::FileReader;
+use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
 use parquet::file::statistics::Statistics;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +284,103 @@ impl SegmentDir {
             tap: |_: &R| {},
         };
         self.write_batches(schema, rows as usize, merged, layout)
+    }
+
+    /// Writes `inputs` (segments of one schema), one after the other, as one segment by
+    /// copying their encoded row groups (pages, statistics, bloom filters, page index)
+    /// without decoding a value: what the inputs' order makes of the rows, the caller
+    /// decides. The key range is the inputs'. On error no segment is left.
+    pub fn concat(&self, inputs: &[Segment]) -> Result<Option<Segment>> {
+        let Some(first) = inputs.first() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let name = unique_name();
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let written = self.copy_row_groups(inputs, first, &tmp);
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let io = self.io(&tmp);
+        file.sync_all().map_err(&io)?;
+        let bytes = file.metadata().map_err(&io)?.len();
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(&io)?;
+        sync_dir(&self.dir).map_err(self.io(&self.dir))?;
+        Ok(Some(Segment {
+            name,
+            rows: inputs.iter().map(|s| s.rows).sum(),
+            bytes,
+            min_key: inputs.iter().map(|s| s.min_key).min().unwrap_or(0),
+            max_key: inputs.iter().map(|s| s.max_key).max().unwrap_or(0),
+        }))
+    }
+
+    /// [`SegmentDir::concat`]'s copy into `tmp`, with the schema and key-value metadata
+    /// (the Arrow schema) of `first`.
+    fn copy_row_groups(
+        &self,
+        inputs: &[Segment],
+        first: &Segment,
+        tmp: &Path,
+    ) -> Result<std::fs::File> {
+        let io = self.io(tmp);
+        let parquet_err = |path: &Path| {
+            let io = self.io(path);
+            move |e: parquet::errors::ParquetError| io(std::io::Error::other(e))
+        };
+        let open = |s: &Segment| -> Result<(std::fs::File, SerializedFileReader<std::fs::File>)> {
+            let path = self.path(s);
+            let file = std::fs::File::open(&path).map_err(self.io(&path))?;
+            let options = ReadOptionsBuilder::new()
+                .with_page_index()
+                .with_reader_properties(
+                    ReaderProperties::builder()
+                        .set_read_bloom_filter(true)
+                        .build(),
+                )
+                .build();
+            let reader = file.try_clone().map_err(self.io(&path)).and_then(|f| {
+                SerializedFileReader::new_with_options(f, options).map_err(parquet_err(&path))
+            })?;
+            Ok((file, reader))
+        };
+        let (_, head) = open(first)?;
+        let meta = head.metadata().file_metadata();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(meta.key_value_metadata().cloned())
+            .build();
+        let out = std::fs::File::create(tmp).map_err(&io)?;
+        let mut w =
+            SerializedFileWriter::new(out, meta.schema_descr().root_schema_ptr(), Arc::new(props))
+                .map_err(parquet_err(tmp))?;
+        for s in inputs {
+            let (file, reader) = open(s)?;
+            let err = parquet_err(&self.path(s));
+            let md = reader.metadata();
+            for g in 0..md.num_row_groups() {
+                let group = reader.get_row_group(g).map_err(&err)?;
+                let mut rg = w.next_row_group().map_err(parquet_err(tmp))?;
+                for (i, col) in md.row_group(g).columns().iter().enumerate() {
+                    let close = ColumnCloseResult {
+                        bytes_written: u64::try_from(col.compressed_size()).unwrap_or(0),
+                        rows_written: u64::try_from(md.row_group(g).num_rows()).unwrap_or(0),
+                        metadata: col.clone(),
+                        bloom_filter: group.get_column_bloom_filter(i).cloned(),
+                        column_index: md.column_index().map(|ci| ci[g][i].clone()),
+                        offset_index: md.offset_index().map(|oi| oi[g][i].clone()),
+                    };
+                    rg.append_column(&file, close).map_err(&err)?;
+                }
+                rg.close().map_err(parquet_err(tmp))?;
+            }
+        }
+        w.into_inner().map_err(parquet_err(tmp))
     }
 
     /// Rewrites `segment`, sorted by `order`, as a new segment sorted by it, streaming:
