@@ -221,6 +221,7 @@ pub const MONTH_SETTLE_MS: i64 = DAY_MS;
 pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id", "org_id"],
     key: "hour_start",
+    page_rows: None,
 };
 
 /// `billing_daily` rows by day start.
@@ -1024,6 +1025,7 @@ fn month_start(ms: i64) -> i64 {
 const DAILY_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["org_id"],
     key: "day",
+    page_rows: None,
 };
 
 /// The columns of `billing_daily`, as a table and in its segments.
@@ -1113,6 +1115,7 @@ fn daily_rows_of(b: &RecordBatch) -> Result<Vec<DailyRow>, String> {
 const POINT_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id"],
     key: "ts",
+    page_rows: Some(crate::segments::PAGE_ROWS),
 };
 
 /// The columns of a point segment.

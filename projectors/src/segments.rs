@@ -45,9 +45,9 @@ use crate::error::{Error, Result};
 /// that a scan of a year is not dominated by per-group overhead.
 pub const ROW_GROUP_ROWS: usize = 16_384;
 
-/// Rows per data page (at most, about): the page index then tells a one-value lookup which
-/// thousand rows of a row group to decode, where a page of the 1 MiB default would hold a
-/// sorted column's whole row group.
+/// Rows per data page (at most, about) of a layout that asks for small pages: the page
+/// index then tells a one-value lookup which thousand rows of a row group to decode, where
+/// a page of the 1 MiB default would hold a sorted column's whole row group.
 pub const PAGE_ROWS: usize = 1_024;
 
 /// One segment file as a checkpoint names it.
@@ -200,6 +200,10 @@ pub struct SegmentLayout {
     pub bloom: &'static [&'static str],
     /// The key column (Int64 or Timestamp(ms)): its min and max go into [`Segment`].
     pub key: &'static str,
+    /// Rows per data page, about ([`PAGE_ROWS`] for files a one-cluster lookup reads by
+    /// the page index), or `None` for pages of the writer's default size (1 MiB): small
+    /// pages make a large page index, which a query engine caches per file.
+    pub page_rows: Option<usize>,
 }
 
 impl SegmentDir {
@@ -503,8 +507,10 @@ impl SegmentDir {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_data_page_row_count_limit(PAGE_ROWS)
             .set_statistics_enabled(EnabledStatistics::Page);
+        if let Some(rows) = layout.page_rows {
+            props = props.set_data_page_row_count_limit(rows);
+        }
         for col in layout.bloom {
             let c = ColumnPath::from(*col);
             props = props
