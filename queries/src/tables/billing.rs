@@ -1,13 +1,14 @@
 //! `billing_hours`: one row per cluster and UTC hour with billable CKU-hours. Closed days
-//! are in the projection's Parquet segments (one per day, sorted by org and cluster, so
-//! filters on `hour_start`, `org_id` and `cluster_id` skip files and row groups); the
-//! hours since are computed in memory.
+//! are in the projection's Parquet segments (one per day, sorted by org and cluster, and
+//! one per month once its days are merged, so filters on `hour_start`, `org_id` and
+//! `cluster_id` skip files and row groups); the hours since are computed in memory,
+//! unless a filter on the time column ends before them.
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::Field;
 use fleetledger_projectors::Projections;
 use fleetledger_projectors::billing_hours::{
-    DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
+    ClusterHour, DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
 };
 use fleetledger_projectors::segments::{Segment, SegmentDir};
 
@@ -45,6 +46,13 @@ impl ProjectionTable for BillingTable {
     }
 
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
+        // The hours in memory come at or after the flushed instant.
+        if scan.all_before("hour_start", p.billing.flushed_to_ms) {
+            return (
+                billing_columns(std::iter::empty::<&ClusterHour>(), scan.columns),
+                0,
+            );
+        }
         // Every pushable column is a cluster's: the filter picks clusters before any
         // of their hours is built.
         let all = p.billing.rows_where(scan.now_ms, |id, c| {
@@ -78,6 +86,10 @@ impl ProjectionTable for DailyTable {
     }
 
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {
+        // The days in memory start at or after the flushed instant (a day start).
+        if scan.all_before("day", p.billing.flushed_to_ms) {
+            return (daily_columns(std::iter::empty(), scan.columns), 0);
+        }
         let all = p.billing.daily(scan.now_ms);
         let rows: Vec<&DailyRow> = all
             .iter()

@@ -61,6 +61,16 @@ pub(crate) struct Scan<'a> {
     pub(crate) take: usize,
     /// Now (ms since the epoch).
     pub(crate) now_ms: i64,
+    /// `column < time` (or `<=`) filters, as (column, exclusive bound in ms): a table
+    /// whose rows in memory all come at or after a bound skips building them.
+    pub(crate) before: &'a [(String, i64)],
+}
+
+impl Scan<'_> {
+    /// Whether every row the filters let through has `column` before `ms`.
+    pub(crate) fn all_before(&self, column: &str, ms: i64) -> bool {
+        self.before.iter().any(|(c, b)| c == column && *b <= ms)
+    }
 }
 
 /// One SQL table over the projections.
@@ -133,8 +143,12 @@ impl SnapshotTable {
         }
     }
 
+    /// A filter the scan takes (inexactly: DataFusion applies every filter again): a
+    /// string equality the rows in memory are built with, or a comparison of a column with
+    /// a time, which prunes files, row groups and pages by their statistics (and, for an
+    /// upper bound, may spare the rows in memory).
     fn can_push(&self, e: &Expr) -> bool {
-        string_eq(e).is_some_and(|(col, _)| self.table.pushable(&col))
+        string_eq(e).is_some_and(|(col, _)| self.table.pushable(&col)) || time_comparison(e)
     }
 
     async fn batch(
@@ -148,9 +162,11 @@ impl SnapshotTable {
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let schema = Arc::new(self.schema.project(&indices)?);
         let eqs: Vec<(String, String)> = filters.iter().filter_map(string_eq).collect();
+        let before: Vec<(String, i64)> = filters.iter().filter_map(time_before).collect();
         let scan = Scan {
             columns: &indices,
             eqs: &eqs,
+            before: &before,
             // Only a scan without filters may stop early at the limit.
             take: if filters.is_empty() {
                 limit.unwrap_or(usize::MAX)
@@ -244,6 +260,58 @@ fn string_eq(e: &Expr) -> Option<(String, String)> {
     pair(left, right).or_else(|| pair(right, left))
 }
 
+/// A comparison (`<`, `<=`, `>`, `>=`, `=`) of a column with a timestamp literal.
+fn time_comparison(e: &Expr) -> bool {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return false;
+    };
+    let is_time = |e: &Expr| {
+        matches!(
+            e,
+            Expr::Literal(
+                ScalarValue::TimestampSecond(Some(_), _)
+                    | ScalarValue::TimestampMillisecond(Some(_), _)
+                    | ScalarValue::TimestampMicrosecond(Some(_), _)
+                    | ScalarValue::TimestampNanosecond(Some(_), _),
+                _
+            )
+        )
+    };
+    let column = |e: &Expr| matches!(e, Expr::Column(_));
+    matches!(
+        op,
+        Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq | Operator::Eq
+    ) && (column(left) && is_time(right) || is_time(left) && column(right))
+}
+
+/// `column < time` or `column <= time` (either side), a timestamp literal of any unit: the
+/// column and the exclusive bound in ms.
+fn time_before(e: &Expr) -> Option<(String, i64)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
+    let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+        (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
+        _ => return None,
+    };
+    // The value in a unit and how many of them make a millisecond (or a millisecond of it).
+    let (v, per_ms) = match lit {
+        ScalarValue::TimestampSecond(Some(v), _) => (i128::from(*v) * 1_000, 1),
+        ScalarValue::TimestampMillisecond(Some(v), _) => (i128::from(*v), 1),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => (i128::from(*v), 1_000),
+        ScalarValue::TimestampNanosecond(Some(v), _) => (i128::from(*v), 1_000_000),
+        _ => return None,
+    };
+    // ts_ms * per_ms < v  ⇔  ts_ms < ceil(v / per_ms); ts_ms * per_ms <= v ⇔ ts_ms < floor(v / per_ms) + 1.
+    let bound = match op {
+        Operator::Lt => v.div_euclid(per_ms) + i128::from(v.rem_euclid(per_ms) != 0),
+        Operator::LtEq => v.div_euclid(per_ms) + 1,
+        _ => return None,
+    };
+    Some((col.name.clone(), i64::try_from(bound).ok()?))
+}
+
 /// The fields of `schema`, as [`ProjectionTable::fields`] gives them.
 pub(crate) fn fields_of(schema: &SchemaRef) -> Vec<Field> {
     schema.fields().iter().map(|f| f.as_ref().clone()).collect()
@@ -292,5 +360,50 @@ impl TableProvider for SnapshotTable {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{col, lit};
+
+    use super::*;
+
+    fn ts(unit: &str, v: i64) -> Expr {
+        let tz = Some("UTC".into());
+        lit(match unit {
+            "s" => ScalarValue::TimestampSecond(Some(v), tz),
+            "ms" => ScalarValue::TimestampMillisecond(Some(v), tz),
+            "us" => ScalarValue::TimestampMicrosecond(Some(v), tz),
+            _ => ScalarValue::TimestampNanosecond(Some(v), tz),
+        })
+    }
+
+    #[test]
+    fn an_upper_time_bound_is_read_from_either_side_in_any_unit_and_nothing_else_is() {
+        let day = || col("day");
+        let cases = [
+            (day().lt(ts("ms", 1_000)), Some(1_000)),
+            (day().lt_eq(ts("ms", 1_000)), Some(1_001)),
+            (ts("ms", 1_000).gt(day()), Some(1_000)),
+            (ts("ms", 1_000).gt_eq(day()), Some(1_001)),
+            (day().lt(ts("s", 2)), Some(2_000)),
+            // 1.5 ms: a row at 1 ms passes `<`, one at 2 ms does not.
+            (day().lt(ts("ns", 1_500_000)), Some(2)),
+            (day().lt_eq(ts("ns", 1_500_000)), Some(2)),
+            (day().lt(ts("ns", 2_000_000)), Some(2)),
+            (day().lt(ts("us", -1_500)), Some(-1)),
+            // Lower bounds, other operators and other literals say nothing.
+            (day().gt_eq(ts("ms", 1_000)), None),
+            (day().eq(ts("ms", 1_000)), None),
+            (day().lt(lit(5i64)), None),
+            (
+                day().lt(lit(ScalarValue::TimestampMillisecond(None, None))),
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(time_before(&e), want.map(|b| ("day".to_owned(), b)), "{e}");
+        }
     }
 }
