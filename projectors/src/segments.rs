@@ -300,7 +300,6 @@ impl SegmentDir {
         };
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let name = unique_name();
-        let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let written = self.copy_row_groups(inputs, first, &tmp);
         let file = match written {
@@ -310,19 +309,37 @@ impl SegmentDir {
                 return Err(e);
             }
         };
-        let io = self.io(&tmp);
+        let keys = (
+            inputs.iter().map(|s| s.min_key).min().unwrap_or(0),
+            inputs.iter().map(|s| s.max_key).max().unwrap_or(0),
+        );
+        let rows = inputs.iter().map(|s| s.rows).sum();
+        self.seal(file, &tmp, name, rows, keys).map(Some)
+    }
+
+    /// Makes the written file `tmp` segment `name` durably: fsynced, renamed, the
+    /// directory fsynced.
+    fn seal(
+        &self,
+        file: std::fs::File,
+        tmp: &Path,
+        name: String,
+        rows: u64,
+        (min_key, max_key): (i64, i64),
+    ) -> Result<Segment> {
+        let io = self.io(tmp);
         file.sync_all().map_err(&io)?;
         let bytes = file.metadata().map_err(&io)?.len();
         drop(file);
-        std::fs::rename(&tmp, &path).map_err(&io)?;
+        std::fs::rename(tmp, self.dir.join(&name)).map_err(&io)?;
         sync_dir(&self.dir).map_err(self.io(&self.dir))?;
-        Ok(Some(Segment {
+        Ok(Segment {
             name,
-            rows: inputs.iter().map(|s| s.rows).sum(),
+            rows,
             bytes,
-            min_key: inputs.iter().map(|s| s.min_key).min().unwrap_or(0),
-            max_key: inputs.iter().map(|s| s.max_key).max().unwrap_or(0),
-        }))
+            min_key,
+            max_key,
+        })
     }
 
     /// [`SegmentDir::concat`]'s copy into `tmp`, with the schema and key-value metadata
@@ -501,7 +518,6 @@ impl SegmentDir {
         }
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let name = unique_name();
-        let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let io = self.io(&tmp);
         let mut props = WriterProperties::builder()
@@ -536,20 +552,9 @@ impl SegmentDir {
                 return Err(e);
             }
         }
-        let (min_key, max_key) = range.unwrap_or((0, 0));
         let file = w.into_inner().map_err(parquet_err)?;
-        file.sync_all().map_err(&io)?;
-        let bytes = file.metadata().map_err(&io)?.len();
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(&io)?;
-        sync_dir(&self.dir).map_err(self.io(&self.dir))?;
-        Ok(Some(Segment {
-            name,
-            rows: written_rows,
-            bytes,
-            min_key,
-            max_key,
-        }))
+        self.seal(file, &tmp, name, written_rows, range.unwrap_or((0, 0)))
+            .map(Some)
     }
 
     /// Reads `segment`'s columns `columns` (all if `None`) from the row groups whose
