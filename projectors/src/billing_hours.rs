@@ -169,7 +169,8 @@ pub struct BillingHours {
     pub segments: Vec<Segment>,
     /// One segment per UTC month whose days were merged ([`MONTH_SETTLE_MS`]), by month:
     /// the concatenation of its days (sorted by day, then as a day's), their encoded row
-    /// groups copied, so that a merge decodes no value. A query over a year opens a dozen files, not hundreds.
+    /// groups copied, so that a merge decodes no value. A query over a year opens a dozen
+    /// files, not hundreds.
     #[serde(default)]
     pub month_segments: Vec<Segment>,
     /// The rate change points before the flushed instant, one segment per flush, each
@@ -544,9 +545,11 @@ impl BillingHours {
 
     /// Merges the day files of every month the flushed instant is [`MONTH_SETTLE_MS`]
     /// past into one file (their row groups copied, one after the other), retiring the
-    /// days. The state is changed only for a
-    /// merge that succeeded: one that failed is logged and tried at the next flush (the
-    /// day files serve meanwhile).
+    /// days, and the month's file if it has one already (a day file cannot appear in a
+    /// merged month today: its fixes rewrite the month's file; merged with it, one would
+    /// still never make a month of two files). The state is changed only for a merge that
+    /// succeeded: one that failed is logged and tried at the next flush (the day files
+    /// serve meanwhile).
     fn merge_months(&mut self, out: &mut Flushed) {
         let months: BTreeSet<i64> = self
             .segments
@@ -561,11 +564,23 @@ impl BillingHours {
                     .partition(|s| month_start(s.min_key) == month);
             days.sort_by_key(|s| s.min_key);
             self.segments = others;
+            let before = self
+                .month_segments
+                .iter()
+                .position(|s| month_start(s.min_key) == month);
             // Days are sorted by their first hour: the month is their concatenation.
-            let merged = self.files.concat(&days);
+            let inputs: Vec<Segment> = before
+                .map(|i| self.month_segments[i].clone())
+                .into_iter()
+                .chain(days.iter().cloned())
+                .collect();
+            let merged = self.files.concat(&inputs);
             match merged {
                 Ok(Some(seg)) => {
-                    out.retired.extend(days.iter().map(|d| self.files.path(d)));
+                    out.retired.extend(inputs.iter().map(|d| self.files.path(d)));
+                    if let Some(i) = before {
+                        self.month_segments.remove(i);
+                    }
                     self.month_segments.push(seg);
                     self.month_segments.sort_by_key(|s| s.min_key);
                 }
