@@ -577,7 +577,8 @@ impl BillingHours {
             let merged = self.files.concat(&inputs);
             match merged {
                 Ok(Some(seg)) => {
-                    out.retired.extend(inputs.iter().map(|d| self.files.path(d)));
+                    out.retired
+                        .extend(inputs.iter().map(|d| self.files.path(d)));
                     if let Some(i) = before {
                         self.month_segments.remove(i);
                     }

@@ -393,12 +393,8 @@ impl SegmentDir {
                         rows_written: u64::try_from(md.row_group(g).num_rows()).unwrap_or(0),
                         metadata: col.clone(),
                         bloom_filter: group.get_column_bloom_filter(i).cloned(),
-                        column_index: md
-                            .column_index()
-                            .and_then(|ci| ci.get(g)?.get(i).cloned()),
-                        offset_index: md
-                            .offset_index()
-                            .and_then(|oi| oi.get(g)?.get(i).cloned()),
+                        column_index: md.column_index().and_then(|ci| ci.get(g)?.get(i).cloned()),
+                        offset_index: md.offset_index().and_then(|oi| oi.get(g)?.get(i).cloned()),
                     };
                     rg.append_column(&file, close).map_err(&err)?;
                 }
