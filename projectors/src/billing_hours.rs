@@ -322,7 +322,7 @@ impl BillingHours {
         } else {
             now_ms.min(self.watermark()) - SETTLE_MS
         };
-        upto.div_euclid(DAY_MS) * DAY_MS
+        day_start(upto)
     }
 
     /// Whether a flush at `now_ms` has anything to write.
@@ -351,7 +351,7 @@ impl BillingHours {
                     d.into_iter().chain(a).min()
                 })
                 .min()
-                .map(|t| t.div_euclid(DAY_MS) * DAY_MS)
+                .map(day_start)
         } else {
             Some(self.flushed_to_ms)
         };
@@ -437,18 +437,15 @@ impl BillingHours {
         let mut by_day: BTreeMap<i64, Vec<BillingRow>> = BTreeMap::new();
         for (id, c) in &self.clusters {
             for (&h, b) in &c.billing.corrections {
-                by_day
-                    .entry(h.div_euclid(DAY_MS) * DAY_MS)
-                    .or_default()
-                    .push(c.row(
-                        id,
-                        &HourRow {
-                            hour_start_ms: h,
-                            cku_hours: b.cku_ms as f64 / HOUR_MS as f64,
-                            open: false,
-                            recomputed_at_ms: b.recomputed_at_ms,
-                        },
-                    ));
+                by_day.entry(day_start(h)).or_default().push(c.row(
+                    id,
+                    &HourRow {
+                        hour_start_ms: h,
+                        cku_hours: b.cku_ms as f64 / HOUR_MS as f64,
+                        open: false,
+                        recomputed_at_ms: b.recomputed_at_ms,
+                    },
+                ));
             }
         }
         let mut replaced = Vec::new();
@@ -466,7 +463,7 @@ impl BillingHours {
             let old = self
                 .segments
                 .iter()
-                .position(|s| s.min_key.div_euclid(DAY_MS) * DAY_MS == day);
+                .position(|s| day_start(s.min_key) == day);
             let mut rows = match old {
                 Some(i) => {
                     self.files
@@ -604,8 +601,7 @@ impl BillingHours {
         seg: &Segment,
         fixes: Vec<BillingRow>,
     ) -> crate::Result<(Option<Segment>, DailyByDay)> {
-        let day_of = |ms: i64| ms.div_euclid(DAY_MS) * DAY_MS;
-        let fixed_days: BTreeSet<i64> = fixes.iter().map(|f| day_of(f.hour_start_ms)).collect();
+        let fixed_days: BTreeSet<i64> = fixes.iter().map(|f| day_start(f.hour_start_ms)).collect();
         let mut fixes_of: BTreeMap<String, BTreeMap<i64, BillingRow>> = BTreeMap::new();
         for f in fixes {
             fixes_of
@@ -618,7 +614,7 @@ impl BillingHours {
             let hours = column::<TimestampMillisecondArray>(b, "hour_start")?;
             let ids = column::<StringArray>(b, "cluster_id")?;
             Ok((0..b.num_rows())
-                .filter(|&k| fixed_days.contains(&day_of(hours.value(k))))
+                .filter(|&k| fixed_days.contains(&day_start(hours.value(k))))
                 .filter(|&k| {
                     fixes_of
                         .get(ids.value(k))
@@ -655,7 +651,7 @@ impl BillingHours {
             "billing_hours",
             billing_rows_of,
             |r| {
-                if !fixed_days.contains(&day_of(r.hour_start_ms)) {
+                if !fixed_days.contains(&day_start(r.hour_start_ms)) {
                     return;
                 }
                 if let Some(f) = fixes_of
@@ -669,7 +665,7 @@ impl BillingHours {
             month_order,
             |chunk| billing_batch(chunk.iter()),
             |r| {
-                let day = day_of(r.hour_start_ms);
+                let day = day_start(r.hour_start_ms);
                 if fixed_days.contains(&day) {
                     fixed_rows.entry(day).or_default().push(r.clone());
                 }
@@ -763,7 +759,7 @@ impl BillingHours {
                 d.clusters += 1;
             };
             for r in c.billing.rows(now_ms) {
-                let day = r.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
+                let day = day_start(r.hour_start_ms);
                 match &mut day_sum {
                     Some(s) if s.0 == day => {
                         s.1 += r.cku_hours;
@@ -1001,7 +997,7 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
     let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
     let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
     for r in rows {
-        let day = r.hour_start_ms().div_euclid(DAY_MS) * DAY_MS;
+        let day = day_start(r.hour_start_ms());
         let d = daily_entry(&mut acc, day, r.dimensions());
         d.add_hours(r.cku_hours(), r.recomputed_at_ms(), r.open());
         if seen.insert((day, r.cluster_id())) {
@@ -1011,7 +1007,6 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
     acc.into_values().collect()
 }
 
-/// The start of the UTC month of `ms`.
 /// The order of rows in a `billing_hours` segment: org, cluster, hour.
 fn billing_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
     (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(&b.org_id, &b.cluster_id, b.hour_start_ms))
@@ -1028,6 +1023,12 @@ fn next_month_start(ms: i64) -> i64 {
     month_start(month_start(ms) + 32 * DAY_MS)
 }
 
+/// The start of the UTC day of `ms`.
+fn day_start(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// The start of the UTC month of `ms`.
 fn month_start(ms: i64) -> i64 {
     use chrono::Datelike;
     let d = chrono::DateTime::from_timestamp_millis(ms)

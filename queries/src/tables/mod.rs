@@ -260,33 +260,10 @@ fn string_eq(e: &Expr) -> Option<(String, String)> {
     pair(left, right).or_else(|| pair(right, left))
 }
 
-/// A comparison (`<`, `<=`, `>`, `>=`, `=`) of a column with a timestamp literal.
-fn time_comparison(e: &Expr) -> bool {
-    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
-        return false;
-    };
-    let is_time = |e: &Expr| {
-        matches!(
-            e,
-            Expr::Literal(
-                ScalarValue::TimestampSecond(Some(_), _)
-                    | ScalarValue::TimestampMillisecond(Some(_), _)
-                    | ScalarValue::TimestampMicrosecond(Some(_), _)
-                    | ScalarValue::TimestampNanosecond(Some(_), _),
-                _
-            )
-        )
-    };
-    let column = |e: &Expr| matches!(e, Expr::Column(_));
-    matches!(
-        op,
-        Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq | Operator::Eq
-    ) && (column(left) && is_time(right) || is_time(left) && column(right))
-}
-
-/// `column < time` or `column <= time` (either side), a timestamp literal of any unit: the
-/// column and the exclusive bound in ms.
-fn time_before(e: &Expr) -> Option<(String, i64)> {
+/// A comparison of a column with a timestamp literal (either side), as `column OP v`: the
+/// column, the operator with the column on its left, the value in its unit and how many of
+/// that unit make a millisecond (a second's value is given in ms).
+fn column_vs_time(e: &Expr) -> Option<(&str, Operator, i128, i128)> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
         return None;
     };
@@ -295,7 +272,6 @@ fn time_before(e: &Expr) -> Option<(String, i64)> {
         (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
         _ => return None,
     };
-    // The value in a unit and how many of them make a millisecond (or a millisecond of it).
     let (v, per_ms) = match lit {
         ScalarValue::TimestampSecond(Some(v), _) => (i128::from(*v) * 1_000, 1),
         ScalarValue::TimestampMillisecond(Some(v), _) => (i128::from(*v), 1),
@@ -303,13 +279,30 @@ fn time_before(e: &Expr) -> Option<(String, i64)> {
         ScalarValue::TimestampNanosecond(Some(v), _) => (i128::from(*v), 1_000_000),
         _ => return None,
     };
+    Some((col.name.as_str(), op, v, per_ms))
+}
+
+/// A comparison (`<`, `<=`, `>`, `>=`, `=`) of a column with a timestamp literal.
+fn time_comparison(e: &Expr) -> bool {
+    column_vs_time(e).is_some_and(|(_, op, _, _)| {
+        matches!(
+            op,
+            Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq | Operator::Eq
+        )
+    })
+}
+
+/// `column < time` or `column <= time` (either side), a timestamp literal of any unit: the
+/// column and the exclusive bound in ms.
+fn time_before(e: &Expr) -> Option<(String, i64)> {
+    let (col, op, v, per_ms) = column_vs_time(e)?;
     // ts_ms * per_ms < v  ⇔  ts_ms < ceil(v / per_ms); ts_ms * per_ms <= v ⇔ ts_ms < floor(v / per_ms) + 1.
     let bound = match op {
         Operator::Lt => v.div_euclid(per_ms) + i128::from(v.rem_euclid(per_ms) != 0),
         Operator::LtEq => v.div_euclid(per_ms) + 1,
         _ => return None,
     };
-    Some((col.name.clone(), i64::try_from(bound).ok()?))
+    Some((col.to_owned(), i64::try_from(bound).ok()?))
 }
 
 /// The fields of `schema`, as [`ProjectionTable::fields`] gives them.
