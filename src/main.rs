@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: see `Cargo.toml` for the profiles behind it.
+/// mimalloc instead of glibc malloc: see `Cargo.toml` for the profiles behind it. The
+/// `system-allocator` feature keeps glibc malloc, which heap profilers (heaptrack)
+/// intercept: `docs/profiling.md`.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

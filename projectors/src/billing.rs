@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hour_amounts::HourAmounts;
+
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -160,7 +162,7 @@ pub struct ClusterBilling {
     pub actual: RateTimeline,
     /// Hour start (ms) → its amount, for every hour up to the hour of the latest change
     /// point that has, or once had, a positive amount.
-    pub hours: BTreeMap<i64, BilledHour>,
+    pub hours: HourAmounts,
     /// Write time (ms) of the record that last changed the final rate: the hours after the
     /// latest change point's hour changed then.
     pub tail_recomputed_at_ms: i64,
@@ -186,7 +188,7 @@ impl Default for ClusterBilling {
         ClusterBilling {
             desired: RateTimeline::default(),
             actual: RateTimeline::default(),
-            hours: BTreeMap::new(),
+            hours: HourAmounts::new(),
             tail_recomputed_at_ms: 0,
             flushed_to_ms: nothing_flushed(),
             corrections: BTreeMap::new(),
@@ -316,7 +318,7 @@ impl ClusterBilling {
             // What the hour was before this record: stored up to the old last point's
             // hour, billed at the old final rate after it.
             let old = match old_last {
-                Some(l) if h <= hour_start(l) => self.hours.get(&h).copied(),
+                Some(l) if h <= hour_start(l) => self.hours.get(h),
                 Some(_) if old_rate > 0 => Some(BilledHour {
                     cku_ms: i128::from(old_rate) * i128::from(HOUR_MS),
                     recomputed_at_ms: old_tail_at,
@@ -383,7 +385,7 @@ impl ClusterBilling {
     /// rate the last point before `to` (the rate in force at `to`).
     pub fn flushed(&mut self, to: i64) {
         if to > self.flushed_to_ms {
-            self.hours = self.hours.split_off(&to);
+            self.hours.keep_from(to);
             self.flushed_to_ms = to;
             self.desired.keep_from(to);
             self.actual.keep_from(to);
@@ -422,7 +424,7 @@ impl ClusterBilling {
         if from > now_hour {
             return out;
         }
-        for (&h, b) in self.hours.range(from..=now_hour) {
+        for (h, b) in self.hours.range(from, now_hour) {
             let (cku_ms, open) = if h < now_hour {
                 (b.cku_ms, false)
             } else {
@@ -694,7 +696,7 @@ mod tests {
                 // Exact: the stored hours are the reference's integers.
                 for (h, v) in &reference {
                     if *h + HOUR_MS <= now {
-                        let stored = b.hours.get(h).map(|x| x.cku_ms).unwrap_or_else(|| {
+                        let stored = b.hours.get(*h).map(|x| x.cku_ms).unwrap_or_else(|| {
                             i128::from(b.rate()) * i128::from(HOUR_MS)
                         });
                         prop_assert_eq!(stored, *v, "hour {}", h);

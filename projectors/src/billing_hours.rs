@@ -264,6 +264,14 @@ impl BillingHours {
                 c
             }
         };
+        if at < c.billing.flushed_to_ms {
+            tracing::debug!(
+                cluster = %r.meta.cluster_id,
+                partition = h.partition,
+                late_ms = c.billing.flushed_to_ms - at,
+                "a record re-bills hours already written"
+            );
+        }
         if at < c.billing.flushed_to_ms && !c.billing.loaded {
             let points = read_points(&self.files, &self.point_segments, &r.meta.cluster_id)?;
             c.billing.load(points);
@@ -1782,7 +1790,7 @@ mod tests {
                     prop_assert_eq!(month_start(seg.max_key), month_start(seg.min_key));
                 }
                 let c = &b.clusters["lkc-a"].billing;
-            prop_assert!(c.hours.keys().all(|h| *h >= b.flushed_to_ms));
+            prop_assert!(c.hours.iter().all(|(h, _)| h >= b.flushed_to_ms));
             // Memory keeps of each rate one point before the flushed instant, no more.
             for t in [&c.desired, &c.actual] {
                 prop_assert!(t.points().iter().filter(|p| p.ts_ms < b.flushed_to_ms).count() <= 1);

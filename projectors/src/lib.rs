@@ -8,6 +8,7 @@ pub mod billing;
 pub mod billing_hours;
 pub mod checkpoint;
 pub mod clusters;
+pub mod hour_amounts;
 pub use fleetledger_schemas::diff;
 mod error;
 mod name;
