@@ -21,7 +21,7 @@ use crate::record::HistoryRecord;
 use crate::segments::{Segment, SegmentDir, SegmentLayout, column, time_column, utf8_column};
 
 /// Billing of one cluster and its dimensions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BilledCluster {
     /// Organisation.
     pub org_id: String,
@@ -35,6 +35,26 @@ pub struct BilledCluster {
     pub logical_version: i64,
     /// The integral.
     pub billing: ClusterBilling,
+    /// Every org the cluster's rows in the files were written under (rows keep the
+    /// dimensions of their flush): a one-cluster query prunes the org-sorted files by
+    /// these. `None`: not known (a checkpoint from before it was kept), so no pruning.
+    #[serde(default)]
+    pub filed_orgs: Option<Vec<String>>,
+}
+
+impl Default for BilledCluster {
+    /// A cluster nothing of which is in files yet.
+    fn default() -> Self {
+        BilledCluster {
+            org_id: String::new(),
+            sku: String::new(),
+            cloud: String::new(),
+            region: String::new(),
+            logical_version: 0,
+            billing: ClusterBilling::default(),
+            filed_orgs: Some(Vec::new()),
+        }
+    }
 }
 
 /// One row of `billing_hours`.
@@ -538,6 +558,13 @@ impl BillingHours {
         }
         self.daily_segments.sort_by_key(|s| s.min_key);
         for c in self.clusters.values_mut() {
+            // Whatever this flush wrote of the cluster carries its org now.
+            if (target > self.flushed_to_ms || !c.billing.corrections.is_empty())
+                && let Some(orgs) = &mut c.filed_orgs
+                && !orgs.contains(&c.org_id)
+            {
+                orgs.push(c.org_id.clone());
+            }
             c.billing.corrections.clear();
             if target > self.flushed_to_ms {
                 c.billing.flushed(target);
@@ -808,6 +835,13 @@ impl BillingHours {
             }
         }
         out
+    }
+
+    /// The orgs under which `cluster_id`'s rows in the files may be (a superset: every
+    /// org it had at a flush); `None` when that is not known, and for a cluster billing
+    /// has never seen. An empty list: none of its rows is in a file.
+    pub fn filed_orgs(&self, cluster_id: &str) -> Option<&[String]> {
+        self.clusters.get(cluster_id)?.filed_orgs.as_deref()
     }
 
     /// Writes one day's rows, which are sorted by (org, cluster, hour), as a segment.
@@ -1505,6 +1539,53 @@ mod tests {
             T0 + 5 * DAY_MS,
             "all at their end: the latest"
         );
+    }
+
+    /// A cluster moved to another org has rows in the files under both: the orgs kept
+    /// for it name both, and every org its filed rows carry is among them. A checkpoint
+    /// without them reads as "not known".
+    #[test]
+    fn the_orgs_of_a_clusters_filed_rows_are_known_across_an_org_change() {
+        let dir = std::env::temp_dir().join(format!("fl-billing-orgs-{}", std::process::id()));
+        let files = crate::segments::SegmentDir::new(&dir);
+        let mut b = BillingHours {
+            files: files.clone(),
+            ..BillingHours::default()
+        };
+        let logical = Change::Logical {
+            cku: 2,
+            deleted: false,
+        };
+        let running = Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku: 2,
+        };
+        b.apply(&record(logical.clone(), T0, 1, 0)).unwrap();
+        b.apply(&record(running, T0 + 30 * MIN, 1, 1)).unwrap();
+        assert_eq!(b.filed_orgs("lkc-a"), Some(&[][..]), "nothing filed yet");
+        assert_eq!(b.filed_orgs("lkc-unknown"), None);
+        b.flush(T0 + 2 * DAY_MS, true).unwrap();
+        assert_eq!(b.filed_orgs("lkc-a").unwrap(), ["org-1"]);
+        let mut moved = record(logical, T0 + 2 * DAY_MS + HOUR_MS, 2, 2);
+        if let FacetState::Logical(l) = &mut moved.record.state {
+            Arc::make_mut(l).org_id = "org-2".into();
+        }
+        b.apply(&moved).unwrap();
+        b.flush(T0 + 4 * DAY_MS, true).unwrap();
+        assert_eq!(b.filed_orgs("lkc-a").unwrap(), ["org-1", "org-2"]);
+        let filed: BTreeSet<String> = b
+            .all_rows(T0 + 4 * DAY_MS)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.hour_start_ms < b.flushed_to_ms)
+            .map(|r| r.org_id)
+            .collect();
+        assert_eq!(filed, BTreeSet::from(["org-1".into(), "org-2".into()]));
+        let mut old = serde_json::to_value(&b.clusters["lkc-a"]).unwrap();
+        old.as_object_mut().unwrap().remove("filed_orgs");
+        let old: BilledCluster = serde_json::from_value(old).unwrap();
+        assert_eq!(old.filed_orgs, None);
+        files.remove_all().unwrap();
     }
 
     /// A status back-dated into a written day reads the cluster's points back, rewrites

@@ -614,6 +614,97 @@ mod tests {
         .unwrap()
     }
 
+    /// One cluster's hours in the files are found by the orgs it was filed under (an
+    /// implied filter on the org-sorted files), also after it moved to another org; a
+    /// cluster with nothing filed reads no file and still gets its hours in memory.
+    #[tokio::test]
+    async fn one_clusters_filed_hours_are_all_found_after_it_moved_org() {
+        let of_org = |cku: i32, org: &str| {
+            let FacetState::Logical(mut l) = logical(cku, "us-east-1") else {
+                unreachable!()
+            };
+            Arc::make_mut(&mut l).org_id = org.into();
+            FacetState::Logical(l)
+        };
+        let dir = std::env::temp_dir().join(format!("fl-sql-orgs-{}", std::process::id()));
+        let files = fleetledger_projectors::segments::SegmentDir::new(&dir);
+        let mut p = Projections::default();
+        p.billing.files = files.clone();
+        let ms = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp_millis();
+        let t0 = "2026-01-01T00:00:00Z";
+        for r in [
+            rec("lkc-a", 1, t0, "frontend", of_org(2, "org-1"), 0),
+            rec("lkc-a", 1, t0, "sync", running(2, 1), 1),
+            rec("lkc-b", 1, t0, "frontend", of_org(4, "org-2"), 2),
+            rec("lkc-b", 1, t0, "sync", running(4, 1), 3),
+        ] {
+            p.apply(r).unwrap();
+        }
+        p.billing.flush(ms("2026-01-03T00:00:00Z"), true).unwrap();
+        let moved = rec(
+            "lkc-a",
+            2,
+            "2026-01-03T05:00:00Z",
+            "frontend",
+            of_org(2, "org-9"),
+            4,
+        );
+        p.apply(moved).unwrap();
+        p.billing.flush(ms("2026-01-05T00:00:00Z"), true).unwrap();
+        p.apply(rec(
+            "lkc-c",
+            1,
+            "2026-01-04T06:00:00Z",
+            "frontend",
+            of_org(1, "org-1"),
+            5,
+        ))
+        .unwrap();
+        p.apply(rec(
+            "lkc-c",
+            1,
+            "2026-01-04T06:00:00Z",
+            "sync",
+            running(1, 1),
+            6,
+        ))
+        .unwrap();
+        assert_eq!(p.billing.filed_orgs("lkc-a").unwrap(), ["org-1", "org-9"]);
+        assert_eq!(p.billing.filed_orgs("lkc-c").unwrap(), [] as [String; 0]);
+        let now = ms("2026-01-05T12:00:00Z");
+        let want = |id: &str| {
+            let rows = p.billing.all_rows(now).unwrap();
+            let mine: Vec<_> = rows.iter().filter(|r| r.cluster_id == id).collect();
+            (
+                mine.len() as i64,
+                mine.iter().map(|r| r.cku_hours).sum::<f64>(),
+            )
+        };
+        let expected = [("lkc-a", want("lkc-a")), ("lkc-c", want("lkc-c"))];
+        // lkc-a: 2 CKU from Jan 1 to 12:00 on Jan 5; lkc-c: 1 CKU from 06:00 on Jan 4.
+        assert_eq!(expected[0].1, (108, 216.0));
+        assert_eq!(expected[1].1, (30, 30.0));
+        let e = QueryEngine::new(
+            Arc::new(RwLock::new(p)),
+            &ServiceViews::default(),
+            Arc::new(move || now),
+            QueryLimits::default(),
+        )
+        .unwrap();
+        for (id, (n, sum)) in expected {
+            let out = e
+                .query(&format!(
+                    "SELECT count(*) AS n, sum(cku_hours) AS h FROM billing_hours WHERE cluster_id = '{id}'"
+                ))
+                .await
+                .unwrap();
+            let json = crate::to_json_rows(&out.schema, &out.batches).unwrap();
+            assert_eq!(json["rows"][0]["n"], n, "{id}");
+            assert_eq!(json["rows"][0]["h"], sum, "{id}");
+        }
+        files.remove_all().unwrap();
+    }
+
     #[tokio::test]
     async fn a_scoped_caller_sees_only_its_orgs_rows_in_every_table() {
         let of_org = |cku: i32, org: &str| {

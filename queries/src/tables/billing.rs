@@ -6,6 +6,7 @@
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::Field;
+use datafusion::logical_expr::{Expr, col, lit};
 use fleetledger_projectors::Projections;
 use fleetledger_projectors::billing_hours::{
     ClusterHour, DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
@@ -43,6 +44,23 @@ impl ProjectionTable for BillingTable {
 
     fn pushable(&self, column: &str) -> bool {
         ["cluster_id", "org_id", "sku", "cloud", "region"].contains(&column)
+    }
+
+    /// The files are sorted by org first: a cluster's rows are found by the org
+    /// statistics of row groups (then its bloom filter), not by every row group's bloom
+    /// filter. A cluster with nothing filed reads no file.
+    fn implied_file_filters(&self, p: &Projections, eqs: &[(String, String)]) -> Vec<Expr> {
+        eqs.iter()
+            .filter(|(c, _)| c == "cluster_id")
+            .filter_map(|(_, id)| p.billing.filed_orgs(id))
+            .map(|orgs| match orgs {
+                [] => lit(false),
+                [org] => col("org_id").eq(lit(org.as_str())),
+                orgs => {
+                    col("org_id").in_list(orgs.iter().map(|o| lit(o.as_str())).collect(), false)
+                }
+            })
+            .collect()
     }
 
     fn build(&self, p: &Projections, scan: &Scan<'_>) -> (Vec<ArrayRef>, usize) {

@@ -86,6 +86,12 @@ pub(crate) trait ProjectionTable: Send + Sync + std::fmt::Debug {
     fn segments(&self, _p: &Projections) -> Option<(SegmentDir, Vec<Segment>)> {
         None
     }
+    /// Filters every row of the segments that passes `eqs` also passes, which the
+    /// projection knows and the query did not say (one cluster's rows lie under the orgs
+    /// it was filed under): added to the files' pruning predicate only.
+    fn implied_file_filters(&self, _p: &Projections, _eqs: &[(String, String)]) -> Vec<Expr> {
+        Vec::new()
+    }
 }
 
 /// The table of a projection.
@@ -156,7 +162,12 @@ impl SnapshotTable {
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
-    ) -> DfResult<(RecordBatch, SchemaRef, Option<(SegmentDir, Vec<Segment>)>)> {
+    ) -> DfResult<(
+        RecordBatch,
+        SchemaRef,
+        Option<(SegmentDir, Vec<Segment>)>,
+        Vec<Expr>,
+    )> {
         let indices: Vec<usize> = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
@@ -178,6 +189,7 @@ impl SnapshotTable {
         let p = self.projections.read().await;
         let (arrays, n_rows) = self.table.build(&p, &scan);
         let segments = self.table.segments(&p);
+        let implied = self.table.implied_file_filters(&p, &eqs);
         drop(p);
         let batch = if arrays.is_empty() {
             RecordBatch::try_new_with_options(
@@ -188,7 +200,7 @@ impl SnapshotTable {
         } else {
             RecordBatch::try_new(schema.clone(), arrays)?
         };
-        Ok((batch, schema, segments))
+        Ok((batch, schema, segments, implied))
     }
 
     /// A scan of `segments` with the projection, and the filters as a predicate that
@@ -327,13 +339,14 @@ impl TableProvider for SnapshotTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let (batch, schema, segments) = self.batch(projection, filters, limit).await?;
+        let (batch, schema, segments, implied) = self.batch(projection, filters, limit).await?;
         let memory: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
         match segments.filter(|(_, s)| !s.is_empty()) {
             None => Ok(memory),
             Some(segments) => {
-                let files = self.file_scan(state, segments, projection, filters, limit)?;
+                let predicate: Vec<Expr> = filters.iter().cloned().chain(implied).collect();
+                let files = self.file_scan(state, segments, projection, &predicate, limit)?;
                 UnionExec::try_new(vec![files, memory])
             }
         }
