@@ -1,62 +1,65 @@
-//! [`HourAmounts`]: one cluster's billed hours not yet in files, dense by hour.
+//! [`HourAmounts`]: one cluster's billed hours not yet in files, as runs of equal hours.
 //!
 //! A cluster's stored hours run from the flushed instant to the hour of its latest change
-//! point, nearly every one with an amount. A `BTreeMap<i64, BilledHour>` spent about 70
-//! bytes an hour on them (a 32-byte value aligned to 16, nodes half full under ascending
-//! inserts): at 10,000 clusters a catch-up held 200 MB of them between two checkpoints.
-//! Here an hour is a 24-byte slot in a deque indexed by hour, and an hour without an
-//! amount is a slot marked absent.
-
-use std::collections::VecDeque;
+//! point. Between two change points every whole hour has the same amount and, mostly, the
+//! same recompute time. A `BTreeMap<i64, BilledHour>` spent about 70 bytes an hour on
+//! them (a 32-byte value aligned to 16, nodes half full under ascending inserts): at
+//! 10,000 clusters a catch-up held 200 MB of them between two checkpoints; a dense deque
+//! of 24-byte slots still held 103 MB (`docs/profiling.md`). Here a run of consecutive
+//! hours with the same amount and recompute time is one 32-byte entry: a few per cluster.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::billing::{BilledHour, HOUR_MS};
 
-/// One hour's slot: the amount as two halves (8-byte alignment, not `i128`'s 16), or
-/// absent when `cku_hi` is [`ABSENT`].
+/// Consecutive hours with the same amount: `hours` hours from `first`. The amount is kept
+/// as two halves (8-byte alignment, not `i128`'s 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct HourSlot {
+struct Run {
+    first: i64,
+    hours: i64,
     cku_lo: u64,
     cku_hi: i64,
     recomputed_at_ms: i64,
 }
 
-/// `cku_hi` of a slot without an amount: no amount is below -2^127 (amounts are ≥ 0).
-const ABSENT: i64 = i64::MIN;
-
-impl HourSlot {
-    const EMPTY: HourSlot = HourSlot {
-        cku_lo: 0,
-        cku_hi: ABSENT,
-        recomputed_at_ms: 0,
-    };
-
-    fn of(b: BilledHour) -> HourSlot {
-        HourSlot {
+impl Run {
+    fn of(first: i64, hours: i64, b: BilledHour) -> Run {
+        Run {
+            first,
+            hours,
             cku_lo: b.cku_ms as u64,
             cku_hi: (b.cku_ms >> 64) as i64,
             recomputed_at_ms: b.recomputed_at_ms,
         }
     }
 
-    fn get(&self) -> Option<BilledHour> {
-        (self.cku_hi != ABSENT).then(|| BilledHour {
+    fn amount(&self) -> BilledHour {
+        BilledHour {
             cku_ms: (i128::from(self.cku_hi) << 64) | i128::from(self.cku_lo),
             recomputed_at_ms: self.recomputed_at_ms,
-        })
+        }
+    }
+
+    /// The start of the hour after the run.
+    fn end(&self) -> i64 {
+        self.first + self.hours * HOUR_MS
+    }
+
+    /// Whether `next` starts where this run ends, with the same amount.
+    fn joins(&self, next: &Run) -> bool {
+        self.end() == next.first && self.amount() == next.amount()
     }
 }
 
-/// Hour start (ms, a multiple of [`HOUR_MS`]) → its [`BilledHour`], for the hours of a
-/// contiguous range, at 24 bytes an hour of the range. Iterates in hour order; equal when
-/// the same hours have the same amounts; saved as a map from hour to amount (the JSON a
-/// `BTreeMap<i64, BilledHour>` had, so checkpoints read either way).
+/// Hour start (ms, a multiple of [`HOUR_MS`]) → its [`BilledHour`], kept as runs of equal
+/// consecutive hours. Iterates in hour order; equal when the same hours have the same
+/// amounts; saved as a map from hour to amount (the JSON a `BTreeMap<i64, BilledHour>`
+/// had, so checkpoints read either way).
 #[derive(Debug, Clone, Default)]
 pub struct HourAmounts {
-    /// Start of the hour of `slots[0]`.
-    first: i64,
-    slots: VecDeque<HourSlot>,
+    /// Disjoint, in hour order; two adjacent runs never have the same amount.
+    runs: Vec<Run>,
 }
 
 impl HourAmounts {
@@ -65,79 +68,95 @@ impl HourAmounts {
         HourAmounts::default()
     }
 
-    fn index(&self, hour: i64) -> Option<usize> {
-        if self.slots.is_empty() || hour < self.first {
-            return None;
-        }
-        usize::try_from((hour - self.first) / HOUR_MS)
-            .ok()
-            .filter(|i| *i < self.slots.len())
+    /// The index of the first run that ends after `hour`.
+    fn after(&self, hour: i64) -> usize {
+        self.runs.partition_point(|r| r.end() <= hour)
     }
 
     /// The amount of the hour starting at `hour`, if it has one.
     pub fn get(&self, hour: i64) -> Option<BilledHour> {
-        self.index(hour).and_then(|i| self.slots[i].get())
+        self.runs
+            .get(self.after(hour))
+            .filter(|r| r.first <= hour)
+            .map(Run::amount)
     }
 
     /// Sets the amount of the hour starting at `hour` (a multiple of [`HOUR_MS`]).
     pub fn insert(&mut self, hour: i64, amount: BilledHour) {
         debug_assert_eq!(hour.rem_euclid(HOUR_MS), 0, "not an hour start: {hour}");
-        if self.slots.is_empty() {
-            self.first = hour;
-            self.slots.push_back(HourSlot::of(amount));
-            return;
-        }
-        if hour < self.first {
-            let gap = ((self.first - hour) / HOUR_MS) as usize;
-            self.slots.reserve(gap);
-            for _ in 0..gap {
-                self.slots.push_front(HourSlot::EMPTY);
+        let one = Run::of(hour, 1, amount);
+        let i = self.after(hour);
+        match self.runs.get(i).copied() {
+            Some(r) if r.first <= hour => {
+                if r.amount() == amount {
+                    return;
+                }
+                // Split the run around the hour: [before] [hour] [after].
+                let before = Run {
+                    hours: (hour - r.first) / HOUR_MS,
+                    ..r
+                };
+                let after = Run {
+                    first: hour + HOUR_MS,
+                    hours: (r.end() - hour) / HOUR_MS - 1,
+                    ..r
+                };
+                let pieces = [before, one, after];
+                self.runs
+                    .splice(i..=i, pieces.into_iter().filter(|p| p.hours > 0));
             }
-            self.first = hour;
+            _ => self.runs.insert(i, one),
         }
-        let i = ((hour - self.first) / HOUR_MS) as usize;
-        if i >= self.slots.len() {
-            self.slots.resize(i + 1, HourSlot::EMPTY);
+        // The new hour's run is at `i` or `i + 1`: join it with its neighbours.
+        let at = if self.runs[i].first == hour { i } else { i + 1 };
+        if self
+            .runs
+            .get(at + 1)
+            .is_some_and(|n| self.runs[at].joins(n))
+        {
+            self.runs[at].hours += self.runs[at + 1].hours;
+            self.runs.remove(at + 1);
         }
-        self.slots[i] = HourSlot::of(amount);
+        if at > 0 && self.runs[at - 1].joins(&self.runs[at]) {
+            self.runs[at - 1].hours += self.runs[at].hours;
+            self.runs.remove(at);
+        }
     }
 
     /// Forgets every hour before `to`; gives memory back once most of it is unused.
     pub fn keep_from(&mut self, to: i64) {
-        if self.slots.is_empty() || to <= self.first {
-            return;
+        let i = self.after(to);
+        self.runs.drain(..i);
+        if let Some(r) = self.runs.first_mut()
+            && r.first < to
+        {
+            let skip = (to - r.first + HOUR_MS - 1) / HOUR_MS;
+            r.first += skip * HOUR_MS;
+            r.hours -= skip;
         }
-        let ahead = to.saturating_sub(self.first).saturating_add(HOUR_MS - 1);
-        let drop = usize::try_from(ahead / HOUR_MS)
-            .unwrap_or(usize::MAX)
-            .min(self.slots.len());
-        self.slots.drain(..drop);
-        self.first += drop as i64 * HOUR_MS;
-        while self.slots.front().is_some_and(|s| s.get().is_none()) {
-            self.slots.pop_front();
-            self.first += HOUR_MS;
-        }
-        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
-            self.slots.shrink_to_fit();
+        if self.runs.capacity() > 8 && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
         }
     }
 
     /// The hours with an amount in `[from, to]`, in order.
     pub fn range(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, BilledHour)> + '_ {
-        let skip = if from <= self.first {
-            0
-        } else {
-            let ahead = from.saturating_sub(self.first).saturating_add(HOUR_MS - 1);
-            usize::try_from(ahead / HOUR_MS).unwrap_or(usize::MAX)
-        };
-        let first = self.first;
-        self.slots
+        self.runs[self.after(from)..]
             .iter()
-            .enumerate()
-            .skip(skip)
-            .map(move |(i, s)| (first + i as i64 * HOUR_MS, s))
-            .take_while(move |(h, _)| *h <= to)
-            .filter_map(|(h, s)| s.get().map(|b| (h, b)))
+            .take_while(move |r| r.first <= to)
+            .flat_map(move |r| {
+                let amount = r.amount();
+                // The first hour of the run at or after `from`.
+                let skip = if from > r.first {
+                    (from.saturating_sub(r.first) + HOUR_MS - 1) / HOUR_MS
+                } else {
+                    0
+                };
+                (skip..r.hours)
+                    .map(move |k| r.first + k * HOUR_MS)
+                    .take_while(move |h| *h <= to)
+                    .map(move |h| (h, amount))
+            })
     }
 
     /// Every hour with an amount, in order.
@@ -147,7 +166,12 @@ impl HourAmounts {
 
     /// Whether no hour has an amount.
     pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
+        self.runs.is_empty()
+    }
+
+    /// How many runs of equal hours hold them (what the memory grows with).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
     }
 }
 
@@ -216,6 +240,23 @@ mod tests {
     }
 
     #[test]
+    fn a_month_of_equal_hours_is_one_run_and_one_change_splits_it_in_three() {
+        let mut h = HourAmounts::new();
+        for k in 0..720 {
+            h.insert(T0 + k * HOUR_MS, amount(7_200_000, 1));
+        }
+        assert_eq!(h.runs(), 1);
+        h.insert(T0 + 100 * HOUR_MS, amount(3_600_000, 2));
+        assert_eq!(h.runs(), 3);
+        assert_eq!(h.iter().count(), 720);
+        h.insert(T0 + 100 * HOUR_MS, amount(7_200_000, 1));
+        assert_eq!(h.runs(), 1, "restoring the hour joins the runs again");
+        h.keep_from(T0 + 700 * HOUR_MS);
+        assert_eq!(h.iter().next().map(|(t, _)| t), Some(T0 + 700 * HOUR_MS));
+        assert_eq!(h.iter().count(), 20);
+    }
+
+    #[test]
     fn a_checkpoint_of_the_old_map_reads_back_and_a_misaligned_hour_is_refused() {
         let mut old = BTreeMap::new();
         old.insert(T0, amount(7, 1));
@@ -233,18 +274,18 @@ mod tests {
         /// the same operations.
         #[test]
         fn behaves_as_an_ordered_map_of_hours(
-            ops in proptest::collection::vec((0u8..3, -30i64..60, 0i128..1_000_000_000), 1..80),
+            ops in proptest::collection::vec((0u8..3, -30i64..60, 0i128..3), 1..80),
             from in -40i64..70,
             to in -40i64..70,
         ) {
             let mut dense = HourAmounts::new();
             let mut map: BTreeMap<i64, BilledHour> = BTreeMap::new();
-            for (i, (op, hour, v)) in ops.into_iter().enumerate() {
+            for (op, hour, v) in ops {
                 let hour = T0 + hour * HOUR_MS;
                 match op {
                     0 | 1 => {
-                        dense.insert(hour, amount(v, i as i64));
-                        map.insert(hour, amount(v, i as i64));
+                        dense.insert(hour, amount(v, v as i64 * 10));
+                        map.insert(hour, amount(v, v as i64 * 10));
                     }
                     _ => {
                         dense.keep_from(hour);
@@ -252,6 +293,16 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(dense.iter().collect::<BTreeMap<_, _>>(), map.clone());
+                // As few runs as the map has stretches of equal consecutive hours.
+                let hours: Vec<(i64, BilledHour)> = map.iter().map(|(h, b)| (*h, *b)).collect();
+                let stretches = hours
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, (h, b))| {
+                        *k == 0 || hours[k - 1] != (h - HOUR_MS, *b)
+                    })
+                    .count();
+                prop_assert_eq!(dense.runs(), stretches);
             }
             let (from, to) = (T0 + from * HOUR_MS, T0 + to * HOUR_MS);
             let want: Vec<_> = map
