@@ -1203,8 +1203,11 @@ struct ReadAhead {
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
-/// Batches each read-ahead stage may run ahead of the next.
-const READ_AHEAD_BATCHES: usize = 8;
+/// Batches each read-ahead stage may run ahead of the next. Four keep reading and
+/// decoding busy while a batch is applied; each holds up to `batch_max` records twice
+/// (raw, then decoded), so eight held about 40 MB more at 10,000 clusters
+/// (`docs/profiling.md`).
+const READ_AHEAD_BATCHES: usize = 4;
 
 /// Raw records as read, before decoding: their payloads copied into one buffer (one
 /// allocation per batch, not per record), and the partitions that reported their end.
