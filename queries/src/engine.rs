@@ -560,6 +560,15 @@ mod tests {
         }))
     }
 
+    /// A logical state of `cku` in us-east-1 owned by `org`.
+    fn of_org(cku: i32, org: &str) -> FacetState {
+        let FacetState::Logical(mut l) = logical(cku, "us-east-1") else {
+            unreachable!()
+        };
+        Arc::make_mut(&mut l).org_id = org.into();
+        FacetState::Logical(l)
+    }
+
     fn running(cku: i32, observed: i64) -> FacetState {
         FacetState::Status(Arc::new(StatusState {
             phase: "running".into(),
@@ -619,13 +628,6 @@ mod tests {
     /// cluster with nothing filed reads no file and still gets its hours in memory.
     #[tokio::test]
     async fn one_clusters_filed_hours_are_all_found_after_it_moved_org() {
-        let of_org = |cku: i32, org: &str| {
-            let FacetState::Logical(mut l) = logical(cku, "us-east-1") else {
-                unreachable!()
-            };
-            Arc::make_mut(&mut l).org_id = org.into();
-            FacetState::Logical(l)
-        };
         let dir = std::env::temp_dir().join(format!("fl-sql-orgs-{}", std::process::id()));
         let files = fleetledger_projectors::segments::SegmentDir::new(&dir);
         let mut p = Projections::default();
@@ -707,13 +709,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_scoped_caller_sees_only_its_orgs_rows_in_every_table() {
-        let of_org = |cku: i32, org: &str| {
-            let FacetState::Logical(mut l) = logical(cku, "us-east-1") else {
-                unreachable!()
-            };
-            Arc::make_mut(&mut l).org_id = org.into();
-            FacetState::Logical(l)
-        };
         let mut p = Projections::default();
         let t = "2026-01-01T00:00:00Z";
         for r in [
