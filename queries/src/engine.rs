@@ -579,6 +579,17 @@ mod tests {
         }))
     }
 
+    /// An engine over `p` at the clock `now` (ms), with the default limits.
+    fn engine_over(p: Projections, now: i64) -> QueryEngine {
+        QueryEngine::new(
+            Arc::new(RwLock::new(p)),
+            &ServiceViews::default(),
+            Arc::new(move || now),
+            QueryLimits::default(),
+        )
+        .unwrap()
+    }
+
     async fn engine(max_rows: usize) -> QueryEngine {
         let mut p = Projections::default();
         let recs = [
@@ -686,13 +697,7 @@ mod tests {
         // lkc-a: 2 CKU from Jan 1 to 12:00 on Jan 5; lkc-c: 1 CKU from 06:00 on Jan 4.
         assert_eq!(expected[0].1, (108, 216.0));
         assert_eq!(expected[1].1, (30, 30.0));
-        let e = QueryEngine::new(
-            Arc::new(RwLock::new(p)),
-            &ServiceViews::default(),
-            Arc::new(move || now),
-            QueryLimits::default(),
-        )
-        .unwrap();
+        let e = engine_over(p, now);
         for (id, (n, sum)) in expected {
             let out = e
                 .query(&format!(
@@ -725,13 +730,7 @@ mod tests {
             .parse::<DateTime<Utc>>()
             .unwrap()
             .timestamp_millis();
-        let e = QueryEngine::new(
-            Arc::new(RwLock::new(p)),
-            &ServiceViews::default(),
-            Arc::new(move || now),
-            QueryLimits::default(),
-        )
-        .unwrap();
+        let e = engine_over(p, now);
         let org1 = Scope::Orgs(Arc::new(["org-1".to_owned()].into()));
         let rows = |sql: &'static str, scope: Scope| {
             let e = e.clone();
