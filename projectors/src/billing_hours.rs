@@ -291,10 +291,10 @@ impl BillingHours {
                 late_ms = c.billing.flushed_to_ms - at,
                 "a record re-bills hours already written"
             );
-        }
-        if at < c.billing.flushed_to_ms && !c.billing.loaded {
-            let points = read_points(&self.files, &self.point_segments, &r.meta.cluster_id)?;
-            c.billing.load(points);
+            if !c.billing.loaded {
+                let points = read_points(&self.files, &self.point_segments, &r.meta.cluster_id)?;
+                c.billing.load(points);
+            }
         }
         match &r.state {
             FacetState::Logical(l) => {
@@ -1541,17 +1541,23 @@ mod tests {
         );
     }
 
+    /// Empty billing whose files go to a directory of this test process named `name`.
+    fn billing_in(name: &str) -> (crate::segments::SegmentDir, BillingHours) {
+        let dir = std::env::temp_dir().join(format!("fl-billing-{name}-{}", std::process::id()));
+        let files = crate::segments::SegmentDir::new(&dir);
+        let b = BillingHours {
+            files: files.clone(),
+            ..BillingHours::default()
+        };
+        (files, b)
+    }
+
     /// A cluster moved to another org has rows in the files under both: the orgs kept
     /// for it name both, and every org its filed rows carry is among them. A checkpoint
     /// without them reads as "not known".
     #[test]
     fn the_orgs_of_a_clusters_filed_rows_are_known_across_an_org_change() {
-        let dir = std::env::temp_dir().join(format!("fl-billing-orgs-{}", std::process::id()));
-        let files = crate::segments::SegmentDir::new(&dir);
-        let mut b = BillingHours {
-            files: files.clone(),
-            ..BillingHours::default()
-        };
+        let (files, mut b) = billing_in("orgs");
         let logical = Change::Logical {
             cku: 2,
             deleted: false,
@@ -1592,12 +1598,7 @@ mod tests {
     /// the files of the days it re-bills and no other, and goes to the point files itself.
     #[test]
     fn a_late_status_rewrites_the_day_it_falls_in() {
-        let dir = std::env::temp_dir().join(format!("fl-billing-late-{}", std::process::id()));
-        let files = crate::segments::SegmentDir::new(&dir);
-        let mut b = BillingHours {
-            files: files.clone(),
-            ..BillingHours::default()
-        };
+        let (files, mut b) = billing_in("late");
         let logical = |cku| Change::Logical {
             cku,
             deleted: false,
@@ -1668,12 +1669,7 @@ mod tests {
     /// and the bill is the reference integral.
     #[test]
     fn a_late_status_rewrites_the_merged_month_it_falls_in() {
-        let dir = std::env::temp_dir().join(format!("fl-billing-month-{}", std::process::id()));
-        let files = crate::segments::SegmentDir::new(&dir);
-        let mut b = BillingHours {
-            files: files.clone(),
-            ..BillingHours::default()
-        };
+        let (files, mut b) = billing_in("month");
         let running = |cku| Change::Status {
             phase: PHASES.iter().position(|p| *p == "running").unwrap(),
             cku,
