@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `MIMALLOC_PURGE_DELAY` says otherwise. Its default (1,000 ms in mimalloc v3) keeps a
 /// second's worth of every query's and checkpoint's transient memory resident: serve's
 /// peak RSS at 10M records went from 585–665 to 475 MiB with 0 (`docs/profiling.md`).
+#[cfg(all(unix, not(feature = "system-allocator")))]
 const PURGE_DELAY_MS: &str = "0";
 
 /// mimalloc reads its options from the environment once, as the process starts, and

@@ -164,11 +164,6 @@ impl HourAmounts {
         self.range(i64::MIN, i64::MAX)
     }
 
-    /// Whether no hour has an amount.
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
-    }
-
     /// How many runs of equal hours hold them (what the memory grows with).
     pub fn runs(&self) -> usize {
         self.runs.len()
