@@ -170,7 +170,7 @@ impl AuditLog {
 pub const AUDIT_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id", "writer", "request_id"],
     key: "ts",
-    page_rows: Some(crate::segments::PAGE_ROWS),
+    pages: crate::segments::Pages::Small,
 };
 
 /// The columns of `audit_log`, as a table and in its segments.

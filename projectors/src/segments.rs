@@ -200,10 +200,26 @@ pub struct SegmentLayout {
     pub bloom: &'static [&'static str],
     /// The key column (Int64 or Timestamp(ms)): its min and max go into [`Segment`].
     pub key: &'static str,
-    /// Rows per data page, about ([`PAGE_ROWS`] for files a one-cluster lookup reads by
-    /// the page index), or `None` for pages of the writer's default size (1 MiB): small
-    /// pages make a large page index, which a query engine caches per file.
-    pub page_rows: Option<usize>,
+    /// How large its data pages are.
+    pub pages: Pages,
+}
+
+/// How a [`SegmentLayout`] sizes its data pages. Small pages let the page index tell a
+/// one-value lookup which rows of a row group to decode, where a page of the 1 MiB default
+/// holds a sorted column's whole row group; but they make a large page index, which a
+/// query engine caches per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// Pages of the writer's default size (1 MiB) in every column.
+    Large,
+    /// About [`PAGE_ROWS`] rows per page in every column.
+    Small,
+    /// [`PAGE_ROWS`] rows per page in the named string columns (dictionary encoded, which
+    /// their dictionary limit makes sure of for values up to 64 bytes), the default size in
+    /// the others. A lookup on a named column then decodes the rows of the pages that may
+    /// hold the value, and the other columns skip to those rows within their pages; the
+    /// page index grows by one entry per page of the named columns only.
+    SmallIn(&'static [&'static str]),
 }
 
 impl SegmentDir {
@@ -523,9 +539,25 @@ impl SegmentDir {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_statistics_enabled(EnabledStatistics::Page);
-        if let Some(rows) = layout.page_rows {
-            props = props.set_data_page_row_count_limit(rows);
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_write_batch_size(PAGE_ROWS);
+        match layout.pages {
+            Pages::Large => {}
+            Pages::Small => props = props.set_data_page_row_count_limit(PAGE_ROWS),
+            Pages::SmallIn(columns) => {
+                for col in columns {
+                    let c = ColumnPath::from(*col);
+                    // The writer ends a page once it reaches the size limit, checked after
+                    // each batch of PAGE_ROWS values (write_batch_size): a limit of one
+                    // byte ends a page at every batch. The dictionary stays the encoding
+                    // (plain values would be cut into pages of a value each) while a row
+                    // group's distinct values fit its page: up to 16,384 values of 64 bytes
+                    // (the longest cluster id) and their lengths.
+                    props = props
+                        .set_column_data_page_size_limit(c.clone(), 1)
+                        .set_column_dictionary_page_size_limit(c, 2 << 20);
+                }
+            }
         }
         for col in layout.bloom {
             let c = ColumnPath::from(*col);
@@ -765,4 +797,70 @@ pub fn time_column<'a, R: 'a>(
     Arc::new(
         arrow_array::TimestampMillisecondArray::from_iter_values(rows.map(f)).with_timezone("UTC"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    /// Data pages of each column of `segment`'s first row group.
+    fn pages_per_column(dir: &SegmentDir, segment: &Segment) -> Vec<usize> {
+        let file = std::fs::File::open(dir.path(segment)).unwrap();
+        let options = ReadOptionsBuilder::new().with_page_index().build();
+        let reader = SerializedFileReader::new_with_options(file, options).unwrap();
+        let offsets = reader.metadata().offset_index().expect("a page index");
+        offsets[0].iter().map(|c| c.page_locations().len()).collect()
+    }
+
+    #[test]
+    fn small_pages_go_to_the_named_columns_only() {
+        let dir = SegmentDir::new(
+            std::env::temp_dir().join(format!("fl-segments-pages-{}", std::process::id())),
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        // 5,000 rows sorted by k, 50 rows per value: five pages of 1,024 rows or fewer.
+        let keys: Vec<String> = (0..5_000).map(|i| format!("lkc-{:05}", i / 50)).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(&keys)),
+                Arc::new(Int64Array::from_iter_values(0..5_000)),
+            ],
+        )
+        .unwrap();
+        let layout = |pages| SegmentLayout {
+            bloom: &[],
+            key: "ts",
+            pages,
+        };
+        let pages = |p| {
+            let s = dir.write(&schema, &[batch.clone()], layout(p)).unwrap().unwrap();
+            pages_per_column(&dir, &s)
+        };
+        assert_eq!(pages(Pages::SmallIn(&["k"])), vec![5, 1]);
+        assert_eq!(pages(Pages::Small), vec![5, 5]);
+        assert_eq!(pages(Pages::Large), vec![1, 1]);
+        // The page index narrows a lookup of one key in the named column to its page.
+        let s = dir
+            .write(&schema, &[batch.clone()], layout(Pages::SmallIn(&["k"])))
+            .unwrap()
+            .unwrap();
+        let file = std::fs::File::open(dir.path(&s)).unwrap();
+        let meta = SerializedFileReader::new_with_options(
+            file,
+            ReadOptionsBuilder::new().with_page_index().build(),
+        )
+        .unwrap()
+        .metadata()
+        .clone();
+        let (groups, selection) = lookup_selection(&meta, 0, b"lkc-00042");
+        assert_eq!(groups, vec![0]);
+        assert_eq!(selection.row_count(), 1_024, "one page of rows, not 5,000");
+        let _ = std::fs::remove_dir_all(dir.dir());
+    }
 }
