@@ -1369,7 +1369,36 @@ fn audit_merge_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
         .then_some(n - 4..n)
 }
 
-/// Merges small audit segments while [`audit_merge_run`] finds a run: merges them into
+/// How far the newest audit row must be past a month's end before the segments of that
+/// month are merged into one ([`audit_month_run`]): a day, as for billing's months.
+const AUDIT_MONTH_SETTLE_MS: i64 = crate::billing_hours::DAY_MS;
+
+/// Which segments hold a closed month: the first run of two or more consecutive segments
+/// whose newest rows are in one UTC month that ended [`AUDIT_MONTH_SETTLE_MS`] before the
+/// newest row of all. Merged into one file sorted by cluster, a month costs a one-cluster
+/// lookup one file, not one per checkpoint (an import or a rebuild writes one per 100k
+/// records): the files a lookup opens grow with the months of history, not its records.
+/// The newest month stays in the files as written, so that "the latest changes"
+/// (`ORDER BY ts DESC LIMIT n`) still stops at the newest few files.
+fn audit_month_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
+    use crate::billing_hours::{month_start, next_month_start};
+    let newest = segments.iter().map(|s| s.max_key).max()?;
+    let mut i = 0;
+    while i < segments.len() {
+        let month = month_start(segments[i].max_key);
+        let end = i + segments[i..]
+            .iter()
+            .take_while(|s| month_start(s.max_key) == month)
+            .count();
+        if end - i >= 2 && next_month_start(month) + AUDIT_MONTH_SETTLE_MS <= newest {
+            return Some(i..end);
+        }
+        i = end;
+    }
+    None
+}
+
+/// Merges audit segments while [`audit_month_run`] or [`audit_merge_run`] finds a run: merges them into
 /// one sorted segment (streaming), saves the checkpoint that names it instead of them
 /// (same offsets and states: the same rows), and retires them.
 fn merge_audit_segments(
@@ -1383,7 +1412,7 @@ fn merge_audit_segments(
             let p = shared.blocking_read();
             (p.audit.files.clone(), p.audit.segments.clone())
         };
-        let Some(run) = audit_merge_run(&segments) else {
+        let Some(run) = audit_month_run(&segments).or_else(|| audit_merge_run(&segments)) else {
             return Ok(());
         };
         let Some(merged) = files.merge_sorted(
@@ -1489,5 +1518,36 @@ mod tests {
             audit_merge_run(&sized(&[900 * k, 20, 30, 40, 50])),
             Some(1..5)
         );
+    }
+
+    #[test]
+    fn closed_months_of_audit_segments_merge_into_one() {
+        const JAN: i64 = 1_767_225_600_000; // 2026-01-01T00:00Z
+        let day = crate::billing_hours::DAY_MS;
+        let ending = |days: &[i64]| -> Vec<Segment> {
+            days.iter()
+                .map(|d| Segment {
+                    name: String::new(),
+                    rows: 100_000,
+                    bytes: 0,
+                    min_key: JAN + (d - 1) * day,
+                    max_key: JAN + d * day - 1,
+                })
+                .collect()
+        };
+        // January's three files (one reaching into January from December's last day
+        // counts by its newest row), once history is a day into February.
+        assert_eq!(audit_month_run(&ending(&[10, 20, 31, 33])), Some(0..3));
+        // Not before the month has settled.
+        assert_eq!(audit_month_run(&ending(&[10, 20, 31, 32])), None);
+        // A month already one file stays; the next closed month is merged.
+        assert_eq!(
+            audit_month_run(&ending(&[31, 40, 50, 59, 61])),
+            Some(1..4)
+        );
+        // The newest month is never merged, however many files it has.
+        assert_eq!(audit_month_run(&ending(&[33, 40, 50, 55])), None);
+        // A late file of a closed month after newer ones stays alone.
+        assert_eq!(audit_month_run(&ending(&[31, 45, 20, 50])), None);
     }
 }
