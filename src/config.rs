@@ -71,6 +71,9 @@ pub struct QueriesConfig {
     pub max_rows: usize,
     /// Memory all running queries may hold together, in MiB (nothing spills to disk).
     pub memory_limit_mib: usize,
+    /// Memory kept between queries for the projection files' footers and page indexes,
+    /// in MiB.
+    pub metadata_cache_mib: usize,
     /// Queries running at once; more wait `queue_wait_ms`, then get 429.
     pub max_concurrent: usize,
     /// Longest a query waits for a turn, in milliseconds.
@@ -92,6 +95,7 @@ impl Default for QueriesConfig {
             timeout_ms: 10_000,
             max_rows: 100_000,
             memory_limit_mib: 512,
+            metadata_cache_mib: fleetledger_queries::DEFAULT_METADATA_CACHE_MIB,
             max_concurrent: 4,
             queue_wait_ms: 2_000,
             max_sql_bytes: 16 * 1024,

@@ -228,6 +228,7 @@ pub async fn start_with_clock(
         timeout: Duration::from_millis(q.timeout_ms),
         max_rows: q.max_rows,
         memory_limit_mib: q.memory_limit_mib,
+        metadata_cache_mib: q.metadata_cache_mib,
         max_concurrent: q.max_concurrent,
         queue_wait: Duration::from_millis(q.queue_wait_ms),
         max_sql_bytes: q.max_sql_bytes,

@@ -14,6 +14,7 @@
 mod audit;
 mod billing;
 mod clusters;
+mod page_indexed;
 mod scoped;
 
 pub(crate) use scoped::ScopedTable;
@@ -209,8 +210,8 @@ impl SnapshotTable {
     /// Files are read newest first (by their key, a time): a query for the latest rows
     /// (`ORDER BY ts DESC LIMIT n`) fills its top n from the first files, and its dynamic
     /// filter then skips the older files by their statistics. Their footers are read
-    /// once and kept in the session's metadata cache (segment files never change: a
-    /// rewrite is a new name).
+    /// once, with their page index, and kept in the session's metadata cache (segment
+    /// files never change: a rewrite is a new name).
     fn file_scan(
         &self,
         state: &dyn Session,
@@ -221,10 +222,10 @@ impl SnapshotTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let runtime = state.runtime_env();
         let store_url = ObjectStoreUrl::local_filesystem();
-        let readers = CachedParquetFileReaderFactory::new(
+        let readers = page_indexed::PageIndexedReaders(CachedParquetFileReaderFactory::new(
             runtime.object_store(&store_url)?,
             runtime.cache_manager.get_file_metadata_cache(),
-        );
+        ));
         let mut source = ParquetSource::new(self.schema.clone())
             .with_pushdown_filters(true)
             .with_parquet_file_reader_factory(Arc::new(readers));
