@@ -1010,6 +1010,21 @@ pub struct DailyRow {
 }
 
 impl DailyRow {
+    /// The row of `day` and dimensions `dims` (org, sku, cloud, region), with no hours.
+    fn empty(day: i64, dims: [&str; 4]) -> DailyRow {
+        DailyRow {
+            day_ms: day,
+            org_id: dims[0].to_owned(),
+            sku: dims[1].to_owned(),
+            cloud: dims[2].to_owned(),
+            region: dims[3].to_owned(),
+            cku_hours: 0.0,
+            clusters: 0,
+            recomputed_at_ms: i64::MIN,
+            open: false,
+        }
+    }
+
     /// Adds billed hours of this day and dimensions: their amount, their latest recompute
     /// time, and whether one of them is open. The caller counts the cluster.
     fn add_hours(&mut self, cku_hours: f64, recomputed_at_ms: i64, open: bool) {
@@ -1025,32 +1040,46 @@ fn daily_entry<'a, 'm>(
     day: i64,
     dims: [&'a str; 4],
 ) -> &'m mut DailyRow {
-    acc.entry((day, dims)).or_insert_with(|| DailyRow {
-        day_ms: day,
-        org_id: dims[0].to_owned(),
-        sku: dims[1].to_owned(),
-        cloud: dims[2].to_owned(),
-        region: dims[3].to_owned(),
-        cku_hours: 0.0,
-        clusters: 0,
-        recomputed_at_ms: i64::MIN,
-        open: false,
-    })
+    acc.entry((day, dims))
+        .or_insert_with(|| DailyRow::empty(day, dims))
 }
 
-/// The `billing_daily` rows of `rows`, by day then dimensions.
+/// The `billing_daily` rows of `rows`, by day then dimensions. A cluster counts once a day,
+/// in the row of the dimensions of its first hour that day.
+///
+/// A flush gathers each cluster's hours in turn: while day and dimensions stay those of
+/// the row before, its daily row is taken again without a lookup, and while day and
+/// cluster stay, the cluster is known to be counted.
 pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
-    let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
+    let mut out: Vec<DailyRow> = Vec::new();
+    let mut index: std::collections::HashMap<(i64, [&str; 4]), usize> =
+        std::collections::HashMap::new();
     let mut seen: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
+    let mut last: Option<(i64, [&str; 4], usize, &str)> = None;
     for r in rows {
         let day = day_start(r.hour_start_ms());
-        let d = daily_entry(&mut acc, day, r.dimensions());
+        let dims = r.dimensions();
+        let cluster = r.cluster_id();
+        let i = match last {
+            Some((d, ds, i, _)) if d == day && ds == dims => i,
+            _ => *index.entry((day, dims)).or_insert_with(|| {
+                out.push(DailyRow::empty(day, dims));
+                out.len() - 1
+            }),
+        };
+        let counted = last.is_some_and(|(d, _, _, c)| d == day && c == cluster);
+        let d = &mut out[i];
         d.add_hours(r.cku_hours(), r.recomputed_at_ms(), r.open());
-        if seen.insert((day, r.cluster_id())) {
+        if !counted && seen.insert((day, cluster)) {
             d.clusters += 1;
         }
+        last = Some((day, dims, i, cluster));
     }
-    acc.into_values().collect()
+    out.sort_unstable_by(|a, b| {
+        (a.day_ms, [&a.org_id, &a.sku, &a.cloud, &a.region])
+            .cmp(&(b.day_ms, [&b.org_id, &b.sku, &b.cloud, &b.region]))
+    });
+    out
 }
 
 /// The order of rows in a `billing_hours` segment: org, cluster, hour.
@@ -1780,6 +1809,56 @@ mod tests {
             assert!((d.cku_hours - w.cku_hours).abs() < 1e-9, "{d:?} != {w:?}");
         }
         files.remove_all().unwrap();
+    }
+
+    /// The daily rollup as a map from day and dimensions, each cluster counted in the row of
+    /// its first hour of the day: what [`daily_of`] must equal, in any order of rows.
+    fn daily_reference(rows: &[BillingRow]) -> Vec<DailyRow> {
+        let mut acc: BTreeMap<(i64, [&str; 4]), DailyRow> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for r in rows {
+            let day = day_start(r.hour_start_ms);
+            let d = daily_entry(&mut acc, day, r.dimensions());
+            d.add_hours(r.cku_hours, r.recomputed_at_ms, r.open);
+            if seen.insert((day, r.cluster_id.as_str())) {
+                d.clusters += 1;
+            }
+        }
+        acc.into_values().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Rows grouped by cluster (as a flush gathers them) or in any order, clusters that
+        /// change org or region within a day: the rollup is the reference's, exactly.
+        #[test]
+        fn the_daily_rollup_is_the_reference_in_any_order_of_rows(
+            rows in proptest::collection::vec(
+                (0..4u8, 0..3u8, 0..2u8, 0..3i64, 0..24i64, 0..5u8, any::<bool>()),
+                0..120,
+            ),
+            grouped in any::<bool>(),
+        ) {
+            let mut rows: Vec<BillingRow> = rows
+                .into_iter()
+                .map(|(cluster, org, region, day, hour, cku, open)| BillingRow {
+                    hour_start_ms: T0 + day * DAY_MS + hour * HOUR_MS,
+                    cluster_id: format!("lkc-{cluster}"),
+                    org_id: format!("org-{org}"),
+                    sku: "KAFKA_DEDICATED".into(),
+                    cloud: "aws".into(),
+                    region: format!("region-{region}"),
+                    cku_hours: f64::from(cku) * 0.25,
+                    open,
+                    recomputed_at_ms: T0 + hour,
+                })
+                .collect();
+            if grouped {
+                rows.sort_by(|a, b| (&a.cluster_id, a.hour_start_ms).cmp(&(&b.cluster_id, b.hour_start_ms)));
+            }
+            prop_assert_eq!(daily_of(&rows), daily_reference(&rows));
+        }
     }
 
     proptest! {

@@ -1541,10 +1541,7 @@ mod tests {
         // Not before the month has settled.
         assert_eq!(audit_month_run(&ending(&[10, 20, 31, 32])), None);
         // A month already one file stays; the next closed month is merged.
-        assert_eq!(
-            audit_month_run(&ending(&[31, 40, 50, 59, 61])),
-            Some(1..4)
-        );
+        assert_eq!(audit_month_run(&ending(&[31, 40, 50, 59, 61])), Some(1..4));
         // The newest month is never merged, however many files it has.
         assert_eq!(audit_month_run(&ending(&[33, 40, 50, 55])), None);
         // A late file of a closed month after newer ones stays alone.

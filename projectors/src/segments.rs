@@ -811,7 +811,10 @@ mod tests {
         let options = ReadOptionsBuilder::new().with_page_index().build();
         let reader = SerializedFileReader::new_with_options(file, options).unwrap();
         let offsets = reader.metadata().offset_index().expect("a page index");
-        offsets[0].iter().map(|c| c.page_locations().len()).collect()
+        offsets[0]
+            .iter()
+            .map(|c| c.page_locations().len())
+            .collect()
     }
 
     #[test]
@@ -839,7 +842,10 @@ mod tests {
             pages,
         };
         let pages = |p| {
-            let s = dir.write(&schema, &[batch.clone()], layout(p)).unwrap().unwrap();
+            let s = dir
+                .write(&schema, &[batch.clone()], layout(p))
+                .unwrap()
+                .unwrap();
             pages_per_column(&dir, &s)
         };
         assert_eq!(pages(Pages::SmallIn(&["k"])), vec![5, 1]);
