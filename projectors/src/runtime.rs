@@ -258,13 +258,15 @@ struct AuditCheckpoint<L> {
 /// Audit segments smaller than this are merged, four of a size class (a power of four of
 /// rows) at a time, into one, streaming ([`SegmentDir::merge_sorted`]): a live service
 /// that checkpoints a few rows every few seconds does not end with a file per checkpoint.
-/// Larger ones (an import's or a rebuild's, about 100k rows each) stay as written.
+/// Larger ones (an import's or a rebuild's, about 100k rows each) stay as written until
+/// their month closes ([`audit_month_run`]).
 ///
 /// Why not larger tiers: a segment is sorted by cluster, so its row groups each span the
 /// segment's whole time range. With tiers up to 1.6M rows (a cap of 1 << 20), one-cluster
 /// lookups at 10M records got faster (audit 90 → 35 ms, history 266 → 158 ms, recovery
 /// 116 → 57 ms) but "the last 20 changes by a writer" (`ORDER BY ts DESC LIMIT 20`) went
-/// from 19 to 236 ms: it can no longer stop at the newest few days' file.
+/// from 19 to 236 ms: it can no longer stop at the newest few days' file. Merging by
+/// closed month instead keeps the newest month in its small files.
 ///
 /// [`SegmentDir::merge_sorted`]: crate::segments::SegmentDir::merge_sorted
 const AUDIT_MERGE_ROWS: u64 = 65_536;
@@ -1398,9 +1400,9 @@ fn audit_month_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
     None
 }
 
-/// Merges audit segments while [`audit_month_run`] or [`audit_merge_run`] finds a run: merges them into
-/// one sorted segment (streaming), saves the checkpoint that names it instead of them
-/// (same offsets and states: the same rows), and retires them.
+/// Merges audit segments while [`audit_month_run`] or [`audit_merge_run`] finds a run:
+/// merges them into one sorted segment (streaming), saves the checkpoint that names it
+/// instead of them (same offsets and states: the same rows), and retires them.
 fn merge_audit_segments(
     shared: &RwLock<Projections>,
     store: &CheckpointStore,
@@ -1535,8 +1537,7 @@ mod tests {
                 })
                 .collect()
         };
-        // January's three files (one reaching into January from December's last day
-        // counts by its newest row), once history is a day into February.
+        // January's three files, once history is a day into February.
         assert_eq!(audit_month_run(&ending(&[10, 20, 31, 33])), Some(0..3));
         // Not before the month has settled.
         assert_eq!(audit_month_run(&ending(&[10, 20, 31, 32])), None);

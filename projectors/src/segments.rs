@@ -867,6 +867,26 @@ mod tests {
         let (groups, selection) = lookup_selection(&meta, 0, b"lkc-00042");
         assert_eq!(groups, vec![0]);
         assert_eq!(selection.row_count(), 1_024, "one page of rows, not 5,000");
+        // A full row group of distinct 64-byte values (the longest cluster id) stays
+        // dictionary encoded: 16 pages, not a page per value.
+        let rows = ROW_GROUP_ROWS as i64;
+        let longest: Vec<String> = (0..rows).map(|i| format!("{i:0>64}")).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(&longest)),
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+            ],
+        )
+        .unwrap();
+        let s = dir
+            .write(&schema, &[batch], layout(Pages::SmallIn(&["k"])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pages_per_column(&dir, &s),
+            vec![ROW_GROUP_ROWS / PAGE_ROWS, 1]
+        );
         let _ = std::fs::remove_dir_all(dir.dir());
     }
 }

@@ -15,7 +15,9 @@ mod tables;
 pub use datafusion::arrow;
 /// A value bound to a statement's parameter ([`QueryEngine::query_with`]).
 pub use datafusion::common::ScalarValue;
-pub use engine::{DEFAULT_METADATA_CACHE_MIB, PreparedQuery, QueryEngine, QueryLimits, QueryOutput};
+pub use engine::{
+    DEFAULT_METADATA_CACHE_MIB, PreparedQuery, QueryEngine, QueryLimits, QueryOutput,
+};
 pub use error::{Error, Result};
 pub use metrics::QueryMetrics;
 pub use output::{ipc_to_table, to_csv, to_ipc, to_json_rows};
