@@ -222,10 +222,13 @@ impl SnapshotTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let runtime = state.runtime_env();
         let store_url = ObjectStoreUrl::local_filesystem();
-        let readers = page_indexed::PageIndexedReaders(CachedParquetFileReaderFactory::new(
-            runtime.object_store(&store_url)?,
-            runtime.cache_manager.get_file_metadata_cache(),
-        ));
+        let readers = page_indexed::PageIndexedReaders {
+            footers: CachedParquetFileReaderFactory::new(
+                runtime.object_store(&store_url)?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            ),
+            page_index: !filters.is_empty(),
+        };
         let mut source = ParquetSource::new(self.schema.clone())
             .with_pushdown_filters(true)
             .with_parquet_file_reader_factory(Arc::new(readers));

@@ -1,10 +1,11 @@
 //! The Parquet readers of projection scans. Two things DataFusion's cached reader does
 //! not do for local files read row group by row group:
 //!
-//! - **The page index is cached with the footer.** DataFusion's opener reads a footer
-//!   without the page index, and loads the index only when the predicate can use it; a
-//!   reader asked for no index caches none, so every query read and parsed the page index
-//!   of every file again. At 10M records that was a third of a one-cluster billing lookup.
+//! - **The page index is cached with the footer**, for scans with a predicate. DataFusion's
+//!   opener reads a footer without the page index, and loads the index only when the
+//!   predicate can use it; a reader asked for no index caches none, so every query read
+//!   and parsed the page index of every file again. At 10M records that was a third of a
+//!   one-cluster billing lookup.
 //! - **Data is read in place.** The object store's local file system opens the file and
 //!   hands each read to a blocking thread; a one-cluster lookup reads a few kilobytes from
 //!   each of hundreds of row groups, and the thread hand-offs cost more than the reads.
@@ -30,14 +31,24 @@ use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, Label, 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-/// Makes readers that read and cache a file's page index (when it has one) with its
-/// footer ([`CachedParquetFileReaderFactory`]'s, asked for the index), and read its data
-/// in place.
-pub(crate) struct PageIndexedReaders(pub(crate) CachedParquetFileReaderFactory);
+/// Makes readers that read their data in place and, for a scan with a predicate (the
+/// page index can prune its pages), read and cache a file's page index (when it has one)
+/// with its footer: [`CachedParquetFileReaderFactory`]'s, asked for the index. A scan
+/// without a predicate (`count(*)`, a whole table) leaves the index out of the cache:
+/// it would not use it, and a year's audit page indexes are tens of MiB.
+pub(crate) struct PageIndexedReaders {
+    /// The readers of footers, through the metadata cache.
+    pub(crate) footers: CachedParquetFileReaderFactory,
+    /// Whether the scan has a predicate.
+    pub(crate) page_index: bool,
+}
 
 impl fmt::Debug for PageIndexedReaders {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PageIndexedReaders").field(&self.0).finish()
+        f.debug_struct("PageIndexedReaders")
+            .field("footers", &self.footers)
+            .field("page_index", &self.page_index)
+            .finish()
     }
 }
 
@@ -57,7 +68,7 @@ impl ParquetFileReaderFactory for PageIndexedReaders {
         let bytes_scanned = MetricBuilder::new(metrics)
             .with_label(Label::new("filename", location.to_string()))
             .counter("bytes_scanned", partition_index);
-        let footer = self.0.create_reader(
+        let footer = self.footers.create_reader(
             partition_index,
             partitioned_file,
             metadata_size_hint,
@@ -68,18 +79,21 @@ impl ParquetFileReaderFactory for PageIndexedReaders {
             path,
             file: None,
             bytes_scanned,
+            page_index: self.page_index,
         }))
     }
 }
 
-/// A reader whose metadata always includes the page index, if the file has one, and
-/// whose data reads are `pread`s of the file, opened once.
+/// A reader whose metadata includes the page index (if the file has one) when asked to,
+/// and whose data reads are `pread`s of the file, opened once.
 struct PageIndexedReader {
     /// Reads the footer and page index through the metadata cache.
     footer: Box<dyn AsyncFileReader + Send>,
     path: PathBuf,
     file: Option<std::fs::File>,
     bytes_scanned: Count,
+    /// Whether its metadata is asked for with the page index.
+    page_index: bool,
 }
 
 impl PageIndexedReader {
@@ -125,6 +139,9 @@ impl AsyncFileReader for PageIndexedReader {
         &'a mut self,
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        if !self.page_index {
+            return self.footer.get_metadata(options);
+        }
         let options = options
             .cloned()
             .unwrap_or_default()
