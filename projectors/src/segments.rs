@@ -843,7 +843,7 @@ mod tests {
         };
         let pages = |p| {
             let s = dir
-                .write(&schema, &[batch.clone()], layout(p))
+                .write(&schema, std::slice::from_ref(&batch), layout(p))
                 .unwrap()
                 .unwrap();
             pages_per_column(&dir, &s)
@@ -853,7 +853,11 @@ mod tests {
         assert_eq!(pages(Pages::Large), vec![1, 1]);
         // The page index narrows a lookup of one key in the named column to its page.
         let s = dir
-            .write(&schema, &[batch.clone()], layout(Pages::SmallIn(&["k"])))
+            .write(
+                &schema,
+                std::slice::from_ref(&batch),
+                layout(Pages::SmallIn(&["k"])),
+            )
             .unwrap()
             .unwrap();
         let file = std::fs::File::open(dir.path(&s)).unwrap();
