@@ -210,8 +210,8 @@ impl SnapshotTable {
     /// Files are read newest first (by their key, a time): a query for the latest rows
     /// (`ORDER BY ts DESC LIMIT n`) fills its top n from the first files, and its dynamic
     /// filter then skips the older files by their statistics. Their footers are read
-    /// once, with their page index, and kept in the session's metadata cache (segment
-    /// files never change: a rewrite is a new name).
+    /// once (with their page index, for a scan with filters) and kept in the session's
+    /// metadata cache (segment files never change: a rewrite is a new name).
     fn file_scan(
         &self,
         state: &dyn Session,
