@@ -51,19 +51,11 @@ fn apply_allocator_settings() {
 #[cfg(not(all(unix, not(feature = "system-allocator"))))]
 fn apply_allocator_settings() {}
 
-/// Whether the command line `args` (the program first) runs `serve`: its first word that
-/// is neither a flag nor the value of the global `--config` flag.
+/// Whether the command line `args` (the program first) runs `serve`, as the command line
+/// parser reads it. A line it refuses runs nothing: the parse in `run` reports it.
 #[cfg_attr(not(all(unix, not(feature = "system-allocator"))), allow(dead_code))]
 fn runs_serve(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
-    let mut args = args.into_iter().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--config" {
-            args.next();
-        } else if !a.to_string_lossy().starts_with('-') {
-            return a == "serve";
-        }
-    }
-    false
+    fleetledger::cli::Cli::try_parse_from(args).is_ok_and(|c| c.runs_serve())
 }
 
 fn main() -> ExitCode {

@@ -311,6 +311,11 @@ fn load_config(file: Option<&std::path::Path>, overrides: Value) -> anyhow::Resu
 }
 
 impl Cli {
+    /// Whether the command is `serve`.
+    pub fn runs_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let config_file = self.config.as_deref();
