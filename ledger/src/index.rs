@@ -81,9 +81,14 @@ fn slot(facet: Facet) -> usize {
 }
 
 /// Cluster → its heads. Plain data: admission decides over it without I/O.
+///
+/// The heads are boxed: a [`ClusterHeads`] is about a kilobyte, and a hash table keeps its
+/// values in its slots, empty ones included (up to half of them after it grows), and
+/// holds the old and the new slots at once while it grows: at 26,000 clusters that was
+/// 41 MB of table, 20 MB more while growing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Index {
-    clusters: HashMap<String, ClusterHeads>,
+    clusters: HashMap<String, Box<ClusterHeads>>,
 }
 
 impl Index {

@@ -199,7 +199,9 @@ pub struct BillingHours {
     /// sorted by cluster: read back only for a late change of a cluster.
     #[serde(default)]
     pub point_segments: Vec<Segment>,
-    /// `billing_daily` of the flushed days: one segment per UTC month.
+    /// `billing_daily` of the flushed days, by day: one segment per UTC day of months not
+    /// merged yet, one per merged month ([`MONTH_SETTLE_MS`]; a checkpoint from before
+    /// days had files may also hold a month's first days in one).
     #[serde(default)]
     pub daily_segments: Vec<Segment>,
     /// Where the segments are.
@@ -409,9 +411,11 @@ impl BillingHours {
                     .skip(w)
                     .step_by(workers)
                     .map(|&day| {
-                        let rows: Vec<ClusterHour> = order
-                            .iter()
-                            .flat_map(|(id, c)| {
+                        // At most 24 hours a cluster: reserved whole, the vector is never
+                        // copied to grow (a day of 10,000 clusters is 240k rows), and
+                        // what is not filled is never touched, so never resident.
+                        let mut rows: Vec<ClusterHour> = Vec::with_capacity(order.len() * 24);
+                        rows.extend(order.iter().flat_map(|(id, c)| {
                                 c.billing.closed_rows(day, day + DAY_MS).into_iter().map(
                                     move |hour| ClusterHour {
                                         id,
@@ -419,8 +423,7 @@ impl BillingHours {
                                         hour,
                                     },
                                 )
-                            })
-                            .collect();
+                            }));
                         Ok((day, daily_of(&rows), self.write_day(&rows)?))
                     })
                     .collect()
@@ -576,6 +579,7 @@ impl BillingHours {
         }
         self.flushed_to_ms = self.flushed_to_ms.max(target);
         self.merge_months(&mut out);
+        self.merge_daily_months(&mut out);
         Ok(out)
     }
 
@@ -731,51 +735,94 @@ impl BillingHours {
             .map(|s| s.name.as_str())
     }
 
-    /// Writes the `billing_daily` rows of `days` into the segments of their months: a
-    /// month's segment is read, its rows of those days replaced, and written anew.
-    /// Returns (index of the segment it replaces, new segment) per month.
+    /// Writes the `billing_daily` rows of `days` (each day's rows whole): a day is a file
+    /// of its own, which replaces the day's file if it has one; a day inside a file of
+    /// several days (a month merged by [`BillingHours::merge_daily_months`], or a month
+    /// file of a checkpoint from before days had files) rewrites that file with the day's
+    /// rows replaced, which only a late record does. A flush so writes the days it closes
+    /// and never reads back the month's rows (250k rows at 10,000 clusters).
+    /// Returns (index of the segment it replaces, new segment) per file written.
     fn write_daily(
         &self,
         days: BTreeMap<i64, Vec<DailyRow>>,
     ) -> crate::Result<Vec<(Option<usize>, Segment)>> {
-        let mut by_month: BTreeMap<i64, BTreeMap<i64, Vec<DailyRow>>> = BTreeMap::new();
-        for (day, rows) in days {
-            by_month
-                .entry(month_start(day))
-                .or_default()
-                .insert(day, rows);
-        }
-        let mut out = Vec::new();
-        for (month, days) in by_month {
-            let old = self
-                .daily_segments
-                .iter()
-                .position(|s| month_start(s.min_key) == month);
-            let mut rows = Vec::new();
-            if let Some(i) = old {
-                let seg = &self.daily_segments[i];
-                rows.extend(
-                    self.files
-                        .read_rows(seg, "billing_hours", daily_rows_of)?
-                        .into_iter()
-                        .filter(|r| !days.contains_key(&r.day_ms)),
-                );
-            }
-            rows.extend(days.into_values().flatten());
+        let write = |rows: &mut Vec<DailyRow>| {
             rows.sort_by(|a, b| {
                 (a.day_ms, &a.org_id, &a.sku, &a.cloud, &a.region)
                     .cmp(&(b.day_ms, &b.org_id, &b.sku, &b.cloud, &b.region))
             });
-            if let Some(seg) = self.files.write_rows(
+            self.files.write_rows(
                 &daily_schema(),
-                &rows,
+                rows,
                 |chunk| daily_batch(chunk.iter()),
                 DAILY_SEGMENTS,
-            )? {
-                out.push((old, seg));
+            )
+        };
+        let mut out = Vec::new();
+        // Days that fall in a file of several days, by that file.
+        let mut within: BTreeMap<usize, BTreeMap<i64, Vec<DailyRow>>> = BTreeMap::new();
+        for (day, mut rows) in days {
+            let old = self
+                .daily_segments
+                .iter()
+                .position(|s| s.min_key <= day && day <= s.max_key);
+            match old {
+                Some(i) if self.daily_segments[i].min_key < self.daily_segments[i].max_key => {
+                    within.entry(i).or_default().insert(day, rows);
+                }
+                _ => out.extend(write(&mut rows)?.map(|seg| (old, seg))),
             }
         }
+        for (i, days) in within {
+            let seg = &self.daily_segments[i];
+            let mut rows: Vec<DailyRow> = self
+                .files
+                .read_rows(seg, "billing_hours", daily_rows_of)?
+                .into_iter()
+                .filter(|r| !days.contains_key(&r.day_ms))
+                .collect();
+            rows.extend(days.into_values().flatten());
+            out.extend(write(&mut rows)?.map(|seg| (Some(i), seg)));
+        }
         Ok(out)
+    }
+
+    /// Merges the `billing_daily` files of each month the flushed instant is
+    /// [`MONTH_SETTLE_MS`] past into one, as [`BillingHours::merge_months`] does for the
+    /// hours (row groups copied, nothing decoded): a year is a dozen daily files, not
+    /// hundreds. A merge that fails is logged and tried again at the next flush.
+    fn merge_daily_months(&mut self, out: &mut Flushed) {
+        let months: BTreeSet<i64> = self
+            .daily_segments
+            .iter()
+            .map(|s| month_start(s.min_key))
+            .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
+            .collect();
+        for month in months {
+            let inputs: Vec<Segment> = self
+                .daily_segments
+                .iter()
+                .filter(|s| month_start(s.min_key) == month)
+                .cloned()
+                .collect();
+            if inputs.len() < 2 {
+                continue;
+            }
+            match self.files.concat(&inputs) {
+                Ok(Some(seg)) => {
+                    out.retired
+                        .extend(inputs.iter().map(|d| self.files.path(d)));
+                    self.daily_segments
+                        .retain(|s| month_start(s.min_key) != month);
+                    self.daily_segments.push(seg);
+                    self.daily_segments.sort_by_key(|s| s.min_key);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(month, %error, "merging a month of billing_daily files failed; its day files stay and the merge is tried again at the next flush");
+                }
+            }
+        }
     }
 
     /// The `billing_daily` rows of the days not flushed yet, as of `now_ms`, summed
@@ -1659,8 +1706,8 @@ mod tests {
         assert_eq!(b.segments.len(), 3, "one file per day");
         assert!(b.clusters["lkc-a"].billing.desired.points().len() <= 2);
         let (day_two, day_three) = (b.segments[1].clone(), b.segments[2].clone());
-        assert_eq!(b.daily_segments.len(), 1, "one daily file per month");
-        let month = b.daily_segments[0].clone();
+        assert_eq!(b.daily_segments.len(), 3, "one daily file per day");
+        let (daily_two, daily_three) = (b.daily_segments[1].clone(), b.daily_segments[2].clone());
         // The data plane reports, late, that it had shrunk to 1 CKU on day two at 10:00.
         let late = record(running(1), T0 + DAY_MS + 10 * HOUR_MS, 3, 5);
         b.apply(&late).unwrap();
@@ -1668,13 +1715,14 @@ mod tests {
         assert!(!b.clusters["lkc-a"].billing.corrections.is_empty());
         let flushed = b.flush(now, false).unwrap();
         // The shrink holds from day two 10:00 on: days two and three are rewritten, day
-        // one is not; so is the month's daily rollup.
+        // one is not; so are their daily rollups, and not day one's.
         assert_eq!(
             flushed.retired,
             vec![
                 files.path(&day_two),
                 files.path(&day_three),
-                files.path(&month)
+                files.path(&daily_two),
+                files.path(&daily_three),
             ]
         );
         let mut all = life.to_vec();
@@ -1761,6 +1809,26 @@ mod tests {
             assert!(bloom.check(&"lkc-a"));
             assert!(md.column_index().is_some() && md.offset_index().is_some());
         }
+        // So is its daily rollup; February's days are a daily file each.
+        let daily_january: Vec<Segment> = b
+            .daily_segments
+            .iter()
+            .filter(|s| month_start(s.min_key) == T0)
+            .cloned()
+            .collect();
+        assert_eq!(daily_january.len(), 1, "January's daily rollup is one file");
+        let daily_january = daily_january[0].clone();
+        assert_eq!(
+            (daily_january.min_key, daily_january.max_key),
+            (t1, t1 + DAY_MS),
+            "of January 29 and 30 (no hour is billed after it stopped, on the 30th)"
+        );
+        assert!(
+            b.daily_segments
+                .iter()
+                .filter(|s| s.min_key >= T0 + 31 * DAY_MS)
+                .all(|s| s.min_key == s.max_key)
+        );
         let days_before: Vec<Segment> = b.segments.clone();
         // Late: it had shrunk to 1 CKU on January 29 at 06:00 (hours the file has), and
         // had been running at 2 CKU again from January 30 12:00 (hours it lacks).
@@ -1773,6 +1841,15 @@ mod tests {
         }
         let flushed = b.flush(now, true).unwrap();
         assert!(flushed.retired.contains(&files.path(&january)));
+        assert!(flushed.retired.contains(&files.path(&daily_january)));
+        assert_eq!(
+            b.daily_segments
+                .iter()
+                .filter(|s| month_start(s.min_key) == T0)
+                .count(),
+            1,
+            "January's daily rollup, rewritten, is still one file"
+        );
         assert_eq!(b.month_segments.len(), 1);
         assert!(
             b.month_segments[0].rows > january.rows,
