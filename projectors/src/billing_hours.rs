@@ -416,14 +416,15 @@ impl BillingHours {
                         // what is not filled is never touched, so never resident.
                         let mut rows: Vec<ClusterHour> = Vec::with_capacity(order.len() * 24);
                         rows.extend(order.iter().flat_map(|(id, c)| {
-                                c.billing.closed_rows(day, day + DAY_MS).into_iter().map(
-                                    move |hour| ClusterHour {
-                                        id,
-                                        cluster: c,
-                                        hour,
-                                    },
-                                )
-                            }));
+                            c.billing
+                                .closed_rows(day, day + DAY_MS)
+                                .into_iter()
+                                .map(move |hour| ClusterHour {
+                                    id,
+                                    cluster: c,
+                                    hour,
+                                })
+                        }));
                         Ok((day, daily_of(&rows), self.write_day(&rows)?))
                     })
                     .collect()
