@@ -251,6 +251,11 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     pages: Pages::SmallIn(&["cluster_id"]),
 };
 
+/// The most rows a flush reserves at once for a day ([`BillingHours::flush`]): 24 for each
+/// of about 175,000 clusters, 200 MB of address space. A larger fleet's day grows its
+/// vector as usual beyond it, rather than ask for gigabytes it may not be granted.
+const DAY_ROWS_RESERVED: usize = 1 << 22;
+
 /// `billing_daily` rows by day start.
 type DailyByDay = BTreeMap<i64, Vec<DailyRow>>;
 
@@ -414,7 +419,8 @@ impl BillingHours {
                         // At most 24 hours a cluster: reserved whole, the vector is never
                         // copied to grow (a day of 10,000 clusters is 240k rows), and
                         // what is not filled is never touched, so never resident.
-                        let mut rows: Vec<ClusterHour> = Vec::with_capacity(order.len() * 24);
+                        let mut rows: Vec<ClusterHour> =
+                            Vec::with_capacity((order.len() * 24).min(DAY_ROWS_RESERVED));
                         rows.extend(order.iter().flat_map(|(id, c)| {
                             c.billing
                                 .closed_rows(day, day + DAY_MS)
