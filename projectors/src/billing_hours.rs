@@ -598,13 +598,7 @@ impl BillingHours {
     /// succeeded: one that failed is logged and tried at the next flush (the day files
     /// serve meanwhile).
     fn merge_months(&mut self, out: &mut Flushed) {
-        let months: BTreeSet<i64> = self
-            .segments
-            .iter()
-            .map(|s| month_start(s.min_key))
-            .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
-            .collect();
-        for month in months {
+        for month in self.settled_months(&self.segments) {
             let (mut days, others): (Vec<Segment>, Vec<Segment>) =
                 std::mem::take(&mut self.segments)
                     .into_iter()
@@ -794,18 +788,22 @@ impl BillingHours {
         Ok(out)
     }
 
+    /// The months of `segments` (by their first key) that the flushed instant is
+    /// [`MONTH_SETTLE_MS`] past: those whose files are merged into one.
+    fn settled_months(&self, segments: &[Segment]) -> BTreeSet<i64> {
+        segments
+            .iter()
+            .map(|s| month_start(s.min_key))
+            .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
+            .collect()
+    }
+
     /// Merges the `billing_daily` files of each month the flushed instant is
     /// [`MONTH_SETTLE_MS`] past into one, as [`BillingHours::merge_months`] does for the
     /// hours (row groups copied, nothing decoded): a year is a dozen daily files, not
     /// hundreds. A merge that fails is logged and tried again at the next flush.
     fn merge_daily_months(&mut self, out: &mut Flushed) {
-        let months: BTreeSet<i64> = self
-            .daily_segments
-            .iter()
-            .map(|s| month_start(s.min_key))
-            .filter(|m| next_month_start(*m) + MONTH_SETTLE_MS <= self.flushed_to_ms)
-            .collect();
-        for month in months {
+        for month in self.settled_months(&self.daily_segments) {
             let inputs: Vec<Segment> = self
                 .daily_segments
                 .iter()
