@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -161,7 +161,8 @@ impl BillingFields for ClusterHour<'_> {
 /// **Closed hours are stored, not re-derived.** Once a UTC day has ended by the clock and
 /// the history has moved an hour past it ([`BillingHours::flush`]), its hours (every
 /// cluster's, the quiet ones billed at their final rate) are written once, as one Parquet
-/// segment per day sorted by (org, cluster, hour), and forgotten in memory; only the
+/// segment per day sorted by (org, cluster, hour), a run of equal consecutive hours to a
+/// row ([`HourSpan`]), and forgotten in memory; only the
 /// hours since, and each cluster's rate timelines, stay. A late record that re-bills a
 /// flushed hour makes a correction, and the next flush rewrites the segment of that day
 /// alone (until then SQL shows the hour's amount as the files have it). Flushed hours
@@ -653,24 +654,29 @@ impl BillingHours {
                 .or_default()
                 .insert(f.hour_start_ms, f);
         }
-        // Which fixed hours the file has: two columns read, a batch at a time.
+        // Which fixed hours the file has: three columns read, a batch at a time, each
+        // run's hours looked at.
         let keys_of = |b: &RecordBatch| -> Result<Vec<(String, i64)>, String> {
-            let hours = column::<TimestampMillisecondArray>(b, "hour_start")?;
+            let first = column::<TimestampMillisecondArray>(b, "hour_start")?;
             let ids = column::<StringArray>(b, "cluster_id")?;
+            let spans = column::<Int32Array>(b, "hours")?;
             Ok((0..b.num_rows())
-                .filter(|&k| fixed_days.contains(&day_start(hours.value(k))))
-                .filter(|&k| {
+                .filter(|&k| fixed_days.contains(&day_start(first.value(k))))
+                .flat_map(|k| {
+                    (0..i64::from(spans.value(k))).map(move |n| (k, first.value(k) + n * HOUR_MS))
+                })
+                .filter(|&(k, h)| {
                     fixes_of
                         .get(ids.value(k))
-                        .is_some_and(|h| h.contains_key(&hours.value(k)))
+                        .is_some_and(|f| f.contains_key(&h))
                 })
-                .map(|k| (ids.value(k).to_owned(), hours.value(k)))
+                .map(|(k, h)| (ids.value(k).to_owned(), h))
                 .collect())
         };
         let mut present = BTreeSet::new();
         for keys in self.files.parsed(
             seg,
-            Some(&["hour_start", "cluster_id"]),
+            Some(&["hour_start", "cluster_id", "hours"]),
             "billing_hours",
             &keys_of,
         )? {
@@ -691,7 +697,7 @@ impl BillingHours {
         let seg = self.files.rewrite_sorted(
             seg,
             extra,
-            &billing_schema(),
+            &billing_segment_schema(),
             "billing_hours",
             billing_rows_of,
             |r| {
@@ -707,7 +713,7 @@ impl BillingHours {
                 }
             },
             month_order,
-            |chunk| billing_batch(chunk.iter()),
+            billing_segment_batch,
             |r| {
                 let day = day_start(r.hour_start_ms);
                 if fixed_days.contains(&day) {
@@ -903,9 +909,9 @@ impl BillingHours {
     /// Writes one day's rows, which are sorted by (org, cluster, hour), as a segment.
     fn write_day<R: BillingFields>(&self, rows: &[R]) -> crate::Result<Option<Segment>> {
         self.files.write_rows(
-            &billing_schema(),
+            &billing_segment_schema(),
             rows,
-            |chunk| billing_batch(chunk.iter()),
+            billing_segment_batch,
             BILLING_SEGMENTS,
         )
     }
@@ -994,18 +1000,78 @@ pub fn billing_columns<'a, R: BillingFields + 'a>(
         .collect()
 }
 
-/// `rows` as one batch of [`billing_schema`].
-pub fn billing_batch<'a, R: BillingFields + 'a>(
-    rows: impl Iterator<Item = &'a R> + Clone,
-) -> RecordBatch {
-    let all: Vec<usize> = (0..billing_schema().fields().len()).collect();
-    // The columns are built from the schema's own list: it cannot fail.
-    RecordBatch::try_new(billing_schema(), billing_columns(rows, &all))
-        .expect("billing batch matches its schema")
+/// The columns of a `billing_hours` segment: [`billing_schema`]'s, in its order, then
+/// `hours`. A row is a run of `hours` consecutive closed hours of one cluster within one
+/// UTC day with the same dimensions, amount and recomputed time ([`HourSpan`]); its
+/// `hour_start` is the run's first hour. A quiet cluster's day is one row, not 24: a
+/// flush writes and a scan reads about a tenth of the rows the hours are.
+pub fn billing_segment_schema() -> SchemaRef {
+    let mut fields = fields_of(&billing_schema());
+    fields.push(Field::new("hours", DataType::Int32, false));
+    Arc::new(Schema::new(fields))
 }
 
-/// The rows of a batch of [`billing_schema`]; a missing or mistyped column is an error
-/// that names it.
+fn fields_of(schema: &SchemaRef) -> Vec<Field> {
+    schema.fields().iter().map(|f| f.as_ref().clone()).collect()
+}
+
+/// The most hours a run holds ([`spans_of`] ends a run with its UTC day).
+pub const MAX_RUN_HOURS: i32 = 24;
+
+/// A run of consecutive closed hours of one cluster within one UTC day whose every field
+/// but the hour is `first`'s: one row of a `billing_hours` segment.
+#[derive(Debug)]
+pub struct HourSpan<'a, R> {
+    /// The run's first hour.
+    pub first: &'a R,
+    /// How many hours it has (1 to 24).
+    pub hours: i32,
+}
+
+/// `rows` (sorted so that a cluster's hours come together, in hour order) as runs
+/// ([`HourSpan`]): an hour joins the run before it when it is that run's next hour, of
+/// the same cluster, dimensions, day, amount (the same `f64`, bit for bit: a run expands
+/// to exactly its hours) and recomputed time, and neither is open.
+pub fn spans_of<R: BillingFields>(rows: &[R]) -> Vec<HourSpan<'_, R>> {
+    let mut out: Vec<HourSpan<'_, R>> = Vec::new();
+    for r in rows {
+        if let Some(last) = out.last_mut() {
+            let f = last.first;
+            let next = f.hour_start_ms() + i64::from(last.hours) * HOUR_MS;
+            if r.hour_start_ms() == next
+                && day_start(next) == day_start(f.hour_start_ms())
+                && !r.open()
+                && !f.open()
+                && r.cku_hours().to_bits() == f.cku_hours().to_bits()
+                && r.recomputed_at_ms() == f.recomputed_at_ms()
+                && r.cluster_id() == f.cluster_id()
+                && r.dimensions() == f.dimensions()
+            {
+                last.hours += 1;
+                continue;
+            }
+        }
+        out.push(HourSpan { first: r, hours: 1 });
+    }
+    out
+}
+
+/// `rows` as one batch of [`billing_segment_schema`], their runs ([`spans_of`]) one row
+/// each.
+pub fn billing_segment_batch<R: BillingFields>(rows: &[R]) -> RecordBatch {
+    let spans = spans_of(rows);
+    let all: Vec<usize> = (0..billing_schema().fields().len()).collect();
+    let mut columns = billing_columns(spans.iter().map(|s| s.first), &all);
+    columns.push(Arc::new(Int32Array::from_iter_values(
+        spans.iter().map(|s| s.hours),
+    )));
+    // The columns are built from the schema's own list: it cannot fail.
+    RecordBatch::try_new(billing_segment_schema(), columns)
+        .expect("billing segment batch matches its schema")
+}
+
+/// The rows of a batch of [`billing_schema`], or of [`billing_segment_schema`] with each
+/// run expanded to its hours; a missing or mistyped column is an error that names it.
 pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
     let s = |name| column::<StringArray>(b, name);
     let t = |name| column::<TimestampMillisecondArray>(b, name);
@@ -1022,19 +1088,33 @@ pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
         column::<BooleanArray>(b, "open")?,
         t("recomputed_at")?,
     );
-    Ok((0..b.num_rows())
-        .map(|k| BillingRow {
-            hour_start_ms: hour.value(k),
-            cluster_id: cluster.value(k).to_owned(),
-            org_id: org.value(k).to_owned(),
-            sku: sku.value(k).to_owned(),
-            cloud: cloud.value(k).to_owned(),
-            region: region.value(k).to_owned(),
-            cku_hours: cku.value(k),
-            open: open.value(k),
-            recomputed_at_ms: at.value(k),
-        })
-        .collect())
+    let spans = match b.column_by_name("hours") {
+        Some(_) => Some(column::<Int32Array>(b, "hours")?),
+        None => None,
+    };
+    let mut rows = Vec::with_capacity(b.num_rows());
+    for k in 0..b.num_rows() {
+        let hours = spans.map_or(1, |h| h.value(k));
+        if !(1..=MAX_RUN_HOURS).contains(&hours) {
+            return Err(format!(
+                "a run of {hours} hours; a segment row holds 1 to {MAX_RUN_HOURS}"
+            ));
+        }
+        for n in 0..i64::from(hours) {
+            rows.push(BillingRow {
+                hour_start_ms: hour.value(k) + n * HOUR_MS,
+                cluster_id: cluster.value(k).to_owned(),
+                org_id: org.value(k).to_owned(),
+                sku: sku.value(k).to_owned(),
+                cloud: cloud.value(k).to_owned(),
+                region: region.value(k).to_owned(),
+                cku_hours: cku.value(k),
+                open: open.value(k),
+                recomputed_at_ms: at.value(k),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// One row of `billing_daily`: CKU-hours of one UTC day per org, sku, cloud and region
@@ -1572,6 +1652,68 @@ mod tests {
             offset,
             written_at_ms: ts,
         }
+    }
+
+    /// A segment row is a run of equal hours of one cluster within one day: a change of
+    /// amount, recomputed time, cluster, dimensions, an open hour, a gap and midnight each
+    /// start a new run, and the runs read back are exactly the hours written.
+    #[test]
+    fn runs_of_hours_end_at_every_difference_and_read_back_as_the_hours() {
+        let row = |id: &str, org: &str, h: i64, cku: f64, at: i64| BillingRow {
+            hour_start_ms: T0 + h * HOUR_MS,
+            cluster_id: id.into(),
+            org_id: org.into(),
+            sku: "basic".into(),
+            cloud: "aws".into(),
+            region: "us-east-1".into(),
+            cku_hours: cku,
+            open: false,
+            recomputed_at_ms: at,
+        };
+        let mut rows = Vec::new();
+        // lkc-a: hours 0–9 at 2, 10 at 2.5, 11–23 at 3, 24–29 at 3 (the next day), a gap,
+        // 31–32 at 3 recomputed later.
+        rows.extend((0..10).map(|h| row("lkc-a", "o", h, 2.0, 1)));
+        rows.push(row("lkc-a", "o", 10, 2.5, 1));
+        rows.extend((11..30).map(|h| row("lkc-a", "o", h, 3.0, 1)));
+        rows.extend((31..33).map(|h| row("lkc-a", "o", h, 3.0, 7)));
+        // lkc-b: same amounts but another cluster, then another org.
+        rows.extend((0..3).map(|h| row("lkc-b", "o", h, 3.0, 1)));
+        rows.extend((3..5).map(|h| row("lkc-b", "p", h, 3.0, 1)));
+        // 0.1 + 0.2 is not 0.3: not the same amount.
+        rows.push(row("lkc-b", "p", 5, 0.1 + 0.2, 1));
+        rows.push(row("lkc-b", "p", 6, 0.3, 1));
+        let mut open = row("lkc-b", "p", 7, 0.3, 1);
+        open.open = true;
+        rows.push(open);
+        assert_eq!(day_start(T0), T0, "T0 is a midnight");
+        let runs: Vec<(String, i64, i32)> = spans_of(&rows)
+            .iter()
+            .map(|s| {
+                let h = (s.first.hour_start_ms - T0) / HOUR_MS;
+                (s.first.cluster_id.clone(), h, s.hours)
+            })
+            .collect();
+        let want = [
+            ("lkc-a", 0, 10),
+            ("lkc-a", 10, 1),
+            ("lkc-a", 11, 13),
+            ("lkc-a", 24, 6),
+            ("lkc-a", 31, 2),
+            ("lkc-b", 0, 3),
+            ("lkc-b", 3, 2),
+            ("lkc-b", 5, 1),
+            ("lkc-b", 6, 1),
+            ("lkc-b", 7, 1),
+        ];
+        let want: Vec<(String, i64, i32)> = want
+            .iter()
+            .map(|(c, h, n)| (c.to_string(), *h, *n))
+            .collect();
+        assert_eq!(runs, want);
+        let batch = billing_segment_batch(&rows);
+        assert_eq!(batch.num_rows(), want.len());
+        assert_eq!(billing_rows_of(&batch).unwrap(), rows);
     }
 
     /// A catch-up that reads one partition days ahead of another closes a day only once

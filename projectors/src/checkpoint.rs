@@ -20,10 +20,12 @@ const FORMAT: &str = "fleetledger.checkpoint.v2";
 /// of the topic (projections are derived data; the others keep their checkpoints).
 ///
 /// `billing_hours` 2: the rates as step functions of event time (1 integrated in
-/// arrival order); 3: closed days in Parquet segments. `audit_log` 2: rows in Parquet segments (1: a JSON-lines rows file).
+/// arrival order); 3: closed days in Parquet segments; 4: a segment row is a run of equal
+/// hours ([`crate::billing_hours::HourSpan`]). `audit_log` 2: rows in Parquet segments (1:
+/// a JSON-lines rows file).
 pub fn state_model(projection: ProjectionName) -> u32 {
     match projection {
-        ProjectionName::BillingHours => 3,
+        ProjectionName::BillingHours => 4,
         ProjectionName::AuditLog => 2,
         ProjectionName::Clusters => 1,
     }

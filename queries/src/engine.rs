@@ -640,6 +640,180 @@ mod tests {
         .unwrap()
     }
 
+    /// `billing_hours` read from files of runs of hours ([`ExpandRunsExec`]) is the hours
+    /// themselves, under every filter on the hour a query can push (both sides, every
+    /// operator, a bound inside a run), a projection of no column (`count(*)`) or of the
+    /// hour alone, and `ORDER BY … LIMIT`: each answer equals the one computed from the
+    /// projection's own rows.
+    ///
+    /// [`ExpandRunsExec`]: crate::tables
+    #[tokio::test]
+    async fn hours_read_from_runs_are_the_hours_under_every_filter() {
+        /// Which hours (ms) a filter keeps.
+        type HourTest = Box<dyn Fn(i64) -> bool>;
+        let dir = std::env::temp_dir().join(format!("fl-sql-runs-{}", std::process::id()));
+        let files = fleetledger_projectors::segments::SegmentDir::new(&dir);
+        let mut p = Projections::default();
+        p.billing.files = files.clone();
+        let ms = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp_millis();
+        for r in [
+            rec(
+                "lkc-a",
+                1,
+                "2026-01-01T00:00:00Z",
+                "frontend",
+                of_org(2, "org-1"),
+                0,
+            ),
+            rec("lkc-a", 1, "2026-01-01T00:00:00Z", "sync", running(2, 1), 1),
+            // A change within hour 10: hours 0–9, 10, and 11 on are three runs.
+            rec(
+                "lkc-a",
+                2,
+                "2026-01-01T10:30:00Z",
+                "frontend",
+                of_org(3, "org-1"),
+                2,
+            ),
+            rec("lkc-a", 2, "2026-01-01T10:30:00Z", "sync", running(3, 2), 3),
+            rec(
+                "lkc-b",
+                1,
+                "2026-01-01T00:20:00Z",
+                "frontend",
+                of_org(4, "org-2"),
+                4,
+            ),
+            rec("lkc-b", 1, "2026-01-01T00:20:00Z", "sync", running(4, 1), 5),
+            rec(
+                "lkc-c",
+                1,
+                "2026-01-02T13:45:00Z",
+                "frontend",
+                of_org(1, "org-1"),
+                6,
+            ),
+            rec("lkc-c", 1, "2026-01-02T13:45:00Z", "sync", running(1, 1), 7),
+        ] {
+            p.apply(r).unwrap();
+        }
+        p.billing.flush(ms("2026-01-03T00:00:00Z"), true).unwrap();
+        let now = ms("2026-01-03T06:30:00Z");
+        let all = p.billing.all_rows(now).unwrap();
+        // Two days of three clusters are 96 hours in fewer file rows.
+        let filed: u64 = p.billing.hour_segments().map(|s| s.rows).sum();
+        let hours_filed = all
+            .iter()
+            .filter(|r| r.hour_start_ms < ms("2026-01-03T00:00:00Z"));
+        assert_eq!(hours_filed.count(), 24 + 24 + 24 + 24 + 11);
+        assert!(filed <= 9, "{filed} file rows");
+        let e = engine_over(p, now);
+        let answer = |sql: String| {
+            let e = &e;
+            async move {
+                let out = e
+                    .query(&sql)
+                    .await
+                    .unwrap_or_else(|err| panic!("{sql}: {err}"));
+                crate::to_json_rows(&out.schema, &out.batches).unwrap()["rows"].clone()
+            }
+        };
+        let t = |h: &str| format!("TIMESTAMP '2026-01-0{h}:00Z'");
+        let bounds = [
+            "1T10:00", "1T10:30", "1T11:00", "2T00:00", "2T13:00", "3T02:00",
+        ];
+        for b in bounds {
+            let at = ms(&format!("2026-01-0{b}:00Z"));
+            let cases: [(String, HourTest); 10] = [
+                (
+                    format!("hour_start >= {}", t(b)),
+                    Box::new(move |h| h >= at),
+                ),
+                (format!("hour_start > {}", t(b)), Box::new(move |h| h > at)),
+                (format!("hour_start = {}", t(b)), Box::new(move |h| h == at)),
+                (format!("hour_start < {}", t(b)), Box::new(move |h| h < at)),
+                (
+                    format!("hour_start <= {}", t(b)),
+                    Box::new(move |h| h <= at),
+                ),
+                (
+                    format!("{} <= hour_start", t(b)),
+                    Box::new(move |h| h >= at),
+                ),
+                (format!("{} > hour_start", t(b)), Box::new(move |h| h < at)),
+                (
+                    format!("hour_start BETWEEN {} AND {}", t(b), t("2T14:00")),
+                    Box::new(move |h| h >= at && h <= ms("2026-01-02T14:00:00Z")),
+                ),
+                (
+                    format!("hour_start >= {} AND org_id = 'org-1'", t(b)),
+                    Box::new(move |h| h >= at),
+                ),
+                (
+                    format!("hour_start >= {} AND cluster_id = 'lkc-b'", t(b)),
+                    Box::new(move |h| h >= at),
+                ),
+            ];
+            for (k, (filter, keep)) in cases.iter().enumerate() {
+                let want: Vec<(String, i64, f64)> = all
+                    .iter()
+                    .filter(|r| keep(r.hour_start_ms))
+                    .filter(|r| k != 8 || r.org_id == "org-1")
+                    .filter(|r| k != 9 || r.cluster_id == "lkc-b")
+                    .map(|r| (r.cluster_id.clone(), r.hour_start_ms, r.cku_hours))
+                    .collect();
+                let rows = answer(format!(
+                    "SELECT cluster_id, CAST(hour_start AS BIGINT) AS h, cku_hours FROM billing_hours \
+                     WHERE {filter} ORDER BY cluster_id, h"
+                ))
+                .await;
+                let got: Vec<(String, i64, f64)> = rows
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        let h = r["h"].as_i64().unwrap();
+                        // The cast gives the hour in the column's unit, ms.
+                        (
+                            r["cluster_id"].as_str().unwrap().to_owned(),
+                            h,
+                            r["cku_hours"].as_f64().unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, want, "{filter}");
+                let n = answer(format!(
+                    "SELECT count(*) AS n FROM billing_hours WHERE {filter}"
+                ))
+                .await;
+                assert_eq!(n[0]["n"], want.len() as i64, "count(*) where {filter}");
+            }
+        }
+        let n = answer("SELECT count(*) AS n FROM billing_hours".into()).await;
+        assert_eq!(n[0]["n"], all.len() as i64);
+        let mut latest: Vec<i64> = all.iter().map(|r| r.hour_start_ms).collect();
+        latest.sort_unstable_by(|a, b| b.cmp(a));
+        let top = answer(
+            "SELECT CAST(hour_start AS BIGINT) AS h FROM billing_hours \
+             WHERE hour_start < TIMESTAMP '2026-01-03T00:00:00Z' ORDER BY hour_start DESC LIMIT 4"
+                .into(),
+        )
+        .await;
+        let top: Vec<i64> = top
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["h"].as_i64().unwrap())
+            .collect();
+        let filed_latest: Vec<i64> = latest
+            .into_iter()
+            .filter(|h| *h < ms("2026-01-03T00:00:00Z"))
+            .take(4)
+            .collect();
+        assert_eq!(top, filed_latest);
+        files.remove_all().unwrap();
+    }
+
     /// One cluster's hours in the files are found by the orgs it was filed under (an
     /// implied filter on the org-sorted files), also after it moved to another org; a
     /// cluster with nothing filed reads no file and still gets its hours in memory.

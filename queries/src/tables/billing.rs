@@ -1,7 +1,8 @@
 //! `billing_hours`: one row per cluster and UTC hour with billable CKU-hours. Closed days
 //! are in the projection's Parquet segments (one per day, sorted by org and cluster, and
 //! one per month once its days are merged, so filters on `hour_start`, `org_id` and
-//! `cluster_id` skip files and row groups); the hours since are computed in memory,
+//! `cluster_id` skip files and row groups), a run of equal hours to a segment row,
+//! expanded as it is read ([`super::runs`]); the hours since are computed in memory,
 //! unless a filter on the time column ends before them.
 
 use datafusion::arrow::array::ArrayRef;
@@ -9,10 +10,12 @@ use datafusion::arrow::datatypes::Field;
 use datafusion::logical_expr::{Expr, col, lit};
 use fleetledger_projectors::Projections;
 use fleetledger_projectors::billing_hours::{
-    ClusterHour, DailyRow, billing_columns, billing_schema, daily_columns, daily_schema,
+    ClusterHour, DailyRow, MAX_RUN_HOURS, billing_columns, billing_schema, billing_segment_schema,
+    daily_columns, daily_schema,
 };
 use fleetledger_projectors::segments::{Segment, SegmentDir};
 
+use super::runs::HourRuns;
 use super::{ProjectionTable, Scan, fields_of};
 
 /// Dimension column `col` of a row with these dimensions; `None` for another column.
@@ -44,6 +47,16 @@ impl ProjectionTable for BillingTable {
 
     fn pushable(&self, column: &str) -> bool {
         ["cluster_id", "org_id", "sku", "cloud", "region"].contains(&column)
+    }
+
+    /// A segment row is a run of up to a day of one cluster's hours with one amount.
+    fn hour_runs(&self) -> Option<HourRuns> {
+        Some(HourRuns {
+            file_schema: billing_segment_schema(),
+            time: "hour_start",
+            hours: "hours",
+            max_hours: i64::from(MAX_RUN_HOURS),
+        })
     }
 
     /// The files are sorted by org first: a cluster's rows are found by the org

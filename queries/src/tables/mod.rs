@@ -15,6 +15,7 @@ mod audit;
 mod billing;
 mod clusters;
 mod page_indexed;
+mod runs;
 mod scoped;
 
 pub(crate) use scoped::ScopedTable;
@@ -92,6 +93,11 @@ pub(crate) trait ProjectionTable: Send + Sync + std::fmt::Debug {
     /// it was filed under): added to the files' pruning predicate only.
     fn implied_file_filters(&self, _p: &Projections, _eqs: &[(String, String)]) -> Vec<Expr> {
         Vec::new()
+    }
+    /// How the segments hold the rows as runs of hours, to be expanded as they are read;
+    /// `None`: a segment row is a table row.
+    fn hour_runs(&self) -> Option<runs::HourRuns> {
+        None
     }
 }
 
@@ -215,6 +221,7 @@ impl SnapshotTable {
     fn file_scan(
         &self,
         state: &dyn Session,
+        file_schema: &SchemaRef,
         (dir, mut segments): (SegmentDir, Vec<Segment>),
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
@@ -229,12 +236,12 @@ impl SnapshotTable {
             ),
             page_index: !filters.is_empty(),
         };
-        let mut source = ParquetSource::new(self.schema.clone())
+        let mut source = ParquetSource::new(file_schema.clone())
             .with_pushdown_filters(true)
             .with_parquet_file_reader_factory(Arc::new(readers));
         segments.sort_by_key(|s| std::cmp::Reverse(s.max_key));
         if let Some(expr) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(expr, &df_schema)?);
         }
         // Two groups: both cores read.
@@ -254,6 +261,51 @@ impl SnapshotTable {
             .with_limit(if filters.is_empty() { limit } else { None })
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// [`SnapshotTable::file_scan`] of segments that hold runs of hours, expanded to the
+    /// table's rows: the runs are read with the projected columns, their first hour and
+    /// their length, and with the filters made into filters of runs
+    /// ([`runs::run_filters`]).
+    fn runs_scan(
+        &self,
+        state: &dyn Session,
+        runs: &runs::HourRuns,
+        segments: (SegmentDir, Vec<Segment>),
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        // The table's columns have the same indexes in the segments.
+        let time = self.schema.index_of(runs.time)?;
+        let mut read = wanted.clone();
+        let time_in = match read.iter().position(|&c| c == time) {
+            Some(at) => at,
+            None => {
+                read.push(time);
+                read.len() - 1
+            }
+        };
+        read.push(runs.file_schema.index_of(runs.hours)?);
+        let files = self.file_scan(
+            state,
+            &runs.file_schema,
+            segments,
+            Some(&read),
+            &runs::run_filters(filters, runs),
+            limit,
+        )?;
+        let schema = Arc::new(self.schema.project(&wanted)?);
+        Ok(Arc::new(runs::ExpandRunsExec::new(
+            files,
+            schema,
+            (0..wanted.len()).collect(),
+            (time_in, wanted.iter().position(|&c| c == time)),
+            read.len() - 1,
+        )))
     }
 }
 
@@ -350,7 +402,19 @@ impl TableProvider for SnapshotTable {
             None => Ok(memory),
             Some(segments) => {
                 let predicate: Vec<Expr> = filters.iter().cloned().chain(implied).collect();
-                let files = self.file_scan(state, segments, projection, &predicate, limit)?;
+                let files = match self.table.hour_runs() {
+                    None => self.file_scan(
+                        state,
+                        &self.schema,
+                        segments,
+                        projection,
+                        &predicate,
+                        limit,
+                    )?,
+                    Some(runs) => {
+                        self.runs_scan(state, &runs, segments, projection, &predicate, limit)?
+                    }
+                };
                 UnionExec::try_new(vec![files, memory])
             }
         }
