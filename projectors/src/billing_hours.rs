@@ -99,6 +99,11 @@ pub trait BillingFields {
     fn open(&self) -> bool;
     /// When the hour's amount last changed (ms).
     fn recomputed_at_ms(&self) -> i64;
+    /// How many consecutive hours from `hour_start_ms` the row stands for, each with its
+    /// fields (1 but for a run a flush made, [`ClusterHour::hours`]).
+    fn hours(&self) -> i32 {
+        1
+    }
 }
 
 impl BillingFields for BillingRow {
@@ -132,6 +137,9 @@ pub struct ClusterHour<'a> {
     pub cluster: &'a BilledCluster,
     /// The hour.
     pub hour: HourRow,
+    /// How many consecutive hours from `hour` with its amount it stands for: 1, but in
+    /// the runs a flush writes.
+    pub hours: i32,
 }
 
 impl BillingFields for ClusterHour<'_> {
@@ -153,6 +161,9 @@ impl BillingFields for ClusterHour<'_> {
     }
     fn recomputed_at_ms(&self) -> i64 {
         self.hour.recomputed_at_ms
+    }
+    fn hours(&self) -> i32 {
+        self.hours
     }
 }
 
@@ -251,11 +262,6 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     key: "hour_start",
     pages: Pages::SmallIn(&["cluster_id"]),
 };
-
-/// The most rows a flush reserves at once for a day ([`BillingHours::flush`]): 24 for each
-/// of about 175,000 clusters, 200 MB of address space. A larger fleet's day grows its
-/// vector as usual beyond it, rather than ask for gigabytes it may not be granted.
-const DAY_ROWS_RESERVED: usize = 1 << 22;
 
 /// `billing_daily` rows by day start.
 type DailyByDay = BTreeMap<i64, Vec<DailyRow>>;
@@ -417,21 +423,26 @@ impl BillingHours {
                     .skip(w)
                     .step_by(workers)
                     .map(|&day| {
-                        // At most 24 hours a cluster: reserved whole, the vector is never
-                        // copied to grow (a day of 10,000 clusters is 240k rows), and
-                        // what is not filled is never touched, so never resident.
-                        let mut rows: Vec<ClusterHour> =
-                            Vec::with_capacity((order.len() * 24).min(DAY_ROWS_RESERVED));
-                        rows.extend(order.iter().flat_map(|(id, c)| {
-                            c.billing
+                        // A cluster's day is made into its runs at once (a quiet one is
+                        // one run): the day's rows are about as many as the clusters.
+                        let mut rows: Vec<ClusterHour> = Vec::with_capacity(order.len());
+                        for (id, c) in &order {
+                            let hours: Vec<ClusterHour> = c
+                                .billing
                                 .closed_rows(day, day + DAY_MS)
                                 .into_iter()
-                                .map(move |hour| ClusterHour {
+                                .map(|hour| ClusterHour {
                                     id,
                                     cluster: c,
                                     hour,
+                                    hours: 1,
                                 })
-                        }));
+                                .collect();
+                            rows.extend(spans_of(&hours).into_iter().map(|s| ClusterHour {
+                                hours: s.hours,
+                                ..*s.first
+                            }));
+                        }
                         Ok((day, daily_of(&rows), self.write_day(&rows)?))
                     })
                     .collect()
@@ -893,6 +904,7 @@ impl BillingHours {
                     id,
                     cluster: c,
                     hour,
+                    hours: 1,
                 }));
             }
         }
@@ -1028,8 +1040,9 @@ pub struct HourSpan<'a, R> {
     pub hours: i32,
 }
 
-/// `rows` (sorted so that a cluster's hours come together, in hour order) as runs
-/// ([`HourSpan`]): an hour joins the run before it when it is that run's next hour, of
+/// `rows` (sorted so that a cluster's hours come together, in hour order; a row may be a
+/// run already, [`BillingFields::hours`]) as runs ([`HourSpan`]): an hour (or a run of
+/// them) joins the run before it when it starts at that run's next hour, of
 /// the same cluster, dimensions, day, amount (the same `f64`, bit for bit: a run expands
 /// to exactly its hours) and recomputed time, and neither is open.
 pub fn spans_of<R: BillingFields>(rows: &[R]) -> Vec<HourSpan<'_, R>> {
@@ -1038,8 +1051,9 @@ pub fn spans_of<R: BillingFields>(rows: &[R]) -> Vec<HourSpan<'_, R>> {
         if let Some(last) = out.last_mut() {
             let f = last.first;
             let next = f.hour_start_ms() + i64::from(last.hours) * HOUR_MS;
+            let r_last = r.hour_start_ms() + i64::from(r.hours() - 1) * HOUR_MS;
             if r.hour_start_ms() == next
-                && day_start(next) == day_start(f.hour_start_ms())
+                && day_start(r_last) == day_start(f.hour_start_ms())
                 && !r.open()
                 && !f.open()
                 && r.cku_hours().to_bits() == f.cku_hours().to_bits()
@@ -1047,11 +1061,14 @@ pub fn spans_of<R: BillingFields>(rows: &[R]) -> Vec<HourSpan<'_, R>> {
                 && r.cluster_id() == f.cluster_id()
                 && r.dimensions() == f.dimensions()
             {
-                last.hours += 1;
+                last.hours += r.hours();
                 continue;
             }
         }
-        out.push(HourSpan { first: r, hours: 1 });
+        out.push(HourSpan {
+            first: r,
+            hours: r.hours(),
+        });
     }
     out
 }
@@ -1201,7 +1218,10 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
         };
         let counted = last.is_some_and(|(d, _, _, c)| d == day && c == cluster);
         let d = &mut out[i];
-        d.add_hours(r.cku_hours(), r.recomputed_at_ms(), r.open());
+        // Hour by hour: a run adds up to what its hours did.
+        for _ in 0..r.hours() {
+            d.add_hours(r.cku_hours(), r.recomputed_at_ms(), r.open());
+        }
         if !counted && seen.insert((day, cluster)) {
             d.clusters += 1;
         }
@@ -1714,6 +1734,37 @@ mod tests {
         let batch = billing_segment_batch(&rows);
         assert_eq!(batch.num_rows(), want.len());
         assert_eq!(billing_rows_of(&batch).unwrap(), rows);
+        // Runs made already (a flush's) join as their hours would, and not across midnight;
+        // the daily rollup counts each of their hours.
+        let c = BilledCluster::default();
+        let run = |h: i64, hours: i32| ClusterHour {
+            id: "lkc-r",
+            cluster: &c,
+            hour: HourRow {
+                hour_start_ms: T0 + h * HOUR_MS,
+                cku_hours: 0.5,
+                open: false,
+                recomputed_at_ms: 1,
+            },
+            hours,
+        };
+        let made = [run(0, 3), run(3, 2), run(5, 19), run(24, 4)];
+        let joined: Vec<(i64, i32)> = spans_of(&made)
+            .iter()
+            .map(|s| ((s.first.hour.hour_start_ms - T0) / HOUR_MS, s.hours))
+            .collect();
+        assert_eq!(joined, [(0, 24), (24, 4)]);
+        let daily = daily_of(&made);
+        assert_eq!(
+            daily.iter().map(|d| d.cku_hours).collect::<Vec<_>>(),
+            [12.0, 2.0]
+        );
+        assert_eq!(
+            billing_rows_of(&billing_segment_batch(&made))
+                .unwrap()
+                .len(),
+            28
+        );
     }
 
     /// A catch-up that reads one partition days ahead of another closes a day only once
