@@ -263,6 +263,9 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
     pages: Pages::SmallIn(&["cluster_id"]),
 };
 
+/// The fewest days a flush writes on more than one thread ([`BillingHours::flush`]).
+const PARALLEL_FLUSH_DAYS: usize = 4;
+
 /// `billing_daily` rows by day start.
 type DailyByDay = BTreeMap<i64, Vec<DailyRow>>;
 
@@ -412,12 +415,17 @@ impl BillingHours {
                 .map(|n| start + n * DAY_MS)
                 .take_while(|d| *d < target)
                 .collect();
-            // Days are independent files: written on as many threads as there are cores
-            // (a catch-up flushes several days at once), each thread its share of days.
-            let workers = std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(days.len())
-                .max(1);
+            // Days are independent files: a catch-up that flushes several days at once
+            // writes them on as many threads as there are cores, each thread its share of
+            // days. A flush of a day or two (as the history is written) stays on its
+            // thread: a thread started for it would leave its allocator heap behind.
+            let workers = if days.len() >= PARALLEL_FLUSH_DAYS {
+                std::thread::available_parallelism()
+                    .map_or(1, usize::from)
+                    .min(days.len())
+            } else {
+                1
+            };
             let write_days = |w: usize| -> crate::Result<Vec<WrittenDay>> {
                 days.iter()
                     .skip(w)

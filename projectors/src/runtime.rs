@@ -1267,7 +1267,7 @@ struct AuditSaved {
 /// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
 /// tail written as a new segment. On error the tail is left sealed: the caller unseals.
 fn checkpoint_all(
-    shared: &RwLock<Projections>,
+    shared: &Arc<RwLock<Projections>>,
     store: &CheckpointStore,
     (now_ms, quiet): (i64, bool),
     retired: &mut Retired,
@@ -1294,26 +1294,29 @@ fn checkpoint_all(
         )
     };
     let files = shared.blocking_read().audit.files.clone();
-    // The segment is written while the other two checkpoints are, on another thread.
-    let (others, segment) = std::thread::scope(|s| {
-        let others = s.spawn(|| -> Result<()> {
+    // The segment is written while the other two checkpoints are, on another thread: one
+    // of the runtime's blocking threads, which outlive a checkpoint (a thread started for
+    // each one would leave its allocator heap behind at every checkpoint).
+    let runtime = tokio::runtime::Handle::current();
+    let others = {
+        let (shared, store) = (shared.clone(), store.clone());
+        runtime.spawn_blocking(move || -> Result<()> {
             let p = shared.blocking_read();
             let empty = BTreeMap::new();
             let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
             store.save(C, off(C), &p.clusters)?;
             store.save(B, off(B), &p.billing)
-        });
-        let mut rows: Vec<&AuditRow> = sealed.iter().collect();
-        rows.sort_unstable_by(|a, b| crate::audit::segment_order(a, b));
-        let segment = files.write_rows(
-            &audit_schema(),
-            &rows,
-            |chunk| audit_batch(chunk.iter().copied()),
-            AUDIT_SEGMENTS,
-        );
-        (others.join(), segment)
-    });
-    others.map_err(|_| Error::Io {
+        })
+    };
+    let mut rows: Vec<&AuditRow> = sealed.iter().collect();
+    rows.sort_unstable_by(|a, b| crate::audit::segment_order(a, b));
+    let segment = files.write_rows(
+        &audit_schema(),
+        &rows,
+        |chunk| audit_batch(chunk.iter().copied()),
+        AUDIT_SEGMENTS,
+    );
+    runtime.block_on(others).map_err(|_| Error::Io {
         path: store.path(C),
         source: std::io::Error::other("writing a checkpoint panicked"),
     })??;
