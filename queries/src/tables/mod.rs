@@ -264,9 +264,8 @@ impl SnapshotTable {
     }
 
     /// [`SnapshotTable::file_scan`] of segments that hold runs of hours, expanded to the
-    /// table's rows: the runs are read with the projected columns, their first hour and
-    /// their length, and with the filters made into filters of runs
-    /// ([`runs::run_filters`]).
+    /// table's rows: the runs are read with the projected columns and their length, and
+    /// with the filters made into filters of runs ([`runs::run_filters`]).
     fn runs_scan(
         &self,
         state: &dyn Session,
@@ -279,16 +278,11 @@ impl SnapshotTable {
         let wanted: Vec<usize> = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
-        // The table's columns have the same indexes in the segments.
+        // The table's columns have the same indexes in the segments; the runs' first hour
+        // is read only for a projected hour.
         let time = self.schema.index_of(runs.time)?;
         let mut read = wanted.clone();
-        let time_in = match read.iter().position(|&c| c == time) {
-            Some(at) => at,
-            None => {
-                read.push(time);
-                read.len() - 1
-            }
-        };
+        let time_at = wanted.iter().position(|&c| c == time);
         read.push(runs.file_schema.index_of(runs.hours)?);
         let files = self.file_scan(
             state,
@@ -303,7 +297,7 @@ impl SnapshotTable {
             files,
             schema,
             (0..wanted.len()).collect(),
-            (time_in, wanted.iter().position(|&c| c == time)),
+            time_at.map(|at| (at, at)),
             read.len() - 1,
         )))
     }

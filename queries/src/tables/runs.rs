@@ -98,7 +98,7 @@ fn time_literal(e: &Expr) -> Expr {
 
 /// Makes each run its hours: a run of `n` hours from hour `h` becomes `n` rows, at `h`,
 /// `h + 1 h`, …, the other columns repeated. Its input reads the runs' columns the
-/// output needs, the run length, and the hour.
+/// output needs and the run length.
 #[derive(Debug, Clone)]
 pub(crate) struct ExpandRunsExec {
     input: Arc<dyn ExecutionPlan>,
@@ -106,9 +106,9 @@ pub(crate) struct ExpandRunsExec {
     schema: SchemaRef,
     /// For each output column, the input column it comes from.
     sources: Vec<usize>,
-    /// The input column of the first hour, and the output column of the hour (if
-    /// projected).
-    time: (usize, Option<usize>),
+    /// The output column of the hour and the input column of the run's first hour, if
+    /// the hour is projected (else the runs are read without it).
+    time: Option<(usize, usize)>,
     /// The input column of the run length.
     hours: usize,
     properties: Arc<PlanProperties>,
@@ -116,13 +116,13 @@ pub(crate) struct ExpandRunsExec {
 
 impl ExpandRunsExec {
     /// Expands `input`'s runs into rows of `schema`: output column `j` is input column
-    /// `sources[j]`, except the hour (`time.1`), made from the first hour (input column
-    /// `time.0`) and the run length (input column `hours`).
+    /// `sources[j]`, except the hour (output column `time.0`, if projected), made from the
+    /// run's first hour (input column `time.1`) and its length (input column `hours`).
     pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,
         sources: Vec<usize>,
-        time: (usize, Option<usize>),
+        time: Option<(usize, usize)>,
         hours: usize,
     ) -> Self {
         let properties = Arc::new(PlanProperties::new(
@@ -149,18 +149,22 @@ impl ExpandRunsExec {
             .as_any()
             .downcast_ref::<Int32Array>()
             .ok_or_else(|| err("the run length is not Int32"))?;
-        let first = runs
-            .column(self.time.0)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| err("the hour is not a millisecond timestamp"))?;
+        let first = match self.time {
+            Some((_, input)) => Some(
+                runs.column(input)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| err("the hour is not a millisecond timestamp"))?,
+            ),
+            None => None,
+        };
         let total: usize = hours.values().iter().map(|&n| n.max(0) as usize).sum();
         let mut index = Vec::with_capacity(total);
-        let mut at = Vec::with_capacity(if self.time.1.is_some() { total } else { 0 });
+        let mut at = Vec::with_capacity(if first.is_some() { total } else { 0 });
         for (k, &n) in hours.values().iter().enumerate() {
             for h in 0..i64::from(n.max(0)) {
                 index.push(k as u32);
-                if self.time.1.is_some() {
+                if let Some(first) = first {
                     at.push(first.value(k) + h * HOUR_MS);
                 }
             }
@@ -169,12 +173,13 @@ impl ExpandRunsExec {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.sources.len());
         let mut at = Some(at);
         for (j, &source) in self.sources.iter().enumerate() {
-            if Some(j) == self.time.1 {
-                let hours = TimestampMillisecondArray::from(at.take().unwrap_or_default())
-                    .with_timezone_opt(first.timezone());
-                columns.push(Arc::new(hours));
-            } else {
-                columns.push(take(runs.column(source).as_ref(), &index, None)?);
+            match (self.time, first) {
+                (Some((out, _)), Some(first)) if out == j => {
+                    let hours = TimestampMillisecondArray::from(at.take().unwrap_or_default())
+                        .with_timezone_opt(first.timezone());
+                    columns.push(Arc::new(hours));
+                }
+                _ => columns.push(take(runs.column(source).as_ref(), &index, None)?),
             }
         }
         Ok(RecordBatch::try_new_with_options(
