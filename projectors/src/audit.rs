@@ -171,6 +171,7 @@ pub const AUDIT_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id", "writer", "request_id"],
     key: "ts",
     pages: crate::segments::Pages::Small,
+    group_rows: crate::segments::ROW_GROUP_ROWS,
 };
 
 /// The columns of `audit_log`, as a table and in its segments.

@@ -271,6 +271,11 @@ struct AuditCheckpoint<L> {
 /// [`SegmentDir::merge_sorted`]: crate::segments::SegmentDir::merge_sorted
 const AUDIT_MERGE_ROWS: u64 = 65_536;
 
+/// The most a catch-up spaces its checkpoints out, as a multiple of
+/// [`ProjectorConfig::checkpoint_every_records`] ([`Projector::catch_up`]): the rows held
+/// between two checkpoints (the audit rows, the billing hours) stay bounded by it.
+const CATCH_UP_CHECKPOINT_SPREAD: u64 = 4;
+
 impl Projector {
     /// A projector whose projections start from their checkpoints in `config.dir`. A
     /// corrupt or foreign checkpoint affects only its projection: that one is rebuilt from
@@ -729,7 +734,9 @@ impl Projector {
     }
 
     /// Applies history until every partition reached its end as of the start, reporting
-    /// progress, then checkpoints. Returns the number of records applied, or the first
+    /// progress and checkpointing as it goes (every
+    /// [`ProjectorConfig::checkpoint_every_records`], spaced out when checkpoints grow
+    /// slow, see [`CATCH_UP_CHECKPOINT_SPREAD`]), then checkpoints. Returns the number of records applied, or the first
     /// [`Error::Decode`] once the other partitions are done: a partition with an
     /// undecodable record stops there, the others are applied to their end.
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
@@ -739,6 +746,8 @@ impl Projector {
         let mut at_end = vec![false; self.layout.partitions as usize];
         let mut done = 0u64;
         let mut since_checkpoint = 0u64;
+        // How long the last checkpoint took, and when it ended.
+        let (mut last_checkpoint, mut checkpointed_at) = (Duration::ZERO, Instant::now());
         let mut last_report = Instant::now();
         let mut first_failure = None;
         // Where the rebuild's time goes: waiting for the read-ahead (reading and
@@ -765,9 +774,19 @@ impl Projector {
             done += n;
             since_checkpoint += n;
             applying += t.elapsed();
-            // What is final goes to disk as the rebuild goes: memory stays bounded.
-            if since_checkpoint >= self.config.checkpoint_every_records {
+            // What is final goes to disk as the rebuild goes: memory stays bounded. A
+            // checkpoint's cost grows with the state (every cluster's is saved) while the
+            // records between two stay as many: once checkpoints take longer than half the
+            // time spent applying between them, they are spaced out, up to
+            // CATCH_UP_CHECKPOINT_SPREAD times the records.
+            let every = self.config.checkpoint_every_records;
+            if since_checkpoint >= every
+                && (since_checkpoint >= every.saturating_mul(CATCH_UP_CHECKPOINT_SPREAD)
+                    || checkpointed_at.elapsed() >= 2 * last_checkpoint)
+            {
+                let t = Instant::now();
                 self.checkpoint().await?;
+                (last_checkpoint, checkpointed_at) = (t.elapsed(), Instant::now());
                 since_checkpoint = 0;
             }
             for p in ended {

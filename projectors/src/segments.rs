@@ -202,6 +202,9 @@ pub struct SegmentLayout {
     pub key: &'static str,
     /// How large its data pages are.
     pub pages: Pages,
+    /// Most rows per row group ([`ROW_GROUP_ROWS`] but where a row group's every page read
+    /// per lookup costs more than its rows would).
+    pub group_rows: usize,
 }
 
 /// How a [`SegmentLayout`] sizes its data pages. Small pages let the page index tell a
@@ -214,6 +217,11 @@ pub enum Pages {
     Large,
     /// About [`PAGE_ROWS`] rows per page in every column.
     Small,
+    /// [`Pages::Small`], and the named columns without a dictionary: a column with about
+    /// as many distinct values in a row group as rows (an id in files where a row is one
+    /// id's day) makes a dictionary page of the row group's every value, which a lookup
+    /// reads and decodes with any one page of the column.
+    SmallPlainIn(&'static [&'static str]),
     /// [`PAGE_ROWS`] rows per page in the named string columns (dictionary encoded, which
     /// their dictionary limit makes sure of for values up to 64 bytes), the default size in
     /// the others. A lookup on a named column then decodes the rows of the pages that may
@@ -538,12 +546,18 @@ impl SegmentDir {
         let io = self.io(&tmp);
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_row_count(Some(layout.group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_write_batch_size(PAGE_ROWS);
         match layout.pages {
             Pages::Large => {}
             Pages::Small => props = props.set_data_page_row_count_limit(PAGE_ROWS),
+            Pages::SmallPlainIn(columns) => {
+                props = props.set_data_page_row_count_limit(PAGE_ROWS);
+                for col in columns {
+                    props = props.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+                }
+            }
             Pages::SmallIn(columns) => {
                 for col in columns {
                     let c = ColumnPath::from(*col);
@@ -564,7 +578,7 @@ impl SegmentDir {
             props = props
                 .set_column_bloom_filter_enabled(c.clone(), true)
                 .set_column_bloom_filter_fpp(c.clone(), 0.01)
-                .set_column_bloom_filter_max_ndv(c, rows.min(ROW_GROUP_ROWS) as u64);
+                .set_column_bloom_filter_max_ndv(c, rows.min(layout.group_rows) as u64);
         }
         let file = std::fs::File::create(&tmp).map_err(&io)?;
         let parquet_err = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
@@ -840,6 +854,7 @@ mod tests {
             bloom: &[],
             key: "ts",
             pages,
+            group_rows: ROW_GROUP_ROWS,
         };
         let pages = |p| {
             let s = dir
