@@ -791,6 +791,9 @@ mod tests {
         }
         let n = answer("SELECT count(*) AS n FROM billing_hours".into()).await;
         assert_eq!(n[0]["n"], all.len() as i64);
+        // A limit without a filter stops reading runs early, and still gives that many hours.
+        let few = answer("SELECT cluster_id FROM billing_hours LIMIT 3".into()).await;
+        assert_eq!(few.as_array().map(Vec::len), Some(3));
         let mut latest: Vec<i64> = all.iter().map(|r| r.hour_start_ms).collect();
         latest.sort_unstable_by(|a, b| b.cmp(a));
         let top = answer(
