@@ -736,9 +736,10 @@ impl Projector {
     /// Applies history until every partition reached its end as of the start, reporting
     /// progress and checkpointing as it goes (every
     /// [`ProjectorConfig::checkpoint_every_records`], spaced out when checkpoints grow
-    /// slow, see [`CATCH_UP_CHECKPOINT_SPREAD`]), then checkpoints. Returns the number of records applied, or the first
-    /// [`Error::Decode`] once the other partitions are done: a partition with an
-    /// undecodable record stops there, the others are applied to their end.
+    /// slow, see [`CATCH_UP_CHECKPOINT_SPREAD`]), then checkpoints. Returns the number of
+    /// records applied, or the first [`Error::Decode`] once the other partitions are
+    /// done: a partition with an undecodable record stops there, the others are applied
+    /// to their end.
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
         let (consumer, total) = self.consumer().await?;
         let mut ahead = self.read_ahead(Arc::new(consumer), Duration::from_secs(10));
