@@ -296,8 +296,7 @@ impl SnapshotTable {
         Ok(Arc::new(runs::ExpandRunsExec::new(
             files,
             schema,
-            (0..wanted.len()).collect(),
-            time_at.map(|at| (at, at)),
+            time_at,
             read.len() - 1,
         )))
     }

@@ -27,11 +27,10 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, ReplaceChildrenOptions,
 };
+use fleetledger_projectors::billing::HOUR_MS;
 use futures::StreamExt;
 
 use super::column_vs_time;
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// How a table's segments hold its rows as runs of hours.
 #[derive(Debug, Clone)]
@@ -104,11 +103,9 @@ pub(crate) struct ExpandRunsExec {
     input: Arc<dyn ExecutionPlan>,
     /// The output: the table's projected columns.
     schema: SchemaRef,
-    /// For each output column, the input column it comes from.
-    sources: Vec<usize>,
-    /// The output column of the hour and the input column of the run's first hour, if
-    /// the hour is projected (else the runs are read without it).
-    time: Option<(usize, usize)>,
+    /// The column of the hour, in the output and of the run's first hour in the input,
+    /// if the hour is projected (else the runs are read without it).
+    time: Option<usize>,
     /// The input column of the run length.
     hours: usize,
     properties: Arc<PlanProperties>,
@@ -116,13 +113,12 @@ pub(crate) struct ExpandRunsExec {
 
 impl ExpandRunsExec {
     /// Expands `input`'s runs into rows of `schema`: output column `j` is input column
-    /// `sources[j]`, except the hour (output column `time.0`, if projected), made from the
-    /// run's first hour (input column `time.1`) and its length (input column `hours`).
+    /// `j`, except the hour (column `time`, if projected), made from the run's first hour
+    /// (input column `time`) and its length (input column `hours`, after the others).
     pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,
-        sources: Vec<usize>,
-        time: Option<(usize, usize)>,
+        time: Option<usize>,
         hours: usize,
     ) -> Self {
         let properties = Arc::new(PlanProperties::new(
@@ -134,7 +130,6 @@ impl ExpandRunsExec {
         ExpandRunsExec {
             input,
             schema,
-            sources,
             time,
             hours,
             properties,
@@ -150,8 +145,8 @@ impl ExpandRunsExec {
             .downcast_ref::<Int32Array>()
             .ok_or_else(|| err("the run length is not Int32"))?;
         let first = match self.time {
-            Some((_, input)) => Some(
-                runs.column(input)
+            Some(at) => Some(
+                runs.column(at)
                     .as_any()
                     .downcast_ref::<TimestampMillisecondArray>()
                     .ok_or_else(|| err("the hour is not a millisecond timestamp"))?,
@@ -170,16 +165,17 @@ impl ExpandRunsExec {
             }
         }
         let index = UInt32Array::from(index);
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.sources.len());
+        let width = self.schema.fields().len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(width);
         let mut at = Some(at);
-        for (j, &source) in self.sources.iter().enumerate() {
+        for j in 0..width {
             match (self.time, first) {
-                (Some((out, _)), Some(first)) if out == j => {
+                (Some(out), Some(first)) if out == j => {
                     let hours = TimestampMillisecondArray::from(at.take().unwrap_or_default())
                         .with_timezone_opt(first.timezone());
                     columns.push(Arc::new(hours));
                 }
-                _ => columns.push(take(runs.column(source).as_ref(), &index, None)?),
+                _ => columns.push(take(runs.column(j).as_ref(), &index, None)?),
             }
         }
         Ok(RecordBatch::try_new_with_options(
@@ -235,7 +231,6 @@ impl ExecutionPlan for ExpandRunsExec {
         Ok(Arc::new(ExpandRunsExec::new(
             children.swap_remove(0),
             me.schema.clone(),
-            me.sources.clone(),
             me.time,
             me.hours,
         )))
