@@ -202,9 +202,9 @@ pub struct BillingHours {
     #[serde(default)]
     pub segments: Vec<Segment>,
     /// One segment per UTC month whose days were merged ([`MONTH_SETTLE_MS`]), by month:
-    /// the concatenation of its days (sorted by day, then as a day's), their encoded row
-    /// groups copied, so that a merge decodes no value. A query over a year opens a dozen
-    /// files, not hundreds.
+    /// its days' runs merged into one order, (org, cluster, hour), as a day's. A query
+    /// over a year opens a dozen files, not hundreds, and one cluster's year is a row
+    /// group or two a month.
     #[serde(default)]
     pub month_segments: Vec<Segment>,
     /// The rate change points before the flushed instant, one segment per flush, each
@@ -269,7 +269,7 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
 };
 
 /// Runs per row group of a billing segment: a quarter of [`ROW_GROUP_ROWS`]. A lookup of
-/// one cluster reads a page of each column it needs in one row group per day; in smaller
+/// one cluster reads a page of each column it needs in one row group per day file; in smaller
 /// row groups the pages of the columns it filters by are fewer to evaluate (at 10M records,
 /// one cluster's whole life: 72 → 49 ms), for a larger footer.
 pub const BILLING_GROUP_ROWS: usize = ROW_GROUP_ROWS / 4;
@@ -622,7 +622,9 @@ impl BillingHours {
     }
 
     /// Merges the day files of every month the flushed instant is [`MONTH_SETTLE_MS`]
-    /// past into one file (their row groups copied, one after the other), retiring the
+    /// past into one file sorted as a day's is, by (org, cluster, hour): a cluster's
+    /// month is then a row group or two, where a concatenation of the days kept it in one
+    /// row group a day (a one-cluster lookup over a year read about 363). It retires the
     /// days, and the month's file if it has one already (a day file cannot appear in a
     /// merged month today: its fixes rewrite the month's file; merged with it, one would
     /// still never make a month of two files). The state is changed only for a merge that
@@ -640,15 +642,32 @@ impl BillingHours {
                 .month_segments
                 .iter()
                 .position(|s| month_start(s.min_key) == month);
-            // Days are sorted by their first hour: the month is their concatenation.
             let inputs: Vec<Segment> = before
                 .map(|i| self.month_segments[i].clone())
                 .into_iter()
                 .chain(days.iter().cloned())
                 .collect();
-            let merged = self.files.concat(&inputs);
+            // Each day is sorted by (org, cluster, hour): the month, merged from them run
+            // by run, is too.
+            let started = std::time::Instant::now();
+            let merged = self.files.merge_sorted(
+                &inputs,
+                &billing_segment_schema(),
+                "billing_hours",
+                filed_runs_of,
+                |a, b| billing_order(&a.first, &b.first),
+                billing_segment_batch,
+                BILLING_SEGMENTS,
+            );
             match merged {
                 Ok(Some(seg)) => {
+                    tracing::info!(
+                        month,
+                        files = inputs.len(),
+                        runs = seg.rows,
+                        merge_ms = started.elapsed().as_millis(),
+                        "a month of billing days merged into one file"
+                    );
                     out.retired
                         .extend(inputs.iter().map(|d| self.files.path(d)));
                     if let Some(i) = before {
@@ -669,7 +688,10 @@ impl BillingHours {
 
     /// Rewrites month segment `seg` with `fixes` (the new amounts of hours a late record
     /// re-billed), streaming: an hour the file has keeps its row and dimensions with the
-    /// new amount, a new one is added. Returns the new segment and the `billing_daily`
+    /// new amount, a new one is added, in the order of a merged month (org, cluster,
+    /// hour). A month merged before months were sorted (its days one after the other) is
+    /// rewritten with every row kept, in an order that is neither: a lookup reads more of
+    /// it, the answer is the same. Returns the new segment and the `billing_daily`
     /// rows of the days it fixed (only those days' rows are held, to sum them).
     fn rewrite_month(
         &self,
@@ -722,7 +744,7 @@ impl BillingHours {
                 !new
             });
         }
-        extra.sort_by(month_order);
+        extra.sort_by(billing_order);
         let mut fixed_rows: BTreeMap<i64, Vec<BillingRow>> = BTreeMap::new();
         let seg = self.files.rewrite_sorted(
             seg,
@@ -742,7 +764,7 @@ impl BillingHours {
                     r.recomputed_at_ms = f.recomputed_at_ms;
                 }
             },
-            month_order,
+            billing_order,
             billing_segment_batch,
             |r| {
                 let day = day_start(r.hour_start_ms);
@@ -1109,6 +1131,55 @@ pub fn billing_segment_batch<R: BillingFields>(rows: &[R]) -> RecordBatch {
 /// The rows of a batch of [`billing_schema`], or of [`billing_segment_schema`] with each
 /// run expanded to its hours; a missing or mistyped column is an error that names it.
 pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
+    let mut rows = Vec::with_capacity(b.num_rows());
+    for FiledRun { first, hours } in filed_runs_of(b)? {
+        rows.extend((0..i64::from(hours)).map(|n| BillingRow {
+            hour_start_ms: first.hour_start_ms + n * HOUR_MS,
+            ..first.clone()
+        }));
+    }
+    Ok(rows)
+}
+
+/// One row of a `billing_hours` segment as it is filed: a run of `hours` hours from
+/// `first`'s, each with `first`'s other fields ([`HourSpan`]), not expanded. A month's
+/// merge moves runs, not the hours they stand for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiledRun {
+    /// The run's first hour.
+    pub first: BillingRow,
+    /// How many hours it has (1 to [`MAX_RUN_HOURS`]; 1 in a file of hour rows).
+    pub hours: i32,
+}
+
+impl BillingFields for FiledRun {
+    fn hour_start_ms(&self) -> i64 {
+        self.first.hour_start_ms
+    }
+    fn cluster_id(&self) -> &str {
+        &self.first.cluster_id
+    }
+    fn dimensions(&self) -> [&str; 4] {
+        self.first.dimensions()
+    }
+    fn cku_hours(&self) -> f64 {
+        self.first.cku_hours
+    }
+    fn open(&self) -> bool {
+        self.first.open
+    }
+    fn recomputed_at_ms(&self) -> i64 {
+        self.first.recomputed_at_ms
+    }
+    fn hours(&self) -> i32 {
+        self.hours
+    }
+}
+
+/// The rows of a batch of [`billing_schema`] (each a run of one hour) or of
+/// [`billing_segment_schema`], as filed; a missing or mistyped column, or a run of more
+/// than [`MAX_RUN_HOURS`] or fewer than 1, is an error that names it.
+pub fn filed_runs_of(b: &RecordBatch) -> Result<Vec<FiledRun>, String> {
     let s = |name| column::<StringArray>(b, name);
     let t = |name| column::<TimestampMillisecondArray>(b, name);
     let (hour, cluster, org, sku, cloud, region) = (
@@ -1128,29 +1199,30 @@ pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
         Some(_) => Some(column::<Int32Array>(b, "hours")?),
         None => None,
     };
-    let mut rows = Vec::with_capacity(b.num_rows());
-    for k in 0..b.num_rows() {
-        let hours = spans.map_or(1, |h| h.value(k));
-        if !(1..=MAX_RUN_HOURS).contains(&hours) {
-            return Err(format!(
-                "a run of {hours} hours; a segment row holds 1 to {MAX_RUN_HOURS}"
-            ));
-        }
-        for n in 0..i64::from(hours) {
-            rows.push(BillingRow {
-                hour_start_ms: hour.value(k) + n * HOUR_MS,
-                cluster_id: cluster.value(k).to_owned(),
-                org_id: org.value(k).to_owned(),
-                sku: sku.value(k).to_owned(),
-                cloud: cloud.value(k).to_owned(),
-                region: region.value(k).to_owned(),
-                cku_hours: cku.value(k),
-                open: open.value(k),
-                recomputed_at_ms: at.value(k),
-            });
-        }
-    }
-    Ok(rows)
+    (0..b.num_rows())
+        .map(|k| {
+            let hours = spans.map_or(1, |h| h.value(k));
+            if !(1..=MAX_RUN_HOURS).contains(&hours) {
+                return Err(format!(
+                    "a run of {hours} hours; a segment row holds 1 to {MAX_RUN_HOURS}"
+                ));
+            }
+            Ok(FiledRun {
+                first: BillingRow {
+                    hour_start_ms: hour.value(k),
+                    cluster_id: cluster.value(k).to_owned(),
+                    org_id: org.value(k).to_owned(),
+                    sku: sku.value(k).to_owned(),
+                    cloud: cloud.value(k).to_owned(),
+                    region: region.value(k).to_owned(),
+                    cku_hours: cku.value(k),
+                    open: open.value(k),
+                    recomputed_at_ms: at.value(k),
+                },
+                hours,
+            })
+        })
+        .collect()
 }
 
 /// One row of `billing_daily`: CKU-hours of one UTC day per org, sku, cloud and region
@@ -1256,12 +1328,6 @@ pub fn daily_of<R: BillingFields>(rows: &[R]) -> Vec<DailyRow> {
 /// The order of rows in a `billing_hours` segment: org, cluster, hour.
 fn billing_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
     (&a.org_id, &a.cluster_id, a.hour_start_ms).cmp(&(&b.org_id, &b.cluster_id, b.hour_start_ms))
-}
-
-/// The order of rows in a month's `billing_hours` segment: day, then as in a day's.
-fn month_order(a: &BillingRow, b: &BillingRow) -> std::cmp::Ordering {
-    let day = |r: &BillingRow| r.hour_start_ms.div_euclid(DAY_MS);
-    day(a).cmp(&day(b)).then_with(|| billing_order(a, b))
 }
 
 /// The start of the UTC month after the one `ms` is in.
@@ -1964,6 +2030,92 @@ mod tests {
         files.remove_all().unwrap();
     }
 
+    /// A settled month's day files merge into one file of the same runs sorted by (org,
+    /// cluster, hour), as a day's are: a cluster's month lies in a row group or two, not
+    /// in one row group a day.
+    #[test]
+    fn a_settled_month_is_the_days_runs_sorted_by_org_cluster_and_hour() {
+        let (files, mut b) = billing_in("sorted-month");
+        let running = |cku| Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku,
+        };
+        let logical = |cku| Change::Logical {
+            cku,
+            deleted: false,
+        };
+        let of = |mut h: HistoryRecord, n: i64| {
+            h.record.meta.cluster_id = format!("lkc-{n:03}");
+            if let FacetState::Logical(l) = &mut h.record.state {
+                Arc::make_mut(l).org_id = format!("org-{}", n % 7);
+            }
+            h
+        };
+        let mut offset = 0;
+        let mut next = || {
+            offset += 1;
+            offset
+        };
+        for n in 0..300 {
+            let start = T0 + n * MIN;
+            b.apply(&of(record(logical(2), start, 1, next()), n))
+                .unwrap();
+            b.apply(&of(record(running(2), start + MIN, 1, next()), n))
+                .unwrap();
+            if n % 3 == 0 {
+                // A resize in the middle of the month: three runs that day.
+                let at = T0 + 10 * DAY_MS + n * HOUR_MS / 20;
+                b.apply(&of(record(running(4), at, 2, next()), n)).unwrap();
+            }
+        }
+        // January's days are written, not yet settled; then merged.
+        b.flush(T0 + 31 * DAY_MS + HOUR_MS, true).unwrap();
+        let mut days: Vec<FiledRun> = Vec::new();
+        for s in b.segments.iter().filter(|s| month_start(s.min_key) == T0) {
+            days.extend(files.read_rows(s, "billing_hours", filed_runs_of).unwrap());
+        }
+        assert!(b.month_segments.is_empty());
+        b.flush(T0 + 33 * DAY_MS, true).unwrap();
+        assert_eq!(b.month_segments.len(), 1, "January is one file");
+        let january = b.month_segments[0].clone();
+        let month = files
+            .read_rows(&january, "billing_hours", filed_runs_of)
+            .unwrap();
+        let key = |r: &FiledRun| {
+            (
+                r.first.org_id.clone(),
+                r.first.cluster_id.clone(),
+                r.first.hour_start_ms,
+            )
+        };
+        assert!(
+            month.windows(2).all(|w| key(&w[0]) < key(&w[1])),
+            "sorted by org, cluster, hour, each run once"
+        );
+        days.sort_by(|a, c| billing_order(&a.first, &c.first));
+        assert_eq!(month, days, "the days' runs, neither joined nor split");
+        assert!(month.iter().any(|r| r.hours == 24) && month.iter().any(|r| r.hours < 24));
+        // Row group by row group, which clusters it holds: each cluster in at most two.
+        let file = std::fs::File::open(files.path(&january)).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let groups: Vec<usize> = (0..reader.metadata().num_row_groups())
+            .map(|g| reader.metadata().row_group(g).num_rows() as usize)
+            .collect();
+        assert!(groups.len() >= 3, "{groups:?}");
+        let mut groups_of: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+        let mut row = 0;
+        for (g, n) in groups.iter().enumerate() {
+            for r in &month[row..row + n] {
+                groups_of.entry(&r.first.cluster_id).or_default().insert(g);
+            }
+            row += n;
+        }
+        assert_eq!(groups_of.len(), 300);
+        assert!(groups_of.values().all(|g| g.len() <= 2));
+        files.remove_all().unwrap();
+    }
+
     /// A month well past is one file; a status back-dated into it rewrites that file
     /// (changing the hours it has and adding the ones it lacked) and the days after it,
     /// and the bill is the reference integral.
@@ -1997,9 +2149,9 @@ mod tests {
             b.segments.iter().all(|s| s.min_key >= T0 + 31 * DAY_MS),
             "only February's days stay day files"
         );
-        // The month's row groups were copied with their encodings and page index (the
-        // hours' `cluster_id` without a dictionary), and the daily month's with its bloom
-        // filter on the org.
+        // The month is written with the days' layout and page index (the hours'
+        // `cluster_id` without a dictionary), and the daily month's row groups are copied
+        // with their bloom filter on the org.
         let open = |seg: &Segment| {
             let file = std::fs::File::open(files.path(seg)).unwrap();
             let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
@@ -2026,7 +2178,6 @@ mod tests {
             let reader = open(&january);
             let md = reader.metadata();
             assert_eq!(md.file_metadata().num_rows(), january.rows as i64);
-            assert!(md.num_row_groups() >= 2, "one per day at least");
             let id = column(md, "cluster_id");
             assert!(
                 md.row_group(0)

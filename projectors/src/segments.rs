@@ -116,8 +116,15 @@ fn lookup_selection(
     (groups, RowSelection::from(selectors))
 }
 
-/// Rows read from each input of a merge at a time.
+/// Rows read from each input of a merge at a time (at most).
 const MERGE_BATCH_ROWS: usize = 4_096;
+
+/// The parsed rows a [`SegmentDir::merge_sorted`] holds of all its inputs together: a
+/// month of 31 day files is read 528 rows a file at a time, not 4,096 (127k rows held).
+const MERGE_HELD_ROWS: usize = 16_384;
+
+/// The fewest rows read from an input of a merge at a time, however many inputs.
+const MERGE_MIN_BATCH_ROWS: usize = 256;
 
 /// Parsed rows of one input of a merge, a batch at a time.
 type RowBatches<'a, R> = Box<dyn Iterator<Item = Result<Vec<R>>> + 'a>;
@@ -282,7 +289,8 @@ impl SegmentDir {
 
     /// Merges `inputs`, each sorted by `order`, into one segment sorted by it, streaming:
     /// each input is read a batch at a time and the output written a row group at a time,
-    /// so memory holds one batch per input and one row group, whatever the sizes. Rows of
+    /// so memory holds one batch per input and one row group, whatever the sizes (the
+    /// batches smaller the more inputs there are: [`MERGE_HELD_ROWS`] rows in all). Rows of
     /// equal order keep the order of `inputs`. `rows_of` parses a batch (an error names
     /// the file as [`Error::Checkpoint`] of `projection`), `to_batch` builds one. On error
     /// no segment is left (the partial file is removed).
@@ -298,10 +306,12 @@ impl SegmentDir {
         layout: SegmentLayout,
     ) -> Result<Option<Segment>> {
         let rows: u64 = inputs.iter().map(|s| s.rows).sum();
+        let batch_rows =
+            (MERGE_HELD_ROWS / inputs.len().max(1)).clamp(MERGE_MIN_BATCH_ROWS, MERGE_BATCH_ROWS);
         let mut sources = Vec::with_capacity(inputs.len());
         for s in inputs {
             sources.push(MergeSource {
-                batches: self.parsed(s, None, projection, &rows_of)?,
+                batches: self.parsed_by(s, None, projection, &rows_of, batch_rows)?,
                 rows: std::collections::VecDeque::new(),
             });
         }
@@ -485,9 +495,21 @@ impl SegmentDir {
         projection: &str,
         rows_of: &'a impl Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
     ) -> Result<RowBatches<'a, R>> {
+        self.parsed_by(segment, columns, projection, rows_of, MERGE_BATCH_ROWS)
+    }
+
+    /// [`SegmentDir::parsed`], `batch_rows` rows at a time.
+    fn parsed_by<'a, R: 'a>(
+        &self,
+        segment: &Segment,
+        columns: Option<&[&str]>,
+        projection: &str,
+        rows_of: &'a impl Fn(&RecordBatch) -> std::result::Result<Vec<R>, String>,
+        batch_rows: usize,
+    ) -> Result<RowBatches<'a, R>> {
         let path = self.path(segment);
         let projection = projection.to_owned();
-        let batches = self.stream(segment, columns, MERGE_BATCH_ROWS)?;
+        let batches = self.stream(segment, columns, batch_rows)?;
         Ok(Box::new(batches.map(move |b| {
             rows_of(&b?).map_err(|message| Error::Checkpoint {
                 path: path.clone(),
