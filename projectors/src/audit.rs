@@ -121,10 +121,12 @@ impl AuditLog {
         self.sealed.iter().flat_map(|s| s.iter()).chain(&self.tail)
     }
 
-    /// The latest state of every cluster+facet, for the checkpoint: it serializes as a
-    /// map of `cluster/facet` to the state's JSON, sorted by key.
-    pub fn last_states(&self) -> LastStates<'_> {
-        LastStates(self)
+    /// The latest state of every cluster+facet as of now, for the checkpoint: a copy of
+    /// the map whose states are shared with the log's (a few MB at 26,000 clusters, where
+    /// their JSON is about 15 MB), which the log may go on changing. It serializes as a
+    /// map of `cluster/facet` to the state's JSON.
+    pub fn last_states(&self) -> LastStates {
+        LastStates(self.last.clone())
     }
 
     /// An audit log with the latest states `last` (`cluster/facet` → state JSON, from a
@@ -315,25 +317,30 @@ pub fn rows_of(b: &RecordBatch) -> Result<Vec<AuditRow>, String> {
         .collect()
 }
 
-/// [`AuditLog::last_states`]: serializes as `{"cluster/facet": state, …}`, sorted by key,
-/// the shape [`AuditLog::from_parts`] reads back.
-#[derive(Debug, Clone, Copy)]
-pub struct LastStates<'a>(&'a AuditLog);
+/// [`AuditLog::last_states`]: serializes as `{"cluster/facet": state, …}`, sorted by
+/// cluster, then facet, the shape [`AuditLog::from_parts`] reads back. Serializing it
+/// builds no key and no state's JSON in memory beyond the one being written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LastStates(HashMap<String, [Option<FacetState>; 4]>);
 
-impl Serialize for LastStates<'_> {
+/// A `cluster/facet` key, written as it is serialized.
+struct StateKey<'a>(&'a str, &'a FacetState);
+
+impl Serialize for StateKey<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entries: Vec<(String, &FacetState)> = self
-            .0
-            .last
-            .iter()
-            .flat_map(|(id, c)| {
-                c.iter()
-                    .flatten()
-                    .map(move |s| (format!("{id}/{}", s.facet()), s))
-            })
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        serializer.collect_map(entries)
+        serializer.collect_str(&format_args!("{}/{}", self.0, self.1.facet()))
+    }
+}
+
+impl Serialize for LastStates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut clusters: Vec<(&String, &[Option<FacetState>; 4])> = self.0.iter().collect();
+        clusters.sort_unstable_by_key(|c| c.0);
+        serializer.collect_map(
+            clusters.into_iter().flat_map(|(id, states)| {
+                states.iter().flatten().map(move |s| (StateKey(id, s), s))
+            }),
+        )
     }
 }
 
@@ -357,6 +364,81 @@ mod tests {
             partition: (i % 3) as i32,
             offset: 41 + i,
         }
+    }
+
+    /// The latest states saved with a checkpoint read back as the log's, keyed
+    /// `cluster/facet`, and are those of the moment they were taken: the log goes on
+    /// changing without them.
+    #[test]
+    fn the_latest_states_saved_read_back_and_stay_as_of_their_moment() {
+        use fleetledger_schemas::{CapacityState, RecordMeta, StatusState};
+        let record = |cluster: &str, version: i64, state: FacetState| HistoryRecord {
+            record: StateRecord {
+                meta: RecordMeta {
+                    cluster_id: cluster.into(),
+                    version,
+                    writer: "test".into(),
+                    request_id: format!("r{version}"),
+                    reason: None,
+                    ts: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + version)
+                        .unwrap(),
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                },
+                state,
+            },
+            partition: 0,
+            offset: version,
+            written_at_ms: 0,
+        };
+        let status = |phase: &str, cku| {
+            FacetState::Status(Arc::new(StatusState {
+                phase: phase.into(),
+                cku,
+                brokers_ready: 3,
+                observed_version: 1,
+                message: None,
+            }))
+        };
+        let capacity = |pool: &str| {
+            FacetState::Capacity(Arc::new(CapacityState {
+                satellite: "sat-1".into(),
+                k8s_cluster: "k8s-1".into(),
+                node_pool: pool.into(),
+            }))
+        };
+        let mut log = AuditLog::default();
+        // "lkc-1" and "lkc-1-b": a key is not confused with a longer id's.
+        for (i, id) in ["lkc-1", "lkc-1-b", "lkc-10", "lkc-2"].iter().enumerate() {
+            log.apply(record(id, 1, status("provisioning", 1)));
+            log.apply(record(id, 2, status("running", i as i32 + 1)));
+            if i % 2 == 0 {
+                log.apply(record(id, 1, capacity("pool-1")));
+            }
+        }
+        let saved = log.last_states();
+        let json = serde_json::to_value(&saved).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "lkc-1-b/status",
+                "lkc-1/capacity",
+                "lkc-1/status",
+                "lkc-10/capacity",
+                "lkc-10/status",
+                "lkc-2/status"
+            ]
+        );
+        assert_eq!(json["lkc-2/status"]["cku"], 4);
+        let last: BTreeMap<String, Value> = serde_json::from_value(json.clone()).unwrap();
+        let back = AuditLog::from_parts(SegmentDir::default(), Vec::new(), last).unwrap();
+        assert_eq!(back.last_states(), saved);
+        assert_eq!(back.last, log.last);
+        log.apply(record("lkc-2", 3, status("running", 9)));
+        log.apply(record("lkc-3", 1, status("running", 1)));
+        assert_eq!(serde_json::to_value(&saved).unwrap(), json);
+        assert_ne!(log.last_states(), saved);
     }
 
     #[test]

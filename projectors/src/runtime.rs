@@ -1281,7 +1281,7 @@ impl Drop for ReadAhead {
 /// segments saves them again with the new list (the same rows).
 struct AuditSaved {
     offsets: BTreeMap<i32, i64>,
-    last: Box<serde_json::value::RawValue>,
+    last: crate::audit::LastStates,
 }
 
 /// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
@@ -1301,11 +1301,7 @@ fn checkpoint_all(
         let mut p = shared.blocking_write();
         let rows = Arc::new(std::mem::take(&mut p.audit.tail));
         p.audit.sealed = Some(rows.clone());
-        let last =
-            serde_json::value::to_raw_value(&p.audit.last_states()).map_err(|e| Error::Io {
-                path: store.path(A),
-                source: std::io::Error::other(e),
-            })?;
+        let last = p.audit.last_states();
         (
             rows,
             p.offsets.get(&A).cloned().unwrap_or_default(),
