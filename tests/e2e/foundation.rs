@@ -14,7 +14,7 @@ use schema_registry_converter::async_impl::schema_registry::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, config, unique_prefix};
+use crate::support::{ServeProcess, TestServer, config, free_port, unique_prefix};
 
 #[tokio::test]
 async fn topics_are_created_compacted_and_a_mismatch_is_named() {
@@ -526,4 +526,58 @@ async fn deleted_or_recreated_history_stops_the_start_with_what_to_do() {
         err.contains(&layout.schemas) && err.contains("is missing") && err.contains("ids"),
         "{err}"
     );
+}
+
+/// `serve` runs itself again (the same process) with its allocator settings where the
+/// environment has none, and keeps one the environment has.
+#[tokio::test]
+async fn serve_sets_its_allocator_settings_and_keeps_the_environments() {
+    let cfg = config(&unique_prefix("allocator"));
+    let environ = |serve: &ServeProcess| -> BTreeMap<String, String> {
+        let raw = std::fs::read(format!("/proc/{}/environ", serve.child.id())).unwrap();
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    };
+    let port = free_port();
+    let mut plain = ServeProcess::command(&cfg, port, &[]);
+    plain
+        .env_remove("MIMALLOC_PURGE_DELAY")
+        .env_remove("GLIBC_TUNABLES");
+    let serve = ServeProcess::spawn_command(plain, port);
+    serve.wait_ready().await;
+    let env = environ(&serve);
+    assert_eq!(
+        env.get("MIMALLOC_PURGE_DELAY").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(
+        env.get("GLIBC_TUNABLES").map(String::as_str),
+        Some("glibc.malloc.mmap_threshold=65536")
+    );
+    serve.kill();
+
+    let port = free_port();
+    let mut own = ServeProcess::command(
+        &cfg,
+        port,
+        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")],
+    );
+    own.env_remove("MIMALLOC_PURGE_DELAY");
+    let serve = ServeProcess::spawn_command(own, port);
+    serve.wait_ready().await;
+    let env = environ(&serve);
+    assert_eq!(
+        env.get("MIMALLOC_PURGE_DELAY").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(
+        env.get("GLIBC_TUNABLES").map(String::as_str),
+        Some("glibc.malloc.arena_max=2")
+    );
+    serve.kill();
 }

@@ -147,8 +147,17 @@ impl ServeProcess {
         port: u16,
         env: &[(&str, &str)],
     ) -> ServeProcess {
-        let child = fleetledger_command(cfg)
-            .arg("serve")
+        Self::spawn_command(Self::command(cfg, port, env), port)
+    }
+
+    /// The command [`ServeProcess::spawn_with`] runs.
+    pub(crate) fn command(
+        cfg: &fleetledger::Config,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> std::process::Command {
+        let mut c = fleetledger_command(cfg);
+        c.arg("serve")
             .env("FLEETLEDGER_LISTEN", format!("127.0.0.1:{port}"))
             .env("FLEETLEDGER_PG_LISTEN", "127.0.0.1:0")
             .env("FLEETLEDGER_PROJECTOR__CHECKPOINT_EVERY_MS", "200")
@@ -166,9 +175,13 @@ impl ServeProcess {
             )
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(Self::log_of(port))
-            .spawn()
-            .expect("fleetledger serve starts");
+            .stderr(Self::log_of(port));
+        c
+    }
+
+    /// Starts `command` (a [`ServeProcess::command`] on `port`).
+    pub(crate) fn spawn_command(mut command: std::process::Command, port: u16) -> ServeProcess {
+        let child = command.spawn().expect("fleetledger serve starts");
         ServeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
