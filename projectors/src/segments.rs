@@ -142,40 +142,100 @@ struct MergedBatches<'a, R, O, B, T> {
     order: &'a O,
     to_batch: &'a B,
     tap: T,
+    /// The sources that have rows, as a binary heap whose first is the one whose next row
+    /// comes first (of equal rows, the earlier source's): a row costs about log2(inputs)
+    /// comparisons, not one per input. `None` until the sources are first read.
+    heap: Option<Vec<usize>>,
 }
 
-impl<R, O, B, T> MergedBatches<'_, R, O, B, T>
+impl<'a, R, O, B, T> MergedBatches<'a, R, O, B, T>
 where
     O: Fn(&R, &R) -> std::cmp::Ordering,
     B: Fn(&[R]) -> RecordBatch,
     T: FnMut(&R),
 {
-    /// Refills every source whose rows ran out from its next non-empty batch.
-    fn refill(&mut self) -> Result<()> {
-        for s in &mut self.sources {
-            while s.rows.is_empty() {
-                let Some(rows) = s.batches.next() else { break };
-                s.rows = rows?.into();
-            }
+    /// A merge of `sources` (each sorted by `order`).
+    fn new(sources: Vec<MergeSource<'a, R>>, order: &'a O, to_batch: &'a B, tap: T) -> Self {
+        MergedBatches {
+            sources,
+            order,
+            to_batch,
+            tap,
+            heap: None,
+        }
+    }
+
+    /// Refills source `i` if its rows ran out, from its next non-empty batch.
+    fn refill(&mut self, i: usize) -> Result<()> {
+        let s = &mut self.sources[i];
+        while s.rows.is_empty() {
+            let Some(rows) = s.batches.next() else { break };
+            s.rows = rows?.into();
         }
         Ok(())
     }
 
+    /// Source `a`'s next row comes before source `b`'s (both have one).
+    fn before(&self, a: usize, b: usize) -> bool {
+        let (Some(ra), Some(rb)) = (self.sources[a].rows.front(), self.sources[b].rows.front())
+        else {
+            return false;
+        };
+        (self.order)(ra, rb).then(a.cmp(&b)) == std::cmp::Ordering::Less
+    }
+
+    /// Moves `heap[i]` down to its place.
+    fn sift_down(&self, heap: &mut [usize], mut i: usize) {
+        loop {
+            let left = 2 * i + 1;
+            if left >= heap.len() {
+                return;
+            }
+            let right = left + 1;
+            let least = if right < heap.len() && self.before(heap[right], heap[left]) {
+                right
+            } else {
+                left
+            };
+            if !self.before(heap[least], heap[i]) {
+                return;
+            }
+            heap.swap(i, least);
+            i = least;
+        }
+    }
+
+    /// The heap of the sources that have rows, each read first.
+    fn first_heap(&mut self) -> Result<Vec<usize>> {
+        for i in 0..self.sources.len() {
+            self.refill(i)?;
+        }
+        let mut heap: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| !self.sources[i].rows.is_empty())
+            .collect();
+        for i in (0..heap.len() / 2).rev() {
+            self.sift_down(&mut heap, i);
+        }
+        Ok(heap)
+    }
+
     /// The next merged row group, or `None` when every input is read.
     fn next_group(&mut self) -> Result<Option<RecordBatch>> {
+        let mut heap = match self.heap.take() {
+            Some(heap) => heap,
+            None => self.first_heap()?,
+        };
         let mut group = Vec::with_capacity(ROW_GROUP_ROWS);
         while group.len() < ROW_GROUP_ROWS {
-            self.refill()?;
-            let mut least: Option<(usize, &R)> = None;
-            for (i, s) in self.sources.iter().enumerate() {
-                let Some(r) = s.rows.front() else { continue };
-                if least.is_none_or(|(_, l)| (self.order)(r, l) == std::cmp::Ordering::Less) {
-                    least = Some((i, r));
-                }
+            let Some(&first) = heap.first() else { break };
+            group.extend(self.sources[first].rows.pop_front());
+            self.refill(first)?;
+            if self.sources[first].rows.is_empty() {
+                heap.swap_remove(0);
             }
-            let Some((l, _)) = least else { break };
-            group.extend(self.sources[l].rows.pop_front());
+            self.sift_down(&mut heap, 0);
         }
+        self.heap = Some(heap);
         group.iter().for_each(&mut self.tap);
         Ok((!group.is_empty()).then(|| (self.to_batch)(&group)))
     }
@@ -315,12 +375,7 @@ impl SegmentDir {
                 rows: std::collections::VecDeque::new(),
             });
         }
-        let merged = MergedBatches {
-            sources,
-            order: &order,
-            to_batch: &to_batch,
-            tap: |_: &R| {},
-        };
+        let merged = MergedBatches::new(sources, &order, &to_batch, |_: &R| {});
         self.write_batches(schema, rows as usize, merged, layout)
     }
 
@@ -476,12 +531,7 @@ impl SegmentDir {
                 rows: std::collections::VecDeque::new(),
             },
         ];
-        let merged = MergedBatches {
-            sources,
-            order: &order,
-            to_batch: &to_batch,
-            tap,
-        };
+        let merged = MergedBatches::new(sources, &order, &to_batch, tap);
         self.write_batches(schema, rows, merged, layout)
     }
 
@@ -929,5 +979,76 @@ mod tests {
             vec![ROW_GROUP_ROWS / PAGE_ROWS, 1]
         );
         let _ = std::fs::remove_dir_all(dir.dir());
+    }
+
+    proptest::proptest! {
+        /// A merge of sorted inputs (up to 40, some empty, batches of any size, an empty
+        /// batch among them, many equal keys) is their stable sort: every row once, in
+        /// order, equal keys in the order of the inputs.
+        #[test]
+        fn a_merge_is_the_stable_sort_of_its_inputs(
+            inputs in proptest::collection::vec(
+                (proptest::collection::vec(0u8..20, 0..300), 1usize..70),
+                0..40,
+            ),
+        ) {
+            // A row is (key, input, position in the input).
+            let sorted: Vec<Vec<(u8, usize, usize)>> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, (keys, _))| {
+                    let mut keys = keys.clone();
+                    keys.sort_unstable();
+                    keys.into_iter().enumerate().map(|(n, k)| (k, i, n)).collect()
+                })
+                .collect();
+            let sources: Vec<MergeSource<'_, (u8, usize, usize)>> = sorted
+                .iter()
+                .zip(&inputs)
+                .map(|(rows, (_, batch))| {
+                    let mut batches: Vec<Result<Vec<_>>> =
+                        rows.chunks(*batch).map(|c| Ok(c.to_vec())).collect();
+                    batches.insert(batches.len() / 2, Ok(Vec::new()));
+                    MergeSource {
+                        batches: Box::new(batches.into_iter()) as RowBatches<'_, _>,
+                        rows: std::collections::VecDeque::new(),
+                    }
+                })
+                .collect();
+            let order = |a: &(u8, usize, usize), b: &(u8, usize, usize)| a.0.cmp(&b.0);
+            let to_batch = |rows: &[(u8, usize, usize)]| {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("key", DataType::Int64, false),
+                    Field::new("input", DataType::Int64, false),
+                    Field::new("n", DataType::Int64, false),
+                ]));
+                let col = |f: fn(&(u8, usize, usize)) -> i64| {
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) as arrow_array::ArrayRef
+                };
+                RecordBatch::try_new(
+                    schema,
+                    vec![col(|r| r.0.into()), col(|r| r.1 as i64), col(|r| r.2 as i64)],
+                )
+                .unwrap()
+            };
+            let mut tapped = 0;
+            let merged: Vec<(u8, usize, usize)> =
+                MergedBatches::new(sources, &order, &to_batch, |_: &_| tapped += 1)
+                    .flat_map(|b| {
+                        let b = b.unwrap();
+                        let col = |i: usize| {
+                            b.column(i).as_any().downcast_ref::<Int64Array>().unwrap().clone()
+                        };
+                        let (k, i, n) = (col(0), col(1), col(2));
+                        (0..b.num_rows())
+                            .map(|r| (k.value(r) as u8, i.value(r) as usize, n.value(r) as usize))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+            let mut want: Vec<(u8, usize, usize)> = sorted.concat();
+            want.sort_by(order);
+            proptest::prop_assert_eq!(tapped, want.len());
+            proptest::prop_assert_eq!(merged, want);
+        }
     }
 }
