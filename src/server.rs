@@ -425,7 +425,8 @@ pub(crate) async fn start_up(
     )?;
     let projector = loading
         .await
-        .context("loading the projection checkpoints")??;
+        .context("loading the projection checkpoints")??
+        .with_head_states(ledger.head_states());
     // Before any write can reach the ledger: a history that does not fit the checkpoints
     // (re-created, truncated) stops the start.
     projector

@@ -30,7 +30,7 @@ use crate::cluster_history::RecoveryPlan;
 use crate::election::{Announcement, Election, WriterDirectory};
 use crate::error::{Error, Result};
 use crate::follower::StateFollower;
-use crate::index::{Head, Index};
+use crate::index::{Head, HeadStates, Index};
 use crate::kafka::KafkaClients;
 use crate::metrics::{LedgerMetrics, OutcomeLabel, outcome_of};
 use crate::partitioner::partition_for;
@@ -486,6 +486,11 @@ impl Ledger {
                 self.config.answer_timeout_ms
             ))),
         }
+    }
+
+    /// The states of the latest records the ledger holds, shared: see [`HeadStates`].
+    pub fn head_states(&self) -> HeadStates {
+        HeadStates::of(self.index.clone())
     }
 
     /// The latest record of every facet of `cluster_id` (read-your-writes: an append that

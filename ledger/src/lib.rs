@@ -36,7 +36,7 @@ pub use election::{Announcement, Election, WriterDirectory};
 pub use error::{Error, Result};
 pub use hash_chain::{BrokenLink, ChainReport, ChainVerifier};
 pub use history::HistoryHint;
-pub use index::Head;
+pub use index::{Head, HeadStates};
 pub use kafka::{KafkaClients, KafkaConfig, LedgerConsumer};
 pub use kafka_security::{KafkaSecurity, SaslMechanism, Secret, SecurityProtocol};
 pub use keys::{HistoryKey, StateKey, facet_of_key};

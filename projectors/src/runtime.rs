@@ -230,6 +230,9 @@ pub struct Projector {
     clock: Arc<dyn Clock>,
     /// When the last record was applied: history is quiet after [`QUIET_AFTER`].
     last_record: Arc<Mutex<Instant>>,
+    /// The ledger's latest states, in `serve`: a record's state that the ledger holds is
+    /// applied as the ledger's copy ([`Projector::with_head_states`]).
+    head_states: Option<fleetledger_ledger::HeadStates>,
 }
 
 /// History without a record for this long is quiet: billing days close by the clock alone
@@ -395,6 +398,7 @@ impl Projector {
             _lock: lock,
             clock: Arc::new(SystemClock),
             last_record: Arc::new(Mutex::new(Instant::now())),
+            head_states: None,
         })
     }
 
@@ -409,6 +413,15 @@ impl Projector {
     /// The same projector with `clock` as now (tests and `serve` inject the ledger's).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The same projector applying each record's state as `states`' copy when the ledger
+    /// of this process holds that record as the latest of its cluster+facet (`serve`):
+    /// `audit_log` and `clusters` then share the ledger's latest states instead of holding
+    /// equal ones of their own. The projections are the same either way.
+    pub fn with_head_states(mut self, states: fleetledger_ledger::HeadStates) -> Self {
+        self.head_states = Some(states);
         self
     }
 
@@ -1182,6 +1195,14 @@ impl Projector {
         );
         if let Ok(mut t) = self.last_record.lock() {
             *t = Instant::now();
+        }
+        let mut records = records;
+        if let Some(states) = &self.head_states {
+            for h in records.iter_mut().flatten() {
+                if let Some(state) = states.same_state(&h.record.meta, h.record.state.facet()) {
+                    h.record.state = state;
+                }
+            }
         }
         async {
             let n = records.len();
