@@ -1161,7 +1161,7 @@ impl Projector {
     /// partitions it stopped are logged and kept (see [`Projector::stopped`]).
     async fn apply_decoded(&self, batch: DecodedBatch) -> Result<usize> {
         let DecodedBatch {
-            records,
+            mut records,
             stopped,
             eofs,
         } = batch;
@@ -1196,7 +1196,6 @@ impl Projector {
         if let Ok(mut t) = self.last_record.lock() {
             *t = Instant::now();
         }
-        let mut records = records;
         if let Some(states) = &self.head_states {
             for h in records.iter_mut().flatten() {
                 if let Some(state) = states.same_state(&h.record.meta, h.record.state.facet()) {
