@@ -22,8 +22,9 @@ const PURGE_DELAY_MS: &str = "0";
 /// (librdkafka) allocates with glibc malloc, whose threshold for mapping a block of its own
 /// grows with the blocks freed (up to 32 MiB): fetch and produce buffers then stay in
 /// glibc's heaps, fragmented, once freed. A fixed 64 KiB threshold maps each such buffer
-/// and unmaps it when freed: glibc's share of serve's RSS during the 10M import went from
-/// 40 to 31 MiB (`docs/profiling.md`).
+/// and unmaps it when freed. glibc's share of serve's peak during the 10M import was
+/// 40 MiB in one import without it, 31 and 38 MiB in two with it: a few MiB, within what
+/// glibc's choice of heap moves from run to run (`docs/profiling.md`).
 #[cfg(all(unix, not(feature = "system-allocator")))]
 const GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=65536";
 

@@ -269,9 +269,10 @@ pub const BILLING_SEGMENTS: SegmentLayout = SegmentLayout {
 };
 
 /// Runs per row group of a billing segment: a quarter of [`ROW_GROUP_ROWS`]. A lookup of
-/// one cluster reads a page of each column it needs in one row group per day file; in smaller
-/// row groups the pages of the columns it filters by are fewer to evaluate (at 10M records,
-/// one cluster's whole life: 72 → 49 ms), for a larger footer.
+/// one cluster reads a page of each column it needs in one row group per day file (and a
+/// row group or two per month file); in smaller row groups the pages of the columns it
+/// filters by are fewer to evaluate (at 10M records, one cluster's whole life, before
+/// months were sorted: 72 → 49 ms), for a larger footer.
 pub const BILLING_GROUP_ROWS: usize = ROW_GROUP_ROWS / 4;
 
 /// The fewest days a flush writes on more than one thread ([`BillingHours::flush`]).

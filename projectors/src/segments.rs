@@ -120,7 +120,8 @@ fn lookup_selection(
 const MERGE_BATCH_ROWS: usize = 4_096;
 
 /// The parsed rows a [`SegmentDir::merge_sorted`] holds of all its inputs together: a
-/// month of 31 day files is read 528 rows a file at a time, not 4,096 (127k rows held).
+/// month of 31 day files is read 528 rows a file at a time (at 4,096 a file, a month's
+/// merge held 127k parsed rows).
 const MERGE_HELD_ROWS: usize = 16_384;
 
 /// The fewest rows read from an input of a merge at a time, however many inputs.
