@@ -543,41 +543,27 @@ async fn serve_sets_its_allocator_settings_and_keeps_the_environments() {
             })
             .collect()
     };
-    let port = free_port();
-    let mut plain = ServeProcess::command(&cfg, port, &[]);
-    plain
-        .env_remove("MIMALLOC_PURGE_DELAY")
-        .env_remove("GLIBC_TUNABLES");
-    let serve = ServeProcess::spawn_command(plain, port);
-    serve.wait_ready().await;
-    let env = environ(&serve);
-    assert_eq!(
-        env.get("MIMALLOC_PURGE_DELAY").map(String::as_str),
-        Some("0")
-    );
-    assert_eq!(
-        env.get("GLIBC_TUNABLES").map(String::as_str),
-        Some("glibc.malloc.mmap_threshold=65536")
-    );
-    serve.kill();
-
-    let port = free_port();
-    let mut own = ServeProcess::command(
-        &cfg,
-        port,
-        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")],
-    );
-    own.env_remove("MIMALLOC_PURGE_DELAY");
-    let serve = ServeProcess::spawn_command(own, port);
-    serve.wait_ready().await;
-    let env = environ(&serve);
-    assert_eq!(
-        env.get("MIMALLOC_PURGE_DELAY").map(String::as_str),
-        Some("0")
-    );
-    assert_eq!(
-        env.get("GLIBC_TUNABLES").map(String::as_str),
-        Some("glibc.malloc.arena_max=2")
-    );
-    serve.kill();
+    // The environment without either setting, then with a GLIBC_TUNABLES of its own.
+    for (own, want) in [
+        (None, "glibc.malloc.mmap_threshold=65536"),
+        (Some("glibc.malloc.arena_max=2"), "glibc.malloc.arena_max=2"),
+    ] {
+        let port = free_port();
+        let mut command = ServeProcess::command(&cfg, port, &[]);
+        command
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .env_remove("GLIBC_TUNABLES");
+        if let Some(own) = own {
+            command.env("GLIBC_TUNABLES", own);
+        }
+        let serve = ServeProcess::spawn_command(command, port);
+        serve.wait_ready().await;
+        let env = environ(&serve);
+        assert_eq!(
+            env.get("MIMALLOC_PURGE_DELAY").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(env.get("GLIBC_TUNABLES").map(String::as_str), Some(want));
+        serve.kill();
+    }
 }
