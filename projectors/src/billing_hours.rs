@@ -1134,10 +1134,17 @@ pub fn billing_segment_batch<R: BillingFields>(rows: &[R]) -> RecordBatch {
 pub fn billing_rows_of(b: &RecordBatch) -> Result<Vec<BillingRow>, String> {
     let mut rows = Vec::with_capacity(b.num_rows());
     for FiledRun { first, hours } in filed_runs_of(b)? {
-        rows.extend((0..i64::from(hours)).map(|n| BillingRow {
-            hour_start_ms: first.hour_start_ms + n * HOUR_MS,
+        // Every hour but the last a copy of the parsed row, the last the row itself
+        // (`filed_runs_of` gives at least one hour): no row is built twice.
+        let (start, last) = (first.hour_start_ms, i64::from(hours) - 1);
+        rows.extend((0..last).map(|n| BillingRow {
+            hour_start_ms: start + n * HOUR_MS,
             ..first.clone()
         }));
+        rows.push(BillingRow {
+            hour_start_ms: start + last * HOUR_MS,
+            ..first
+        });
     }
     Ok(rows)
 }
