@@ -214,6 +214,19 @@ impl CheckpointStore {
         offsets: &BTreeMap<i32, i64>,
         state: &S,
     ) -> Result<()> {
+        self.write(projection, offsets, state)?.commit()
+    }
+
+    /// The first half of [`CheckpointStore::save`]: writes `projection`'s checkpoint to a
+    /// temporary file, not yet synced, and leaves the checkpoint in force unchanged until
+    /// [`UnsyncedCheckpoint::commit`]. A caller that reads its state under a lock releases
+    /// the lock before the commit: the sync waits for the disk, and nothing else needs it.
+    pub fn write<S: Serialize>(
+        &self,
+        projection: ProjectionName,
+        offsets: &BTreeMap<i32, i64>,
+        state: &S,
+    ) -> Result<UnsyncedCheckpoint> {
         let path = self.path(projection);
         let io = |source| Error::Io {
             path: path.clone(),
@@ -234,15 +247,23 @@ impl CheckpointStore {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = path.with_extension(format!("json.{}.{seq}.tmp", std::process::id()));
-        {
-            let file = std::fs::File::create(&tmp).map_err(io)?;
-            let mut w = std::io::BufWriter::new(file);
-            serde_json::to_writer(&mut w, &cp).map_err(|e| io(std::io::Error::other(e)))?;
-            w.flush().map_err(io)?;
-            w.get_ref().sync_all().map_err(io)?;
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = std::io::BufWriter::new(file);
+        let written = serde_json::to_writer(&mut w, &cp)
+            .map_err(|e| io(std::io::Error::other(e)))
+            .and_then(|()| w.into_inner().map_err(|e| io(e.into_error())));
+        match written {
+            Ok(file) => Ok(UnsyncedCheckpoint {
+                file,
+                tmp,
+                path,
+                dir: self.dir.clone(),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        sync_dir(&self.dir).map_err(io)
     }
 
     fn marks_path(&self) -> PathBuf {
@@ -320,6 +341,39 @@ impl CheckpointStore {
         }
         self.remove_legacy_rows(projection)?;
         self.segments(projection).remove_all()
+    }
+}
+
+/// A checkpoint written by [`CheckpointStore::write`] but not yet in force. Dropped
+/// without [`UnsyncedCheckpoint::commit`], its temporary file is removed and the
+/// checkpoint in force stays as it was.
+#[derive(Debug)]
+#[must_use = "a checkpoint is in force only once committed"]
+pub struct UnsyncedCheckpoint {
+    file: std::fs::File,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl UnsyncedCheckpoint {
+    /// Syncs the file and puts it in place of the checkpoint in force, atomically (a
+    /// rename, then the directory synced): on return it is durable.
+    pub fn commit(self) -> Result<()> {
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        sync_dir(&self.dir).map_err(io)
+    }
+}
+
+impl Drop for UnsyncedCheckpoint {
+    fn drop(&mut self) {
+        // After a commit the temporary name no longer exists: this removes nothing.
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

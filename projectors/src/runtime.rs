@@ -528,6 +528,15 @@ impl Projector {
     /// the last checkpoint become a new segment, which the checkpoint names; small
     /// segments are then merged (see [`AUDIT_MERGE_ROWS`]).
     pub async fn checkpoint(&self) -> Result<()> {
+        self.start_checkpoint().finish().await.map(|_| ())
+    }
+
+    /// Starts [`Projector::checkpoint`] on a blocking thread and returns at once: the
+    /// caller may go on applying while the checkpoint writes its files (the applier waits
+    /// only while a checkpoint holds the projections' lock: the billing flush and the
+    /// state saves). Nothing is skipped: the rows and offsets a checkpoint saves are taken
+    /// together under the lock, and what is applied meanwhile goes to the next one.
+    fn start_checkpoint(&self) -> CheckpointInFlight {
         let shared = self.shared.clone();
         let store = self.store.clone();
         let checkpointing = self.checkpointing.clone();
@@ -539,8 +548,10 @@ impl Projector {
         let now_ms = self.clock.now().timestamp_millis();
         let quiet = self.quiet();
         let span = tracing::info_span!("checkpoint");
-        tokio::task::spawn_blocking(move || {
+        let dir = self.config.dir.clone();
+        let task = tokio::task::spawn_blocking(move || {
             let _g = span.enter();
+            let started = Instant::now();
             let _lock = lock;
             let mut retired = checkpointing.lock().map_err(|_| Error::Io {
                 path: store.path(ProjectionName::AuditLog),
@@ -557,13 +568,9 @@ impl Projector {
             merge_audit_segments(&shared, &store, &saved, &mut retired)?;
             retired.sweep(grace);
             tracing::debug!("checkpoint written");
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Io {
-            path: self.config.dir.clone(),
-            source: std::io::Error::other(e),
-        })?
+            Ok(started.elapsed())
+        });
+        CheckpointInFlight { task, dir }
     }
 
     async fn consumer(&self) -> Result<(fleetledger_ledger::kafka::LedgerConsumer, u64)> {
@@ -753,20 +760,53 @@ impl Projector {
     /// records applied, or the first [`Error::Decode`] once the other partitions are
     /// done: a partition with an undecodable record stops there, the others are applied
     /// to their end.
-    pub async fn catch_up(&self, mut progress: impl FnMut(Progress)) -> Result<u64> {
+    pub async fn catch_up(&self, progress: impl FnMut(Progress)) -> Result<u64> {
+        let mut in_flight = None;
+        let caught_up = self.apply_to_end(progress, &mut in_flight).await;
+        // A checkpoint still being written ends before this returns, whatever happened.
+        if let Some(checkpoint) = in_flight {
+            let written = checkpoint.finish().await;
+            if caught_up.is_ok() {
+                written?;
+            }
+        }
+        let (done, first_failure) = caught_up?;
+        let t = Instant::now();
+        self.checkpoint().await?;
+        tracing::info!(
+            records = done,
+            checkpoint_ms = t.elapsed().as_millis() as u64,
+            "caught up with the history"
+        );
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// The loop of [`Projector::catch_up`], up to its last checkpoint: returns the records
+    /// applied and the first [`Error::Decode`]. A checkpoint is written while the next
+    /// records are applied ([`Projector::start_checkpoint`]); the one being written when
+    /// this returns is left in `in_flight`, and at most one is written at a time.
+    async fn apply_to_end(
+        &self,
+        mut progress: impl FnMut(Progress),
+        in_flight: &mut Option<CheckpointInFlight>,
+    ) -> Result<(u64, Option<Error>)> {
         let (consumer, total) = self.consumer().await?;
         let mut ahead = self.read_ahead(Arc::new(consumer), Duration::from_secs(10));
         let started = Instant::now();
         let mut at_end = vec![false; self.layout.partitions as usize];
         let mut done = 0u64;
         let mut since_checkpoint = 0u64;
-        // How long the last checkpoint took, and when it ended.
+        // How long the last checkpoint took to write, and when it started.
         let (mut last_checkpoint, mut checkpointed_at) = (Duration::ZERO, Instant::now());
         let mut last_report = Instant::now();
         let mut first_failure = None;
         // Where the rebuild's time goes: waiting for the read-ahead (reading and
-        // decoding) versus applying; logged at the end.
-        let (mut waiting, mut applying) = (Duration::ZERO, Duration::ZERO);
+        // decoding), applying, and waiting for a checkpoint to end; logged at the end.
+        let (mut waiting, mut applying, mut checkpointing) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         while at_end.iter().any(|e| !e) {
             let t = Instant::now();
             let mut batch = ahead.next().await?;
@@ -791,17 +831,25 @@ impl Projector {
             // What is final goes to disk as the rebuild goes: memory stays bounded. A
             // checkpoint's cost grows with the state (every cluster's is saved) while the
             // records between two stay as many: once checkpoints take longer than half the
-            // time spent applying between them, they are spaced out, up to
+            // time between their starts, they are spaced out, up to
             // CATCH_UP_CHECKPOINT_SPREAD times the records.
             let every = self.config.checkpoint_every_records;
             if since_checkpoint >= every
                 && (since_checkpoint >= every.saturating_mul(CATCH_UP_CHECKPOINT_SPREAD)
                     || checkpointed_at.elapsed() >= 2 * last_checkpoint)
             {
-                let t = Instant::now();
-                self.checkpoint().await?;
-                (last_checkpoint, checkpointed_at) = (t.elapsed(), Instant::now());
+                if let Some(previous) = in_flight.take() {
+                    let t = Instant::now();
+                    last_checkpoint = previous.finish().await?;
+                    checkpointing += t.elapsed();
+                }
+                *in_flight = Some(self.start_checkpoint());
+                checkpointed_at = Instant::now();
                 since_checkpoint = 0;
+            } else if in_flight.as_ref().is_some_and(|c| c.task.is_finished()) {
+                if let Some(previous) = in_flight.take() {
+                    last_checkpoint = previous.finish().await?;
+                }
             }
             for p in ended {
                 if let Some(e) = at_end.get_mut(p as usize) {
@@ -822,19 +870,14 @@ impl Projector {
             total,
             elapsed: started.elapsed(),
         });
-        let t = Instant::now();
-        self.checkpoint().await?;
         tracing::info!(
             records = done,
             waiting_for_decoded_ms = waiting.as_millis() as u64,
             applying_ms = applying.as_millis() as u64,
-            checkpoint_ms = t.elapsed().as_millis() as u64,
-            "caught up with the history"
+            waiting_for_checkpoints_ms = checkpointing.as_millis() as u64,
+            "applied the history to its end"
         );
-        match first_failure {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
+        Ok((done, first_failure))
     }
 
     /// Applies history as it arrives until `shutdown`, checkpointing every N records or T
@@ -1297,6 +1340,23 @@ impl Drop for ReadAhead {
     }
 }
 
+/// A checkpoint being written on a blocking thread ([`Projector::start_checkpoint`]).
+/// Dropping it does not stop it: it runs to its end, holding the directory's lock.
+struct CheckpointInFlight {
+    task: tokio::task::JoinHandle<Result<Duration>>,
+    dir: PathBuf,
+}
+
+impl CheckpointInFlight {
+    /// Waits for the checkpoint to end; returns how long it took to write.
+    async fn finish(self) -> Result<Duration> {
+        self.task.await.map_err(|e| Error::Io {
+            path: self.dir,
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
 /// What the `audit_log` checkpoint just saved holds besides its segments: a merge of
 /// segments saves them again with the new list (the same rows).
 struct AuditSaved {
@@ -1315,11 +1375,17 @@ fn checkpoint_all(
     use ProjectionName::{AuditLog as A, BillingHours as B, Clusters as C};
     // Closed days of billing go to their files (and corrected days are rewritten) before
     // the checkpoint that names them.
+    let started = Instant::now();
     let flushed = shared.blocking_write().billing.flush(now_ms, quiet)?;
+    let flush_ms = started.elapsed().as_millis() as u64;
     // Seal the audit tail together with the offsets and latest states it matches.
     let (sealed, audit_offsets, last, marks) = {
         let mut p = shared.blocking_write();
-        let rows = Arc::new(std::mem::take(&mut p.audit.tail));
+        // The next tail is reserved as long as this one: it grows to about as many rows
+        // by the next checkpoint, and a vector that doubles its way there copies its rows
+        // at each step, into memory the system zeroes first.
+        let reserved = Vec::with_capacity(p.audit.tail.len());
+        let rows = Arc::new(std::mem::replace(&mut p.audit.tail, reserved));
         p.audit.sealed = Some(rows.clone());
         let last = p.audit.last_states();
         (
@@ -1336,12 +1402,23 @@ fn checkpoint_all(
     let runtime = tokio::runtime::Handle::current();
     let others = {
         let (shared, store) = (shared.clone(), store.clone());
-        runtime.spawn_blocking(move || -> Result<()> {
-            let p = shared.blocking_read();
-            let empty = BTreeMap::new();
-            let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
-            store.save(C, off(C), &p.clusters)?;
-            store.save(B, off(B), &p.billing)
+        runtime.spawn_blocking(move || -> Result<u64> {
+            // Written under the read lock, synced after it: the applier waits for the
+            // state to be written out, not for the disk.
+            let t = Instant::now();
+            let (clusters, billing) = {
+                let p = shared.blocking_read();
+                let empty = BTreeMap::new();
+                let off = |n: ProjectionName| p.offsets.get(&n).unwrap_or(&empty);
+                (
+                    store.write(C, off(C), &p.clusters)?,
+                    store.write(B, off(B), &p.billing)?,
+                )
+            };
+            let locked_ms = t.elapsed().as_millis() as u64;
+            clusters.commit()?;
+            billing.commit()?;
+            Ok(locked_ms)
         })
     };
     let mut rows: Vec<&AuditRow> = sealed.iter().collect();
@@ -1352,7 +1429,8 @@ fn checkpoint_all(
         |chunk| audit_batch(chunk.iter().copied()),
         AUDIT_SEGMENTS,
     );
-    runtime.block_on(others).map_err(|_| Error::Io {
+    let segment_ms = started.elapsed().as_millis() as u64 - flush_ms;
+    let states_locked_ms = runtime.block_on(others).map_err(|_| Error::Io {
         path: store.path(C),
         source: std::io::Error::other("writing a checkpoint panicked"),
     })??;
@@ -1376,6 +1454,13 @@ fn checkpoint_all(
     // Records every checkpoint just written has applied (taken with the audit offsets,
     // the lowest of the three).
     store.save_marks(&marks)?;
+    tracing::debug!(
+        flush_ms,
+        segment_ms,
+        states_locked_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "checkpoint saved"
+    );
     let mut p = shared.blocking_write();
     p.audit.segments = segments;
     p.audit.sealed = None;
