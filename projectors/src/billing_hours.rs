@@ -292,6 +292,52 @@ pub struct Flushed {
     pub retired: Vec<std::path::PathBuf>,
 }
 
+/// A settled month of `billing_hours` to merge into one file: the month's file, if it has
+/// one, and its day files. Running it ([`MonthMerge::run`]) reads only these files, which
+/// no one changes (a late record's fix writes a new file): it needs no lock on the
+/// projection, and [`BillingHours::install_month`] checks they are still the month's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthMerge {
+    /// The month's start (ms).
+    pub month: i64,
+    /// The month's merged file, if it has one.
+    pub file: Option<Segment>,
+    /// The month's day files, in day order.
+    pub days: Vec<Segment>,
+}
+
+impl MonthMerge {
+    /// Merges the inputs run by run into one file sorted by (org, cluster, hour), as a
+    /// day's file is: a cluster's month is then a row group or two, where a concatenation
+    /// of the days kept it in one row group a day. Logs how long it took. The file is
+    /// named by nothing until [`BillingHours::install_month`] puts it in place.
+    pub fn run(&self, files: &SegmentDir) -> crate::Result<Option<Segment>> {
+        let inputs: Vec<Segment> = self.file.iter().chain(&self.days).cloned().collect();
+        // Each day is sorted by (org, cluster, hour): the month, merged from them run by
+        // run, is too.
+        let started = std::time::Instant::now();
+        let merged = files.merge_sorted(
+            &inputs,
+            &billing_segment_schema(),
+            "billing_hours",
+            filed_runs_of,
+            |a, b| billing_order(&a.first, &b.first),
+            billing_segment_batch,
+            BILLING_SEGMENTS,
+        )?;
+        if let Some(seg) = &merged {
+            tracing::info!(
+                month = self.month,
+                files = inputs.len(),
+                runs = seg.rows,
+                merge_ms = started.elapsed().as_millis(),
+                "a month of billing days merged into one file"
+            );
+        }
+        Ok(merged)
+    }
+}
+
 impl BillingHours {
     /// Applies one record: logical changes the desired CKU (0 once deleted), status the
     /// actual billable CKU, each at the record's `ts`; other facets do not bill. A record
@@ -401,6 +447,16 @@ impl BillingHours {
     /// record corrected. Files first, state after: on error nothing changed in memory (the
     /// files written are orphans, removed at the next start).
     pub fn flush(&mut self, now_ms: i64, quiet: bool) -> crate::Result<Flushed> {
+        let mut out = self.flush_days(now_ms, quiet)?;
+        self.merge_months(&mut out);
+        Ok(out)
+    }
+
+    /// [`BillingHours::flush`] without its merge of settled months: the days are written,
+    /// and [`BillingHours::month_merges`] says which months are left to merge. A
+    /// checkpoint merges them after it has saved, without holding the projections' lock
+    /// ([`MonthMerge`]).
+    pub fn flush_days(&mut self, now_ms: i64, quiet: bool) -> crate::Result<Flushed> {
         let target = self.flush_target(now_ms, quiet);
         let mut written = Vec::new();
         let start = if self.flushed_to_ms == nothing_flushed() {
@@ -617,7 +673,6 @@ impl BillingHours {
             }
         }
         self.flushed_to_ms = self.flushed_to_ms.max(target);
-        self.merge_months(&mut out);
         self.merge_daily_months(&mut out);
         Ok(out)
     }
@@ -632,59 +687,77 @@ impl BillingHours {
     /// succeeded: one that failed is logged and tried at the next flush (the day files
     /// serve meanwhile).
     fn merge_months(&mut self, out: &mut Flushed) {
-        for month in self.settled_months(&self.segments) {
-            let (mut days, others): (Vec<Segment>, Vec<Segment>) =
-                std::mem::take(&mut self.segments)
-                    .into_iter()
-                    .partition(|s| month_start(s.min_key) == month);
-            days.sort_by_key(|s| s.min_key);
-            self.segments = others;
-            let before = self
-                .month_segments
-                .iter()
-                .position(|s| month_start(s.min_key) == month);
-            let inputs: Vec<Segment> = before
-                .map(|i| self.month_segments[i].clone())
-                .into_iter()
-                .chain(days.iter().cloned())
-                .collect();
-            // Each day is sorted by (org, cluster, hour): the month, merged from them run
-            // by run, is too.
-            let started = std::time::Instant::now();
-            let merged = self.files.merge_sorted(
-                &inputs,
-                &billing_segment_schema(),
-                "billing_hours",
-                filed_runs_of,
-                |a, b| billing_order(&a.first, &b.first),
-                billing_segment_batch,
-                BILLING_SEGMENTS,
-            );
-            match merged {
-                Ok(Some(seg)) => {
-                    tracing::info!(
-                        month,
-                        files = inputs.len(),
-                        runs = seg.rows,
-                        merge_ms = started.elapsed().as_millis(),
-                        "a month of billing days merged into one file"
-                    );
-                    out.retired
-                        .extend(inputs.iter().map(|d| self.files.path(d)));
-                    if let Some(i) = before {
-                        self.month_segments.remove(i);
-                    }
-                    self.month_segments.push(seg);
-                    self.month_segments.sort_by_key(|s| s.min_key);
-                }
-                Ok(None) => self.segments.extend(days),
-                Err(error) => {
-                    tracing::warn!(month, %error, "merging a month of billing days failed; its day files stay and the merge is tried again at the next flush");
-                    self.segments.extend(days);
-                }
-            }
-            self.segments.sort_by_key(|s| s.min_key);
+        for merge in self.month_merges() {
+            let merged = merge.run(&self.files);
+            self.install_month(merge, merged, out);
         }
+    }
+
+    /// The settled months whose day files are to be merged (see
+    /// [`BillingHours::merge_months`]), each with its inputs as they are now.
+    pub fn month_merges(&self) -> Vec<MonthMerge> {
+        self.settled_months(&self.segments)
+            .into_iter()
+            .map(|month| {
+                let mut days: Vec<Segment> = self
+                    .segments
+                    .iter()
+                    .filter(|s| month_start(s.min_key) == month)
+                    .cloned()
+                    .collect();
+                days.sort_by_key(|s| s.min_key);
+                let file = self
+                    .month_segments
+                    .iter()
+                    .find(|s| month_start(s.min_key) == month)
+                    .cloned();
+                MonthMerge { month, file, days }
+            })
+            .collect()
+    }
+
+    /// Puts the outcome of `merge` ([`MonthMerge::run`]) in place: its file replaces the
+    /// month's days (and the month's earlier file), which `out` retires. A merge whose
+    /// inputs are no longer all in place (a late record rewrote one of its days since) is
+    /// dropped, its file deleted: nothing names it, and the next flush plans the month
+    /// again. A merge that failed is logged; the day files serve and the merge is tried
+    /// at the next flush.
+    pub fn install_month(
+        &mut self,
+        merge: MonthMerge,
+        merged: crate::Result<Option<Segment>>,
+        out: &mut Flushed,
+    ) {
+        let MonthMerge { month, file, days } = merge;
+        let seg = match merged {
+            Ok(Some(seg)) => seg,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(month, %error, "merging a month of billing days failed; its day files stay and the merge is tried again at the next flush");
+                return;
+            }
+        };
+        let file_at = file
+            .as_ref()
+            .map(|f| self.month_segments.iter().position(|s| s == f));
+        let in_place =
+            !matches!(file_at, Some(None)) && days.iter().all(|d| self.segments.contains(d));
+        if !in_place {
+            tracing::info!(
+                month,
+                "a month's merge is dropped: one of its days was rewritten meanwhile"
+            );
+            let _ = std::fs::remove_file(self.files.path(&seg));
+            return;
+        }
+        self.segments.retain(|s| !days.contains(s));
+        if let Some(Some(i)) = file_at {
+            self.month_segments.remove(i);
+        }
+        out.retired
+            .extend(file.iter().chain(days.iter()).map(|s| self.files.path(s)));
+        self.month_segments.push(seg);
+        self.month_segments.sort_by_key(|s| s.min_key);
     }
 
     /// Rewrites month segment `seg` with `fixes` (the new amounts of hours a late record
@@ -2127,6 +2200,80 @@ mod tests {
     /// A month well past is one file; a status back-dated into it rewrites that file
     /// (changing the hours it has and adding the ones it lacked) and the days after it,
     /// and the bill is the reference integral.
+    #[test]
+    fn a_month_is_merged_apart_and_dropped_if_a_day_was_rewritten_meanwhile() {
+        let (files, mut b) = billing_in("merge-apart");
+        let running = |cku| Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku,
+        };
+        let logical = |cku| Change::Logical {
+            cku,
+            deleted: false,
+        };
+        let t1 = T0 + 27 * DAY_MS; // 2026-01-28
+        let life = [
+            record(logical(2), t1, 1, 0),
+            record(running(2), t1 + 30 * MIN, 1, 1),
+        ];
+        for h in &life {
+            b.apply(h).unwrap();
+        }
+        let now = T0 + 33 * DAY_MS;
+        b.flush_days(now, true).unwrap();
+        let merges = b.month_merges();
+        assert_eq!(
+            merges.len(),
+            1,
+            "January is settled, not merged: {merges:?}"
+        );
+        assert_eq!((merges[0].month, merges[0].file.clone()), (T0, None));
+        assert_eq!(merges[0].days.len(), 4, "January 28 to 31");
+        assert!(b.month_segments.is_empty(), "flush_days merges nothing");
+        // A late record rewrites January 29 before the merge is put in place: the merge,
+        // run from the days it was planned with, is dropped and its file deleted.
+        let late = record(running(1), t1 + DAY_MS + 6 * HOUR_MS, 2, 2);
+        b.apply(&late).unwrap();
+        let january_29 = b
+            .segments
+            .iter()
+            .find(|s| day_start(s.min_key) == t1 + DAY_MS)
+            .cloned()
+            .unwrap();
+        let fixed = b.flush_days(now, true).unwrap();
+        assert!(
+            fixed.retired.contains(&files.path(&january_29)),
+            "rewritten"
+        );
+        let stale = merges[0].clone();
+        let merged = stale.run(&files).unwrap().expect("a file");
+        let mut out = Flushed::default();
+        b.install_month(stale, Ok(Some(merged.clone())), &mut out);
+        assert!(out.retired.is_empty());
+        assert!(b.month_segments.is_empty());
+        assert!(
+            !files.path(&merged).exists(),
+            "the dropped merge's file is deleted"
+        );
+        // Planned again, it is put in place: one file instead of the days, which are
+        // retired, and the bill is the reference's.
+        let days: Vec<Segment> = b.segments.clone();
+        let merges = b.month_merges();
+        assert_eq!(merges.len(), 1);
+        let merge = merges[0].clone();
+        let merged = merge.run(&files);
+        b.install_month(merge, merged, &mut out);
+        assert_eq!(b.month_segments.len(), 1, "January is one file");
+        assert!(b.segments.iter().all(|s| s.min_key >= T0 + 31 * DAY_MS));
+        for d in days.iter().filter(|d| d.min_key < T0 + 31 * DAY_MS) {
+            assert!(out.retired.contains(&files.path(d)));
+        }
+        let mut all = life.to_vec();
+        all.push(late);
+        let rows = b.all_rows(now).unwrap();
+        assert_eq!(billed(&rows), reference(&all, now));
+    }
+
     #[test]
     fn a_late_status_rewrites_the_merged_month_it_falls_in() {
         let (files, mut b) = billing_in("month");

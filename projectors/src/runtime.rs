@@ -557,7 +557,7 @@ impl Projector {
                 path: store.path(ProjectionName::AuditLog),
                 source: std::io::Error::other("a checkpoint panicked"),
             })?;
-            let saved = match checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired) {
+            let mut saved = match checkpoint_all(&shared, &store, (now_ms, quiet), &mut retired) {
                 Ok(saved) => saved,
                 Err(e) => {
                     unseal(&shared);
@@ -565,6 +565,11 @@ impl Projector {
                 }
             };
             retired.checkpointed();
+            merge_billing_months(
+                &shared,
+                std::mem::take(&mut saved.month_merges),
+                &mut retired,
+            );
             merge_audit_segments(&shared, &store, &saved, &mut retired)?;
             retired.sweep(grace);
             tracing::debug!("checkpoint written");
@@ -1362,6 +1367,8 @@ impl CheckpointInFlight {
 struct AuditSaved {
     offsets: BTreeMap<i32, i64>,
     last: crate::audit::LastStates,
+    /// The settled months of `billing_hours` left to merge ([`merge_billing_months`]).
+    month_merges: Vec<crate::billing_hours::MonthMerge>,
 }
 
 /// Saves the checkpoints of `clusters` and `billing_hours`, and of `audit_log` with its
@@ -1376,7 +1383,11 @@ fn checkpoint_all(
     // Closed days of billing go to their files (and corrected days are rewritten) before
     // the checkpoint that names them.
     let started = Instant::now();
-    let flushed = shared.blocking_write().billing.flush(now_ms, quiet)?;
+    let (flushed, month_merges) = {
+        let mut p = shared.blocking_write();
+        let flushed = p.billing.flush_days(now_ms, quiet)?;
+        (flushed, p.billing.month_merges())
+    };
     let flush_ms = started.elapsed().as_millis() as u64;
     // Seal the audit tail together with the offsets and latest states it matches.
     let (sealed, audit_offsets, last, marks) = {
@@ -1470,7 +1481,35 @@ fn checkpoint_all(
     Ok(AuditSaved {
         offsets: audit_offsets,
         last,
+        month_merges,
     })
+}
+
+/// Merges the settled months of `billing_hours` a checkpoint left ([`MonthMerge`]), each
+/// without the projections' lock (the applier goes on), then puts it in place under the
+/// lock. The checkpoint just saved names the day files: they are retired now, and deleted
+/// once the next checkpoint, which names the month's file instead, is durable. Until
+/// then a crash leaves the month's file unnamed, removed at the next start.
+fn merge_billing_months(
+    shared: &RwLock<Projections>,
+    merges: Vec<crate::billing_hours::MonthMerge>,
+    retired: &mut Retired,
+) {
+    if merges.is_empty() {
+        return;
+    }
+    let files = shared.blocking_read().billing.files.clone();
+    for merge in merges {
+        let merged = merge.run(&files);
+        let mut out = crate::billing_hours::Flushed::default();
+        shared
+            .blocking_write()
+            .billing
+            .install_month(merge, merged, &mut out);
+        for path in out.retired {
+            retired.retire(path);
+        }
+    }
 }
 
 /// Puts sealed audit rows back in front of the tail (their checkpoint failed).
