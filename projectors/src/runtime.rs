@@ -528,7 +528,15 @@ impl Projector {
     /// the last checkpoint become a new segment, which the checkpoint names; small
     /// segments are then merged (see [`AUDIT_MERGE_ROWS`]).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.start_checkpoint().finish().await.map(|_| ())
+        // A month of billing merged after the save is named by the next checkpoint: one
+        // more makes this one's state whole on disk (the second plans no merge, having
+        // flushed nothing new).
+        for _ in 0..2 {
+            if !self.start_checkpoint().finish().await?.unsaved_months {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Starts [`Projector::checkpoint`] on a blocking thread and returns at once: the
@@ -565,7 +573,7 @@ impl Projector {
                 }
             };
             retired.checkpointed();
-            merge_billing_months(
+            let merged = merge_billing_months(
                 &shared,
                 std::mem::take(&mut saved.month_merges),
                 &mut retired,
@@ -573,7 +581,10 @@ impl Projector {
             merge_audit_segments(&shared, &store, &saved, &mut retired)?;
             retired.sweep(grace);
             tracing::debug!("checkpoint written");
-            Ok(started.elapsed())
+            Ok(CheckpointWritten {
+                took: started.elapsed(),
+                unsaved_months: merged,
+            })
         });
         CheckpointInFlight { task, dir }
     }
@@ -845,16 +856,16 @@ impl Projector {
             {
                 if let Some(previous) = in_flight.take() {
                     let t = Instant::now();
-                    last_checkpoint = previous.finish().await?;
+                    last_checkpoint = previous.finish().await?.took;
                     checkpointing += t.elapsed();
                 }
                 *in_flight = Some(self.start_checkpoint());
                 checkpointed_at = Instant::now();
                 since_checkpoint = 0;
-            } else if in_flight.as_ref().is_some_and(|c| c.task.is_finished()) {
-                if let Some(previous) = in_flight.take() {
-                    last_checkpoint = previous.finish().await?;
-                }
+            } else if in_flight.as_ref().is_some_and(|c| c.task.is_finished())
+                && let Some(previous) = in_flight.take()
+            {
+                last_checkpoint = previous.finish().await?.took;
             }
             for p in ended {
                 if let Some(e) = at_end.get_mut(p as usize) {
@@ -1348,13 +1359,21 @@ impl Drop for ReadAhead {
 /// A checkpoint being written on a blocking thread ([`Projector::start_checkpoint`]).
 /// Dropping it does not stop it: it runs to its end, holding the directory's lock.
 struct CheckpointInFlight {
-    task: tokio::task::JoinHandle<Result<Duration>>,
+    task: tokio::task::JoinHandle<Result<CheckpointWritten>>,
     dir: PathBuf,
 }
 
+/// What a checkpoint did ([`CheckpointInFlight::finish`]).
+struct CheckpointWritten {
+    /// How long it took to write.
+    took: Duration,
+    /// Whether it merged a month of billing after it saved: the next checkpoint names it.
+    unsaved_months: bool,
+}
+
 impl CheckpointInFlight {
-    /// Waits for the checkpoint to end; returns how long it took to write.
-    async fn finish(self) -> Result<Duration> {
+    /// Waits for the checkpoint to end.
+    async fn finish(self) -> Result<CheckpointWritten> {
         self.task.await.map_err(|e| Error::Io {
             path: self.dir,
             source: std::io::Error::other(e),
@@ -1478,6 +1497,7 @@ fn checkpoint_all(
     for path in flushed.retired {
         retired.retire(path);
     }
+    retired.release_held();
     Ok(AuditSaved {
         offsets: audit_offsets,
         last,
@@ -1485,20 +1505,23 @@ fn checkpoint_all(
     })
 }
 
-/// Merges the settled months of `billing_hours` a checkpoint left ([`MonthMerge`]), each
+/// Merges the settled months of `billing_hours` a checkpoint left ([`crate::billing_hours::MonthMerge`]), each
 /// without the projections' lock (the applier goes on), then puts it in place under the
-/// lock. The checkpoint just saved names the day files: they are retired now, and deleted
-/// once the next checkpoint, which names the month's file instead, is durable. Until
-/// then a crash leaves the month's file unnamed, removed at the next start.
+/// lock. The checkpoint just saved names the day files: they are held, retired once the
+/// next checkpoint (which names the month's file instead) is saved, and deleted once it
+/// has been durable for the grace period. Until then a crash leaves the month's file
+/// unnamed, removed at the next start, and the days in force. Returns whether a month was
+/// put in place (the checkpoint in force does not name it yet).
 fn merge_billing_months(
     shared: &RwLock<Projections>,
     merges: Vec<crate::billing_hours::MonthMerge>,
     retired: &mut Retired,
-) {
+) -> bool {
     if merges.is_empty() {
-        return;
+        return false;
     }
     let files = shared.blocking_read().billing.files.clone();
+    let mut installed = false;
     for merge in merges {
         let merged = merge.run(&files);
         let mut out = crate::billing_hours::Flushed::default();
@@ -1506,10 +1529,12 @@ fn merge_billing_months(
             .blocking_write()
             .billing
             .install_month(merge, merged, &mut out);
+        installed |= !out.retired.is_empty();
         for path in out.retired {
-            retired.retire(path);
+            retired.retire_after_next_save(path);
         }
     }
+    installed
 }
 
 /// Puts sealed audit rows back in front of the tail (their checkpoint failed).

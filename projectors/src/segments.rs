@@ -783,9 +783,28 @@ impl SegmentDir {
 pub struct Retired {
     /// File path, and when the checkpoint without it became durable (`None`: not yet).
     files: Vec<(PathBuf, Option<Instant>)>,
+    /// Files the checkpoint in force still names, replaced in memory since: they are
+    /// retired only once the next checkpoint is saved ([`Retired::release_held`]).
+    held: Vec<PathBuf>,
 }
 
 impl Retired {
+    /// `path` is still named by the checkpoint in force, but not by the next one: it
+    /// waits for that checkpoint to be saved ([`Retired::release_held`]) before it counts
+    /// as retired. A [`Retired::checkpointed`] meanwhile (a re-save of another
+    /// projection's checkpoint) does not touch it.
+    pub fn retire_after_next_save(&mut self, path: PathBuf) {
+        self.held.push(path);
+    }
+
+    /// Every projection's checkpoint was just saved: the files held by
+    /// [`Retired::retire_after_next_save`] are no longer named by it.
+    pub fn release_held(&mut self) {
+        for path in std::mem::take(&mut self.held) {
+            self.retire(path);
+        }
+    }
+
     /// `path` is no longer part of the projection's next checkpoint.
     pub fn retire(&mut self, path: PathBuf) {
         self.files.push((path, None));
@@ -891,6 +910,35 @@ mod tests {
     use super::*;
     use arrow_array::{Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn a_held_file_is_deleted_only_after_the_next_save_is_durable() {
+        let dir = std::env::temp_dir().join(format!("fl-retired-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (held, plain) = (dir.join("held.parquet"), dir.join("plain.parquet"));
+        std::fs::write(&held, b"h").unwrap();
+        std::fs::write(&plain, b"p").unwrap();
+        let mut retired = Retired::default();
+        retired.retire(plain.clone());
+        retired.retire_after_next_save(held.clone());
+        // A re-save of another projection's checkpoint: the plain file goes, the held one
+        // is still named by the checkpoint in force.
+        retired.checkpointed();
+        retired.sweep(Duration::ZERO);
+        assert!(!plain.exists());
+        assert!(held.exists());
+        // The next save: released, then durable, then swept.
+        retired.release_held();
+        retired.sweep(Duration::ZERO);
+        assert!(
+            held.exists(),
+            "not before a checkpoint is durable without it"
+        );
+        retired.checkpointed();
+        retired.sweep(Duration::ZERO);
+        assert!(!held.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Data pages of each column of `segment`'s first row group.
     fn pages_per_column(dir: &SegmentDir, segment: &Segment) -> Vec<usize> {
