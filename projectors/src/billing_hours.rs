@@ -1988,6 +1988,22 @@ mod tests {
     }
 
     /// Empty billing whose files go to a directory of this test process named `name`.
+    /// A status record's change: running at `cku`.
+    fn running(cku: i32) -> Change {
+        Change::Status {
+            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
+            cku,
+        }
+    }
+
+    /// A logical record's change: `cku` desired, not deleted.
+    fn logical(cku: i32) -> Change {
+        Change::Logical {
+            cku,
+            deleted: false,
+        }
+    }
+
     fn billing_in(name: &str) -> (crate::segments::SegmentDir, BillingHours) {
         let dir = std::env::temp_dir().join(format!("fl-billing-{name}-{}", std::process::id()));
         let files = crate::segments::SegmentDir::new(&dir);
@@ -2045,14 +2061,6 @@ mod tests {
     #[test]
     fn a_late_status_rewrites_the_day_it_falls_in() {
         let (files, mut b) = billing_in("late");
-        let logical = |cku| Change::Logical {
-            cku,
-            deleted: false,
-        };
-        let running = |cku| Change::Status {
-            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
-            cku,
-        };
         let life = [
             record(logical(2), T0, 1, 0),
             record(running(2), T0 + 30 * MIN, 1, 1),
@@ -2117,14 +2125,6 @@ mod tests {
     #[test]
     fn a_settled_month_is_the_days_runs_sorted_by_org_cluster_and_hour() {
         let (files, mut b) = billing_in("sorted-month");
-        let running = |cku| Change::Status {
-            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
-            cku,
-        };
-        let logical = |cku| Change::Logical {
-            cku,
-            deleted: false,
-        };
         let of = |mut h: HistoryRecord, n: i64| {
             h.record.meta.cluster_id = format!("lkc-{n:03}");
             if let FacetState::Logical(l) = &mut h.record.state {
@@ -2197,20 +2197,13 @@ mod tests {
         files.remove_all().unwrap();
     }
 
-    /// A month well past is one file; a status back-dated into it rewrites that file
-    /// (changing the hours it has and adding the ones it lacked) and the days after it,
-    /// and the bill is the reference integral.
+    /// A checkpoint flushes the days and merges a settled month after it has saved
+    /// (`flush_days`, then `month_merges`, `MonthMerge::run`, `install_month`): a merge
+    /// whose day a late record rewrote meanwhile is dropped with its file; planned again,
+    /// it replaces the days, and the bill is the reference integral.
     #[test]
     fn a_month_is_merged_apart_and_dropped_if_a_day_was_rewritten_meanwhile() {
         let (files, mut b) = billing_in("merge-apart");
-        let running = |cku| Change::Status {
-            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
-            cku,
-        };
-        let logical = |cku| Change::Logical {
-            cku,
-            deleted: false,
-        };
         let t1 = T0 + 27 * DAY_MS; // 2026-01-28
         let life = [
             record(logical(2), t1, 1, 0),
@@ -2274,17 +2267,12 @@ mod tests {
         assert_eq!(billed(&rows), reference(&all, now));
     }
 
+    /// A month well past is one file; a status back-dated into it rewrites that file
+    /// (changing the hours it has and adding the ones it lacked) and the days after it,
+    /// and the bill is the reference integral.
     #[test]
     fn a_late_status_rewrites_the_merged_month_it_falls_in() {
         let (files, mut b) = billing_in("month");
-        let running = |cku| Change::Status {
-            phase: PHASES.iter().position(|p| *p == "running").unwrap(),
-            cku,
-        };
-        let logical = |cku| Change::Logical {
-            cku,
-            deleted: false,
-        };
         let t1 = T0 + 28 * DAY_MS; // 2026-01-29
         let life = [
             record(logical(2), t1, 1, 0),
