@@ -1987,7 +1987,6 @@ mod tests {
         );
     }
 
-    /// Empty billing whose files go to a directory of this test process named `name`.
     /// A status record's change: running at `cku`.
     fn running(cku: i32) -> Change {
         Change::Status {
@@ -2004,6 +2003,7 @@ mod tests {
         }
     }
 
+    /// Empty billing whose files go to a directory of this test process named `name`.
     fn billing_in(name: &str) -> (crate::segments::SegmentDir, BillingHours) {
         let dir = std::env::temp_dir().join(format!("fl-billing-{name}-{}", std::process::id()));
         let files = crate::segments::SegmentDir::new(&dir);
