@@ -258,6 +258,7 @@ impl CheckpointStore {
                 tmp,
                 path,
                 dir: self.dir.clone(),
+                renamed: false,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -354,26 +355,28 @@ pub struct UnsyncedCheckpoint {
     tmp: PathBuf,
     path: PathBuf,
     dir: PathBuf,
+    /// Whether `tmp` was renamed to `path` (nothing left to remove).
+    renamed: bool,
 }
 
 impl UnsyncedCheckpoint {
     /// Syncs the file and puts it in place of the checkpoint in force, atomically (a
     /// rename, then the directory synced): on return it is durable.
-    pub fn commit(self) -> Result<()> {
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.sync_all().map_err(io)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+    pub fn commit(mut self) -> Result<()> {
+        let path = self.path.clone();
+        let io = |source| Error::Io { path, source };
+        self.file.sync_all().map_err(io.clone())?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io.clone())?;
+        self.renamed = true;
         sync_dir(&self.dir).map_err(io)
     }
 }
 
 impl Drop for UnsyncedCheckpoint {
     fn drop(&mut self) {
-        // After a commit the temporary name no longer exists: this removes nothing.
-        let _ = std::fs::remove_file(&self.tmp);
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

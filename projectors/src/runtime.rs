@@ -572,7 +572,9 @@ impl Projector {
                     return Err(e);
                 }
             };
-            retired.checkpointed();
+            for projection in ProjectionName::ALL {
+                retired.checkpointed(projection);
+            }
             let merged = merge_billing_months(
                 &shared,
                 std::mem::take(&mut saved.month_merges),
@@ -1495,9 +1497,8 @@ fn checkpoint_all(
     p.audit.segments = segments;
     p.audit.sealed = None;
     for path in flushed.retired {
-        retired.retire(path);
+        retired.retire(B, path);
     }
-    retired.release_held();
     Ok(AuditSaved {
         offsets: audit_offsets,
         last,
@@ -1507,9 +1508,10 @@ fn checkpoint_all(
 
 /// Merges the settled months of `billing_hours` a checkpoint left ([`crate::billing_hours::MonthMerge`]), each
 /// without the projections' lock (the applier goes on), then puts it in place under the
-/// lock. The checkpoint just saved names the day files: they are held, retired once the
-/// next checkpoint (which names the month's file instead) is saved, and deleted once it
-/// has been durable for the grace period. Until then a crash leaves the month's file
+/// lock. The checkpoint just saved names the day files: they are retired by
+/// `billing_hours` ([`Retired`]), so they wait for its next checkpoint (which names the
+/// month's file instead) to be durable, and then for the grace period; a re-save of the
+/// audit checkpoint meanwhile does not free them. Until then a crash leaves the month's file
 /// unnamed, removed at the next start, and the days in force. Returns whether a month was
 /// put in place (the checkpoint in force does not name it yet).
 fn merge_billing_months(
@@ -1531,7 +1533,7 @@ fn merge_billing_months(
             .install_month(merge, merged, &mut out);
         installed |= !out.retired.is_empty();
         for path in out.retired {
-            retired.retire_after_next_save(path);
+            retired.retire(ProjectionName::BillingHours, path);
         }
     }
     installed
@@ -1634,9 +1636,9 @@ fn merge_audit_segments(
         }
         shared.blocking_write().audit.segments = next;
         for s in &segments[run] {
-            retired.retire(files.path(s));
+            retired.retire(ProjectionName::AuditLog, files.path(s));
         }
-        retired.checkpointed();
+        retired.checkpointed(ProjectionName::AuditLog);
         tracing::debug!(rows = merged.rows, "merged audit segments");
     }
 }

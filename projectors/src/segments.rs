@@ -32,6 +32,8 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::ReaderProperties;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::ProjectionName;
 use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
 use parquet::file::statistics::Statistics;
@@ -778,43 +780,34 @@ impl SegmentDir {
     }
 }
 
-/// Segments a newer checkpoint no longer names, waiting to be deleted.
+/// Segments a newer checkpoint of their projection no longer names, waiting to be deleted.
+///
+/// Each file is retired by one projection, and only a durable checkpoint **of that
+/// projection** starts its grace period: a re-save of another projection's checkpoint (an
+/// audit merge re-saving `audit_log` alone, say) changes nothing for a billing file. The
+/// caller keeps one rule: it retires a file once the projection's state in memory no longer
+/// names it, and calls [`Retired::checkpointed`] for a projection only after a checkpoint of
+/// that projection written from a later state is durable. The checkpoints of one projector
+/// run one at a time under one lock, so "later" is the order of the calls.
 #[derive(Debug, Default)]
 pub struct Retired {
-    /// File path, and when the checkpoint without it became durable (`None`: not yet).
-    files: Vec<(PathBuf, Option<Instant>)>,
-    /// Files the checkpoint in force still names, replaced in memory since: they are
-    /// retired only once the next checkpoint is saved ([`Retired::release_held`]).
-    held: Vec<PathBuf>,
+    /// Projection, file path, and when a checkpoint of that projection without the file
+    /// became durable (`None`: not yet).
+    files: Vec<(ProjectionName, PathBuf, Option<Instant>)>,
 }
 
 impl Retired {
-    /// `path` is still named by the checkpoint in force, but not by the next one: it
-    /// waits for that checkpoint to be saved ([`Retired::release_held`]) before it counts
-    /// as retired. A [`Retired::checkpointed`] meanwhile (a re-save of another
-    /// projection's checkpoint) does not touch it.
-    pub fn retire_after_next_save(&mut self, path: PathBuf) {
-        self.held.push(path);
+    /// `path` is no longer named by `projection`'s state, so not by its next checkpoint;
+    /// the checkpoint in force may still name it.
+    pub fn retire(&mut self, projection: ProjectionName, path: PathBuf) {
+        self.files.push((projection, path, None));
     }
 
-    /// Every projection's checkpoint was just saved: the files held by
-    /// [`Retired::retire_after_next_save`] are no longer named by it.
-    pub fn release_held(&mut self) {
-        for path in std::mem::take(&mut self.held) {
-            self.retire(path);
-        }
-    }
-
-    /// `path` is no longer part of the projection's next checkpoint.
-    pub fn retire(&mut self, path: PathBuf) {
-        self.files.push((path, None));
-    }
-
-    /// A checkpoint was saved: every file retired before it is no longer named by a
-    /// durable checkpoint, from now.
-    pub fn checkpointed(&mut self) {
+    /// A checkpoint of `projection` was saved: every file it retired before is no longer
+    /// named by a durable checkpoint, from now. Other projections' files are not touched.
+    pub fn checkpointed(&mut self, projection: ProjectionName) {
         let now = Instant::now();
-        for (_, at) in &mut self.files {
+        for (_, _, at) in self.files.iter_mut().filter(|(p, _, _)| *p == projection) {
             at.get_or_insert(now);
         }
     }
@@ -823,7 +816,7 @@ impl Retired {
     /// planned with them have finished). A file that cannot be deleted is left for the
     /// next start ([`SegmentDir::remove_unnamed`]).
     pub fn sweep(&mut self, grace: Duration) {
-        self.files.retain(|(path, at)| match at {
+        self.files.retain(|(_, path, at)| match at {
             Some(at) if at.elapsed() >= grace => {
                 if let Err(e) = std::fs::remove_file(path)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -912,31 +905,33 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema};
 
     #[test]
-    fn a_held_file_is_deleted_only_after_the_next_save_is_durable() {
+    fn a_retired_file_waits_for_a_durable_checkpoint_of_its_own_projection() {
+        use ProjectionName::{AuditLog, BillingHours};
         let dir = std::env::temp_dir().join(format!("fl-retired-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (held, plain) = (dir.join("held.parquet"), dir.join("plain.parquet"));
-        std::fs::write(&held, b"h").unwrap();
-        std::fs::write(&plain, b"p").unwrap();
+        let (day, segment) = (dir.join("day.parquet"), dir.join("segment.parquet"));
+        std::fs::write(&day, b"d").unwrap();
+        std::fs::write(&segment, b"s").unwrap();
         let mut retired = Retired::default();
-        retired.retire(plain.clone());
-        retired.retire_after_next_save(held.clone());
-        // A re-save of another projection's checkpoint: the plain file goes, the held one
-        // is still named by the checkpoint in force.
-        retired.checkpointed();
+        // A month merged in memory replaces a day file the billing checkpoint in force
+        // still names; an audit merge retires a segment and re-saves the audit checkpoint.
+        retired.retire(BillingHours, day.clone());
+        retired.retire(AuditLog, segment.clone());
         retired.sweep(Duration::ZERO);
-        assert!(!plain.exists());
-        assert!(held.exists());
-        // The next save: released, then durable, then swept.
-        retired.release_held();
+        assert!(day.exists() && segment.exists(), "not before any save");
+        retired.checkpointed(AuditLog);
         retired.sweep(Duration::ZERO);
+        assert!(!segment.exists());
         assert!(
-            held.exists(),
-            "not before a checkpoint is durable without it"
+            day.exists(),
+            "an audit re-save does not free a file the billing checkpoint names"
         );
-        retired.checkpointed();
+        // The next billing save: durable, then swept (after the grace period).
+        retired.checkpointed(BillingHours);
+        retired.sweep(Duration::from_secs(3600));
+        assert!(day.exists(), "not before the grace period");
         retired.sweep(Duration::ZERO);
-        assert!(!held.exists());
+        assert!(!day.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
