@@ -159,6 +159,19 @@ impl HeadStates {
             .filter(|h| h.record.meta.version == meta.version && h.record.meta.hash == meta.hash)
             .map(|h| h.record.state.clone())
     }
+
+    /// The ledger's copy of `state`, a state of `cluster_id` that another part of the
+    /// process restored on its own (a projection from its checkpoint): when the ledger's
+    /// latest record of that cluster+facet holds a state equal in value, and the index is
+    /// not being changed this instant (this never waits). `None` otherwise: the caller
+    /// keeps its own copy.
+    pub fn equal_state(&self, cluster_id: &str, state: &FacetState) -> Option<FacetState> {
+        let index = self.index.try_read().ok()?;
+        index
+            .head(cluster_id, state.facet())
+            .filter(|h| h.record.state == *state)
+            .map(|h| h.record.state.clone())
+    }
 }
 
 /// What admission reads: the latest record of every cluster+facet, and the latest `ts` of

@@ -121,6 +121,38 @@ impl AuditLog {
         self.sealed.iter().flat_map(|s| s.iter()).chain(&self.tail)
     }
 
+    /// The clusters of which the log holds a latest state.
+    pub fn cluster_ids(&self) -> impl Iterator<Item = &String> {
+        self.last.keys()
+    }
+
+    /// Replaces each latest state of the clusters `ids` by `shared(cluster_id, state)`
+    /// where that returns an equal one (held elsewhere, such as the ledger's), so that the
+    /// process holds one copy of it; the log is unchanged in value. Returns how many were
+    /// replaced.
+    pub fn share_states(
+        &mut self,
+        ids: &[String],
+        shared: &mut impl FnMut(&str, &FacetState) -> Option<FacetState>,
+    ) -> usize {
+        let mut n = 0;
+        for id in ids {
+            let Some(facets) = self.last.get_mut(id) else {
+                continue;
+            };
+            for slot in facets.iter_mut() {
+                if let Some(state) = slot
+                    && let Some(s) = shared(id, state)
+                    && s == *state
+                {
+                    *state = s;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// The latest state of every cluster+facet as of now, for the checkpoint: a copy of
     /// the map whose states are shared with the log's (a few MB at 26,000 clusters, where
     /// their JSON is about 15 MB), which the log may go on changing. It serializes as a
@@ -364,6 +396,70 @@ mod tests {
             partition: (i % 3) as i32,
             offset: 41 + i,
         }
+    }
+
+    /// Restored projections take the ledger's copy of each state equal to theirs, and only
+    /// of those: a state that differs keeps its own copy, and nothing changes in value.
+    #[test]
+    fn only_equal_states_are_shared_and_values_stay() {
+        use fleetledger_schemas::{RecordMeta, StatusState};
+        let status = |phase: &str| {
+            FacetState::Status(Arc::new(StatusState {
+                phase: phase.into(),
+                cku: 2,
+                brokers_ready: 3,
+                observed_version: 1,
+                message: None,
+            }))
+        };
+        let record = |cluster: &str, state: FacetState| HistoryRecord {
+            record: StateRecord {
+                meta: RecordMeta {
+                    cluster_id: cluster.into(),
+                    version: 1,
+                    writer: "test".into(),
+                    request_id: "r1".into(),
+                    reason: None,
+                    ts: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                },
+                state,
+            },
+            partition: 0,
+            offset: 1,
+            written_at_ms: 0,
+        };
+        // Each projection with its own copies, as restored from its checkpoint.
+        let (mut log, mut clusters) = (AuditLog::default(), crate::Clusters::default());
+        for id in ["lkc-a", "lkc-b"] {
+            log.apply(record(id, status("running")));
+            clusters.apply(&record(id, status("running")));
+        }
+        let before = (log.last_states(), serde_json::to_value(&clusters).unwrap());
+        // The ledger's: equal for lkc-a, another phase for lkc-b.
+        let ledger: HashMap<&str, FacetState> =
+            [("lkc-a", status("running")), ("lkc-b", status("degraded"))].into();
+        let mut shared = |id: &str, _: &FacetState| ledger.get(id).cloned();
+        let ids = vec!["lkc-a".to_owned(), "lkc-b".to_owned()];
+        assert_eq!(log.share_states(&ids, &mut shared), 1);
+        assert_eq!(clusters.share_states(&ids, &mut shared), 1);
+        let arc = |s: &FacetState| match s {
+            FacetState::Status(a) => a.clone(),
+            _ => unreachable!(),
+        };
+        let held =
+            |log: &AuditLog, id: &str| arc(log.last[id][Facet::Status as usize].as_ref().unwrap());
+        let row = |id: &str| clusters.rows[id].status.as_ref().unwrap().state.clone();
+        assert!(Arc::ptr_eq(&held(&log, "lkc-a"), &arc(&ledger["lkc-a"])));
+        assert!(Arc::ptr_eq(&row("lkc-a"), &arc(&ledger["lkc-a"])));
+        assert!(!Arc::ptr_eq(&held(&log, "lkc-b"), &arc(&ledger["lkc-b"])));
+        assert_eq!(row("lkc-b").phase, "running");
+        assert_eq!(
+            serde_json::to_value(&before.0).unwrap(),
+            serde_json::to_value(log.last_states()).unwrap()
+        );
+        assert_eq!(before.1, serde_json::to_value(&clusters).unwrap());
     }
 
     /// The latest states saved with a checkpoint read back as the log's, keyed

@@ -113,4 +113,37 @@ impl Clusters {
             FacetState::Status(s) => newer(&mut row.status, version, ts_ms, s),
         }
     }
+
+    /// Replaces each state of the rows of `ids` by `shared(cluster_id, state)` where that
+    /// returns an equal one (held elsewhere, such as the ledger's), so that the process
+    /// holds one copy of it; rows are unchanged in value. Returns how many were replaced.
+    pub fn share_states(
+        &mut self,
+        ids: &[String],
+        shared: &mut impl FnMut(&str, &FacetState) -> Option<FacetState>,
+    ) -> usize {
+        let mut n = 0;
+        for id in ids {
+            let Some(row) = self.rows.get_mut(id) else {
+                continue;
+            };
+            macro_rules! share {
+                ($slot:expr, $variant:ident) => {
+                    if let Some(v) = &mut $slot
+                        && let Some(FacetState::$variant(s)) =
+                            shared(id, &FacetState::$variant(v.state.clone()))
+                        && s == v.state
+                    {
+                        v.state = s;
+                        n += 1;
+                    }
+                };
+            }
+            share!(row.logical, Logical);
+            share!(row.physical, Physical);
+            share!(row.capacity, Capacity);
+            share!(row.status, Status);
+        }
+        n
+    }
 }

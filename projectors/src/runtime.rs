@@ -7,7 +7,7 @@
 //! after that projection's next offset. So projections checkpointed at different moments,
 //! or one being rebuilt, stay exact: nothing is applied twice or skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use fleetledger_ledger::{
     Clock, HistoryHint, HistoryKey, KafkaClients, LedgerConsumer, SystemClock, TopicLayout,
     facet_of_key,
 };
-use fleetledger_schemas::RecordCodec;
+use fleetledger_schemas::{FacetState, RecordCodec};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -423,6 +423,39 @@ impl Projector {
     pub fn with_head_states(mut self, states: fleetledger_ledger::HeadStates) -> Self {
         self.head_states = Some(states);
         self
+    }
+
+    /// Makes the projections hold the ledger's copy ([`Projector::with_head_states`]) of
+    /// each latest state equal to theirs. Restored from their checkpoints, `clusters` and
+    /// `audit_log` each hold a copy of every latest state beside the ledger's index, read
+    /// from the state topic: this leaves one (at 10M records, 26,365 clusters: RSS after a
+    /// restart 280 → 222 MiB). It takes about 200 ms there, so it goes a few hundred
+    /// clusters per hold of the projections' lock: queries and the applier wait for one
+    /// step, not the whole. Returns how many states are shared; 0 without head states.
+    pub async fn share_head_states(&self) -> usize {
+        /// Clusters per hold of the lock.
+        const STEP: usize = 512;
+        let Some(states) = &self.head_states else {
+            return 0;
+        };
+        let ids: Vec<String> = {
+            let p = self.shared.read().await;
+            let ids: BTreeSet<&String> = p
+                .clusters
+                .rows
+                .keys()
+                .chain(p.audit.cluster_ids())
+                .collect();
+            ids.into_iter().cloned().collect()
+        };
+        let mut shared = |id: &str, state: &FacetState| states.equal_state(id, state);
+        let mut n = 0;
+        for step in ids.chunks(STEP) {
+            let mut p = self.shared.write().await;
+            n += p.clusters.share_states(step, &mut shared);
+            n += p.audit.share_states(step, &mut shared);
+        }
+        n
     }
 
     /// The projections, for consistent reads (hold the read lock for one snapshot).
