@@ -258,6 +258,16 @@ pub async fn start_with_clock(
                 Ok(()) => {
                     st.started.store(true, Ordering::Release);
                     tracing::info!("ready");
+                    // Once ready, not before: it does not hold the start up.
+                    if let Some(projector) = st.projector.get() {
+                        let sharing = std::time::Instant::now();
+                        let shared = projector.share_head_states().await;
+                        tracing::debug!(
+                            shared,
+                            took_ms = sharing.elapsed().as_millis() as u64,
+                            "projection states shared with the ledger's index"
+                        );
+                    }
                 }
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -427,17 +437,6 @@ pub(crate) async fn start_up(
         .await
         .context("loading the projection checkpoints")??
         .with_head_states(ledger.head_states());
-    // In the background: it does not hold the start up.
-    let sharing = projector.clone();
-    deps.tracker.spawn(async move {
-        let started = std::time::Instant::now();
-        let shared = sharing.share_head_states().await;
-        tracing::debug!(
-            shared,
-            took_ms = started.elapsed().as_millis() as u64,
-            "projection states shared with the ledger's index"
-        );
-    });
     // Before any write can reach the ledger: a history that does not fit the checkpoints
     // (re-created, truncated) stops the start.
     projector
