@@ -429,7 +429,7 @@ impl Projector {
     /// each latest state equal to theirs. Restored from their checkpoints, `clusters` and
     /// `audit_log` each hold a copy of every latest state beside the ledger's index, read
     /// from the state topic: this leaves one (at 10M records, 26,365 clusters: RSS after a
-    /// restart 280 → 222 MiB). It takes about 200 ms there, so it goes a few hundred
+    /// restart 280 → 222 MiB). It takes 200–330 ms there, so it goes a few hundred
     /// clusters per hold of the projections' lock: queries and the applier wait for one
     /// step, not the whole. Returns how many states are shared; 0 without head states.
     pub async fn share_head_states(&self) -> usize {

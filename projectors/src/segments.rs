@@ -32,8 +32,6 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::ReaderProperties;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-
-use crate::ProjectionName;
 use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
 use parquet::file::statistics::Statistics;
@@ -41,6 +39,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
+use crate::ProjectionName;
 use crate::error::{Error, Result};
 
 /// Rows per row group: small enough that a one-cluster lookup reads little, large enough
