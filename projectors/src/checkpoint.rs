@@ -227,12 +227,6 @@ impl CheckpointStore {
         offsets: &BTreeMap<i32, i64>,
         state: &S,
     ) -> Result<UnsyncedCheckpoint> {
-        let path = self.path(projection);
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
         let cp = Checkpoint {
             format: FORMAT.to_owned(),
             projection: projection.to_string(),
@@ -242,6 +236,18 @@ impl CheckpointStore {
             offsets: offsets.clone(),
             state,
         };
+        self.write_json(self.path(projection), &cp)
+    }
+
+    /// Writes `value` as JSON to a temporary file beside `path`, not yet synced, for
+    /// [`UnsyncedCheckpoint::commit`] to put in place of `path`. Both the checkpoints and
+    /// the marks are written this way.
+    fn write_json<T: Serialize>(&self, path: PathBuf, value: &T) -> Result<UnsyncedCheckpoint> {
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
         // A unique temporary name: a save still finishing for an aborted run must not
         // interleave with the save of its successor.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -249,7 +255,7 @@ impl CheckpointStore {
         let tmp = path.with_extension(format!("json.{}.{seq}.tmp", std::process::id()));
         let file = std::fs::File::create(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::new(file);
-        let written = serde_json::to_writer(&mut w, &cp)
+        let written = serde_json::to_writer(&mut w, value)
             .map_err(|e| io(std::io::Error::other(e)))
             .and_then(|()| w.into_inner().map_err(|e| io(e.into_error())));
         match written {
@@ -276,20 +282,7 @@ impl CheckpointStore {
     /// history topic deleted and re-created since (a new incarnation, perhaps grown past
     /// those offsets) is told apart from the one they were written from.
     pub fn save_marks(&self, marks: &HistoryMarks) -> Result<()> {
-        let path = self.marks_path();
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        let bytes = serde_json::to_vec(marks).map_err(|e| io(std::io::Error::other(e)))?;
-        {
-            let mut file = std::fs::File::create(&tmp).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)
+        self.write_json(self.marks_path(), marks)?.commit()
     }
 
     /// The marks [`CheckpointStore::save_marks`] wrote; none if there are none. A mark file
@@ -345,9 +338,9 @@ impl CheckpointStore {
     }
 }
 
-/// A checkpoint written by [`CheckpointStore::write`] but not yet in force. Dropped
-/// without [`UnsyncedCheckpoint::commit`], its temporary file is removed and the
-/// checkpoint in force stays as it was.
+/// A checkpoint (or the marks) written by [`CheckpointStore::write`] but not yet in
+/// force. Dropped without [`UnsyncedCheckpoint::commit`], its temporary file is removed
+/// and the checkpoint in force stays as it was.
 #[derive(Debug)]
 #[must_use = "a checkpoint is in force only once committed"]
 pub struct UnsyncedCheckpoint {
