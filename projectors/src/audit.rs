@@ -202,8 +202,8 @@ impl AuditLog {
 /// How audit segments are written: a bloom filter on the columns looked up by equality,
 /// the record time as the key. The columns whose every value is its own (the idempotency
 /// key, the diff, the hash, the time and the offset) are written plain: a dictionary of
-/// them is as large as the values and costs the writer a hash table insert per value (a
-/// tenth of a rebuild's segment writing).
+/// them is as large as the values, costs the writer a hash table insert per value, and
+/// costs a one-cluster lookup the decoding of the row group's whole dictionary page.
 pub const AUDIT_SEGMENTS: SegmentLayout = SegmentLayout {
     bloom: &["cluster_id", "writer", "request_id"],
     key: "ts",
