@@ -210,12 +210,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[kafka]\npartitions = 3\n").unwrap();
-        let c = Config::load(Some(&f), serde_json::json!({"listen": "127.0.0.1:2"})).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2");
-        assert_eq!(c.kafka.partitions, 3);
-        assert_eq!(c.kafka.topic_prefix, "fleet");
         #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
         figment::Jail::expect_with(|jail| {
+            // Without the caller's own FLEETLEDGER_* variables (a shell set up to run the
+            // service): the defaults are what is checked. The jail restores them.
+            jail.clear_env();
+            let c = Config::load(Some(&f), serde_json::json!({"listen": "127.0.0.1:2"})).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:2");
+            assert_eq!(c.kafka.partitions, 3);
+            assert_eq!(c.kafka.topic_prefix, "fleet");
             jail.set_env("FLEETLEDGER_KAFKA__TOPIC_PREFIX", "envp");
             jail.set_env("FLEETLEDGER_LISTEN", "127.0.0.1:3");
             jail.set_env("FLEETLEDGER_URL", "http://not-config");
@@ -238,7 +241,9 @@ mod tests {
         // In a jail: another test sets FLEETLEDGER_* variables in one, and the jails'
         // lock keeps this test from seeing them.
         #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
-        figment::Jail::expect_with(|_jail| {
+        figment::Jail::expect_with(|jail| {
+            // Nor the caller's own FLEETLEDGER_* variables: the prefix is the default one.
+            jail.clear_env();
             let err = Config::load(
                 None,
                 serde_json::json!({"ledger": {"transactional_id": "my-own"}}),
